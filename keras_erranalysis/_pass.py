@@ -1,0 +1,600 @@
+"""Keras plumbing of the loss pass: data, loss resolution, checks and the compiled step.
+
+Private: :func:`keras_erranalysis.losses.compute_losses` is the public entry point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+# Tolerance for "rows sum to one": softmax outputs in float16 still pass.
+_PROB_SUM_TOL = 2e-3
+
+
+@dataclasses.dataclass
+class LossSpec:
+    """What the pass needs to know about the loss."""
+
+    fn: Any  # (y_true, y_pred) -> unreduced (B,) or (B, T)
+    name: str
+    kind: str | None  # "sparse" | "dense" | "binary" | None (infer from shapes)
+    from_logits: bool | None
+    ignore_class: int | None
+    output: str | int | None
+    output_index: int | str | None = None
+
+
+@dataclasses.dataclass
+class Probe:
+    """Shapes learned from running the model once, eagerly, on the first batch."""
+
+    sequence: bool
+    num_classes: int
+    kind: str  # "sparse" | "dense" | "binary"
+    from_logits: bool
+
+
+# -- model and data --------------------------------------------------------------------
+
+
+def check_model(model: Any) -> None:
+    """Raises a clear error for something that is not a built Keras model."""
+    if not callable(model) or not hasattr(model, "built"):
+        raise TypeError(f"Expected a Keras model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(
+            f"Model {getattr(model, 'name', '')!r} is not built, so it has no weights to "
+            "analyse. Build it first: train it, call it on a batch, or give it an "
+            "`keras.Input` / `model.build(input_shape)`."
+        )
+
+
+def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
+    """Turns a dataset or a tuple of arrays into a batched ``tf.data.Dataset``."""
+    if isinstance(data, tf.data.Dataset):
+        dataset = data
+    elif isinstance(data, (tuple, list)):
+        if len(data) not in (2, 3):
+            raise ValueError(
+                f"data as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} "
+                "items."
+            )
+        parts = tuple(_as_arrays(part) for part in data if part is not None)
+        n = _num_examples(parts[0])
+        for part in parts[1:]:
+            if _num_examples(part) != n:
+                raise ValueError(
+                    f"x has {n} examples but y or sample_weight has {_num_examples(part)}: "
+                    "they must have the same length."
+                )
+        if n == 0:
+            raise ValueError("The data holds no examples: x and y are empty.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+    elif isinstance(data, Mapping) or hasattr(data, "shape"):
+        raise ValueError(
+            "compute_losses needs labels: pass (x, y) or a dataset that yields (x, y) or "
+            "(x, y, sample_weight), not x alone."
+        )
+    else:
+        raise TypeError(
+            f"Cannot read data of type {type(data).__name__}: pass a batched "
+            "tf.data.Dataset or a tuple (x, y[, sample_weight]) of numpy arrays."
+        )
+    card = int(tf.data.experimental.cardinality(dataset))
+    if card == tf.data.experimental.INFINITE_CARDINALITY:
+        raise ValueError(
+            "The dataset is infinite (it repeats): pass a finite one, e.g. dataset.take(n)."
+        )
+    if card == 0:
+        raise ValueError("The data holds no examples: the dataset is empty.")
+    return dataset
+
+
+def _as_arrays(part: Any) -> Any:
+    if isinstance(part, Mapping):
+        return {k: np.asarray(v) for k, v in part.items()}
+    if isinstance(part, (list, tuple)) and part and hasattr(part[0], "shape"):
+        return tuple(np.asarray(p) for p in part)
+    return np.asarray(part)
+
+
+def _num_examples(part: Any) -> int:
+    leaves = tf.nest.flatten(part)
+    return int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else 0
+
+
+def cardinality(dataset: tf.data.Dataset) -> int | None:
+    """Number of batches, or None when unknown."""
+    card = int(tf.data.experimental.cardinality(dataset))
+    return card if card >= 0 else None
+
+
+def first_batch(dataset: tf.data.Dataset) -> tuple[Any, Any, Any]:
+    """Returns the first ``(x, y, sample_weight)`` of the dataset."""
+    for batch in dataset.take(1):
+        return unpack(batch)
+    raise ValueError(
+        "The data holds no examples: compute_losses needs at least one batch. Check that "
+        "the dataset is not exhausted or filtered to nothing."
+    )
+
+
+def unpack(batch: Any) -> tuple[Any, Any, Any]:
+    """Splits a batch into ``(x, y, sample_weight)``."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1], None
+        if len(batch) == 3:
+            return batch[0], batch[1], batch[2]
+    raise ValueError(
+        "Each batch must be (x, y) or (x, y, sample_weight) so losses can be computed; "
+        f"got {type(batch).__name__}"
+        + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        + "."
+    )
+
+
+def model_strategy(model: Any) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy the model was built under (default if none)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy if strategy is not None else tf.distribute.get_strategy()
+
+
+# -- loss ------------------------------------------------------------------------------
+
+
+def resolve_loss(
+    model: Any,
+    loss: Any,
+    output: str | int | None,
+    *,
+    ignore_class: int | None,
+    from_logits: bool | None,
+) -> LossSpec:
+    """Finds the unreduced loss to use and what it expects."""
+    import keras
+
+    if loss is None:
+        loss = getattr(model, "loss", None)
+        if loss is None:
+            raise ValueError(
+                "The model is not compiled with a loss: pass loss=..., e.g. "
+                "keras.losses.SparseCategoricalCrossentropy(from_logits=True)."
+            )
+        if isinstance(loss, Mapping) or (isinstance(loss, (list, tuple)) and len(loss) > 1):
+            loss = _loss_for_output(model, loss, output)
+        elif isinstance(loss, (list, tuple)):
+            loss = loss[0]
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        config = _safe_config(loss)
+        name = type(loss).__name__
+        if hasattr(loss, "fn"):  # LossFunctionWrapper: the name of the wrapped function
+            name = getattr(loss.fn, "__name__", name)
+        own_logits = config.get("from_logits")
+        if from_logits is not None and own_logits is not None and from_logits != own_logits:
+            try:
+                loss = type(loss).from_config({**config, "from_logits": from_logits})
+            except Exception as error:  # noqa: BLE001 - any user subclass may refuse
+                raise ValueError(
+                    f"Loss {name} has from_logits={own_logits}, but from_logits="
+                    f"{from_logits} was asked and it could not be re-made: pass a loss "
+                    "with the right from_logits instead."
+                ) from error
+        fn = loss.call  # unreduced, no mask or weights applied
+        if ignore_class is None:
+            ignore_class = config.get("ignore_class")
+        logits = from_logits if from_logits is not None else own_logits
+    elif callable(loss):
+        name = getattr(loss, "__name__", type(loss).__name__)
+        params = _parameters(loss)
+        fn = loss
+        logits = from_logits
+        if "from_logits" in params:
+            default = params["from_logits"].default
+            if logits is None and isinstance(default, bool):
+                logits = default
+            chosen = logits
+
+            def fn(y_true, y_pred, _loss=loss, _chosen=chosen):
+                return _loss(y_true, y_pred, from_logits=_chosen)
+
+    else:
+        raise TypeError(
+            f"loss must be a Keras loss, a loss name or a callable, got {type(loss).__name__}."
+        )
+    return LossSpec(
+        fn=fn,
+        name=name,
+        kind=_kind_from_name(name),
+        from_logits=logits,
+        ignore_class=ignore_class,
+        output=output,
+    )
+
+
+def _loss_for_output(model: Any, losses: Any, output: str | int | None) -> Any:
+    names = list(getattr(model, "output_names", None) or [])
+    if output is None:
+        raise ValueError(
+            f"The model has several outputs {names or list(losses)}: pass output=NAME to "
+            "choose the one to analyse."
+        )
+    if isinstance(losses, Mapping):
+        key = output if isinstance(output, str) else (names[output] if names else output)
+        if key not in losses:
+            raise ValueError(f"No loss for output {output!r}; losses are for {list(losses)}.")
+        return losses[key]
+    index = names.index(output) if isinstance(output, str) else output
+    return losses[index]
+
+
+def _safe_config(loss: Any) -> dict[str, Any]:
+    try:
+        return dict(loss.get_config())
+    except Exception:  # noqa: BLE001 - user losses may not implement it
+        return {}
+
+
+def _parameters(fn: Any) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _kind_from_name(name: str) -> str | None:
+    lowered = name.lower()
+    if "sparse" in lowered:
+        return "sparse"
+    if "binary" in lowered:
+        return "binary"
+    if "categorical" in lowered or lowered in ("kl_divergence", "kldivergence"):
+        return "dense"
+    return None
+
+
+# -- output selection and the probe ----------------------------------------------------
+
+
+def select_output(outputs: Any, output: str | int | None, model: Any) -> Any:
+    """Picks the analysed output out of a model's outputs."""
+    if isinstance(outputs, Mapping):
+        keys = list(outputs)
+        if output is None:
+            if len(keys) == 1:
+                return outputs[keys[0]]
+            raise ValueError(f"The model has several outputs {keys}: pass output=NAME.")
+        key = output if not isinstance(output, int) else keys[output]
+        if key not in outputs:
+            raise ValueError(f"No output named {output!r}; outputs are {keys}.")
+        return outputs[key]
+    if isinstance(outputs, (list, tuple)):
+        names = list(getattr(model, "output_names", None) or [])
+        if output is None:
+            if len(outputs) == 1:
+                return outputs[0]
+            raise ValueError(
+                f"The model has {len(outputs)} outputs {names}: pass output=NAME or an index."
+            )
+        if isinstance(output, str):
+            if output not in names:
+                raise ValueError(f"No output named {output!r}; outputs are {names}.")
+            return outputs[names.index(output)]
+        return outputs[output]
+    if output not in (None, 0) and output != (getattr(model, "output_names", None) or [None])[0]:
+        raise ValueError(f"The model has a single output; output={output!r} does not name it.")
+    return outputs
+
+
+def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
+    """Runs the model once eagerly and checks labels against the output shape."""
+    x, y, _ = batch
+    out = select_output(model(x, training=False), spec.output, model)
+    out_shape = tuple(int(d) for d in out.shape)
+    y_shape = tuple(int(d) for d in tf.nest.flatten(y)[0].shape) if y is not None else None
+    if y is None or isinstance(y, Mapping) and len(y) != 1:
+        raise ValueError("Each batch needs labels y for the analysed output.")
+    if isinstance(y, Mapping):
+        y = next(iter(y.values()))
+    if len(out_shape) not in (1, 2, 3):
+        raise ValueError(
+            f"The output has shape {out_shape}: expected (batch, classes) for a classifier or "
+            "(batch, time, classes) for a sequence output. Pass output=NAME to pick another."
+        )
+    binary_out = len(out_shape) == 1 or out_shape[-1] == 1
+    sequence = len(out_shape) == 3
+    kind = spec.kind
+    if kind is None:
+        if binary_out:
+            kind = "binary"
+        elif y_shape == out_shape:
+            kind = "dense"
+        else:
+            kind = "sparse"
+    if kind == "binary" and not binary_out:
+        kind = "dense" if y_shape == out_shape else "sparse"
+    num_classes = 2 if binary_out else out_shape[-1]
+    _check_label_shape(kind, y_shape, out_shape, spec.name)
+    if not np.issubdtype(np.dtype(y.dtype.as_numpy_dtype), np.number) and y.dtype != tf.bool:
+        raise ValueError(f"Labels must be numbers, got dtype {y.dtype.name}.")
+    from_logits = spec.from_logits
+    if from_logits is None:
+        from_logits = not _looks_like_probabilities(out.numpy(), binary_out)
+    return Probe(sequence=sequence, num_classes=num_classes, kind=kind, from_logits=from_logits)
+
+
+def _check_label_shape(kind: str, y_shape: tuple, out_shape: tuple, loss_name: str) -> None:
+    if kind == "dense":
+        if y_shape != out_shape:
+            raise ValueError(
+                f"Labels of shape {y_shape} do not fit the output {out_shape}: {loss_name} "
+                f"needs one-hot labels of the output's shape. For class ids of shape "
+                f"{out_shape[:-1]} use SparseCategoricalCrossentropy."
+            )
+        return
+    if kind == "binary":
+        wanted = out_shape if len(out_shape) == 1 or out_shape[-1] != 1 else out_shape[:-1]
+        if y_shape not in (wanted, wanted + (1,)):
+            raise ValueError(
+                f"Labels of shape {y_shape} do not fit the binary output {out_shape}: "
+                f"expected labels of shape {wanted} or {wanted + (1,)}."
+            )
+        return
+    wanted = out_shape[:-1]
+    if y_shape not in (wanted, wanted + (1,)):
+        hint = ""
+        if y_shape == out_shape:
+            hint = " They look one-hot: use CategoricalCrossentropy, or pass class ids."
+        raise ValueError(
+            f"Labels of shape {y_shape} do not fit the output {out_shape}: {loss_name} needs "
+            f"class ids of shape {wanted}.{hint}"
+        )
+
+
+def _looks_like_probabilities(values: np.ndarray, binary: bool) -> bool:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return False
+    if values.min() < 0.0 or values.max() > 1.0:
+        return False
+    if binary:
+        return True
+    return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < _PROB_SUM_TOL))
+
+
+# -- the compiled step -----------------------------------------------------------------
+
+
+def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_inputs: bool):
+    """Returns ``step(x, y, sample_weight) -> dict`` computing per-example results."""
+    del keep_inputs  # inputs are kept on the host, see compute_losses
+    num_classes = probe_.num_classes
+    binary = probe_.kind == "binary"
+
+    def step(x, y, sample_weight):
+        if isinstance(y, Mapping):
+            y = next(iter(y.values()))
+        out = select_output(model(x, training=False), spec.output, model)
+        keras_mask = getattr(out, "_keras_mask", None)
+        out = tf.cast(out, tf.float32)
+        if binary:
+            if out.shape.rank == 1 or out.shape[-1] != 1:
+                out = tf.expand_dims(out, -1)
+            positive = tf.sigmoid(out) if probe_.from_logits else out
+            probs = tf.concat([1.0 - positive, positive], axis=-1)
+            label_shape = tf.shape(out)[:-1]
+            y_float = tf.reshape(tf.cast(y, tf.float32), tf.shape(out))
+            label = tf.cast(tf.reshape(y_float, label_shape) > 0.5, tf.int32)
+            loss_values = spec.fn(y_float, out)
+            fractional = tf.zeros(label_shape, tf.bool)
+        else:
+            probs = tf.nn.softmax(out, axis=-1) if probe_.from_logits else out
+            label_shape = tf.shape(out)[:-1]
+            if probe_.kind == "dense":
+                label = tf.argmax(y, axis=-1, output_type=tf.int32)
+                y_for_loss = tf.cast(y, tf.float32)
+                fractional = tf.zeros(label_shape, tf.bool)
+            else:
+                y_flat = tf.reshape(y, label_shape)
+                if y_flat.dtype.is_floating:
+                    fractional = tf.not_equal(y_flat, tf.floor(y_flat))
+                    label = tf.cast(y_flat, tf.int32)
+                else:
+                    fractional = tf.zeros(label_shape, tf.bool)
+                    label = tf.cast(y_flat, tf.int32)
+            weight = tf.ones(label_shape, tf.float32)
+        if binary:
+            weight = tf.ones(label_shape, tf.float32)
+        if keras_mask is not None:
+            weight *= tf.cast(tf.reshape(keras_mask, label_shape), tf.float32)
+        if spec.ignore_class is not None:
+            weight *= tf.cast(tf.not_equal(label, spec.ignore_class), tf.float32)
+        if sample_weight is not None:
+            sw = tf.cast(sample_weight, tf.float32)
+            if sw.shape.rank is not None and sw.shape.rank > 1 and sw.shape[-1] == 1:
+                sw = sw[..., 0] if label.shape.rank == sw.shape.rank - 1 else sw
+            if sw.shape.rank == 1 and label.shape.rank == 2:
+                sw = sw[:, None]
+            weight *= sw
+        counted = weight > 0
+        in_range = (label >= 0) & (label < num_classes)
+        invalid = counted & ~in_range
+        safe_label = tf.where(in_range, label, tf.zeros_like(label))
+        if not binary:
+            if probe_.kind == "dense":
+                loss_values = spec.fn(y_for_loss, out)
+            else:
+                loss_values = spec.fn(safe_label, out)
+        loss_values = tf.cast(loss_values, tf.float32)
+        loss_values = tf.reshape(loss_values, label_shape)
+
+        prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        confidence = tf.reduce_max(probs, axis=-1)
+        one_hot = tf.one_hot(safe_label, num_classes, dtype=tf.float32) > 0.5
+        true_prob = tf.reduce_sum(tf.where(one_hot, probs, 0.0), axis=-1)
+        best_other = tf.reduce_max(tf.where(one_hot, -math.inf, probs), axis=-1)
+        margin = true_prob - best_other
+        right = tf.equal(prediction, label)
+        token_loss = tf.where(counted, loss_values * weight, 0.0)
+        counted_f = tf.cast(counted, tf.float32)
+        prob_like = _prob_like(out, binary)
+
+        if probe_.sequence:
+            n_tokens = tf.reduce_sum(tf.cast(counted, tf.int32), axis=-1)
+            denom = tf.maximum(tf.cast(n_tokens, tf.float32), 1.0)
+            has_tokens = n_tokens > 0
+            token_right = tf.reduce_sum(tf.cast(right & counted, tf.float32), axis=-1)
+            result = {
+                "loss_sum": tf.reduce_sum(token_loss, axis=-1),
+                "n_tokens": n_tokens,
+                "confidence": tf.reduce_sum(confidence * counted_f, -1) / denom,
+                "true_prob": tf.reduce_sum(true_prob * counted_f, -1) / denom,
+                "margin": tf.where(
+                    has_tokens,
+                    tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1),
+                    0.0,
+                ),
+                "correct": tf.reduce_all(right | ~counted, axis=-1),
+                "token_accuracy": tf.where(has_tokens, token_right / denom, 1.0),
+                "label": label,
+                "prediction": prediction,
+                "token_loss": token_loss,
+                "token_confidence": confidence,
+                "token_true_prob": true_prob,
+                "token_margin": margin,
+                "token_mask": counted,
+                "label_invalid": tf.reduce_any(invalid, axis=-1),
+                "label_fractional": tf.reduce_any(fractional & counted, axis=-1),
+                "prob_like": tf.reduce_all(prob_like, axis=-1),
+            }
+        else:
+            result = {
+                "loss_sum": token_loss,
+                "n_tokens": tf.cast(counted, tf.int32),
+                "confidence": confidence,
+                "true_prob": true_prob,
+                "margin": margin,
+                "correct": right,
+                "token_accuracy": tf.cast(right, tf.float32),
+                "label": label,
+                "prediction": prediction,
+                "label_invalid": invalid,
+                "label_fractional": fractional & counted,
+                "prob_like": prob_like,
+            }
+        return result
+
+    if strategy.num_replicas_in_sync > 1:
+        replica_step = step
+
+        def step(x, y, sample_weight):  # noqa: F811 - the distributed wrapper
+            per_replica = strategy.run(replica_step, args=(x, y, sample_weight))
+            return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+
+    return step
+
+
+def _prob_like(out: tf.Tensor, binary: bool) -> tf.Tensor:
+    in_unit = tf.reduce_all((out >= 0.0) & (out <= 1.0), axis=-1)
+    if binary:
+        return in_unit
+    sums_one = tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < _PROB_SUM_TOL
+    return in_unit & sums_one
+
+
+class CompiledStep:
+    """A ``tf.function`` of the step, remembering whether it uses XLA."""
+
+    def __init__(self, step: Any, jit: bool) -> None:
+        self.jit = jit
+        self._fn = tf.function(step, jit_compile=jit, reduce_retracing=True)
+
+    def __call__(self, x: Any, y: Any, sample_weight: Any) -> dict[str, Any]:
+        return self._fn(x, y, sample_weight)
+
+
+def compile_step(step: Any, jit_compile: Any) -> CompiledStep:
+    """Wraps the step in a ``tf.function``; ``"auto"`` starts with XLA."""
+    if jit_compile not in (True, False, "auto"):
+        raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
+    return CompiledStep(step, jit=bool(jit_compile))
+
+
+# -- host-side checks ------------------------------------------------------------------
+
+
+def check_batch(host: dict[str, Any], spec: LossSpec, probe_: Probe, *, first_batch: bool) -> None:
+    """Raises clear errors for bad labels or logits/probabilities mix-ups; drops check columns."""
+    invalid = host.pop("label_invalid")
+    fractional = host.pop("label_fractional")
+    prob_like = host.pop("prob_like")
+    if fractional.any():
+        raise ValueError(
+            f"Labels hold fractional values but {spec.name} is a sparse loss that needs "
+            "integer class ids. Pass integer labels, or use CategoricalCrossentropy for "
+            "one-hot / soft labels."
+        )
+    if invalid.any():
+        labels = host["label"]
+        out_of_range = (labels < 0) | (labels >= probe_.num_classes)
+        if spec.ignore_class is not None:
+            out_of_range &= labels != spec.ignore_class
+        bad_values = sorted({int(v) for v in labels[out_of_range]})
+        raise ValueError(
+            f"Labels {bad_values[:5]} are outside the output's {probe_.num_classes} classes "
+            f"(0..{probe_.num_classes - 1}). Fix the labels, or pass ignore_class=ID for a "
+            "label id that should not count (e.g. -100 for padding)."
+        )
+    if first_batch and prob_like.size:
+        if probe_.from_logits and prob_like.all() and probe_.kind != "binary":
+            raise ValueError(
+                "The model's outputs look like probabilities (every row is in [0, 1] and sums "
+                "to 1, e.g. after a softmax), but the loss expects logits (from_logits=True). "
+                "Pass from_logits=False, or remove the final softmax from the model."
+            )
+        if not probe_.from_logits and not prob_like.all():
+            raise ValueError(
+                "The model's outputs are not probabilities (values outside [0, 1] or rows not "
+                "summing to 1), but the loss expects probabilities (from_logits=False). Pass "
+                "from_logits=True if the model outputs logits, or add a softmax/sigmoid."
+            )
+
+
+def progress_bar(total: int | None, verbose: int) -> Any:
+    """A Keras progress bar over batches, or None when ``verbose`` is 0."""
+    if not verbose:
+        return None
+    import keras
+
+    return keras.utils.Progbar(total, unit_name="batch")
+
+
+def kept_inputs(x: Any, strategy: Any) -> dict[str, np.ndarray]:
+    """Host copies of the integer or string inputs (token ids, raw text) of one batch."""
+    if isinstance(x, Mapping):
+        named = dict(x)
+    elif isinstance(x, (list, tuple)):
+        named = {f"input_{i}": v for i, v in enumerate(x)}
+    else:
+        named = {"input": x}
+    kept = {}
+    for name, value in named.items():
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            value = strategy.gather(value, axis=0)
+        dtype = value.dtype
+        if not (dtype.is_integer or dtype == tf.string) or value.shape.rank > 2:
+            continue
+        kept[name] = value.numpy()
+    return kept
+

@@ -1,0 +1,226 @@
+"""ErrorAnalysis: the Keras callback. Wiring only: compute -> analyse -> write."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Literal
+
+import keras
+import pandas as pd
+
+from keras_erranalysis import ranking
+from keras_erranalysis.decoding import Vocabulary
+from keras_erranalysis.losses import LossReport, compute_losses
+from keras_erranalysis.run import Run, RunWriter, load_run
+
+
+class ErrorAnalysis(keras.callbacks.Callback):
+    """Finds the examples a model gets wrong, every analysed epoch, and logs them.
+
+    At the end of each analysed epoch the callback runs one compiled, unreduced loss pass
+    over ``data`` (see :func:`~keras_erranalysis.compute_losses`), keeps every example's
+    numbers, and writes the epoch to ``log_dir`` atomically: per-example arrays and the
+    hardest examples (highest loss, confidently wrong, least confident) with decoded text.
+    It only observes: it never changes the model's weights or the training logs.
+
+    Args:
+        data: The examples to analyse: a batched ``tf.data.Dataset`` of ``(x, y)`` or
+            ``(x, y, sample_weight)``, or such a tuple of arrays.
+        log_dir: Run folder to write to (``None``: keep results in memory only).
+            Appends to an existing run of ours.
+        top_k: Rows per view in the hardest-example log.
+        every_n_epochs: Analyse every n-th epoch.
+        vocab: Decodes target tokens of sequence outputs (list, dict, lookup layer,
+            callable or :class:`~keras_erranalysis.decoding.Vocabulary`).
+        input_vocab: Decodes input tokens (source text).
+        label_names: Class names of a classifier.
+        loss: Loss to use (default: the model's compiled loss, unreduced).
+        output: Output to analyse in a multi-output model.
+        reduction: ``"mean"`` or ``"sum"`` over a sequence's counted tokens for ranking.
+        ignore_class: Label id that does not count (e.g. -100).
+        ids: Stable example ids in data order (default: positions).
+        batch_size: Batch size when ``data`` is arrays.
+        jit_compile: XLA for the pass: ``True``, ``False`` or ``"auto"``.
+        on_error: ``"raise"`` stops training with the reason when the analysis fails;
+            ``"warn"`` warns, switches the analysis off and lets training go on.
+        verbose: 0 silent, 1 progress bar during the pass and a one-line summary.
+
+    Example:
+        >>> cb = ErrorAnalysis((x_val, y_val), log_dir="runs/ea", top_k=10)  # doctest: +SKIP
+        >>> model.fit(x, y, epochs=3, callbacks=[cb])  # doctest: +SKIP
+        >>> cb.hardest().head()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        log_dir: str | os.PathLike | None = "erranalysis",
+        top_k: int = 20,
+        every_n_epochs: int = 1,
+        vocab: Any = None,
+        input_vocab: Any = None,
+        label_names: Any = None,
+        loss: Any = None,
+        output: str | int | None = None,
+        reduction: Literal["mean", "sum"] = "mean",
+        ignore_class: int | None = None,
+        ids: Any = None,
+        batch_size: int = 32,
+        jit_compile: bool | Literal["auto"] = "auto",
+        on_error: Literal["raise", "warn"] = "raise",
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}.")
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}.")
+        self.data = data
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.top_k = top_k
+        self.every_n_epochs = every_n_epochs
+        self.decoding = {
+            "vocab": Vocabulary.from_any(vocab),
+            "input_vocab": Vocabulary.from_any(input_vocab),
+            "label_names": Vocabulary.from_any(label_names),
+        }
+        self.pass_options = {
+            "loss": loss,
+            "output": output,
+            "reduction": reduction,
+            "ignore_class": ignore_class,
+            "ids": ids,
+            "batch_size": batch_size,
+            "jit_compile": jit_compile,
+        }
+        self.on_error = on_error
+        self.verbose = verbose
+        self.enabled = True
+        self.last_report: LossReport | None = None
+        self._writer: RunWriter | None = None
+        self._reports: dict[int, LossReport] = {}  # only without log_dir
+        self._epoch_offset: int | None = None
+        self._fit_epochs: int | None = None
+
+    # -- Keras hooks -------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Opens the run folder (checked writable, locked) before the first epoch."""
+        self._epoch_offset = None
+        self._fit_epochs = (self.params or {}).get("epochs")
+        if self.log_dir is not None and self.enabled:
+            self._writer = RunWriter(self.log_dir, decoding=self.decoding)
+            self._writer.acquire_lock()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Fixes the run's epoch numbering at the first epoch of each fit."""
+        if self._epoch_offset is None:
+            # A resumed fit (initial_epoch=k) continues at k+1; a fresh fit on a run that
+            # already holds epochs appends after them.
+            self._epoch_offset = max(0, self._last_epoch() - epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Runs the loss pass and writes the epoch when it is due."""
+        if not self.enabled:
+            return
+        due = (epoch + 1) % self.every_n_epochs == 0
+        if not due:
+            return
+        if self._epoch_offset is None:
+            self.on_epoch_begin(epoch)
+        run_epoch = epoch + 1 + self._epoch_offset
+        try:
+            self.analyse_epoch(run_epoch, keras_epoch=epoch)
+        except Exception as error:
+            if self.on_error == "raise":
+                self._close()
+                raise
+            self.enabled = False
+            warnings.warn(
+                f"ErrorAnalysis failed at epoch {run_epoch} and is now off for this fit "
+                f"({type(error).__name__}: {error}). Training goes on; epochs already "
+                "written are intact.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Releases the run folder."""
+        self._close()
+
+    # -- the work ----------------------------------------------------------------------
+
+    def analyse_epoch(self, run_epoch: int, *, keras_epoch: int | None = None) -> LossReport:
+        """Runs the pass on the current model and records it as ``run_epoch``."""
+        report = compute_losses(
+            self.model, self.data, verbose=self.verbose, **self.pass_options
+        )
+        self.last_report = report
+        frame = report.to_frame(**self.decoding)
+        tables = {"hardest": ranking.log_views(frame, k=self.top_k)}
+        if self._writer is not None:
+            self._writer.write_epoch(
+                run_epoch, report, tables=tables, info={"keras_epoch": keras_epoch}
+            )
+        else:
+            self._reports[run_epoch] = report
+        if self.verbose:
+            wrong = int((~report.correct).sum())
+            bad = int(report.nonfinite.sum())
+            note = f", {bad} with NaN/inf loss" if bad else ""
+            print(
+                f"ErrorAnalysis epoch {run_epoch}: {wrong}/{len(report)} examples wrong, "
+                f"mean loss {float(report.loss[~report.nonfinite].mean()):.4f}{note}"
+            )
+        return report
+
+    def _last_epoch(self) -> int:
+        if self._writer is not None:
+            return self._writer.last_epoch()
+        return max(self._reports, default=0)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.release_lock()
+
+    # -- reading results ---------------------------------------------------------------
+
+    def run(self) -> Run:
+        """The run folder opened for reading (needs ``log_dir``)."""
+        if self.log_dir is None:
+            raise ValueError("This ErrorAnalysis keeps results in memory (log_dir=None).")
+        return load_run(self.log_dir)
+
+    def report(self, epoch: int = -1) -> LossReport:
+        """The :class:`LossReport` of an analysed epoch (``-1`` = last)."""
+        if self.log_dir is not None:
+            return self.run().report(epoch)
+        if not self._reports:
+            raise ValueError("No epoch analysed yet: train with this callback first.")
+        epochs = sorted(self._reports)
+        return self._reports[epochs[epoch] if epoch < 0 else epoch]
+
+    def hardest(
+        self, epoch: int = -1, k: int | None = None, by: str = "loss", only_wrong: bool = False
+    ) -> pd.DataFrame:
+        """The hardest examples of an analysed epoch (``-1`` = last), with decoded text."""
+        report = self.report(epoch)
+        return ranking.rank_examples(
+            report.to_frame(**self.decoding), by=by, k=k or self.top_k, only_wrong=only_wrong
+        )
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Every analysed epoch's per-example numbers, one row per (epoch, example)."""
+        if self.log_dir is not None:
+            return self.run().history
+        parts = []
+        for epoch, report in sorted(self._reports.items()):
+            part = report.scalars()
+            part.insert(0, "epoch", epoch)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

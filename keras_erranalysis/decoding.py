@@ -1,0 +1,137 @@
+"""Turn token ids and class ids back into text.
+
+A :class:`Vocabulary` wraps whatever the user has: a list of tokens, a ``{id: token}`` or
+``{token: id}`` mapping, a Keras ``TextVectorization`` / ``StringLookup`` layer, or a
+callable from a sequence of ids to a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+DecodeFn = Callable[[Sequence[int]], str]
+
+
+class Vocabulary:
+    """Maps ids to tokens and joins them into text.
+
+    Args:
+        tokens: The token of each id, in id order. Empty strings are treated as padding
+            and left out of decoded text.
+        sep: What to put between tokens when joining (``""`` for characters).
+        fn: Instead of ``tokens``, a callable from a list of ids to a string.
+
+    Example:
+        >>> Vocabulary(["", "c", "a", "t"], sep="").decode([1, 2, 3, 0])
+        'cat'
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[str] | None = None,
+        *,
+        sep: str = " ",
+        fn: DecodeFn | None = None,
+    ) -> None:
+        if (tokens is None) == (fn is None):
+            raise ValueError("Vocabulary needs exactly one of `tokens` or `fn`.")
+        self.tokens = None if tokens is None else [str(t) for t in tokens]
+        self.sep = sep
+        self.fn = fn
+
+    @classmethod
+    def from_any(cls, obj: Any, *, sep: str | None = None) -> Vocabulary | None:
+        """Builds a vocabulary from a list, a mapping, a Keras lookup layer or a callable.
+
+        Args:
+            obj: The user's vocabulary, or None.
+            sep: Joiner override; by default a space (a Vocabulary keeps its own).
+
+        Returns:
+            A Vocabulary, or None when ``obj`` is None.
+
+        Raises:
+            TypeError: When ``obj`` is none of the accepted kinds.
+        """
+        if obj is None:
+            return None
+        if isinstance(obj, Vocabulary):
+            if sep is not None and sep != obj.sep:
+                return cls(obj.tokens, sep=sep, fn=obj.fn)
+            return obj
+        joiner = " " if sep is None else sep
+        if hasattr(obj, "get_vocabulary"):  # TextVectorization, StringLookup, IntegerLookup
+            return cls([str(t) for t in obj.get_vocabulary()], sep=joiner)
+        if isinstance(obj, Mapping):
+            return cls(_tokens_from_mapping(obj), sep=joiner)
+        if isinstance(obj, (str, bytes)):
+            raise TypeError(
+                "A vocabulary must be a list of tokens, not a single string; "
+                "for characters pass list(alphabet) and sep=''."
+            )
+        if isinstance(obj, (Sequence, np.ndarray)):
+            return cls([_as_text(t) for t in obj], sep=joiner)
+        if callable(obj):
+            return cls(fn=obj, sep=joiner)
+        raise TypeError(
+            f"Cannot use {type(obj).__name__} as a vocabulary: pass a list of tokens, a "
+            "{id: token} dict, a TextVectorization/StringLookup layer, or a callable."
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Vocabulary | None:
+        """Rebuilds a vocabulary written by :meth:`to_json`."""
+        if not data:
+            return None
+        return cls(list(data["tokens"]), sep=str(data.get("sep", " ")))
+
+    def to_json(self) -> dict[str, Any] | None:
+        """Returns a JSON-ready dict, or None for a callable (which cannot be stored)."""
+        if self.tokens is None:
+            return None
+        return {"tokens": self.tokens, "sep": self.sep}
+
+    def token(self, index: int) -> str:
+        """Returns the token of one id (``<id>`` when the id is outside the vocabulary)."""
+        if self.tokens is None:
+            return self.fn([int(index)])  # type: ignore[misc]
+        index = int(index)
+        if 0 <= index < len(self.tokens):
+            return self.tokens[index]
+        return f"<{index}>"
+
+    def decode(self, ids: Sequence[int] | np.ndarray, mask: np.ndarray | None = None) -> str:
+        """Joins the tokens of ``ids`` (only where ``mask`` is true) into text.
+
+        Padding tokens (empty strings) are dropped.
+        """
+        ids_array = np.asarray(ids).reshape(-1)
+        if mask is not None:
+            ids_array = ids_array[np.asarray(mask, dtype=bool).reshape(-1)]
+        if self.tokens is None:
+            return str(self.fn([int(i) for i in ids_array]))  # type: ignore[misc]
+        words = (self.token(i) for i in ids_array)
+        return self.sep.join(w for w in words if w != "")
+
+
+def _as_text(token: Any) -> str:
+    if isinstance(token, bytes):
+        return token.decode("utf-8", errors="replace")
+    return str(token)
+
+
+def _tokens_from_mapping(mapping: Mapping[Any, Any]) -> list[str]:
+    items = list(mapping.items())
+    if not items:
+        return []
+    if all(isinstance(k, (int, np.integer)) for k, _ in items):
+        id_to_token = {int(k): _as_text(v) for k, v in items}
+    elif all(isinstance(v, (int, np.integer)) for _, v in items):
+        id_to_token = {int(v): _as_text(k) for k, v in items}
+    else:
+        raise TypeError("A vocabulary dict must map ids to tokens or tokens to ids.")
+    size = max(id_to_token) + 1
+    return [id_to_token.get(i, f"<{i}>") for i in range(size)]
