@@ -26,7 +26,15 @@ _PUBLIC = {
     "compare_features": "keras_erranalysis.features",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "ErrorAnalysis",
+    "LossReport",
+    "Run",
+    "compare_features",
+    "compute_losses",
+    "extract_attention",
+    "load_run",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from keras_erranalysis.attention import extract_attention

@@ -63,8 +63,7 @@ def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
     elif isinstance(data, (tuple, list)):
         if len(data) not in (2, 3):
             raise ValueError(
-                f"data as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} "
-                "items."
+                f"data as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
             )
         parts = tuple(_as_arrays(part) for part in data if part is not None)
         n = _num_examples(parts[0])
@@ -597,4 +596,3 @@ def kept_inputs(x: Any, strategy: Any) -> dict[str, np.ndarray]:
             continue
         kept[name] = value.numpy()
     return kept
-

@@ -156,9 +156,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
 
     def analyse_epoch(self, run_epoch: int, *, keras_epoch: int | None = None) -> LossReport:
         """Runs the pass on the current model and records it as ``run_epoch``."""
-        report = compute_losses(
-            self.model, self.data, verbose=self.verbose, **self.pass_options
-        )
+        report = compute_losses(self.model, self.data, verbose=self.verbose, **self.pass_options)
         self.last_report = report
         frame = report.to_frame(**self.decoding)
         tables = {"hardest": ranking.log_views(frame, k=self.top_k)}

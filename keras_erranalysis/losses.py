@@ -336,7 +336,9 @@ def compute_losses(
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
     _pass.check_model(model)
     dataset = _pass.as_dataset(data, batch_size)
-    spec = _pass.resolve_loss(model, loss, output, ignore_class=ignore_class, from_logits=from_logits)
+    spec = _pass.resolve_loss(
+        model, loss, output, ignore_class=ignore_class, from_logits=from_logits
+    )
     first = _pass.first_batch(dataset)
     probe = _pass.probe(model, spec, first)
     strategy = _pass.model_strategy(model)
@@ -466,5 +468,3 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
         fill: Any = False if part.dtype == bool else ("" if part.dtype.kind in "US" else 0)
         padded.append(np.pad(part, pad, constant_values=fill))
     return np.concatenate(padded, axis=0)
-
-

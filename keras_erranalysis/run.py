@@ -295,7 +295,9 @@ class RunWriter:
 def _save_array(folder: Path, stem: str, value: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(value)
     if array.dtype.kind == "O":
-        raise TypeError(f"Column {stem!r} holds Python objects; only numeric/text arrays are saved.")
+        raise TypeError(
+            f"Column {stem!r} holds Python objects; only numeric/text arrays are saved."
+        )
     path = folder / f"{stem}.npy"
     with open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
@@ -483,8 +485,11 @@ class Run:
         meta = _read_json(folder / META_FILE)
         if meta.get("format") != FORMAT or meta.get("epoch") != number:
             raise RunFormatError(f"{str(folder / META_FILE)!r} does not describe epoch {number}.")
-        entries = [*meta.get("arrays", {}).values(), *meta.get("inputs", {}).values(),
-                   *meta.get("extra", {}).values()]
+        entries = [
+            *meta.get("arrays", {}).values(),
+            *meta.get("inputs", {}).values(),
+            *meta.get("extra", {}).values(),
+        ]
         for entry in entries:
             file = folder / entry["file"]
             try:
@@ -582,3 +587,23 @@ class Run:
         if not parts:
             return pd.DataFrame(columns=["epoch", *EXAMPLE_COLUMNS])
         return pd.concat(parts, ignore_index=True)
+
+    def dynamics(self, **options: Any) -> pd.DataFrame:
+        """Per-example training dynamics across epochs (see ``dynamics.run_dynamics``)."""
+        from keras_erranalysis.dynamics import run_dynamics
+
+        return run_dynamics(self, **options)
+
+    def likely_mislabeled(
+        self,
+        k: int | None = None,
+        *,
+        method: str | None = None,
+        threshold: float | None = None,
+        **options: Any,
+    ) -> pd.DataFrame:
+        """Ranked likely label errors (see ``dynamics.likely_mislabeled``)."""
+        from keras_erranalysis.dynamics import DEFAULT_METHOD, likely_mislabeled, run_dynamics
+
+        dyn = run_dynamics(self, **options)
+        return likely_mislabeled(dyn, k, method=method or DEFAULT_METHOD, threshold=threshold)

@@ -25,16 +25,24 @@ def seq_model():
     hidden = keras.layers.Embedding(len(CHARS), 8, mask_zero=True)(inp)
     out = keras.layers.Dense(len(TAGS))(keras.layers.Dense(8, activation="relu")(hidden))
     model = keras.Model(inp, out)
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  optimizer=keras.optimizers.Adam(0.05))
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.Adam(0.05),
+    )
     return model
 
 
 def test_fit_writes_every_epoch_with_decoded_hardest_examples(tmp_path):
     x, y = seq_data()
     model = seq_model()
-    cb = ErrorAnalysis((x, y), log_dir=tmp_path, top_k=4, vocab=TAGS,
-                       input_vocab=Vocabulary(CHARS, sep=""), verbose=0)
+    cb = ErrorAnalysis(
+        (x, y),
+        log_dir=tmp_path,
+        top_k=4,
+        vocab=TAGS,
+        input_vocab=Vocabulary(CHARS, sep=""),
+        verbose=0,
+    )
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
 
     run = load_run(tmp_path)
@@ -47,8 +55,11 @@ def test_fit_writes_every_epoch_with_decoded_hardest_examples(tmp_path):
     final = cb.report()
     np.testing.assert_allclose(run.report(3).loss, final.loss)
     hardest = run.table("hardest", 3)
-    assert {"highest_loss", "least_confident"} <= set(hardest["view"]) <= {
-        "highest_loss", "confidently_wrong", "least_confident"}
+    assert (
+        {"highest_loss", "least_confident"}
+        <= set(hardest["view"])
+        <= {"highest_loss", "confidently_wrong", "least_confident"}
+    )
     wrong_view = hardest[hardest["view"] == "confidently_wrong"]
     assert len(wrong_view) == min(4, int((~final.correct).sum()))
     assert not wrong_view["correct"].any()
@@ -93,11 +104,17 @@ def _train(with_callback, tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = rng.integers(0, 3, 64)
-    model = keras.Sequential([
-        keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dropout(0.3), keras.layers.Dense(3)])
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  optimizer="adam")
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizer="adam"
+    )
     callbacks = [ErrorAnalysis((x, y), log_dir=tmp_path, verbose=0)] if with_callback else []
     model.fit(x, y, epochs=3, batch_size=16, shuffle=True, verbose=0, callbacks=callbacks)
     return [w.numpy() for w in model.weights]

@@ -19,8 +19,11 @@ def softmax(z):
 
 def classifier(n_classes=4, activation=None, loss=None):
     model = keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
-         keras.layers.Dense(n_classes, activation=activation)]
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(n_classes, activation=activation),
+        ]
     )
     model.compile(
         loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=activation is None)
@@ -59,11 +62,13 @@ def test_classifier_matches_keras_loss_and_numpy(jit_compile):
     report = compute_losses(model, (x, y), batch_size=16, verbose=0, jit_compile=jit_compile)
 
     logits = model.predict(x, verbose=0)
-    keras_unreduced = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=None)(y, logits).numpy()
+    keras_unreduced = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)(
+        y, logits
+    ).numpy()
     np.testing.assert_allclose(report.loss, keras_unreduced, rtol=1e-5, atol=1e-5)
     assert report.loss.mean() == pytest.approx(
-        model.evaluate(x, y, batch_size=50, verbose=0), abs=1e-5)
+        model.evaluate(x, y, batch_size=50, verbose=0), abs=1e-5
+    )
 
     probs = softmax(logits.astype("float64"))
     np.testing.assert_array_equal(report.prediction, probs.argmax(1))
@@ -87,21 +92,25 @@ def test_sequence_with_keras_mask_matches_keras():
     np.testing.assert_array_equal(report.n_tokens, lengths)
     np.testing.assert_array_equal(report.token_mask, x != 0)
     logits = model.predict(x, verbose=0)
-    per_token = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=None)(y, logits).numpy()
+    per_token = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)(
+        y, logits
+    ).numpy()
     counted = x != 0
     np.testing.assert_allclose(report.token_loss[counted], per_token[counted], atol=1e-5)
     assert np.all(report.token_loss[~counted] == 0)
     np.testing.assert_allclose(report.loss_sum, (per_token * counted).sum(1), rtol=1e-5)
     np.testing.assert_allclose(report.loss_mean, report.loss_sum / lengths, rtol=1e-5)
     keras_batch_loss = model.evaluate(x, y, batch_size=len(x), verbose=0)
-    assert report.loss_sum.sum() / report.n_tokens.sum() == pytest.approx(keras_batch_loss, abs=1e-5)
+    assert report.loss_sum.sum() / report.n_tokens.sum() == pytest.approx(
+        keras_batch_loss, abs=1e-5
+    )
     # exact match and token accuracy over counted tokens only
     pred = softmax(logits).argmax(-1)
     right = (pred == y) | ~counted
     np.testing.assert_array_equal(report.correct, right.all(1))
     np.testing.assert_allclose(
-        report.token_accuracy, ((pred == y) & counted).sum(1) / lengths, atol=1e-6)
+        report.token_accuracy, ((pred == y) & counted).sum(1) / lengths, atol=1e-6
+    )
 
 
 def test_ignore_class_excludes_subtokens_and_matches_keras():
@@ -161,7 +170,9 @@ def test_one_hot_labels_with_categorical_loss():
     one_hot = np.eye(4, dtype="float32")[y]
     report = compute_losses(model, (x, one_hot), verbose=0)
     np.testing.assert_array_equal(report.label, y)
-    assert report.loss.mean() == pytest.approx(model.evaluate(x, one_hot, batch_size=30, verbose=0), abs=1e-5)
+    assert report.loss.mean() == pytest.approx(
+        model.evaluate(x, one_hot, batch_size=30, verbose=0), abs=1e-5
+    )
 
 
 def test_binary_sigmoid_output():
@@ -174,7 +185,9 @@ def test_binary_sigmoid_output():
     assert report.num_classes == 2
     np.testing.assert_allclose(report.true_prob, np.where(y == 1, p, 1 - p), atol=1e-5)
     np.testing.assert_array_equal(report.prediction, (p > 0.5).astype(int))
-    assert report.loss.mean() == pytest.approx(model.evaluate(x, y, batch_size=30, verbose=0), abs=1e-5)
+    assert report.loss.mean() == pytest.approx(
+        model.evaluate(x, y, batch_size=30, verbose=0), abs=1e-5
+    )
 
 
 def test_reduction_sum_ranks_long_sequences_higher():
@@ -207,11 +220,17 @@ def test_user_ids_and_decoding_with_vocabularies():
     x = np.array([[1, 2, 0], [3, 4, 1]])
     y = np.array([[0, 1, 0], [2, 2, 1]])
     report = compute_losses(model, (x, y), ids=np.array([10, 20]), verbose=0)
-    frame = report.to_frame(vocab=["O", "B", "I"], input_vocab=Vocabulary(["", "c", "a", "t", "s"], sep=""))
+    frame = report.to_frame(
+        vocab=["O", "B", "I"], input_vocab=Vocabulary(["", "c", "a", "t", "s"], sep="")
+    )
     assert frame["example_id"].tolist() == [10, 20]
     assert frame["input_text"].tolist() == ["ca", "tsc"]
     assert frame["label_text"].tolist() == ["O B", "I I B"]
-    assert report.tokens(20, vocab=["O", "B", "I"], by_id=True)["label_token"].tolist() == ["I", "I", "B"]
+    assert report.tokens(20, vocab=["O", "B", "I"], by_id=True)["label_token"].tolist() == [
+        "I",
+        "I",
+        "B",
+    ]
 
 
 def test_text_vectorization_vocabulary_decodes_inputs():
@@ -228,10 +247,19 @@ def test_text_vectorization_vocabulary_decodes_inputs():
 def test_multi_output_model_needs_output_name():
     inp = keras.Input((6,))
     hidden = keras.layers.Dense(8)(inp)
-    model = keras.Model(inp, {"kind": keras.layers.Dense(3, name="kind")(hidden),
-                              "score": keras.layers.Dense(2, name="score")(hidden)})
-    model.compile(loss={"kind": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        "score": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    model = keras.Model(
+        inp,
+        {
+            "kind": keras.layers.Dense(3, name="kind")(hidden),
+            "score": keras.layers.Dense(2, name="score")(hidden),
+        },
+    )
+    model.compile(
+        loss={
+            "kind": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "score": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        }
+    )
     x = RNG.normal(size=(10, 6)).astype("float32")
     y = RNG.integers(0, 3, 10)
     with pytest.raises(ValueError, match="several outputs.*output="):
@@ -295,16 +323,18 @@ def test_integral_float_labels_are_accepted():
 
 
 def test_probabilities_passed_where_logits_expected():
-    model = classifier(activation="softmax",
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = classifier(
+        activation="softmax", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x = RNG.normal(size=(10, 6)).astype("float32")
     with pytest.raises(ValueError, match="look like probabilities.*from_logits=False"):
         compute_losses(model, (x, RNG.integers(0, 4, 10)), verbose=0)
 
 
 def test_logits_passed_where_probabilities_expected():
-    model = classifier(activation=None,
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False))
+    model = classifier(
+        activation=None, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False)
+    )
     x = RNG.normal(size=(10, 6)).astype("float32")
     with pytest.raises(ValueError, match="not probabilities.*from_logits=True"):
         compute_losses(model, (x, RNG.integers(0, 4, 10)), verbose=0)
@@ -322,8 +352,11 @@ def test_empty_data_and_unbuilt_model_and_missing_labels():
     unbuilt = keras.Sequential([keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="not built.*Build it first"):
         compute_losses(unbuilt, (np.zeros((4, 6)), np.zeros(4)), loss="mse", verbose=0)
-    infinite = tf.data.Dataset.from_tensor_slices(
-        (np.zeros((4, 6), "float32"), np.zeros(4))).batch(2).repeat()
+    infinite = (
+        tf.data.Dataset.from_tensor_slices((np.zeros((4, 6), "float32"), np.zeros(4)))
+        .batch(2)
+        .repeat()
+    )
     with pytest.raises(ValueError, match="infinite"):
         compute_losses(model, infinite, verbose=0)
 
@@ -335,7 +368,8 @@ def test_uncompiled_model_needs_a_loss_and_accepts_one():
     with pytest.raises(ValueError, match="not compiled with a loss: pass loss="):
         compute_losses(model, (x, y), verbose=0)
     report = compute_losses(
-        model, (x, y), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), verbose=0)
+        model, (x, y), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), verbose=0
+    )
     assert len(report) == 8
 
 

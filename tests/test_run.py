@@ -23,7 +23,9 @@ def make_report(n=5, seed=0, sequence=False):
     common = dict(
         num_classes=3,
         example_id=np.arange(n, dtype="int64"),
-        loss=loss, loss_sum=loss, loss_mean=loss,
+        loss=loss,
+        loss_sum=loss,
+        loss_mean=loss,
         confidence=rng.random(n).astype("float32"),
         true_prob=rng.random(n).astype("float32"),
         margin=rng.uniform(-1, 1, n).astype("float32"),
@@ -34,8 +36,12 @@ def make_report(n=5, seed=0, sequence=False):
         extra={"attn_entropy/decoder": rng.random(n).astype("float32")},
     )
     if not sequence:
-        return LossReport(task="classification", label=rng.integers(0, 3, n).astype("int32"),
-                          prediction=rng.integers(0, 3, n).astype("int32"), **common)
+        return LossReport(
+            task="classification",
+            label=rng.integers(0, 3, n).astype("int32"),
+            prediction=rng.integers(0, 3, n).astype("int32"),
+            **common,
+        )
     shape = (n, 4)
     return LossReport(
         task="sequence",
@@ -52,8 +58,10 @@ def make_report(n=5, seed=0, sequence=False):
 
 @pytest.mark.parametrize("sequence", [False, True])
 def test_round_trip_keeps_every_array_and_decoding(tmp_path, sequence):
-    writer = RunWriter(tmp_path / "run", decoding={"vocab": ["a", "b", "c"],
-                                                   "input_vocab": Vocabulary(["", *"wxyz"], sep="")})
+    writer = RunWriter(
+        tmp_path / "run",
+        decoding={"vocab": ["a", "b", "c"], "input_vocab": Vocabulary(["", *"wxyz"], sep="")},
+    )
     report = make_report(sequence=sequence)
     writer.write_epoch(1, report, tables={"hardest": report.hardest(2)})
     writer.write_epoch(2, make_report(seed=1, sequence=sequence))
@@ -61,12 +69,22 @@ def test_round_trip_keeps_every_array_and_decoding(tmp_path, sequence):
     run = load_run(tmp_path / "run", verify=True)
     assert run.epochs == [1, 2]
     back = run.report(1)
-    for name in ("example_id", "loss", "confidence", "true_prob", "margin", "correct",
-                 "label", "prediction", "n_tokens"):
+    for name in (
+        "example_id",
+        "loss",
+        "confidence",
+        "true_prob",
+        "margin",
+        "correct",
+        "label",
+        "prediction",
+        "n_tokens",
+    ):
         np.testing.assert_array_equal(np.asarray(getattr(back, name)), getattr(report, name))
     np.testing.assert_array_equal(back.inputs["tokens"], report.inputs["tokens"])
-    np.testing.assert_array_equal(back.extra["attn_entropy/decoder"],
-                                  report.extra["attn_entropy/decoder"])
+    np.testing.assert_array_equal(
+        back.extra["attn_entropy/decoder"], report.extra["attn_entropy/decoder"]
+    )
     assert back.task == report.task
     assert run.vocabulary("input_vocab").decode([1, 2, 0]) == "wx"
     expected_ids = report.hardest(2)["example_id"].tolist()
