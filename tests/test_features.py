@@ -21,6 +21,12 @@ from keras_erranalysis.features import (
 WORDS = [f"w{i}" for i in range(150)]
 
 
+@pytest.fixture(autouse=True)
+def _seeded_keras():
+    """Shadows conftest's Keras seeding fixture: these tests never touch Keras."""
+    yield
+
+
 def random_texts(rng, n, min_len=3, max_len=20, words=WORDS):
     probs = 1.0 / np.arange(1, len(words) + 1)
     probs /= probs.sum()
@@ -67,6 +73,16 @@ def test_ngram_presence_matches_naive_count():
         has = [f" {gram} " in f" {t} " for t in texts]
         np.testing.assert_array_equal(x[:, col].astype(bool), has)
         assert x[:, col].sum() == naive[gram]
+
+
+def test_one_pass_tokeniser_matches_text_by_text():
+    texts = ["Hello, World!", "", "a.b  c", "x\x00y", "Ünï 3.5%", "x"]
+    fast = extract_features(texts, min_support=1, pos=False)
+    slow = extract_features(texts, min_support=1, pos=False, tokenizer=F._WORD_RE.findall)
+    assert fast.binary_names == slow.binary_names
+    assert (fast.binary != slow.binary).nnz == 0
+    pd.testing.assert_frame_equal(fast.numeric, slow.numeric)
+    np.testing.assert_allclose(fast.numeric["n_tokens"], [4, 0, 4, 3, 5, 1])
 
 
 def test_token_ids_tokens_and_char_tokenizer_agree():

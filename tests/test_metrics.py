@@ -18,6 +18,13 @@ from keras_erranalysis.metrics import (
     teacher_forced_metrics,
 )
 
+
+@pytest.fixture(autouse=True)
+def _seeded_keras():
+    """Shadows conftest's Keras seeding fixture: these tests never touch Keras."""
+    yield
+
+
 Y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 0])
 P = np.array([0, 1, 0, 1, 2, 2, 1, 1, 2, 0])
 
