@@ -206,6 +206,9 @@ class RunWriter:
             with os.fdopen(fd, "w") as handle:
                 json.dump(info, handle)
             self._locked = True
+            # We hold the lock now, so temporary folders are leftovers of a killed writer.
+            for leftover in self.log_dir.glob(f"{_TMP_PREFIX}*"):
+                _remove_tree(leftover)
             return
         raise RunLockedError(f"Could not take the lock {str(path)!r}.")
 
