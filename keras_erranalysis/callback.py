@@ -112,9 +112,22 @@ class ErrorAnalysis(keras.callbacks.Callback):
         """Opens the run folder (checked writable, locked) before the first epoch."""
         self._epoch_offset = None
         self._fit_epochs = (self.params or {}).get("epochs")
-        if self.log_dir is not None and self.enabled:
-            self._writer = RunWriter(self.log_dir, decoding=self.decoding)
-            self._writer.acquire_lock()
+        self.enabled = True  # on_error="warn" switches the analysis off for one fit only
+        if self.log_dir is not None:
+            try:
+                self._writer = RunWriter(self.log_dir, decoding=self.decoding)
+                self._writer.acquire_lock()
+            except Exception as error:
+                if self.on_error == "raise":
+                    raise
+                self._writer = None
+                self.enabled = False
+                warnings.warn(
+                    f"ErrorAnalysis cannot use log_dir and is off for this fit "
+                    f"({type(error).__name__}: {error}). Training goes on.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Fixes the run's epoch numbering at the first epoch of each fit."""
