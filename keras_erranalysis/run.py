@@ -233,6 +233,7 @@ class RunWriter:
         *,
         tables: Mapping[str, pd.DataFrame] | None = None,
         info: Mapping[str, Any] | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
     ) -> Path:
         """Writes one epoch atomically and returns its folder.
 
@@ -241,6 +242,8 @@ class RunWriter:
             report: The epoch's per-example results.
             tables: Named tables written as ``<name>.csv`` (``hardest`` also as JSON lines).
             info: Extra JSON-ready facts stored in ``meta.json`` (e.g. the Keras epoch).
+            vectors: Named per-example ``(N, ...)`` arrays (e.g. ``embedding``, ``(N, D)``)
+                saved as ``<name>.npy`` and read with ``Run.array(name)``.
 
         Raises:
             FileExistsError: When the epoch is already written.
@@ -270,6 +273,13 @@ class RunWriter:
                 if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
                     raise ValueError(f"Table name {name!r} must be letters, digits, _ or -.")
                 written_tables[name] = _save_table(tmp, name, table)
+            saved_vectors = {}
+            for name, value in (vectors or {}).items():
+                if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in _ARRAY_COLUMNS:
+                    raise ValueError(f"Vector name {name!r} must be a new lowercase name.")
+                if np.shape(value)[0] != len(report):
+                    raise ValueError(f"{name!r} has {np.shape(value)[0]} rows, not {len(report)}.")
+                saved_vectors[name] = _save_array(tmp, name, np.asarray(value))
             meta = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -283,6 +293,7 @@ class RunWriter:
                 "inputs": inputs,
                 "extra": extra,
                 "tables": written_tables,
+                "vectors": saved_vectors,
                 "info": dict(info or {}),
             }
             write_json_atomic(tmp / META_FILE, meta)
@@ -492,6 +503,7 @@ class Run:
             *meta.get("arrays", {}).values(),
             *meta.get("inputs", {}).values(),
             *meta.get("extra", {}).values(),
+            *meta.get("vectors", {}).values(),
         ]
         for entry in entries:
             file = folder / entry["file"]
@@ -525,7 +537,7 @@ class Run:
         """One stored column of one epoch (memory-mapped by default)."""
         meta = self.meta(epoch)
         folder = self.epoch_dir(epoch)
-        for group in ("arrays", "extra", "inputs"):
+        for group in ("arrays", "extra", "inputs", "vectors"):
             if column in meta.get(group, {}):
                 return self._load(folder, meta[group][column], mmap)
         raise KeyError(f"No column {column!r} in epoch {meta['epoch']}.")
@@ -610,3 +622,13 @@ class Run:
 
         dyn = run_dynamics(self, **options)
         return likely_mislabeled(dyn, k, method=method or DEFAULT_METHOD, threshold=threshold)
+
+    def similar(self, example_id: int, k: int = 10, *, epoch: int = -1) -> pd.DataFrame:
+        """The ``k`` examples nearest to one example by cosine similarity of its embedding.
+
+        Needs embeddings stored by ``ErrorAnalysis(..., embeddings=True)``; see
+        ``embeddings.similar_examples`` (exact search, chunked, memory-mapped).
+        """
+        from keras_erranalysis.embeddings import similar_examples
+
+        return similar_examples(self, example_id, k, epoch=epoch)
