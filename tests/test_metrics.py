@@ -196,3 +196,27 @@ def test_free_running_metrics_batches_and_checks():
     assert result.hypotheses[1] == inputs["source"][1].tolist()
     with pytest.raises(ValueError, match="one output sequence per input"):
         free_running_metrics(lambda b: [[1]], inputs, references, batch_size=3)
+
+
+def test_plots_show_the_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_erranalysis.metrics import plot_class_frequency, plot_confusion_matrix
+
+    table = per_class_metrics(Y, P, label_names=["neg", "pos", "mix"])
+    ax = plot_class_frequency(table)
+    heights = [bar.get_height() for bar in ax.patches]
+    # true counts (sorted by support, stable), then predicted counts in the same order
+    assert heights == [4, 4, 2, 3, 3, 4]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["neg", "mix", "pos"]
+    plt.close(ax.figure)
+
+    ax = plot_confusion_matrix(confusion_matrix(Y, P), label_names=["neg", "pos", "mix"])
+    np.testing.assert_allclose(
+        ax.images[0].get_array(), [[0.75, 0.25, 0], [0, 0.5, 0.5], [0, 0.5, 0.5]]
+    )
+    assert "0.75" in [t.get_text() for t in ax.texts]
+    plt.close(ax.figure)
