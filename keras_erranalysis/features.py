@@ -43,6 +43,7 @@ __all__ = [
     "compare_features",
     "error_rate_by_bins",
     "extract_features",
+    "features_summary",
     "find_slices",
     "plot_error_rate_by_bins",
     "slice_examples",
@@ -694,9 +695,9 @@ def _numeric_summary(name: str, w: float, r: float, ratio: float, d: float, p: s
         head = "wrong examples have"
     if np.isfinite(ratio) and ratio > 0 and w > 0 and r > 0:
         if ratio >= 1:
-            size = f"{ratio:.1f}x" if ratio >= 1.5 else f"{ratio - 1:.0%}"
+            size = f"{ratio:.1f}x" if ratio >= 1.5 else _format_share(ratio - 1)
             return f"{head} {size} {more} ({w:.3g} vs {r:.3g}{unit}, adj. p {p})"
-        size = f"{1 / ratio:.1f}x" if ratio <= 2 / 3 else f"{1 - ratio:.0%}"
+        size = f"{1 / ratio:.1f}x" if ratio <= 2 / 3 else _format_share(1 - ratio)
         return f"{head} {size} {less} ({w:.3g} vs {r:.3g}{unit}, adj. p {p})"
     return (
         f"mean {name} is {w:.3g} in wrong examples against {r:.3g} in right ones "
@@ -924,6 +925,35 @@ def compare_features(
         )
     ]
     return table[COMPARE_COLUMNS]
+
+
+def features_summary(table: pd.DataFrame, *, top: int = 5) -> str:
+    """A few plain-text lines from a :func:`compare_features` table (for logs, TensorBoard).
+
+    The text is not escaped: feature names are user data, escape them before writing
+    markdown or HTML.
+
+    Args:
+        table: Output of :func:`compare_features`.
+        top: Largest number of features listed.
+
+    Returns:
+        One line per significant feature, strongest first, or one line saying why there is
+        none.
+    """
+    if table.empty:
+        return "No comparison: every example is right, or every example is wrong."
+    significant = table[table["significant"]]
+    if significant.empty:
+        return (
+            f"No feature separates the wrong examples from the right ones "
+            f"({len(table)} features tested, Benjamini-Hochberg)."
+        )
+    lines = [f"- {text}" for text in significant["summary"].head(top)]
+    more = len(significant) - len(lines)
+    if more > 0:
+        lines.append(f"- ... and {more} more significant features")
+    return "\n".join(lines)
 
 
 def _builtin_numeric() -> set[str]:

@@ -276,6 +276,20 @@ def test_report_input_and_columns():
 def test_no_errors_gives_empty_table():
     table = compare_features(np.ones(5, dtype=bool), ["a b"] * 5, pos=False)
     assert table.empty and list(table.columns) == F.COMPARE_COLUMNS
+    assert F.features_summary(table).startswith("No comparison")
+
+
+def test_features_summary_lists_significant_features():
+    rng = np.random.default_rng(6)
+    texts, lengths = random_texts(rng, 300)
+    correct = lengths < 15
+    table = compare_features(correct, texts, pos=False)
+    text = F.features_summary(table, top=2)
+    lines = text.splitlines()
+    assert lines[0] == "- " + table["summary"][0]
+    assert len(lines) == 3 and lines[2].startswith("- ... and ")
+    null = compare_features(rng.random(300) < 0.5, texts, pos=False)
+    assert F.features_summary(null).startswith("No feature separates")
 
 
 # ---------------------------------------------------------------------------- bins and slices
