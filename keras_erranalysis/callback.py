@@ -44,6 +44,13 @@ class ErrorAnalysis(keras.callbacks.Callback):
         jit_compile: XLA for the pass: ``True``, ``False`` or ``"auto"``.
         on_error: ``"raise"`` stops training with the reason when the analysis fails;
             ``"warn"`` warns, switches the analysis off and lets training go on.
+        tensorboard: Also write TensorBoard summaries (scalars, histograms, the hardest
+            examples as text, the data map, the embedding projector): ``True`` for
+            ``log_dir/tensorboard/validation``, or a TensorBoard folder (e.g. the one of
+            Keras' own ``TensorBoard`` callback) to write under its ``validation`` run.
+        embeddings: Store each analysed example's embedding as ``embedding.npy`` per epoch
+            (for ``Run.similar`` and the projector): ``True`` for the default layer (see
+            :func:`~keras_erranalysis.embeddings.default_layer`) or a layer name.
         verbose: 0 silent, 1 progress bar during the pass and a one-line summary.
 
     Example:
@@ -70,6 +77,8 @@ class ErrorAnalysis(keras.callbacks.Callback):
         batch_size: int = 32,
         jit_compile: bool | Literal["auto"] = "auto",
         on_error: Literal["raise", "warn"] = "raise",
+        tensorboard: bool | str | os.PathLike = False,
+        embeddings: bool | str = False,
         verbose: int = 1,
     ) -> None:
         super().__init__()
@@ -98,6 +107,18 @@ class ErrorAnalysis(keras.callbacks.Callback):
             "jit_compile": jit_compile,
         }
         self.on_error = on_error
+        if tensorboard is True and log_dir is None:
+            raise ValueError("tensorboard=True needs a log_dir, or pass a TensorBoard folder.")
+        self.tensorboard_dir = (
+            None
+            if tensorboard is False or tensorboard is None
+            else os.path.join(self.log_dir, "tensorboard")
+            if tensorboard is True
+            else os.fspath(tensorboard)
+        )
+        self.embeddings = embeddings
+        self.last_embeddings = None
+        self._summaries = None
         self.verbose = verbose
         self.enabled = True
         self.last_report: LossReport | None = None
@@ -173,12 +194,36 @@ class ErrorAnalysis(keras.callbacks.Callback):
         self.last_report = report
         frame = report.to_frame(**self.decoding)
         tables = {"hardest": ranking.log_views(frame, k=self.top_k)}
+        vectors = stored = None
+        if self.embeddings:
+            from keras_erranalysis.embeddings import compute_embeddings, storage_array
+
+            layer = None if self.embeddings is True else self.embeddings
+            batch_size = self.pass_options["batch_size"]
+            vectors = compute_embeddings(self.model, self.data, layer=layer, batch_size=batch_size)
+            self.last_embeddings = vectors
+            stored = {"embedding": storage_array(vectors)}
         if self._writer is not None:
             self._writer.write_epoch(
-                run_epoch, report, tables=tables, info={"keras_epoch": keras_epoch}
+                run_epoch, report, tables=tables, info={"keras_epoch": keras_epoch}, vectors=stored
             )
         else:
             self._reports[run_epoch] = report
+        if self.tensorboard_dir is not None:
+            from keras_erranalysis import tensorboard
+
+            if self._summaries is None:
+                self._summaries = tensorboard.SummaryWriter(self.tensorboard_dir)
+            run_folder = load_run(self.log_dir) if self._writer is not None else None
+            tensorboard.log_epoch(
+                self._summaries,
+                run_epoch,
+                report,
+                frame=frame,
+                run=run_folder,
+                vectors=vectors,
+                k=self.top_k,
+            )
         if self.verbose:
             wrong = int((~report.correct).sum())
             bad = int(report.nonfinite.sum())
@@ -197,6 +242,9 @@ class ErrorAnalysis(keras.callbacks.Callback):
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.release_lock()
+        if self._summaries is not None:
+            self._summaries.close()
+            self._summaries = None
 
     # -- reading results ---------------------------------------------------------------
 

@@ -339,7 +339,7 @@ def _run_section(
         figures.append(_figure_html(_png(fig), "Loss and error rate per epoch"))
     dyn = _dynamics(run, epochs)
     if dyn is not None:
-        figures.append(_figure_html(_png(_data_map_figure(dyn)), _data_map_caption(dyn)))
+        figures.append(_figure_html(_png(data_map_figure(dyn)), _data_map_caption(dyn)))
     last = epochs[-1]
     hardest = ranking.rank_examples(run.report(last).scalars(), by="loss", k=10)
     if len(epochs) > 1 and len(hardest):
@@ -398,7 +398,22 @@ def _data_map_caption(dyn: pd.DataFrame) -> str:
     return f"Data map (dataset cartography) of {len(dyn)} examples ({regions})"
 
 
-def _data_map_figure(dyn: pd.DataFrame) -> Any:
+def data_map_figure(dyn: pd.DataFrame) -> Any:
+    """The data map: confidence vs variability per example, coloured by correctness.
+
+    Uses ``keras_erranalysis.plotting.plot_data_map`` when that module offers it.
+
+    Args:
+        dyn: Output of :func:`~keras_erranalysis.dynamics.compute_dynamics` (``confidence``,
+            ``variability``, ``correctness`` columns).
+
+    Returns:
+        A matplotlib Figure (at most 20,000 points drawn, sampled with a fixed seed).
+    """
+    custom = _plotting("plot_data_map")
+    if custom is not None:
+        drawn = custom(dyn)
+        return getattr(drawn, "figure", drawn)
     import matplotlib.pyplot as plt
 
     shown = dyn
@@ -422,6 +437,17 @@ def _data_map_figure(dyn: pd.DataFrame) -> Any:
     ax.set_ylabel("confidence (mean given-label probability)")
     ax.set_ylim(-0.02, 1.02)
     return fig
+
+
+def _plotting(name: str) -> Any:
+    """A function of ``keras_erranalysis.plotting`` if that module exists and has it."""
+    import importlib.util
+
+    if importlib.util.find_spec("keras_erranalysis.plotting") is None:
+        return None
+    from keras_erranalysis import plotting
+
+    return getattr(plotting, name, None)
 
 
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:

@@ -545,3 +545,58 @@ def write_projector(
         if stale:
             old.unlink(missing_ok=True)
     return folder / PROJECTOR_CONFIG
+
+
+# --------------------------------------------------------------------------------------
+# One analysed epoch of a run (what the callback calls)
+# --------------------------------------------------------------------------------------
+
+
+def log_epoch(
+    writer: SummaryWriter,
+    step: int,
+    report: Any,
+    *,
+    frame: pd.DataFrame | None = None,
+    run: Any = None,
+    vectors: np.ndarray | None = None,
+    k: int = 20,
+    figures: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Writes one analysed epoch: summaries, the data map and the projector.
+
+    Args:
+        writer: Where to write.
+        step: The run's epoch number.
+        report: The epoch's :class:`~keras_erranalysis.losses.LossReport`.
+        frame: ``report.to_frame(...)`` with decoded text.
+        run: The run folder (:class:`~keras_erranalysis.run.Run`) holding this epoch and
+            the earlier ones: gives the likely-mislabeled count, the data map and each
+            example's data-map region. Without it, those are left out.
+        vectors: ``(N, D)`` embeddings of the report's examples, for the projector.
+        k: Rows of the hardest-example table.
+        figures: More figures to write (e.g. attention heatmaps), name -> Figure.
+
+    Returns:
+        The scalars written.
+    """
+    from keras_erranalysis.dynamics import likely_mislabeled, run_dynamics
+
+    table = frame if frame is not None else report.to_frame()
+    images = dict(figures or {})
+    flagged = None
+    regions = None
+    if run is not None and run.epochs:
+        dyn = run_dynamics(run)
+        if np.array_equal(dyn.index.to_numpy(), np.asarray(report.example_id)):
+            flagged = int(len(likely_mislabeled(dyn)))
+            regions = dyn["region"].to_numpy()
+            from keras_erranalysis.report import data_map_figure
+
+            images["data_map"] = data_map_figure(dyn)
+    values = writer.log_report(
+        report, step, frame=table, k=k, likely_mislabeled=flagged, figures=images
+    )
+    if vectors is not None:
+        writer.projector(vectors, projector_metadata(table, regions=regions), step=step)
+    return values
