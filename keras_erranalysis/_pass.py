@@ -323,6 +323,12 @@ def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
             kind = "sparse"
     if kind == "binary" and not binary_out:
         kind = "dense" if y_shape == out_shape else "sparse"
+    if binary_out and kind != "binary":
+        raise ValueError(
+            f"The output {out_shape} has a single unit, but {spec.name} needs one score per "
+            "class (at least 2). For a yes/no output use BinaryCrossentropy; otherwise give "
+            "the last layer one unit per class."
+        )
     num_classes = 2 if binary_out else out_shape[-1]
     _check_label_shape(kind, y_shape, out_shape, spec.name)
     if not np.issubdtype(np.dtype(y.dtype.as_numpy_dtype), np.number) and y.dtype != tf.bool:
@@ -408,10 +414,13 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_
                 y_flat = tf.reshape(y, label_shape)
                 if y_flat.dtype.is_floating:
                     fractional = tf.not_equal(y_flat, tf.floor(y_flat))
-                    label = tf.cast(y_flat, tf.int32)
                 else:
                     fractional = tf.zeros(label_shape, tf.bool)
-                    label = tf.cast(y_flat, tf.int32)
+                # Saturate, never wrap: a huge id (2**40) must stay out of range.
+                label = tf.cast(
+                    tf.clip_by_value(tf.cast(y_flat, tf.float64), -(2.0**31), 2.0**31 - 1),
+                    tf.int32,
+                )
             weight = tf.ones(label_shape, tf.float32)
         if binary:
             weight = tf.ones(label_shape, tf.float32)
