@@ -613,7 +613,10 @@ def _pos_shares(tagged: list[list[tuple[str, str]]], lengths: np.ndarray) -> dic
 
 
 def binary_tests(
-    n_wrong_with: np.ndarray, support: np.ndarray, n_wrong: int, n_total: int
+    n_wrong_with: np.ndarray,
+    support: np.ndarray,
+    n_wrong: int | np.ndarray,
+    n_total: int | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided p-values of 2x2 tables (wrong/right x with/without), vectorised.
 
@@ -624,40 +627,35 @@ def binary_tests(
     Args:
         n_wrong_with: (F,) wrong examples having the feature.
         support: (F,) examples having the feature.
-        n_wrong: Number of wrong examples.
-        n_total: Number of examples.
+        n_wrong: Number of wrong examples (scalar, or (F,) for tables of different totals).
+        n_total: Number of examples (scalar or (F,)).
 
     Returns:
         ``(p_values, used_fisher)`` arrays of shape (F,).
     """
     a = np.asarray(n_wrong_with, dtype=np.float64)
     s = np.asarray(support, dtype=np.float64)
-    n = float(n_total)
-    w = float(n_wrong)
+    n = np.broadcast_to(np.asarray(n_total, dtype=np.float64), a.shape)
+    w = np.broadcast_to(np.asarray(n_wrong, dtype=np.float64), a.shape)
     r = n - w
     b = s - a
     c = w - a
     d = r - b
     denom = s * (n - s) * w * r
-    diff = np.maximum(np.abs(a * d - b * c) - n / 2.0, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.maximum(np.abs(a * d - b * c) - n / 2.0, 0.0)
         stat = np.where(denom > 0, n * diff**2 / denom, 0.0)
-    p = st.chi2.sf(stat, 1)
-    p = np.where(denom > 0, p, 1.0)
-    expected_min = np.minimum(s, n - s) * min(w, r) / n if n > 0 else np.zeros_like(s)
+        expected_min = np.where(n > 0, np.minimum(s, n - s) * np.minimum(w, r) / n, 0.0)
+    p = np.where(denom > 0, st.chi2.sf(stat, 1), 1.0)
     fisher = (expected_min < 5) & (denom > 0)
     if fisher.any():
-        ai = np.asarray(n_wrong_with, dtype=np.int64)[fisher]
-        si = np.asarray(support, dtype=np.int64)[fisher]
-        table_key = ai * (int(n_total) + 1) + si
-        keys = _unique(table_key)
-        inverse = np.searchsorted(keys, table_key)
-        p_unique = np.empty(len(keys))
-        for k, key in enumerate(keys.tolist()):
-            a_k, s_k = divmod(key, int(n_total) + 1)
-            table = [[a_k, int(n_wrong) - a_k], [s_k - a_k, int(n_total - n_wrong) - (s_k - a_k)]]
+        tables = np.column_stack([a[fisher], s[fisher], w[fisher], n[fisher]]).astype(np.int64)
+        uniq, inverse = np.unique(tables, axis=0, return_inverse=True)
+        p_unique = np.empty(len(uniq))
+        for k, (a_k, s_k, w_k, n_k) in enumerate(uniq.tolist()):
+            table = [[a_k, w_k - a_k], [s_k - a_k, n_k - w_k - (s_k - a_k)]]
             p_unique[k] = st.fisher_exact(table).pvalue
-        p[fisher] = p_unique[inverse]
+        p[fisher] = p_unique[inverse.ravel()]
     return p, fisher
 
 
@@ -1180,16 +1178,20 @@ def find_slices(
     max_conditions: int = 200,
     quantiles: Sequence[float] = (0.25, 0.75),
     alpha: float = 0.05,
+    require_gain: bool = True,
 ) -> pd.DataFrame:
     """Pairs of conditions ("n_tokens > 12 and contains 'ph'") with the highest error rate.
 
     Conditions are the binary features plus, for each numeric column, "<= 25% quantile"
     and "> 75% quantile". The ``max_conditions`` conditions with the best lower 95% bound
     on their own error rate are paired; pair supports come from sparse products
-    ``X^T X`` and ``X_wrong^T X_wrong``. Only pairs with at least ``min_support`` examples
-    that are smaller than both conditions and more error-prone than either alone are kept.
-    Each pair is tested against the rest of the data (chi-squared / Fisher, BH-corrected over
-    all kept pairs).
+    ``X^T X`` and ``X_wrong^T X_wrong``. Kept pairs have at least ``min_support`` examples,
+    are smaller than both conditions and more error-prone than either alone. Two tests,
+    each Benjamini-Hochberg corrected over the kept pairs: ``p_value``, the slice against
+    the rest of the data; ``p_gain``, the slice against the rest of its more error-prone
+    condition (does adding the second condition matter?). With ``require_gain`` only pairs
+    whose corrected ``p_gain`` is at most ``alpha`` are returned, so a strong single
+    feature paired with an unrelated one does not crowd the list.
 
     Args:
         features: :func:`extract_features` output, or ``(sparse 0/1 matrix, names)``.
@@ -1198,12 +1200,14 @@ def find_slices(
         top: Number of slices returned.
         max_conditions: Number of single conditions that are paired.
         quantiles: Quantiles turned into thresholds on the numeric columns.
-        alpha: FDR level for ``significant``.
+        alpha: FDR level for ``significant`` and ``require_gain``.
+        require_gain: Keep only pairs that beat their stronger condition significantly.
 
     Returns:
         DataFrame, highest error rate first: ``condition_a, condition_b, support, n_wrong,
-        error_rate, base_error_rate, lift, error_rate_a, error_rate_b, p_value, p_adjusted,
-        significant, summary, example_ids`` (array of the slice's example ids).
+        error_rate, base_error_rate, lift, error_rate_a, error_rate_b, gain, p_value,
+        p_adjusted, significant, p_gain, p_gain_adjusted, summary, example_ids`` (array of
+        the slice's example ids; :func:`slice_examples` gives the same).
     """
     correct, _ = _resolve_report(correct)
     matrix, texts, groups = _conditions(features, quantiles)
@@ -1216,8 +1220,8 @@ def find_slices(
     )
     columns = [
         "condition_a", "condition_b", "support", "n_wrong", "error_rate", "base_error_rate",
-        "lift", "error_rate_a", "error_rate_b", "p_value", "p_adjusted", "significant",
-        "summary", "example_ids",
+        "lift", "error_rate_a", "error_rate_b", "gain", "p_value", "p_adjusted", "significant",
+        "p_gain", "p_gain_adjusted", "summary", "example_ids",
     ]
     n = len(correct)
     wrong = (~correct).astype(np.int32)
@@ -1235,7 +1239,8 @@ def find_slices(
     sub_w = sp.csc_matrix(sub.multiply(wrong[:, None]))
     pair_w = (sub_w.T @ sub_w).toarray()
     s1 = support[chosen]
-    r1 = wrong_with[chosen] / s1
+    w1 = wrong_with[chosen]
+    r1 = w1 / s1
     i, j = np.triu_indices(len(chosen), k=1)
     pn, pw = pair_n[i, j], pair_w[i, j]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1252,7 +1257,12 @@ def find_slices(
         return pd.DataFrame(columns=columns)
     p, _ = binary_tests(pw, pn, n_wrong, n)
     p_adj = st.false_discovery_control(p, method="bh")
+    strong = np.where(r1[i] >= r1[j], i, j)
+    p_gain, _ = binary_tests(pw, pn, w1[strong], s1[strong])
+    p_gain_adj = st.false_discovery_control(p_gain, method="bh")
     order = np.lexsort((-pn, -rate))
+    if require_gain:
+        order = order[p_gain_adj[order] <= alpha]
     rows = []
     seen: set[bytes] = set()
     # pairs of co-extensive conditions ("phil" / "phil phoned") select the same examples:
@@ -1266,15 +1276,17 @@ def find_slices(
         if fingerprint in seen:
             continue
         seen.add(fingerprint)
+        best = max(r1[i[k]], r1[j[k]])
         summary = (
             f"{texts[a]} and {texts[b]}: error rate {_format_share(rate[k])} vs "
-            f"{_format_share(base)} overall, {int(pn[k])} examples"
+            f"{_format_share(base)} overall and {_format_share(best)} for "
+            f"{texts[chosen[strong[k]]]} alone, {int(pn[k])} examples"
         )
         rows.append(
             (texts[a], texts[b], int(pn[k]), int(pw[k]), float(rate[k]), base,
              float(rate[k] / base) if base else math.nan, float(r1[i[k]]), float(r1[j[k]]),
-             float(p[k]), float(p_adj[k]), bool(p_adj[k] <= alpha), summary,
-             np.asarray(example_ids)[mask])
+             float(rate[k] - best), float(p[k]), float(p_adj[k]), bool(p_adj[k] <= alpha),
+             float(p_gain[k]), float(p_gain_adj[k]), summary, np.asarray(example_ids)[mask])
         )
     return pd.DataFrame(rows, columns=columns)
 

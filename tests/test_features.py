@@ -323,6 +323,7 @@ def test_find_slices_finds_planted_conjunction():
     other = ({best["condition_a"], best["condition_b"]} - {"contains 'zork'"}).pop()
     assert other.startswith("n_tokens >") or other.startswith("n_chars >")
     assert best["error_rate"] > 0.5 and best["p_adjusted"] < 0.01
+    assert best["p_gain_adjusted"] < 0.01 and best["gain"] > 0.2
     ids = slice_examples(feats, best["condition_a"], best["condition_b"])
     np.testing.assert_array_equal(ids, best["example_ids"])
     assert len(ids) == best["support"]
@@ -348,3 +349,17 @@ def test_plot_error_rate_by_bins_draws_the_table():
     assert ax.lines[-1].get_ydata()[0] == pytest.approx(6 / 20)  # overall error rate
     assert ax.get_title() == "Error rate by n_tokens"
     plt.close(ax.figure)
+
+
+def test_find_slices_ignores_a_single_feature_with_a_random_partner():
+    rng = np.random.default_rng(7)
+    texts, _ = random_texts(rng, 800)
+    texts = [t + " zork" if rng.random() < 0.3 else t for t in texts]
+    has_z = np.array([t.endswith("zork") for t in texts])
+    correct = ~(has_z & (rng.random(800) < 0.6))
+    feats = extract_features(texts, pos=False)
+    loose = find_slices(feats, correct, min_support=20, require_gain=False)
+    assert (loose["condition_a"].head(5) == "contains 'zork'").sum() >= 3
+    assert (loose["p_gain_adjusted"] > 0.05).all()  # random partners add nothing
+    strict = find_slices(feats, correct, min_support=20)
+    assert strict.empty
