@@ -9,9 +9,9 @@ Example:
     >>> y = np.array([0, 0, 1, 1, 2])
     >>> p = np.array([0, 1, 1, 1, 1])
     >>> per_class_metrics(y, p).loc["1", "precision"]
-    np.float64(0.6666666666666666)
-    >>> confusion_pairs(y, p).iloc[0]["example_ids"].tolist()
-    [1]
+    np.float64(0.5)
+    >>> confusion_pairs(y, p).iloc[0]["summary"]
+    'class 2 is predicted as 1 in 100% of its errors (1 of 1; 100% of its 1 examples)'
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ def confusion_pairs(
         t, q = int(true_c[i]), int(pred_c[i])
         ids = ex_u[bounds[i] : bounds[i + 1]]
         summary = (
-            f"{names[t]} is predicted as {names[q]} in {share[i]:.0%} of its errors "
+            f"class {names[t]} is predicted as {names[q]} in {share[i]:.0%} of its errors "
             f"({counts[i]} of {errors[t]}; {rate[i]:.0%} of its {support[t]} {unit})"
         )
         rows.append(

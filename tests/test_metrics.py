@@ -82,7 +82,7 @@ def test_confusion_pairs_rank_and_examples():
     np.testing.assert_array_equal(first["example_ids"], [106, 107])
     assert first["share_of_errors"] == pytest.approx(1.0)
     assert first["summary"] == (
-        "mix is predicted as pos in 100% of its errors (2 of 2; 50% of its 4 examples)"
+        "class mix is predicted as pos in 100% of its errors (2 of 2; 50% of its 4 examples)"
     )
     by_rate = confusion_pairs(Y, P, by="rate")
     # pos->mix: 1 of 2 (50%) ties mix->pos 2 of 4 (50%); the larger count wins the tie
