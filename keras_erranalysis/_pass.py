@@ -28,7 +28,7 @@ class LossSpec:
     from_logits: bool | None
     ignore_class: int | None
     output: str | int | None
-    output_index: int | str | None = None
+    source: Any = None  # the loss object the user or compile() gave (cache identity)
 
 
 @dataclasses.dataclass
@@ -175,6 +175,7 @@ def resolve_loss(
             loss = loss[0]
     if isinstance(loss, str):
         loss = keras.losses.get(loss)
+    source = loss
     if isinstance(loss, keras.losses.Loss):
         config = _safe_config(loss)
         name = type(loss).__name__
@@ -219,6 +220,7 @@ def resolve_loss(
         from_logits=logits,
         ignore_class=ignore_class,
         output=output,
+        source=source,
     )
 
 
@@ -333,9 +335,22 @@ def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
     _check_label_shape(kind, y_shape, out_shape, spec.name)
     if not np.issubdtype(np.dtype(y.dtype.as_numpy_dtype), np.number) and y.dtype != tf.bool:
         raise ValueError(f"Labels must be numbers, got dtype {y.dtype.name}.")
+    prob_like = _looks_like_probabilities(out.numpy(), binary_out)
     from_logits = spec.from_logits
     if from_logits is None:
-        from_logits = not _looks_like_probabilities(out.numpy(), binary_out)
+        from_logits = prob_like is False
+    if from_logits and prob_like and not binary_out:
+        raise ValueError(
+            "The model's outputs look like probabilities (every row is in [0, 1] and sums "
+            "to 1, e.g. after a softmax), but the loss expects logits (from_logits=True). "
+            "Pass from_logits=False, or remove the final softmax from the model."
+        )
+    if not from_logits and prob_like is False:
+        raise ValueError(
+            "The model's outputs are not probabilities (values outside [0, 1] or rows not "
+            "summing to 1), but the loss expects probabilities (from_logits=False). Pass "
+            "from_logits=True if the model outputs logits, or add a softmax/sigmoid."
+        )
     return Probe(sequence=sequence, num_classes=num_classes, kind=kind, from_logits=from_logits)
 
 
@@ -367,23 +382,25 @@ def _check_label_shape(kind: str, y_shape: tuple, out_shape: tuple, loss_name: s
         )
 
 
-def _looks_like_probabilities(values: np.ndarray, binary: bool) -> bool:
+def _looks_like_probabilities(values: np.ndarray, binary: bool) -> bool | None:
+    """Whether every finite output row is a probability vector (None: no finite row)."""
     values = np.asarray(values, dtype=np.float64)
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        return False
-    if values.min() < 0.0 or values.max() > 1.0:
+    rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(-1, 1)
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    if rows.size == 0:
+        return None
+    if rows.min() < 0.0 or rows.max() > 1.0:
         return False
     if binary:
         return True
-    return bool(np.all(np.abs(values.sum(axis=-1) - 1.0) < _PROB_SUM_TOL))
+    return bool(np.all(np.abs(rows.sum(axis=-1) - 1.0) < _PROB_SUM_TOL))
 
 
 # -- the compiled step -----------------------------------------------------------------
 
 
-def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_inputs: bool):
+def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
     """Returns ``step(x, y, sample_weight) -> dict`` computing per-example results."""
-    del keep_inputs  # inputs are kept on the host, see compute_losses
     num_classes = probe_.num_classes
     binary = probe_.kind == "binary"
 
@@ -449,14 +466,13 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_
 
         prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
         confidence = tf.reduce_max(probs, axis=-1)
-        one_hot = tf.one_hot(safe_label, num_classes, dtype=tf.float32) > 0.5
-        true_prob = tf.reduce_sum(tf.where(one_hot, probs, 0.0), axis=-1)
-        best_other = tf.reduce_max(tf.where(one_hot, -math.inf, probs), axis=-1)
+        true_prob = tf.gather(probs, safe_label, batch_dims=safe_label.shape.rank)
+        is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
+        best_other = tf.reduce_max(tf.where(is_label, -math.inf, probs), axis=-1)
         margin = true_prob - best_other
         right = tf.equal(prediction, label)
         token_loss = tf.where(counted, loss_values * weight, 0.0)
         counted_f = tf.cast(counted, tf.float32)
-        prob_like = _prob_like(out, binary)
 
         if probe_.sequence:
             n_tokens = tf.reduce_sum(tf.cast(counted, tf.int32), axis=-1)
@@ -484,7 +500,6 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_
                 "token_mask": counted,
                 "label_invalid": tf.reduce_any(invalid, axis=-1),
                 "label_fractional": tf.reduce_any(fractional & counted, axis=-1),
-                "prob_like": tf.reduce_all(prob_like, axis=-1),
             }
         else:
             result = {
@@ -499,7 +514,6 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_
                 "prediction": prediction,
                 "label_invalid": invalid,
                 "label_fractional": fractional & counted,
-                "prob_like": prob_like,
             }
         return result
 
@@ -513,40 +527,97 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, keep_
     return step
 
 
-def _prob_like(out: tf.Tensor, binary: bool) -> tf.Tensor:
-    in_unit = tf.reduce_all((out >= 0.0) & (out <= 1.0), axis=-1)
-    if binary:
-        return in_unit
-    sums_one = tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < _PROB_SUM_TOL
-    return in_unit & sums_one
-
-
 class CompiledStep:
-    """A ``tf.function`` of the step, remembering whether it uses XLA."""
+    """A ``tf.function`` of the step that keeps XLA recompilation in check.
 
-    def __init__(self, step: Any, jit: bool) -> None:
+    With XLA every new input shape costs a compilation (seconds for a Transformer), so a
+    smaller last batch is padded up to the first batch's size and the padding rows are cut
+    from the results. In ``"auto"`` mode, data whose shapes keep changing (e.g. a
+    ``padded_batch`` of ragged lengths) switches to the non-XLA function after
+    ``max_shapes`` distinct shapes.
+    """
+
+    def __init__(self, step: Any, jit: bool, *, auto: bool = False, max_shapes: int = 4) -> None:
         self.jit = jit
+        self.auto = auto
+        self.max_shapes = max_shapes
+        self._step = step
         self._fn = tf.function(step, jit_compile=jit, reduce_retracing=True)
+        self._batch_size: int | None = None
+        self._shapes: set[tuple] = set()
+
+    def disable_xla(self) -> None:
+        """Switches to the plain ``tf.function`` for good (XLA did not compile)."""
+        self.jit = False
+        self._fn = tf.function(self._step, reduce_retracing=True)
 
     def __call__(self, x: Any, y: Any, sample_weight: Any) -> dict[str, Any]:
-        return self._fn(x, y, sample_weight)
+        leaves = [t for t in tf.nest.flatten((x, y, sample_weight)) if t is not None]
+        if not self.jit or not all(isinstance(t, tf.Tensor) for t in leaves):
+            return self._fn(x, y, sample_weight)
+        size = int(leaves[0].shape[0])
+        if self._batch_size is None:
+            self._batch_size = size
+        pad = self._batch_size - size
+        if pad > 0:
+            x, y, sample_weight = tf.nest.map_structure(
+                lambda t: _pad_rows(t, pad), (x, y, sample_weight)
+            )
+        shape = tuple(
+            tuple(t.shape[1:]) for t in tf.nest.flatten((x, y, sample_weight)) if t is not None
+        )
+        if shape not in self._shapes:
+            if self.auto and len(self._shapes) >= self.max_shapes:
+                self.disable_xla()
+            self._shapes.add(shape)
+        result = self._fn(x, y, sample_weight)
+        if pad > 0:
+            result = {key: value[:size] for key, value in result.items()}
+        return result
 
 
-def compile_step(step: Any, jit_compile: Any) -> CompiledStep:
-    """Wraps the step in a ``tf.function``; ``"auto"`` starts with XLA."""
+def _pad_rows(tensor: Any, pad: int) -> Any:
+    if tensor is None:
+        return None
+    return tf.concat([tensor, tf.repeat(tensor[:1], pad, axis=0)], axis=0)
+
+
+_CACHE_ATTRIBUTE = "_keras_erranalysis_steps"
+
+
+def compiled_step(
+    model: Any, spec: LossSpec, probe_: Probe, strategy: Any, jit_compile: Any
+) -> CompiledStep:
+    """The compiled step for this model and loss, made once and reused across calls.
+
+    Re-making the ``tf.function`` on every call would trace (and, with XLA, compile) the
+    model again at every analysed epoch. The cache lives on the model object itself, so
+    it goes away with the model.
+    """
     if jit_compile not in (True, False, "auto"):
         raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
-    return CompiledStep(step, jit=bool(jit_compile))
+    cache = getattr(model, _CACHE_ATTRIBUTE, None)
+    if cache is None:
+        cache = {}
+        # object.__setattr__: keep Keras' attribute tracking away from a private cache
+        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
+    key = (
+        id(spec.source), spec.name, spec.kind, spec.from_logits, spec.ignore_class,
+        spec.output, dataclasses.astuple(probe_), id(strategy), jit_compile,
+    )
+    if key not in cache:
+        step = make_step(model, spec, probe_, strategy)
+        cache[key] = CompiledStep(step, jit=bool(jit_compile), auto=jit_compile == "auto")
+    return cache[key]
 
 
 # -- host-side checks ------------------------------------------------------------------
 
 
-def check_batch(host: dict[str, Any], spec: LossSpec, probe_: Probe, *, first_batch: bool) -> None:
-    """Raises clear errors for bad labels or logits/probabilities mix-ups; drops check columns."""
+def check_batch(host: dict[str, Any], spec: LossSpec, probe_: Probe) -> None:
+    """Raises clear errors for bad labels; drops the check columns from ``host``."""
     invalid = host.pop("label_invalid")
     fractional = host.pop("label_fractional")
-    prob_like = host.pop("prob_like")
     if fractional.any():
         raise ValueError(
             f"Labels hold fractional values but {spec.name} is a sparse loss that needs "
@@ -564,19 +635,6 @@ def check_batch(host: dict[str, Any], spec: LossSpec, probe_: Probe, *, first_ba
             f"(0..{probe_.num_classes - 1}). Fix the labels, or pass ignore_class=ID for a "
             "label id that should not count (e.g. -100 for padding)."
         )
-    if first_batch and prob_like.size:
-        if probe_.from_logits and prob_like.all() and probe_.kind != "binary":
-            raise ValueError(
-                "The model's outputs look like probabilities (every row is in [0, 1] and sums "
-                "to 1, e.g. after a softmax), but the loss expects logits (from_logits=True). "
-                "Pass from_logits=False, or remove the final softmax from the model."
-            )
-        if not probe_.from_logits and not prob_like.all():
-            raise ValueError(
-                "The model's outputs are not probabilities (values outside [0, 1] or rows not "
-                "summing to 1), but the loss expects probabilities (from_logits=False). Pass "
-                "from_logits=True if the model outputs logits, or add a softmax/sigmoid."
-            )
 
 
 def progress_bar(total: int | None, verbose: int) -> Any:

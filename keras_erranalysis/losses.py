@@ -342,13 +342,12 @@ def compute_losses(
     first = _pass.first_batch(dataset)
     probe = _pass.probe(model, spec, first)
     strategy = _pass.model_strategy(model)
-    step = _pass.make_step(model, spec, probe, strategy, keep_inputs=keep_inputs)
     if strategy.num_replicas_in_sync > 1:
         batches = strategy.experimental_distribute_dataset(dataset)
     else:
         batches = dataset
 
-    compiled = _pass.compile_step(step, jit_compile)
+    compiled = _pass.compiled_step(model, spec, probe, strategy, jit_compile)
     total = _pass.cardinality(dataset)
     progress = _pass.progress_bar(total, verbose)
     chunks: list[dict[str, Any]] = []
@@ -358,19 +357,19 @@ def compute_losses(
         try:
             result = compiled(x, y, sample_weight)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if compiled.jit and jit_compile == "auto" and not chunks:
+            if compiled.jit and jit_compile == "auto":
                 warnings.warn(
                     f"XLA could not compile the loss pass ({type(error).__name__}); "
                     "running without XLA. Pass jit_compile=False to skip the attempt.",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                compiled = _pass.compile_step(step, False)
+                compiled.disable_xla()
                 result = compiled(x, y, sample_weight)
             else:
                 raise
         host = {key: _to_numpy(value) for key, value in result.items()}
-        _pass.check_batch(host, spec, probe, first_batch=not chunks)
+        _pass.check_batch(host, spec, probe)
         if keep_inputs:
             host["inputs"] = _pass.kept_inputs(x, strategy)
         chunks.append(host)
