@@ -363,3 +363,26 @@ def test_find_slices_ignores_a_single_feature_with_a_random_partner():
     assert (loose["p_gain_adjusted"] > 0.05).all()  # random partners add nothing
     strict = find_slices(feats, correct, min_support=20)
     assert strict.empty
+
+
+def test_vocab_forms_and_counts_by_id():
+    ids = np.array([[1, 2, 0], [2, 3, 0], [1, 2, 3]] * 2)
+    as_list = extract_features(token_ids=ids, vocab=["", "a", "b", "c"], min_support=2)
+    as_map = extract_features(token_ids=ids, vocab={1: "a", 2: "b", 3: "c"}, min_support=2)
+    assert as_list.binary_names == as_map.binary_names
+    assert "a b" in as_list.binary_names
+    counted = extract_features(token_ids=ids, vocab_counts={1: 100, 2: 100}, min_support=2)
+    # id 3 never seen in training: out of vocabulary
+    np.testing.assert_allclose(counted.numeric["oov_share"], [0, 0.5, 1 / 3] * 2)
+
+
+def test_extra_columns_and_top():
+    rng = np.random.default_rng(8)
+    texts, _ = random_texts(rng, 200)
+    correct = rng.random(200) > 0.3
+    signal = np.where(correct, 0.0, 1.0) + rng.normal(0, 0.5, 200)
+    table = compare_features(correct, texts, pos=False, extra={"signal": signal}, top=3)
+    assert len(table) == 3
+    assert table.iloc[0]["feature"] == "signal" and table.iloc[0]["kind"] == "extra"
+    with pytest.raises(ValueError, match="one number per example"):
+        compare_features(correct, texts, pos=False, extra={"bad": np.ones(3)})
