@@ -355,6 +355,13 @@ def extract_features(
         )
     if isinstance(texts, str):
         raise ValueError("texts must be a sequence of strings, not one string: wrap it in a list.")
+    if not (1 <= ngram_range[0] <= ngram_range[1]):
+        raise ValueError(
+            f"ngram_range={ngram_range!r} is not a range of n: use (min_n, max_n) with "
+            "1 <= min_n <= max_n, e.g. (1, 3)."
+        )
+    if min_support < 1:
+        raise ValueError(f"min_support={min_support} must be at least 1 example.")
     ids_list: list[np.ndarray] | None = None
     if token_ids is not None:
         ids_list = [_strip_ids(row, pad_id) for row in token_ids]

@@ -150,6 +150,8 @@ def test_bad_inputs_name_the_fix():
         extract_features()
     with pytest.raises(ValueError, match="different lengths"):
         extract_features(["a", "b"], [["a"]])
+    with pytest.raises(ValueError, match="1 <= min_n <= max_n"):
+        extract_features(["a"], ngram_range=(2, 1))
     with pytest.raises(ValueError, match="welch"):
         compare_features(np.array([True, False]), ["a", "b"], test="ttest")
 
