@@ -1,0 +1,165 @@
+import base64
+import html
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from _presentation import CLASSES, HOSTILE, classification_report, make_run
+
+from keras_erranalysis import ranking
+from keras_erranalysis import report as report_module
+from keras_erranalysis.report import compare_runs, write_report
+from keras_erranalysis.run import RunFormatError, RunWriter, load_run
+
+# A 1x1 PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+SAFE_ATTRIBUTES = {
+    "lang", "charset", "http-equiv", "content", "name", "id", "class", "value", "selected",
+    "data-type", "tabindex", "scope", "data-i", "data-v", "data-correct", "data-class",
+    "data-epoch", "data-hidden", "data-table", "data-filter", "type", "placeholder",
+    "aria-live", "alt", "src",
+}  # fmt: skip
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attrs, self.scripts, self._in_script = [], [], [], False
+        self.tables, self._table, self._row, self._cell = {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+        attributes = dict(attrs)
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append("")
+        elif tag == "table":
+            self._table = self.tables.setdefault(attributes.get("id"), [])
+        elif tag == "tr" and self._table is not None:
+            self._row = {"attrs": attributes, "cells": []}
+            self._table.append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+        elif tag in ("td", "th") and self._cell is not None:
+            self._row["cells"].append(self._cell)
+            self._cell = None
+        elif tag == "table":
+            self._table = self._row = None
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts[-1] += data
+        elif self._cell is not None:
+            self._cell += data
+
+
+def _page(path):
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+@pytest.fixture()
+def hostile_run(tmp_path):
+    make_run(tmp_path / "run", epochs=2, n=12)
+    (tmp_path / "run/epoch_0002/attention_<b>hard<i>.png").write_bytes(PNG)
+    (tmp_path / "run/heatmaps").mkdir()
+    (tmp_path / 'run/heatmaps/watch "list".png').write_bytes(PNG)
+    return tmp_path / "run"
+
+
+def test_report_is_self_contained_and_hostile_text_stays_text(hostile_run, tmp_path):
+    out = write_report(hostile_run, tmp_path / "out/report.html")
+    text = out.read_bytes().decode("utf-8")
+    page = _page(out)
+    assert page.tags.count("script") == 1 and page.scripts[0] == report_module._SCRIPT
+    names = {name for name, _ in page.attrs}
+    assert names <= SAFE_ATTRIBUTES, names - SAFE_ATTRIBUTES  # no onerror=, href=, style=
+    assert not {"link", "iframe", "object", "embed", "a", "base", "form"} & set(page.tags)
+    sources = [value for name, value in page.attrs if name == "src"]
+    assert sources and all(s.startswith("data:image/") for s in sources)
+    assert "Content-Security-Policy" in text and "default-src 'none'" in text
+    rows = page.tables["hardest-2"][1:]
+    shown = {row["cells"][-1].replace("\r\n", "\n") for row in rows}
+    for hostile in HOSTILE:
+        assert hostile.replace("\r\n", "\n") in shown  # visible text = the string (HTML: CRLF->LF)
+        assert html.escape(hostile) in text
+    assert "window.__pwned" not in page.scripts[0]
+
+
+def test_hardest_table_rows_filters_and_other_tables(hostile_run, tmp_path):
+    out = write_report(hostile_run, tmp_path / "report.html", k=5)
+    page = _page(out)
+    run = load_run(hostile_run)
+    for epoch in (1, 2):
+        expected = ranking.rank_examples(run.frame(epoch), by="loss", k=5)
+        table = page.tables[f"hardest-{epoch}"]
+        header = table[0]["cells"]
+        assert header[:3] == ["rank", "example_id", "loss"] and "token_accuracy" not in header
+        ids = [int(row["cells"][1]) for row in table[1:]]
+        assert ids == expected["example_id"].tolist()
+        for row, (_, truth) in zip(table[1:], expected.iterrows()):
+            assert row["attrs"]["data-correct"] == ("yes" if truth["correct"] else "no")
+            assert row["attrs"]["data-class"] == truth["label_text"]  # raw text, for the filter
+            assert float(row["cells"][2]) == pytest.approx(truth["loss"], rel=1e-3)
+    per_class = page.tables["per_class-2"]
+    assert [r["cells"][0] for r in per_class[1:]] == CLASSES
+    assert per_class[1]["cells"][2] == HOSTILE[0]
+    assert [r["cells"][0] for r in page.tables["features-1"][1:]] == ["length", "has <script>"]
+    epochs = page.tables["epochs"]
+    assert [r["cells"][0] for r in epochs[1:]] == ["1", "2"]
+    text = out.read_text(encoding="utf-8")
+    assert re.search(r'<section class="epoch" data-epoch="1" data-hidden>', text)
+    assert re.search(r'<section class="epoch" data-epoch="2">', text)
+    # loss curve, data map, trajectories, the heatmaps-folder PNG, the epoch-2 PNG
+    assert len([s for n, s in page.attrs if n == "src"]) == 5
+    assert "attention_&lt;b&gt;hard&lt;i&gt;.png" in text
+    assert "watch &quot;list&quot;.png" in text
+    assert "Likely mislabeled" in text and "mislabeled" in page.tables
+
+
+def test_sequence_run_report_has_token_columns_and_no_class_filter(tmp_path):
+    make_run(tmp_path / "run", epochs=1, n=6, sequence=True, tables=False)
+    page = _page(write_report(tmp_path / "run", tmp_path / "r.html"))
+    header = page.tables["hardest-1"][0]["cells"]
+    assert "token_accuracy" in header and "n_tokens" in header
+    assert all("data-class" not in r["attrs"] for r in page.tables["hardest-1"][1:])
+    label_texts = [r["cells"][header.index("label_text")] for r in page.tables["hardest-1"][1:]]
+    assert any("<c>" in t or "d|" in t for t in label_texts)  # decoded with the stored vocab
+
+
+def test_report_errors_name_the_problem(tmp_path):
+    with pytest.raises(RunFormatError, match="does not exist"):
+        write_report(tmp_path / "missing", tmp_path / "r.html")
+    RunWriter(tmp_path / "empty")
+    with pytest.raises(RunFormatError, match="no complete epoch"):
+        write_report(tmp_path / "empty", tmp_path / "r.html")
+    make_run(tmp_path / "run", epochs=1, tables=False)
+    with pytest.raises(KeyError, match="No epoch 9"):
+        write_report(tmp_path / "run", tmp_path / "r.html", epochs=[9])
+
+
+def test_compare_runs_finds_fixed_and_broken_examples(tmp_path):
+    before = classification_report(6)
+    before.correct[:] = [True, False, True, False, True, True]
+    before.loss[:] = [0.1, 2.0, 0.2, 3.0, 0.3, 0.4]
+    after = classification_report(6)
+    after.correct[:] = [False, True, True, False, True, True]
+    after.loss[:] = [1.5, 0.2, 0.2, 2.0, 0.3, 0.4]
+    for name, report in (("a", before), ("b", after)):
+        RunWriter(tmp_path / name).write_epoch(1, report)
+    table = compare_runs(tmp_path / "a", tmp_path / "b")
+    assert table["example_id"].tolist()[:2] == [101, 103]  # most improved first
+    assert table.iloc[-1]["example_id"] == 100 and table.iloc[-1]["change"] == "broken"
+    changes = dict(zip(table["example_id"], table["change"]))
+    assert changes[101] == "fixed" and changes[100] == "broken" and changes[103] == "same"
+    np.testing.assert_allclose(table["loss_change"], np.sort(after.loss - before.loss))
+    assert table.attrs["only_a"] == 0 and table.attrs["only_b"] == 0
