@@ -577,7 +577,7 @@ h1{font-size:1.4em;margin:.3em 0}h2{font-size:1.2em;margin-top:1.5em}h3{font-siz
 table{border-collapse:collapse;font-size:13px;width:100%}
 caption{text-align:left;font-weight:600;padding:.3em}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top;
-white-space:pre-wrap;word-break:break-word;max-width:40em}
+white-space:pre-wrap;overflow-wrap:break-word;max-width:40em}
 th{position:sticky;top:0;background:#f4f4f6;cursor:pointer;user-select:none;
 white-space:nowrap;word-break:normal}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
