@@ -45,7 +45,6 @@ __all__ = [
     "extract_features",
     "features_summary",
     "find_slices",
-    "plot_error_rate_by_bins",
     "slice_examples",
 ]
 
@@ -1338,51 +1337,3 @@ def slice_examples(
         mask &= ~correct_arr
     ids = features.example_ids if isinstance(features, Features) else np.arange(matrix.shape[0])
     return np.asarray(ids)[mask]
-
-
-# --------------------------------------------------------------------------------------------
-# Plots (temporary home: they move to keras_erranalysis/plotting.py once it exists)
-# --------------------------------------------------------------------------------------------
-
-
-def plot_error_rate_by_bins(
-    table: pd.DataFrame,
-    *,
-    feature_name: str = "",
-    overall: float | None = None,
-    ax: Any = None,
-) -> Any:
-    """Bar chart of an :func:`error_rate_by_bins` table with 95% Wilson intervals.
-
-    Args:
-        table: Output of :func:`error_rate_by_bins`.
-        feature_name: Name of the binned feature, for the axis label.
-        overall: Overall error rate drawn as a dashed line (default: from the table).
-        ax: Matplotlib axes to draw on (default: a new figure).
-
-    Returns:
-        The matplotlib ``Axes``.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(table) + 2), 3.2))
-    x = np.arange(len(table))
-    rate = table["error_rate"].to_numpy(dtype=float)
-    low, high = table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float)
-    err = np.vstack([rate - low, high - rate])
-    ax.bar(x, rate, yerr=err, color="#c44e52", alpha=0.85, capsize=3)
-    if overall is None and table["n"].sum():
-        overall = float(table["n_wrong"].sum() / table["n"].sum())
-    if overall is not None:
-        ax.axhline(overall, color="0.3", linestyle="--", linewidth=1, label="overall")
-        ax.legend(frameon=False)
-    for xi, n in enumerate(table["n"]):
-        ax.annotate(f"n={n}", (xi, 0), textcoords="offset points", xytext=(0, 3),
-                    ha="center", fontsize=7, color="white")
-    ax.set_xticks(x, table["bin"], rotation=30, ha="right", fontsize=8)
-    ax.set_xlabel(feature_name or "bin")
-    ax.set_ylabel("error rate")
-    ax.set_ylim(0, min(1.0, max(0.05, float(np.nanmax(table["ci_high"])) * 1.15)))
-    ax.set_title(f"Error rate by {feature_name}" if feature_name else "Error rate by bin")
-    return ax

@@ -32,8 +32,6 @@ __all__ = [
     "edit_distance",
     "free_running_metrics",
     "per_class_metrics",
-    "plot_class_frequency",
-    "plot_confusion_matrix",
     "sequence_metrics",
     "teacher_forced_metrics",
 ]
@@ -754,96 +752,3 @@ def free_running_metrics(
             columns={c: prefix + c for c in per_example.columns if c != "example_id"}
         )
     return FreeRunningMetrics(per_example, corpus, hyps)
-
-
-# --------------------------------------------------------------------------------------------
-# Plots (temporary home: they move to keras_erranalysis/plotting.py once it exists)
-# --------------------------------------------------------------------------------------------
-
-
-def plot_class_frequency(
-    per_class: pd.DataFrame,
-    *,
-    top: int = 40,
-    ax: Any = None,
-) -> Any:
-    """Bars of each class's support next to how often it is predicted (imbalance at a glance).
-
-    Args:
-        per_class: Output of :func:`per_class_metrics`.
-        top: Show the ``top`` most frequent classes.
-        ax: Matplotlib axes (default: a new figure).
-
-    Returns:
-        The matplotlib ``Axes``.
-    """
-    import matplotlib.pyplot as plt
-
-    table = per_class[per_class["class_id"] >= 0].sort_values("support", ascending=False)
-    table = table.head(top)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(table) + 2), 3.2))
-    x = np.arange(len(table))
-    ax.bar(x - 0.2, table["support"], width=0.4, label="true", color="#4c72b0")
-    ax.bar(x + 0.2, table["predicted"], width=0.4, label="predicted", color="#dd8452")
-    ax.set_xticks(x, [str(i) for i in table.index], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("count")
-    ax.set_title("Class frequency" + (f" (top {top})" if len(per_class) - 2 > top else ""))
-    ax.legend(frameon=False)
-    return ax
-
-
-def plot_confusion_matrix(
-    cm: np.ndarray,
-    *,
-    label_names: Any = None,
-    normalize: bool = True,
-    max_classes: int = 30,
-    ax: Any = None,
-) -> Any:
-    """Heatmap of a confusion matrix (rows = true class), annotated when small.
-
-    With more than ``max_classes`` classes, only the most frequent true classes are shown.
-
-    Args:
-        cm: (K, K) counts from :func:`confusion_matrix`.
-        label_names: Class names.
-        normalize: Show each row as shares of its true class.
-        max_classes: Largest number of classes drawn.
-        ax: Matplotlib axes (default: a new figure).
-
-    Returns:
-        The matplotlib ``Axes``.
-    """
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(cm)
-    names = _names(label_names, cm.shape[0])
-    keep = np.flatnonzero(cm.sum(axis=1) + cm.sum(axis=0) > 0)
-    if len(keep) > max_classes:
-        keep = np.sort(keep[np.argsort(-cm.sum(axis=1)[keep], kind="stable")[:max_classes]])
-    sub = cm[np.ix_(keep, keep)].astype(np.float64)
-    if normalize:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sub = np.nan_to_num(sub / sub.sum(axis=1, keepdims=True))
-    k = len(keep)
-    if ax is None:
-        side = min(12.0, 1.5 + 0.4 * k)
-        _, ax = plt.subplots(figsize=(side + 1, side))
-    image = ax.imshow(sub, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    labels = [names[i] for i in keep]
-    ax.set_xticks(np.arange(k), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(np.arange(k), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 15:
-        for i in range(k):
-            for j in range(k):
-                value = sub[i, j]
-                if value:
-                    text = f"{value:.2f}" if normalize else f"{int(value)}"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                            color="white" if value > 0.6 * sub.max() else "black")
-    ax.set_title("Confusion matrix" + (" (row-normalised)" if normalize else ""))
-    return ax

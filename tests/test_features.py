@@ -336,21 +336,19 @@ def test_find_slices_finds_planted_conjunction():
 
 
 def test_plot_error_rate_by_bins_draws_the_table():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_erranalysis.plotting import plot_error_rate_by_bins
 
     values = np.arange(20, dtype=float)
     correct = values < 14
     table = error_rate_by_bins(values, correct, bins=4)
-    ax = F.plot_error_rate_by_bins(table, feature_name="n_tokens")
+    fig = plot_error_rate_by_bins(table, feature_name="n_tokens")
+    ax = fig.axes[0]
     heights = [bar.get_height() for bar in ax.patches]
     np.testing.assert_allclose(heights, table["error_rate"])
     assert [t.get_text() for t in ax.get_xticklabels()] == list(table["bin"])
     assert ax.lines[-1].get_ydata()[0] == pytest.approx(6 / 20)  # overall error rate
     assert ax.get_title() == "Error rate by n_tokens"
-    plt.close(ax.figure)
+    assert [t.get_text() for t in ax.texts] == ["n=5"] * 4
 
 
 def test_find_slices_ignores_a_single_feature_with_a_random_partner():

@@ -199,24 +199,22 @@ def test_free_running_metrics_batches_and_checks():
 
 
 def test_plots_show_the_numbers():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from keras_erranalysis.metrics import plot_class_frequency, plot_confusion_matrix
+    from keras_erranalysis.plotting import plot_class_frequency, plot_confusion_matrix
 
     table = per_class_metrics(Y, P, label_names=["neg", "pos", "mix"])
-    ax = plot_class_frequency(table)
+    ax = plot_class_frequency(table).axes[0]
     heights = [bar.get_height() for bar in ax.patches]
     # true counts (sorted by support, stable), then predicted counts in the same order
     assert heights == [4, 4, 2, 3, 3, 4]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["neg", "mix", "pos"]
-    plt.close(ax.figure)
 
-    ax = plot_confusion_matrix(confusion_matrix(Y, P), label_names=["neg", "pos", "mix"])
+    cm = confusion_matrix(Y, P)
+    ax = plot_confusion_matrix(cm, label_names=["neg", "pos", "$x$"]).axes[0]
     np.testing.assert_allclose(
         ax.images[0].get_array(), [[0.75, 0.25, 0], [0, 0.5, 0.5], [0, 0.5, 0.5]]
     )
     assert "0.75" in [t.get_text() for t in ax.texts]
-    plt.close(ax.figure)
+    assert ax.get_yticklabels()[2].get_text() == r"\$x\$"  # no mathtext from user names
+    small = plot_confusion_matrix(cm, normalize=False, max_classes=2).axes[0]
+    np.testing.assert_array_equal(small.images[0].get_array(), [[3, 0], [0, 2]])
+    assert small.get_title() == "Confusion matrix (counts, 2 most frequent of 3 classes)"
