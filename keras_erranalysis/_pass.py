@@ -127,15 +127,18 @@ def first_batch(dataset: tf.data.Dataset) -> tuple[Any, Any, Any]:
     )
 
 
-def unpack(batch: Any) -> tuple[Any, Any, Any]:
-    """Splits a batch into ``(x, y, sample_weight)``."""
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2:
-            return batch[0], batch[1], None
-        if len(batch) == 3:
-            return batch[0], batch[1], batch[2]
+def unpack(batch: Any, *, with_ids: bool = False) -> tuple[Any, ...]:
+    """Splits a batch into ``(x, y, sample_weight)`` (``with_ids``: and ``ids`` or None).
+
+    A 4-item batch ``(x, y, sample_weight, ids)`` carries example ids with the data, so
+    they stay attached to their rows through sharding across workers.
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3, 4):
+        parts = (*batch, None, None)[:4]
+        return parts if with_ids else parts[:3]
     raise ValueError(
-        "Each batch must be (x, y) or (x, y, sample_weight) so losses can be computed; "
+        "Each batch must be (x, y), (x, y, sample_weight) or (x, y, sample_weight, ids) "
+        "so losses can be computed; "
         f"got {type(batch).__name__}"
         + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
         + "."
@@ -400,11 +403,14 @@ def _looks_like_probabilities(values: np.ndarray, binary: bool) -> bool | None:
 
 
 def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
-    """Returns ``step(x, y, sample_weight) -> dict`` computing per-example results."""
+    """Returns ``step(x, y, sample_weight, ids=None) -> dict`` of per-example results.
+
+    Given ``ids``, the result holds them as ``example_id`` (int64), gathered with the rest.
+    """
     num_classes = probe_.num_classes
     binary = probe_.kind == "binary"
 
-    def step(x, y, sample_weight):
+    def step(x, y, sample_weight, ids=None):
         if isinstance(y, Mapping):
             y = next(iter(y.values()))
         out = select_output(model(x, training=False), spec.output, model)
@@ -515,16 +521,32 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
                 "label_invalid": invalid,
                 "label_fractional": fractional & counted,
             }
+        if ids is not None:
+            result["example_id"] = tf.reshape(tf.cast(ids, tf.int64), [-1])
         return result
 
     if strategy.num_replicas_in_sync > 1:
         replica_step = step
 
-        def step(x, y, sample_weight):  # noqa: F811 - the distributed wrapper
-            per_replica = strategy.run(replica_step, args=(x, y, sample_weight))
-            return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+        def step(x, y, sample_weight, ids=None):  # noqa: F811 - the distributed wrapper
+            bools: set[str] = set()
+
+            def as_numbers(*args):
+                # Collective gathers (MultiWorkerMirroredStrategy) take numbers only.
+                result = replica_step(*args)
+                bools.update(k for k, v in result.items() if v.dtype == tf.bool)
+                return {k: tf.cast(v, tf.int32) if k in bools else v for k, v in result.items()}
+
+            per_replica = strategy.run(as_numbers, args=(x, y, sample_weight, ids))
+            gathered = {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+            return {k: tf.cast(v, tf.bool) if k in bools else v for k, v in gathered.items()}
 
     return step
+
+
+def is_multi_worker(strategy: Any) -> bool:
+    """Whether the strategy spans several processes (collectives, no XLA for gathers)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 class CompiledStep:
@@ -551,17 +573,17 @@ class CompiledStep:
         self.jit = False
         self._fn = tf.function(self._step, reduce_retracing=True)
 
-    def __call__(self, x: Any, y: Any, sample_weight: Any) -> dict[str, Any]:
-        leaves = [t for t in tf.nest.flatten((x, y, sample_weight)) if t is not None]
+    def __call__(self, x: Any, y: Any, sample_weight: Any, ids: Any = None) -> dict[str, Any]:
+        leaves = [t for t in tf.nest.flatten((x, y, sample_weight, ids)) if t is not None]
         if not self.jit or not all(isinstance(t, tf.Tensor) for t in leaves):
-            return self._fn(x, y, sample_weight)
+            return self._fn(x, y, sample_weight, ids)
         size = int(leaves[0].shape[0])
         if self._batch_size is None:
             self._batch_size = size
         pad = self._batch_size - size
         if pad > 0:
-            x, y, sample_weight = tf.nest.map_structure(
-                lambda t: _pad_rows(t, pad), (x, y, sample_weight)
+            x, y, sample_weight, ids = tf.nest.map_structure(
+                lambda t: _pad_rows(t, pad), (x, y, sample_weight, ids)
             )
         shape = tuple(
             tuple(t.shape[1:]) for t in tf.nest.flatten((x, y, sample_weight)) if t is not None
@@ -570,7 +592,7 @@ class CompiledStep:
             if self.auto and len(self._shapes) >= self.max_shapes:
                 self.disable_xla()
             self._shapes.add(shape)
-        result = self._fn(x, y, sample_weight)
+        result = self._fn(x, y, sample_weight, ids)
         if pad > 0:
             result = {key: value[:size] for key, value in result.items()}
         return result
@@ -655,11 +677,19 @@ def kept_inputs(x: Any, strategy: Any) -> dict[str, np.ndarray]:
     else:
         named = {"input": x}
     kept = {}
+    distributed = strategy is not None and strategy.num_replicas_in_sync > 1
     for name, value in named.items():
-        if strategy is not None and strategy.num_replicas_in_sync > 1:
-            value = strategy.gather(value, axis=0)
-        dtype = value.dtype
-        if not (dtype.is_integer or dtype == tf.string) or value.shape.rank > 2:
+        local = strategy.experimental_local_results(value)[0] if distributed else value
+        dtype = local.dtype
+        if not (dtype.is_integer or dtype == tf.string) or local.shape.rank > 2:
             continue
+        if distributed:
+            if is_multi_worker(strategy) and dtype not in (tf.int32, tf.int64):
+                if dtype == tf.string:
+                    continue  # collective gathers take numbers only
+                wide = strategy.run(lambda v: tf.cast(v, tf.int64), args=(value,))
+                value = tf.cast(strategy.gather(wide, axis=0), dtype)
+            else:
+                value = strategy.gather(value, axis=0)
         kept[name] = value.numpy()
     return kept

@@ -301,6 +301,9 @@ def compute_losses(
         model: A built Keras 3 model (TensorFlow backend).
         data: A batched ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)``, or
             such a tuple of numpy arrays / dicts of arrays (batched here by ``batch_size``).
+            A dataset of ``(x, y, sample_weight, ids)`` (``sample_weight`` may be None)
+            carries example ids with each batch: results come back sorted by id, which
+            keeps them in order under ``MultiWorkerMirroredStrategy`` sharding.
         loss: A Keras loss (object, name) or a callable ``(y_true, y_pred)`` returning
             unreduced losses. Defaults to the model's compiled loss, re-made unreduced.
         output: Name or index of the output to analyse, for multi-output models.
@@ -310,7 +313,8 @@ def compute_losses(
         ignore_class: Label id that does not count (e.g. ``-100`` for NER sub-tokens).
             Defaults to the loss's own ``ignore_class``.
         from_logits: Whether the output is logits. Defaults to the loss's own setting.
-        ids: Stable example ids, one per example in data order (default ``0..N-1``).
+        ids: Stable example ids, one per example in data order (default ``0..N-1``, or
+            the ids the batches carry).
         keep_inputs: Keep integer/string inputs (token ids) so examples can be decoded.
         jit_compile: ``True`` for XLA, ``False`` for none, ``"auto"`` to try XLA and fall
             back cleanly when the model does not compile with it.
@@ -347,15 +351,17 @@ def compute_losses(
     else:
         batches = dataset
 
+    if jit_compile == "auto" and _pass.is_multi_worker(strategy):
+        jit_compile = False  # XLA has no kernel for the cross-worker gather
     compiled = _pass.compiled_step(model, spec, probe, strategy, jit_compile)
     total = _pass.cardinality(dataset)
     progress = _pass.progress_bar(total, verbose)
     chunks: list[dict[str, Any]] = []
     seen = 0
     for batch in batches:
-        x, y, sample_weight = _pass.unpack(batch)
+        x, y, sample_weight, batch_ids = _pass.unpack(batch, with_ids=True)
         try:
-            result = compiled(x, y, sample_weight)
+            result = compiled(x, y, sample_weight, batch_ids)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
             if compiled.jit and jit_compile == "auto":
                 warnings.warn(
@@ -365,7 +371,7 @@ def compute_losses(
                     stacklevel=2,
                 )
                 compiled.disable_xla()
-                result = compiled(x, y, sample_weight)
+                result = compiled(x, y, sample_weight, batch_ids)
             else:
                 raise
         host = {key: _to_numpy(value) for key, value in result.items()}
@@ -399,7 +405,19 @@ def _assemble(
     reduction: str,
 ) -> LossReport:
     n = sum(c["loss_sum"].shape[0] for c in chunks)
-    if ids is None:
+    carried = "example_id" in chunks[0]
+    if carried and ids is not None:
+        raise ValueError(
+            "The batches carry ids (x, y, sample_weight, ids) and ids= was given too: "
+            "pass only one of them."
+        )
+    if carried:
+        example_id = np.concatenate([c.pop("example_id") for c in chunks]).astype(np.int64)
+        if len(np.unique(example_id)) != n:
+            raise ValueError("The ids the batches carry must be unique, one per example.")
+        order = np.argsort(example_id, kind="stable")
+        example_id = example_id[order]
+    elif ids is None:
         example_id = np.arange(n, dtype=np.int64)
     else:
         example_id = np.asarray(ids).reshape(-1)
@@ -422,6 +440,9 @@ def _assemble(
             inputs[name] = np.array([_text(v) for v in inputs[name].reshape(-1)]).reshape(
                 inputs[name].shape
             )
+    if carried:  # results in id order, whatever order the workers' shards came back in
+        columns = {key: value[order] for key, value in columns.items()}
+        inputs = {key: value[order] for key, value in inputs.items()}
     loss_sum = columns["loss_sum"].astype(np.float32)
     n_tokens = columns["n_tokens"].astype(np.int32)
     with np.errstate(invalid="ignore", divide="ignore"):
