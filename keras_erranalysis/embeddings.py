@@ -7,14 +7,17 @@ reads the vectors in chunks (a memory-mapped ``embedding.npy`` is never loaded w
 :func:`similar_examples` (``Run.similar``) joins the neighbours with their losses, labels and
 decoded text: "find more examples like this failure".
 
-Exact search costs one pass over the ``N x D`` matrix per query: a few tens of milliseconds
-for 300,000 x 64 float16 vectors on one CPU core. Beyond a few million vectors, or for
-many queries at once, use an approximate index (``faiss`` ``IndexHNSWFlat`` / ``IndexIVFFlat``
-on normalised vectors, ``hnswlib`` or ``annoy``) built from the stored ``embedding.npy``.
+Exact search costs one pass over the ``N x D`` matrix per query: about 0.1 s for
+300,000 x 64 vectors and 0.2-0.3 s for a million (memory-mapped, float16 or float32, 2-core
+machine; ``benchmarks/bench_presentation.py``). Beyond a few million vectors, or for many
+queries at once, build an index from the stored ``embedding.npy``: ``faiss``
+(``IndexFlatIP`` on normalised vectors is still exact, batched and multithreaded;
+``IndexHNSWFlat`` / ``IndexIVFFlat`` are approximate), ``hnswlib`` or ``annoy``.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -222,7 +225,7 @@ def compute_embeddings(
     layer: Any = None,
     pooling: Pooling = "mean",
     batch_size: int = 32,
-    jit_compile: bool = False,
+    jit_compile: bool | Literal["auto"] = "auto",
 ) -> np.ndarray:
     """One vector per example from a layer of the model, in one compiled pass.
 
@@ -240,7 +243,8 @@ def compute_embeddings(
             layer's Keras mask marks as padding never count. Outputs with more axes (image
             feature maps) are averaged over all but the last axis.
         batch_size: Batch size for numpy input (ignored for a dataset).
-        jit_compile: Compile the pass with XLA.
+        jit_compile: ``True`` for XLA, ``False`` for none, ``"auto"`` to try XLA and fall
+            back (with a warning) when the layers do not compile with it.
 
     Returns:
         ``(N, D)`` float32 array, one row per example in data order.
@@ -265,21 +269,39 @@ def compute_embeddings(
             f"Layer {target.name!r} has no single symbolic output (it is shared or returns "
             "several tensors); name another layer."
         )
-    # One traced function per (model, layer, pooling): a callback calls this every epoch.
+    # One traced function per (model, layer, pooling, XLA): the callback calls this every
+    # epoch, and retracing each time would cost more than the pass.
     steps = _STEPS.setdefault(model, {})
-    key = (id(target), pooling, bool(jit_compile))
-    step = steps.get(key)
-    if step is None:
-        extractor = keras.Model(model.inputs, tensor)
 
-        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-        def step(x: Any) -> Any:
-            hidden = extractor(x, training=False)
-            mask = getattr(hidden, "_keras_mask", None)
-            return _pool_tf(hidden, mask, pooling)
+    def compiled(jit: bool) -> Any:
+        key = (id(target), pooling, jit)
+        if key not in steps:
+            extractor = keras.Model(model.inputs, tensor)
 
-        steps[key] = step
-    parts = [step(x).numpy() for x in _inputs(data, batch_size)]
+            @tf.function(jit_compile=jit, reduce_retracing=True)
+            def step(x: Any) -> Any:
+                hidden = extractor(x, training=False)
+                return _pool_tf(hidden, getattr(hidden, "_keras_mask", None), pooling)
+
+            steps[key] = step
+        return steps[key]
+
+    step = compiled(jit_compile is True or jit_compile == "auto")
+    parts = []
+    for x in _inputs(data, batch_size):
+        try:
+            parts.append(step(x).numpy())
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
+            if jit_compile != "auto" or parts:
+                raise
+            warnings.warn(
+                f"XLA could not compile the embedding pass ({type(error).__name__}); running "
+                "without XLA. Pass jit_compile=False to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            step = compiled(False)
+            parts.append(step(x).numpy())
     if not parts:
         raise ValueError("The data holds no examples: compute_embeddings needs at least one batch.")
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)

@@ -31,7 +31,6 @@ import io
 import math
 import os
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Markdown's backslash-escapable characters (Python-Markdown with tables, as TensorBoard
 # renders); "<", ">", "&" and quotes become HTML entities instead.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 # The columns of the hardest-example table, in order (shown when present).
@@ -103,7 +103,7 @@ def _format_value(value: Any) -> str:
 def _one_line(text: str, max_chars: int | None) -> str:
     text = _LINE_BREAKS.sub(" \u21b5 ", text).replace("\t", " ")
     # Other control characters (NUL, ESC, ...) could confuse viewers: show a placeholder.
-    text = "".join("\ufffd" if unicodedata.category(c) == "Cc" else c for c in text)
+    text = _CONTROL.sub("\ufffd", text)
     if max_chars is not None and len(text) > max_chars:
         text = text[: max_chars - 1] + "\u2026"
     return text
@@ -170,6 +170,31 @@ def markdown_table(
 def tsv_cell(value: Any, *, max_chars: int | None = 500) -> str:
     """Renders one value for a TSV file: no tab, no line break, no control character."""
     return _one_line(_format_value(value), max_chars)
+
+
+def _tsv_column(series: pd.Series, max_chars: int = 500) -> pd.Series:
+    """:func:`tsv_cell` over a whole column, vectorised (the projector's metadata can be big)."""
+    values = series.to_numpy()
+    if series.dtype.kind == "b":
+        return pd.Series(np.where(values, "yes", "no"), dtype=object)
+    if series.dtype.kind in "iu":
+        return pd.Series(values.astype(str), dtype=object)
+    if series.dtype.kind == "f":
+        return pd.Series([f"{v:.4g}" for v in values.tolist()], dtype=object)
+    text = pd.Series([_format_value(v) for v in values.tolist()], dtype=object)
+    text = text.str.replace(_LINE_BREAKS, " \u21b5 ", regex=True).str.replace("\t", " ")
+    text = text.str.replace(_CONTROL, "\ufffd", regex=True)
+    long = text.str.len() > max_chars
+    if long.any():
+        text[long] = text[long].str.slice(0, max_chars - 1) + "\u2026"
+    return text
+
+
+def _tsv_rows(frame: pd.DataFrame) -> str:
+    """Every row of ``frame`` as a TSV line (no header), each ending with a newline."""
+    columns = [_tsv_column(frame[name]) for name in frame.columns]
+    joined = columns[0].str.cat(columns[1:], sep="\t") if len(columns) > 1 else columns[0]
+    return "".join(line + "\n" for line in joined.tolist())
 
 
 # --------------------------------------------------------------------------------------
@@ -524,9 +549,8 @@ def write_projector(
     checkpoint = tf.train.Checkpoint(**{name: tf.Variable(values, trainable=False, name=name)})
     checkpoint.write(str(folder / prefix))
     meta_name = f"{_META_PREFIX}{step:04d}.tsv"
-    lines = ["\t".join(tsv_cell(c) for c in metadata.columns)]
-    lines += ["\t".join(tsv_cell(v) for v in row) for row in metadata.itertuples(index=False)]
-    write_bytes_atomic(folder / meta_name, ("\n".join(lines) + "\n").encode("utf-8"))
+    header = "\t".join(tsv_cell(c) for c in metadata.columns)
+    write_bytes_atomic(folder / meta_name, f"{header}\n{_tsv_rows(metadata)}".encode())
     config = ProjectorConfig()
     embedding = config.embeddings.add()
     embedding.tensor_name = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
