@@ -24,6 +24,7 @@ incomplete write and never read.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -113,6 +114,19 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _json_checksum(data: Mapping[str, Any]) -> int:
+    """CRC32 of a JSON object's canonical text, leaving out its own ``checksum`` entry."""
+    body = {k: v for k, v in _json_safe(data).items() if k != "checksum"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8"))
+
+
+def _verify_checksum(data: Mapping[str, Any], path: Path) -> None:
+    # run.json and meta.json say what every other file holds, so a flipped byte in them
+    # must not pass as a different number of classes, task or column name.
+    if data.get("checksum") != _json_checksum(data):
+        raise RunFormatError(f"File {str(path)!r} is corrupt: checksum mismatch (or missing).")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -176,7 +190,8 @@ class RunWriter:
                     for key, value in (decoding or {}).items()
                 },
             }
-            write_json_atomic(run_file, self.run_meta)
+            checksum = _json_checksum(self.run_meta)
+            write_json_atomic(run_file, {**self.run_meta, "checksum": checksum})
 
     # -- lock --------------------------------------------------------------------------
 
@@ -296,7 +311,7 @@ class RunWriter:
                 "vectors": saved_vectors,
                 "info": dict(info or {}),
             }
-            write_json_atomic(tmp / META_FILE, meta)
+            write_json_atomic(tmp / META_FILE, {**meta, "checksum": _json_checksum(meta)})
             _fsync_dir(tmp)
             os.rename(tmp, final)
         except BaseException:
@@ -330,7 +345,7 @@ def _save_array(folder: Path, stem: str, value: np.ndarray) -> dict[str, Any]:
 def _save_table(folder: Path, name: str, table: pd.DataFrame) -> dict[str, Any]:
     csv_path = folder / f"{name}.csv"
     table.to_csv(csv_path, index=False)
-    entry = {"csv": csv_path.name, "rows": len(table)}
+    entry = {"csv": csv_path.name, "rows": len(table), "crc32": zlib.crc32(csv_path.read_bytes())}
     if name == "hardest":
         jsonl_path = folder / f"{name}.jsonl"
         jsonl_path.write_text(
@@ -382,6 +397,7 @@ def _read_run_json(path: Path) -> dict[str, Any]:
             f"{str(path)!r} has format version {data.get('version')!r}; this keras_erranalysis "
             f"reads up to version {VERSION}. Upgrade keras_erranalysis."
         )
+    _verify_checksum(data, path)
     return data
 
 
@@ -499,6 +515,7 @@ class Run:
         meta = _read_json(folder / META_FILE)
         if meta.get("format") != FORMAT or meta.get("epoch") != number:
             raise RunFormatError(f"{str(folder / META_FILE)!r} does not describe epoch {number}.")
+        _verify_checksum(meta, folder / META_FILE)
         entries = [
             *meta.get("arrays", {}).values(),
             *meta.get("inputs", {}).values(),
@@ -576,8 +593,14 @@ class Run:
             )
         file = self.epoch_dir(epoch) / entry["csv"]
         try:
-            return pd.read_csv(file, keep_default_na=False, na_values=[""])
-        except (OSError, ValueError) as error:
+            raw = file.read_bytes()
+        except OSError as error:
+            raise RunFormatError(f"File {str(file)!r} is unreadable ({error}).") from None
+        if "crc32" in entry and zlib.crc32(raw) != entry["crc32"]:
+            raise RunFormatError(f"File {str(file)!r} is corrupt: checksum mismatch.")
+        try:
+            return pd.read_csv(io.BytesIO(raw), keep_default_na=False, na_values=[""])
+        except ValueError as error:
             raise RunFormatError(f"File {str(file)!r} is corrupt ({error}).") from None
 
     def frame(self, epoch: int = -1, **decoding: Any) -> pd.DataFrame:
