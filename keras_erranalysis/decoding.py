@@ -38,7 +38,7 @@ class Vocabulary:
     ) -> None:
         if (tokens is None) == (fn is None):
             raise ValueError("Vocabulary needs exactly one of `tokens` or `fn`.")
-        self.tokens = None if tokens is None else [str(t) for t in tokens]
+        self.tokens = None if tokens is None else [_as_text(t) for t in tokens]
         self.sep = sep
         self.fn = fn
 
@@ -120,7 +120,8 @@ class Vocabulary:
 def _as_text(token: Any) -> str:
     if isinstance(token, bytes):
         return token.decode("utf-8", errors="replace")
-    return str(token)
+    # A lone surrogate cannot be written as UTF-8 (CSV, Arrow strings): keep it visible.
+    return str(token).encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def _tokens_from_mapping(mapping: Mapping[Any, Any]) -> list[str]:
