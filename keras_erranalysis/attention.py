@@ -39,6 +39,16 @@ Diagnostics (per example and per layer, all computed on the device):
 An example with no valid query gets NaN in every diagnostic. Valid positions come from the
 mask the layer itself applied (Keras masks from ``mask_zero=True`` embeddings, padding and
 causal masks, ``attention_mask``), combined with any ``query_mask`` / ``key_mask`` given.
+
+Two Keras behaviours to know when reading the weights:
+
+* ``MultiHeadAttention`` deletes the Keras mask of the tensors it is called on, so another
+  layer that reads the same tensor after it gets no mask and really attends to padding.
+  The weights show that (it is what the model does); give such layers their own masked
+  tensor, or pass ``key_mask`` for the diagnostics.
+* With scores asked for, Keras zeroes the weights of fully masked (padded) queries, while
+  its fused path averages all values there. Outputs at real positions are identical; the
+  outputs at padded query positions of a recorded pass can differ from ``predict``.
 """
 
 from __future__ import annotations
