@@ -100,6 +100,22 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def one_line(value: Any, max_chars: int | None = None) -> str:
+    """A value as one line of plain text, safe for a terminal, a TSV file or a table cell.
+
+    Line breaks become a visible ``↵``, tabs a space, other control characters (NUL, ESC,
+    which could recolour or rewrite a terminal) a replacement character ``�``.
+
+    Args:
+        value: Any value (floats with 4 significant digits, booleans as yes/no).
+        max_chars: Longer text is cut and ends with ``…`` (None: no limit).
+
+    Returns:
+        The text.
+    """
+    return _one_line(_format_value(value), max_chars)
+
+
 def _one_line(text: str, max_chars: int | None) -> str:
     text = _LINE_BREAKS.sub(" \u21b5 ", text).replace("\t", " ")
     # Other control characters (NUL, ESC, ...) could confuse viewers: show a placeholder.
