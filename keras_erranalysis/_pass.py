@@ -338,7 +338,7 @@ def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
     _check_label_shape(kind, y_shape, out_shape, spec.name)
     if not np.issubdtype(np.dtype(y.dtype.as_numpy_dtype), np.number) and y.dtype != tf.bool:
         raise ValueError(f"Labels must be numbers, got dtype {y.dtype.name}.")
-    prob_like = _looks_like_probabilities(out.numpy(), binary_out)
+    prob_like = _looks_like_probabilities(out.numpy(), binary_out, _prob_sum_tol(out.dtype))
     from_logits = spec.from_logits
     if from_logits is None:
         from_logits = prob_like is False
@@ -385,7 +385,15 @@ def _check_label_shape(kind: str, y_shape: tuple, out_shape: tuple, loss_name: s
         )
 
 
-def _looks_like_probabilities(values: np.ndarray, binary: bool) -> bool | None:
+def _prob_sum_tol(dtype: Any) -> float:
+    """How far from 1 a row of probabilities may sum: 16-bit softmax rows are off by ~eps."""
+    eps = {tf.float16: 2.0**-10, tf.bfloat16: 2.0**-7}.get(tf.as_dtype(dtype), 0.0)
+    return max(_PROB_SUM_TOL, 4 * eps)
+
+
+def _looks_like_probabilities(
+    values: np.ndarray, binary: bool, tol: float = _PROB_SUM_TOL
+) -> bool | None:
     """Whether every finite output row is a probability vector (None: no finite row)."""
     values = np.asarray(values, dtype=np.float64)
     rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(-1, 1)
@@ -396,7 +404,7 @@ def _looks_like_probabilities(values: np.ndarray, binary: bool) -> bool | None:
         return False
     if binary:
         return True
-    return bool(np.all(np.abs(rows.sum(axis=-1) - 1.0) < _PROB_SUM_TOL))
+    return bool(np.all(np.abs(rows.sum(axis=-1) - 1.0) < tol))
 
 
 # -- the compiled step -----------------------------------------------------------------
