@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import keras
+import numpy as np
 import pandas as pd
 
 from keras_erranalysis import ranking
@@ -48,6 +50,18 @@ class ErrorAnalysis(keras.callbacks.Callback):
             examples as text, the data map, the embedding projector): ``True`` for
             ``log_dir/tensorboard/validation``, or a TensorBoard folder (e.g. the one of
             Keras' own ``TensorBoard`` callback) to write under its ``validation`` run.
+        attention: Analyse attention: ``True`` for every attention layer of the model, or
+            a list of layer paths/names. Adds per-example diagnostics (entropy, uncovered
+            source share, diagonality, monotonicity) to the table and saves heatmaps of the
+            hardest examples and of a fixed watch list as PNG files in each epoch folder
+            (and as TensorBoard images). A model without attention layers is an error.
+        heatmaps: How many hardest examples get heatmaps each epoch (plus up to half as
+            many right examples, fixed at the first analysed epoch, as a watch list).
+        features: Compare wrong and right examples feature by feature each epoch
+            (:func:`~keras_erranalysis.features.compare_features`) and write the table as
+            ``features.csv``: ``"auto"`` does it when texts are given or token inputs can
+            be decoded with ``input_vocab``; ``False`` never.
+        texts: The examples' raw texts (in data order) for the feature comparison.
         embeddings: Store each analysed example's embedding as ``embedding.npy`` per epoch
             (for ``Run.similar`` and the projector): ``True`` for the default layer (see
             :func:`~keras_erranalysis.embeddings.default_layer`) or a layer name.
@@ -79,6 +93,10 @@ class ErrorAnalysis(keras.callbacks.Callback):
         on_error: Literal["raise", "warn"] = "raise",
         tensorboard: bool | str | os.PathLike = False,
         embeddings: bool | str = False,
+        attention: bool | Sequence[str] = False,
+        heatmaps: int = 4,
+        features: bool | Literal["auto"] = "auto",
+        texts: Sequence[str] | None = None,
         verbose: int = 1,
     ) -> None:
         super().__init__()
@@ -118,6 +136,12 @@ class ErrorAnalysis(keras.callbacks.Callback):
         )
         self.embeddings = embeddings
         self.last_embeddings = None
+        self.attention = attention
+        self.heatmaps = heatmaps
+        self.features = features
+        self.texts = None if texts is None else [str(t) for t in texts]
+        self._feature_set: Any = None
+        self._watch: list[int] | None = None
         self._summaries = None
         self.verbose = verbose
         self.enabled = True
@@ -134,6 +158,10 @@ class ErrorAnalysis(keras.callbacks.Callback):
         self._epoch_offset = None
         self._fit_epochs = (self.params or {}).get("epochs")
         self.enabled = True  # on_error="warn" switches the analysis off for one fit only
+        if self.attention:
+            from keras_erranalysis.attention import find_attention_layers
+
+            find_attention_layers(self.model, self._attention_layers())  # clear error if none
         if self.log_dir is not None:
             try:
                 self._writer = RunWriter(self.log_dir, decoding=self.decoding)
@@ -192,8 +220,10 @@ class ErrorAnalysis(keras.callbacks.Callback):
         """Runs the pass on the current model and records it as ``run_epoch``."""
         report = compute_losses(self.model, self.data, verbose=self.verbose, **self.pass_options)
         self.last_report = report
+        figures = self._attention_figures(report) if self.attention else {}
         frame = report.to_frame(**self.decoding)
         tables = {"hardest": ranking.log_views(frame, k=self.top_k)}
+        tables.update(self._analysis_tables(report))
         vectors = stored = None
         if self.embeddings:
             from keras_erranalysis.embeddings import compute_embeddings, storage_array
@@ -204,8 +234,15 @@ class ErrorAnalysis(keras.callbacks.Callback):
             self.last_embeddings = vectors
             stored = {"embedding": storage_array(vectors)}
         if self._writer is not None:
+            from keras_erranalysis.plotting import figure_png
+
             self._writer.write_epoch(
-                run_epoch, report, tables=tables, info={"keras_epoch": keras_epoch}, vectors=stored
+                run_epoch,
+                report,
+                tables=tables,
+                info={"keras_epoch": keras_epoch},
+                vectors=stored,
+                files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
             )
         else:
             self._reports[run_epoch] = report
@@ -223,7 +260,16 @@ class ErrorAnalysis(keras.callbacks.Callback):
                 run=run_folder,
                 vectors=vectors,
                 k=self.top_k,
+                figures=figures,
             )
+            if "features" in tables:
+                from keras_erranalysis.features import features_summary
+
+                self._summaries.text(
+                    "feature_summary",
+                    tensorboard.markdown_cell(features_summary(tables["features"]), max_chars=None),
+                    run_epoch,
+                )
         if self.verbose:
             wrong = int((~report.correct).sum())
             bad = int(report.nonfinite.sum())
@@ -233,6 +279,85 @@ class ErrorAnalysis(keras.callbacks.Callback):
                 f"mean loss {float(report.loss[~report.nonfinite].mean()):.4f}{note}"
             )
         return report
+
+    def _attention_layers(self) -> list[str] | None:
+        return None if self.attention is True else list(self.attention)
+
+    def _attention_figures(self, report: LossReport) -> dict[str, Any]:
+        """Adds attention diagnostics to ``report.extra``; returns heatmaps to save."""
+        from keras_erranalysis.attention import attention_diagnostics
+        from keras_erranalysis.heatmaps import example_heatmaps
+
+        positions = report.scalars().assign(position=np.arange(len(report)))
+        hardest = ranking.rank_examples(positions, by="loss", k=self.heatmaps)
+        rows = hardest["position"].tolist()
+        if self._watch is None:  # right examples fixed once, to follow across epochs
+            right = np.flatnonzero(report.correct)
+            self._watch = right[: max(1, self.heatmaps // 2)].tolist()
+        watch = [r for r in self._watch if r not in rows]
+        result = attention_diagnostics(
+            self.model,
+            self.data,
+            layers=self._attention_layers(),
+            keep=rows + watch,
+            batch_size=self.pass_options["batch_size"],
+            jit_compile=self.pass_options["jit_compile"],
+        )
+        report.extra.update(result.diagnostics)
+        order = {int(p): j for j, p in enumerate(result.kept)}
+        names = [f"attention_hardest{i + 1}" for i in range(len(rows))]
+        names += [f"attention_watch{i + 1}" for i in range(len(watch))]
+        chosen = [(r, n) for r, n in zip(rows + watch, names) if r in order]
+        picks = [order[r] for r, _ in chosen]
+        return example_heatmaps(
+            report,
+            {path: w[picks] for path, w in result.weights.items()},
+            [r for r, _ in chosen],
+            names=[n for _, n in chosen],
+            vocab=self.decoding["vocab"],
+            input_vocab=self.decoding["input_vocab"],
+        )
+
+    def _analysis_tables(self, report: LossReport) -> dict[str, pd.DataFrame]:
+        """The per-class table and (when there is text) the feature comparison."""
+        from keras_erranalysis.metrics import per_class_metrics
+
+        names = self.decoding["vocab" if report.is_sequence else "label_names"]
+        tables = {"per_class": per_class_metrics(report, label_names=names).reset_index()}
+        if self.features is False:
+            return tables
+        if self._feature_set is None:
+            self._feature_set = self._extract_features(report)
+        has_both = (~report.correct).any() and report.correct.any()
+        if self._feature_set is not False and has_both:
+            from keras_erranalysis.features import compare_features
+
+            tables["features"] = compare_features(report, features=self._feature_set, top=200)
+        return tables
+
+    def _extract_features(self, report: LossReport) -> Any:
+        from keras_erranalysis.features import extract_features
+
+        source = self.decoding["input_vocab"]
+        texts = self.texts
+        if texts is None and source is not None:
+            texts = report.input_texts(source)
+        if texts is None:
+            if self.features is True:
+                raise ValueError(
+                    "features=True needs text: pass texts=[...] or input_vocab= so the inputs "
+                    "can be decoded."
+                )
+            return False
+        if len(texts) != len(report):
+            raise ValueError(f"texts has {len(texts)} entries but the data has {len(report)}.")
+        return extract_features(
+            texts=texts,
+            tokenizer="char" if source is not None and source.sep == "" else "word",
+            labels=None if report.is_sequence else report.label,
+            example_ids=report.example_id,
+            pos=False,
+        )
 
     def _last_epoch(self) -> int:
         if self._writer is not None:

@@ -601,3 +601,30 @@ def plot_confusion_matrix(
         "Confusion matrix" + (" (row-normalised" if normalize else " (counts") + hidden + ")"
     )
     return fig
+
+
+# ======================================================================================
+# Saving
+# ======================================================================================
+
+
+def figure_png(figure: Any) -> bytes:
+    """Renders a Figure (or passes PNG bytes through) to PNG bytes, headless.
+
+    Args:
+        figure: A :class:`matplotlib.figure.Figure` or PNG bytes.
+
+    Returns:
+        The PNG file's bytes.
+    """
+    import io
+
+    if isinstance(figure, (bytes, bytearray)):
+        return bytes(figure)
+    if not hasattr(figure, "savefig"):
+        raise TypeError(
+            f"An image must be a matplotlib Figure or PNG bytes, got {type(figure).__name__}."
+        )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=figure.dpi, bbox_inches="tight")
+    return buffer.getvalue()

@@ -249,6 +249,7 @@ class RunWriter:
         tables: Mapping[str, pd.DataFrame] | None = None,
         info: Mapping[str, Any] | None = None,
         vectors: Mapping[str, np.ndarray] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> Path:
         """Writes one epoch atomically and returns its folder.
 
@@ -259,6 +260,8 @@ class RunWriter:
             info: Extra JSON-ready facts stored in ``meta.json`` (e.g. the Keras epoch).
             vectors: Named per-example ``(N, ...)`` arrays (e.g. ``embedding``, ``(N, D)``)
                 saved as ``<name>.npy`` and read with ``Run.array(name)``.
+            files: Other named files (e.g. heatmap PNGs), name -> bytes, listed in
+                ``meta.json`` under ``files`` and read with ``Run.file_path(name)``.
 
         Raises:
             FileExistsError: When the epoch is already written.
@@ -272,11 +275,11 @@ class RunWriter:
         tmp = Path(tempfile.mkdtemp(dir=self.log_dir, prefix=f"{_TMP_PREFIX}{epoch:04d}-"))
         try:
             os.chmod(tmp, 0o777 & ~_umask())
-            files: dict[str, dict[str, Any]] = {}
+            arrays: dict[str, dict[str, Any]] = {}
             for column in _ARRAY_COLUMNS:
                 value = getattr(report, column)
                 if value is not None:
-                    files[column] = _save_array(tmp, column, value)
+                    arrays[column] = _save_array(tmp, column, value)
             inputs = {}
             for i, (name, value) in enumerate(report.inputs.items()):
                 inputs[name] = _save_array(tmp, f"input_{i:03d}", value)
@@ -295,6 +298,12 @@ class RunWriter:
                 if np.shape(value)[0] != len(report):
                     raise ValueError(f"{name!r} has {np.shape(value)[0]} rows, not {len(report)}.")
                 saved_vectors[name] = _save_array(tmp, name, np.asarray(value))
+            saved_files = {}
+            for name, data in (files or {}).items():
+                if not re.fullmatch(r"[A-Za-z0-9_\-]+\.[a-z0-9]+", name) or (tmp / name).exists():
+                    raise ValueError(f"File name {name!r} must be a new plain name like a_b.png.")
+                (tmp / name).write_bytes(data)
+                saved_files[name] = {"bytes": len(data), "crc32": zlib.crc32(data)}
             meta = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -304,11 +313,12 @@ class RunWriter:
                 "num_classes": report.num_classes,
                 "reduction": report.reduction,
                 "n_examples": len(report),
-                "arrays": files,
+                "arrays": arrays,
                 "inputs": inputs,
                 "extra": extra,
                 "tables": written_tables,
                 "vectors": saved_vectors,
+                "files": saved_files,
                 "info": dict(info or {}),
             }
             write_json_atomic(tmp / META_FILE, {**meta, "checksum": _json_checksum(meta)})
@@ -521,6 +531,7 @@ class Run:
             *meta.get("inputs", {}).values(),
             *meta.get("extra", {}).values(),
             *meta.get("vectors", {}).values(),
+            *({"file": name, **entry} for name, entry in meta.get("files", {}).items()),
         ]
         for entry in entries:
             file = folder / entry["file"]
@@ -582,6 +593,16 @@ class Run:
         """One column across epochs as a list of memory-mapped arrays (nothing loaded)."""
         chosen = list(self.epochs if epochs is None else epochs)
         return [self.array(column, e) for e in chosen]
+
+    def files(self, epoch: int = -1) -> list[str]:
+        """Names of the extra files (e.g. heatmap PNGs) stored with one epoch."""
+        return sorted(self.meta(epoch).get("files", {}))
+
+    def file_path(self, name: str, epoch: int = -1) -> Path:
+        """Path of an extra file stored with one epoch (see :meth:`files`)."""
+        if name not in self.meta(epoch).get("files", {}):
+            raise KeyError(f"No file {name!r} in epoch {self._resolve(epoch)}.")
+        return self.epoch_dir(epoch) / name
 
     def table(self, name: str, epoch: int = -1) -> pd.DataFrame:
         """A per-epoch table written next to the arrays (``hardest``, features, ...)."""

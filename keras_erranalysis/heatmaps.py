@@ -1,0 +1,132 @@
+"""Present: attention heatmaps of chosen examples of a report, with tokens on the axes.
+
+Which tokens label which axis: for a cross-attention layer (its path says ``cross``, or its
+query and key lengths differ) the rows are the target positions, labelled with the tokens
+they predict (the report's labels, decoded with ``vocab``), and the columns are the source
+tokens (the first kept model input, decoded with ``input_vocab``). A self-attention layer
+uses one side for both axes: the source when its length fits, else the target. Padding is
+cut: source positions after the last non-zero id, target positions after the counted ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_erranalysis.decoding import Vocabulary
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]+", "-", text).strip("-") or "layer"
+
+
+def _source_tokens(report: Any, row: int, input_vocab: Vocabulary | None) -> list[str] | None:
+    if not report.inputs:
+        return None
+    ids = np.asarray(next(iter(report.inputs.values()))[row])
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        return None
+    nonzero = np.flatnonzero(ids)
+    ids = ids[: nonzero[-1] + 1] if nonzero.size else ids[:0]
+    if input_vocab is None:
+        return [str(int(t)) for t in ids]
+    return [input_vocab.token(t) for t in ids]
+
+
+def _target_tokens(report: Any, row: int, vocab: Vocabulary | None) -> list[str] | None:
+    if not report.is_sequence:
+        return None
+    labels = np.asarray(report.label[row])
+    counted = int(np.asarray(report.token_mask[row]).sum())
+    labels = labels[:counted]
+    if vocab is None:
+        return [str(int(t)) for t in labels]
+    return [vocab.token(t) for t in labels]
+
+
+def axis_tokens(
+    report: Any,
+    row: int,
+    layer_path: str,
+    shape: tuple[int, int],
+    *,
+    vocab: Vocabulary | None = None,
+    input_vocab: Vocabulary | None = None,
+) -> tuple[list[str] | None, list[str] | None]:
+    """The (query, key) tokens of one example for one layer's ``(T_q, T_kv)`` map.
+
+    Args:
+        report: A :class:`~keras_erranalysis.losses.LossReport`.
+        row: Position of the example in the report.
+        layer_path: The attention layer's path.
+        shape: ``(T_q, T_kv)`` of the layer's weights for this example.
+        vocab: Target vocabulary.
+        input_vocab: Source vocabulary.
+
+    Returns:
+        Token lists (None where no tokens fit that axis: plain positions are shown).
+    """
+    t_q, t_kv = shape
+    source = _source_tokens(report, row, input_vocab)
+    target = _target_tokens(report, row, vocab)
+
+    def fits(tokens: list[str] | None, length: int) -> list[str] | None:
+        return tokens if tokens is not None and len(tokens) <= length else None
+
+    cross = "cross" in layer_path.lower() or t_q != t_kv
+    if cross:
+        return fits(target, t_q), fits(source, t_kv)
+    side = source if "decoder" not in layer_path.lower() else target
+    side = fits(side, t_q) or fits(target if side is source else source, t_q)
+    return side, side
+
+
+def example_heatmaps(
+    report: Any,
+    weights: Mapping[str, np.ndarray],
+    rows: Sequence[int],
+    *,
+    names: Sequence[str] | None = None,
+    vocab: Any = None,
+    input_vocab: Any = None,
+    layers: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Heatmaps of some examples, one Figure per example and layer.
+
+    Args:
+        report: The report the examples come from (for tokens and titles).
+        weights: ``{layer_path: (len(rows), heads, T_q, T_kv)}``, e.g.
+            ``AttentionDiagnostics.weights``.
+        rows: Report positions of the examples, in the order of ``weights``.
+        names: A name prefix per example (default ``example<i>``).
+        vocab: Target vocabulary (anything :class:`Vocabulary` accepts).
+        input_vocab: Source vocabulary.
+        layers: Only these layer paths (default: all in ``weights``).
+
+    Returns:
+        ``{"<name>_<layer>": Figure}``, names safe as file names.
+    """
+    from keras_erranalysis.plotting import plot_attention
+
+    target_vocab = Vocabulary.from_any(vocab)
+    source_vocab = Vocabulary.from_any(input_vocab)
+    figures = {}
+    for j, row in enumerate(rows):
+        prefix = names[j] if names is not None else f"example{int(report.example_id[row])}"
+        for path in layers or list(weights):
+            example = np.asarray(weights[path][j])
+            query, key = axis_tokens(
+                report, row, path, example.shape[-2:], vocab=target_vocab, input_vocab=source_vocab
+            )
+            status = "right" if bool(report.correct[row]) else "wrong"
+            title = (
+                f"{path} | example {int(report.example_id[row])} ({status}, "
+                f"loss {float(report.loss[row]):.3g})"
+            )
+            figures[f"{_safe(prefix)}_{_safe(path)}"] = plot_attention(
+                example, query, key, title=title
+            )
+    return figures
