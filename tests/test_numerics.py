@@ -1,0 +1,156 @@
+"""Numerics: mixed precision (float16, bfloat16) and logits vs. probabilities.
+
+The pass casts the model's output to float32 before the softmax and the loss, so a model
+trained under a mixed policy gets float32 losses of its own (float16/bfloat16) outputs.
+Stated tolerances against a float32 model with the same weights (they differ because the
+mixed model's layers compute in 16 bits, not because of the pass):
+
+- ``mixed_float16``:  |loss - loss32| <= 1e-2 * (1 + loss32); probabilities within 3e-3.
+- ``mixed_bfloat16``: |loss - loss32| <= 2e-2 * (1 + loss32); probabilities within 2e-2.
+
+(Measured with logits up to ~8: 4e-3 and 8e-3 relative, 1.6e-3 and 1.2e-2 in probability.)
+
+Against the mixed model's own outputs, the losses are exact to float32 precision (1e-5).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_erranalysis import compute_losses
+
+TOLERANCE = {  # policy -> (loss tolerance relative to 1 + loss, probability atol)
+    "mixed_float16": (1e-2, 3e-3),
+    "mixed_bfloat16": (2e-2, 2e-2),
+}
+RNG = np.random.default_rng(0)
+CLASSIFIER_DATA = (RNG.normal(size=(300, 8)).astype("float32"), RNG.integers(0, 10, 300))
+_tokens = RNG.integers(1, 40, (120, 9))
+_tokens[::2, 6:] = 0
+SEQUENCE_DATA = (_tokens, RNG.integers(0, 50, (120, 9)))
+
+
+@pytest.fixture
+def policy():
+    """Sets a global dtype policy for the test and always restores float32."""
+    def set_policy(name):
+        keras.mixed_precision.set_global_policy(name)
+
+    try:
+        yield set_policy
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def classifier(activation):
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
+         keras.layers.Dense(10, activation=activation)]
+    )
+
+
+def tagger(activation):
+    inputs = keras.Input((None,), dtype="int32")
+    hidden = keras.layers.Embedding(40, 16, mask_zero=True)(inputs)
+    hidden = keras.layers.Dense(32, activation="tanh")(hidden)
+    hidden = keras.layers.Dense(32, activation="tanh")(hidden)
+    return keras.Model(inputs, keras.layers.Dense(50, activation=activation)(hidden))
+
+
+def softmax64(values):
+    values = np.asarray(values, np.float64)
+    values = values - values.max(-1, keepdims=True)
+    exp = np.exp(values)
+    return exp / exp.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("mixed", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("activation", [None, "softmax"])
+@pytest.mark.parametrize("kind", ["classifier", "sequence"])
+def test_mixed_precision_losses_are_float32_and_match_a_float32_model(
+    policy, mixed, activation, kind
+):
+    build, data = (classifier, CLASSIFIER_DATA) if kind == "classifier" else (
+        tagger, SEQUENCE_DATA)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=activation is None)
+    full = build(activation)
+    full.set_weights([w * 2 for w in full.get_weights()])  # sharper outputs than at init
+    expected = compute_losses(full, data, loss=loss, verbose=0, jit_compile=False)
+
+    policy(mixed)
+    model = build(activation)
+    model.set_weights(full.get_weights())
+    assert model.compute_dtype != "float32"
+    report = compute_losses(model, data, loss=loss, verbose=0, jit_compile=False)
+    for column in ("loss", "loss_sum", "true_prob", "margin", "confidence"):
+        assert getattr(report, column).dtype == np.float32, column
+
+    tol, prob_atol = TOLERANCE[mixed]
+    assert np.all(np.abs(report.loss - expected.loss) <= tol * (1 + expected.loss))
+    np.testing.assert_allclose(report.true_prob, expected.true_prob, atol=prob_atol)
+    np.testing.assert_allclose(report.margin, expected.margin, atol=prob_atol)
+    assert report.loss.std() > 0.05  # the comparison is over varied, non-trivial losses
+
+    # Against the mixed model's own 16-bit outputs the pass is exact to float32 precision.
+    outputs = np.asarray(model.predict(data[0], verbose=0).astype("float32"), np.float64)
+    if activation:  # Keras' loss on probabilities: renormalise, clip to [1e-7, 1 - 1e-7]
+        probs = np.clip(outputs / outputs.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
+    else:
+        probs = softmax64(outputs)
+    labels = data[1]
+    own = -np.log(np.take_along_axis(probs, labels[..., None], -1)[..., 0])
+    if kind == "sequence":
+        counted = data[0] != 0
+        own = (own * counted).sum(-1) / counted.sum(-1)
+    np.testing.assert_allclose(report.loss, own, rtol=2e-5, atol=2e-5)
+
+
+def test_tiny_losses_of_a_float16_model_are_not_rounded_to_zero(policy):
+    # One-hot inputs through a fixed kernel: the right class has logit 12, the others 0,
+    # so every loss is log(1 + 3 exp(-12)) = 1.84e-5.
+    x = np.eye(4, dtype="float32")[RNG.integers(0, 4, 32)]
+    y = x.argmax(1)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    truth = np.log1p(3 * np.exp(-12.0))
+
+    policy("mixed_float16")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, use_bias=False)])
+    model.set_weights([12 * np.eye(4, dtype="float32")])
+    report = compute_losses(model, (x, y), loss=loss, verbose=0, jit_compile=False)
+    # float32 resolves the log-sum-exp near 12 to ~1e-6, so that is the tolerance.
+    np.testing.assert_allclose(report.loss, truth, rtol=0, atol=2e-6)
+    assert np.all(report.loss > 1e-5)
+    assert report.correct.all() and np.all(report.margin > 0.99)
+
+    # Why it matters: the same (stable) softmax computed in float16 rounds the loss to 0.
+    logits16 = (12 * x).astype(np.float16)
+    exp16 = np.exp(logits16 - logits16.max(-1, keepdims=True))
+    probs16 = exp16 / exp16.sum(-1, keepdims=True, dtype=np.float16)
+    assert np.all(-np.log(probs16[np.arange(32), y]) == 0)
+
+
+@pytest.mark.parametrize("mixed", ["mixed_float16", "mixed_bfloat16"])
+def test_logits_and_probabilities_are_told_apart_under_mixed_precision(policy, mixed):
+    x, y = SEQUENCE_DATA
+    policy(mixed)
+    softmax_model = tagger("softmax")
+    logits_model = tagger(None)
+
+    # 16-bit softmax rows still count as probabilities (50 classes, sums off by ~1e-3).
+    with pytest.raises(ValueError, match="look like probabilities.*from_logits=False"):
+        compute_losses(softmax_model, (x, y), verbose=0, jit_compile=False,
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="are not probabilities.*from_logits=True"):
+        compute_losses(logits_model, (x, y), verbose=0, jit_compile=False,
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False))
+
+    # A callable loss without a from_logits flag: the pass infers which it is.
+    def plain_loss(y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    inferred = compute_losses(softmax_model, (x, y), loss=plain_loss, verbose=0,
+                              jit_compile=False)
+    explicit = compute_losses(softmax_model, (x, y), verbose=0, jit_compile=False,
+                              loss=keras.losses.SparseCategoricalCrossentropy())
+    np.testing.assert_allclose(inferred.true_prob, explicit.true_prob, rtol=1e-6)
+    np.testing.assert_allclose(inferred.loss, explicit.loss, rtol=1e-5)
