@@ -18,6 +18,7 @@ this pass does not use ``fit``: train however you train, then analyse with this.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import glob
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -652,8 +654,8 @@ def _model_input(spec: _InputSpec | None, cols: list[str], chunk: Mapping[str, n
     if not fits:
         raise AnalyzeError(
             f"Model/data mismatch: model input {spec.name!r} expects examples of shape "
-            f"{tuple(wanted)} but {where} give {tuple(data_shape)}. Pick the feature "
-            "columns with --features (in the model's order)."
+            f"{tuple(wanted)} but {where} hold examples of shape {tuple(data_shape)}. "
+            "Pick the feature columns with --features (in the model's order)."
         )
     wanted_kind = np.dtype(spec.dtype).kind if spec.dtype != "string" else "U"
     if wanted_kind == "U":
@@ -669,6 +671,21 @@ def _model_input(spec: _InputSpec | None, cols: list[str], chunk: Mapping[str, n
             f"{where} hold text."
         )
     return value.astype(spec.dtype, copy=False)
+
+
+def _kept_inputs(x: Any) -> dict[str, np.ndarray]:
+    """The inputs the core keeps for decoding (token ids, text), taken from the host chunk.
+
+    Same rule and names as ``_pass.kept_inputs`` (integer or text, at most 2-D), but read
+    from the chunk already in id order rather than gathered from the workers batch by
+    batch, which costs a collective per batch and cannot carry text.
+    """
+    named = dict(x) if isinstance(x, Mapping) else {"input": x}
+    return {
+        name: value
+        for name, value in named.items()
+        if value.ndim <= 2 and value.dtype.kind in "iuUS"
+    }
 
 
 def _labels(chunk: Mapping[str, np.ndarray], column: str) -> np.ndarray:
@@ -961,6 +978,7 @@ def analyze(
                 .batch(batch_size)
                 .with_options(options)
             )
+            kept = _kept_inputs(x)
             del chunk, xs, x, y
             report = compute_losses(
                 model,
@@ -970,9 +988,11 @@ def analyze(
                 reduction=reduction,
                 ignore_class=ignore_class,
                 from_logits=from_logits,
+                keep_inputs=False,
                 jit_compile=jit_compile,
                 verbose=0,
             )
+            report.inputs = kept
             if not np.array_equal(report.example_id, ids):
                 raise RuntimeError(
                     f"The pass returned {len(report)} results for {n} examples of ids "
@@ -1014,3 +1034,107 @@ def analyze(
             results.close()
         if writer is not None:
             writer.release_lock()
+
+
+# --------------------------------------------------------------------------------------
+# Command line (``keras-erranalysis analyze``; also ``python -m keras_erranalysis.analyze``)
+# --------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``analyze`` options to an argument parser."""
+    parser.add_argument("model", help="saved Keras model (.keras)")
+    parser.add_argument(
+        "data", help="TFRecord file/folder/glob, .csv/.tsv, .parquet or .npz file"
+    )
+    parser.add_argument("-o", "--log-dir", required=True, help="run folder to write")
+    parser.add_argument("--label-column", help="column/key/feature with the labels")
+    parser.add_argument(
+        "--features", help="comma-separated feature columns, in the model's input order"
+    )
+    parser.add_argument("--format", choices=FORMATS, help="data format (default: from the name)")
+    parser.add_argument(
+        "--feature-spec",
+        help='TFRecord features as JSON, e.g. \'{"x": ["float32", [4]], "y": ["int64", []]}\'',
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    parser.add_argument(
+        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="examples held at a time"
+    )
+    parser.add_argument(
+        "--epoch-label", type=int, help="run epoch number to write as (default: next one)"
+    )
+    parser.add_argument("--model-output", help="output to analyse in a multi-output model")
+    parser.add_argument("--reduction", choices=("mean", "sum"), default="mean")
+    parser.add_argument("--ignore-class", type=int, help="label id that does not count")
+    parser.add_argument("--top-k", type=int, default=20, help="rows per hardest-example view")
+    parser.add_argument("--label-names", help="comma-separated class names")
+    parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA")
+    parser.add_argument(
+        "--unsafe-deserialization",
+        action="store_true",
+        help="load_model(safe_mode=False): only for model files you trust",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Runs ``analyze`` from parsed arguments; errors are one line on stderr, exit 2."""
+    import tensorflow as tf
+
+    from keras_erranalysis.run import RunFormatError, RunLockedError
+
+    def listed(text: str | None) -> list[str] | None:
+        return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+    try:
+        result = analyze(
+            args.model,
+            args.data,
+            args.log_dir,
+            label_column=args.label_column,
+            features=listed(args.features),
+            format=args.format,
+            feature_spec=args.feature_spec,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            epoch=args.epoch_label,
+            output=args.model_output,
+            reduction=args.reduction,
+            ignore_class=args.ignore_class,
+            top_k=args.top_k,
+            label_names=listed(args.label_names),
+            jit_compile={"auto": "auto", "on": True, "off": False}[args.jit],
+            safe_mode=not args.unsafe_deserialization,
+            verbose=0 if args.quiet else 1,
+        )
+    except (
+        ValueError, TypeError, KeyError, OSError, ImportError, RunFormatError,
+        RunLockedError, tf.errors.OpError,
+    ) as error:
+        message = getattr(error, "message", None) or str(error)
+        line = " ".join(str(message).split()) or type(error).__name__
+        print(f"keras-erranalysis analyze: error: {line}", file=sys.stderr)
+        return 2
+    if result.is_chief:
+        print(
+            f"Analysed {result.n_examples} examples on {result.num_workers} worker(s): "
+            f"epoch {result.epoch} written to {result.epoch_dir}"
+        )
+    else:
+        print(f"Analysed {result.n_examples} examples; the chief writes the results.")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m keras_erranalysis.analyze MODEL DATA -o RUN_DIR [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="keras-erranalysis analyze",
+        description="Analyse a saved Keras model over a dataset; write one run epoch.",
+    )
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
