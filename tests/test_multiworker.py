@@ -1,0 +1,116 @@
+"""Two worker processes on loopback ports (TF_CONFIG) analyse like one process does."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_erranalysis import analyze as an
+from keras_erranalysis.run import load_run
+
+pytestmark = pytest.mark.slow
+
+N = 103  # chunks of 50, 50 and 3: the last global batch leaves one worker nearly idle
+TIMEOUT = 150  # seconds for the whole cluster
+
+
+def _free_ports(count):
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _saved_model_and_data(folder):
+    import keras
+
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(1, 40, (N, 6)).astype("int32")
+    labels = (tokens[:, 0] % 3).astype("int64")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), dtype="int32", name="tokens")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 8)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(pooled))
+    model.compile(
+        optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.fit(tokens, labels, epochs=1, batch_size=16, verbose=0)
+    model.save(folder / "model.keras")
+    np.savez(folder / "data.npz", tokens=tokens, label=labels)
+
+
+def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_path):
+    _saved_model_and_data(tmp_path)
+    options = ["--chunk-size", "50", "--batch-size", "16", "-q"]
+    single = an.main(
+        [str(tmp_path / "model.keras"), str(tmp_path / "data.npz"),
+         "-o", str(tmp_path / "single"), *options]
+    )
+    assert single == 0
+
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers = []
+    try:
+        for index in range(2):
+            workdir = tmp_path / f"cwd{index}"
+            workdir.mkdir()
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+            env["TF_CONFIG"] = json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            )
+            command = [
+                sys.executable, "-m", "keras_erranalysis.analyze",
+                str(tmp_path / "model.keras"), str(tmp_path / "data.npz"),
+                "-o", str(tmp_path / f"run{index}"), *options,
+            ]
+            workers.append(
+                subprocess.Popen(
+                    command, cwd=workdir, env=env, text=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )
+            )
+        outputs = [worker.communicate(timeout=TIMEOUT) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.wait(timeout=30)
+
+    for worker, (_out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-2000:]
+    assert "on 2 worker(s): epoch 1 written" in outputs[0][0]
+    assert "the chief writes the results" in outputs[1][0]
+
+    # the chief's run equals the single-process run, example by example
+    chief = load_run(tmp_path / "run0", verify=True)
+    reference = load_run(tmp_path / "single")
+    assert chief.meta()["info"]["num_workers"] == 2
+    got, want = chief.report(), reference.report()
+    np.testing.assert_array_equal(got.example_id, np.arange(N))
+    np.testing.assert_array_equal(got.example_id, want.example_id)
+    np.testing.assert_allclose(got.loss, want.loss, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got.margin, want.margin, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(got.prediction, want.prediction)
+    np.testing.assert_array_equal(got.label, want.label)
+    np.testing.assert_array_equal(got.inputs["input"], want.inputs["input"])
+    assert (
+        chief.table("hardest")["example_id"].tolist()
+        == reference.table("hardest")["example_id"].tolist()
+    )
+    assert sorted(p.name for p in (tmp_path / "run0").iterdir()) == ["epoch_0001", "run.json"]
+
+    # the other worker wrote nothing: no run folder, nothing in its working directory
+    assert not (tmp_path / "run1").exists()
+    assert list((tmp_path / "cwd1").iterdir()) == []
