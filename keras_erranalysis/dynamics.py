@@ -180,8 +180,10 @@ def _block_stats(
     correct = correct.astype(bool)
     ever = correct.any(axis=0)
     first = np.where(ever, correct.argmax(axis=0), -1)
-    forgetting = (correct[:-1] & ~correct[1:]).sum(axis=0) if num_epochs > 1 else np.zeros(
-        correct.shape[1], np.int64
+    forgetting = (
+        (correct[:-1] & ~correct[1:]).sum(axis=0)
+        if num_epochs > 1
+        else np.zeros(correct.shape[1], np.int64)
     )
     out = {
         "confidence": confidence,
@@ -372,8 +374,8 @@ def _assemble(
     confidence_threshold: float,
     variability_threshold: float,
 ) -> pd.DataFrame:
-    index = np.arange(num_examples, dtype=np.int64) if example_id is None else np.asarray(
-        example_id
+    index = (
+        np.arange(num_examples, dtype=np.int64) if example_id is None else np.asarray(example_id)
     )
     if index.shape != (num_examples,):
         raise ValueError(f"example_id must have shape ({num_examples},), got {index.shape}.")
@@ -484,9 +486,7 @@ def compute_token_dynamics(
         raise ValueError(
             f"token_label must have shape (N, T) = {(num_examples, length)}, got {labels.shape}."
         )
-    ids = np.arange(num_examples, dtype=np.int64) if example_id is None else np.asarray(
-        example_id
-    )
+    ids = np.arange(num_examples, dtype=np.int64) if example_id is None else np.asarray(example_id)
     epoch_numbers = np.arange(1, num_epochs + 1) if epochs is None else np.asarray(epochs)
 
     step = _chunk_columns(num_epochs, chunk_size, per_column=max(1, length))
@@ -559,9 +559,7 @@ def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Ser
         Series aligned with ``dyn``.
     """
     if method not in MISLABEL_METHODS:
-        raise ValueError(
-            f"Unknown method {method!r}; choose one of {sorted(MISLABEL_METHODS)}."
-        )
+        raise ValueError(f"Unknown method {method!r}; choose one of {sorted(MISLABEL_METHODS)}.")
     needed = {"aum": ["aum"], "confidence": ["confidence"], "correctness": ["correctness", "aum"]}
     needed["hard_to_learn"] = ["confidence", "variability"]
     missing = [c for c in needed[method] if c not in dyn.columns]
@@ -642,3 +640,67 @@ def likely_mislabeled(
     if k is None:
         return table[table["flagged"]]
     return table.head(k)
+
+
+def run_dynamics(
+    run: Any,
+    *,
+    tokens: bool = False,
+    epochs: Sequence[int] | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Dynamics of a run folder's recorded epochs, read memory-mapped, never stacked.
+
+    Args:
+        run: A :class:`~keras_erranalysis.run.Run` (``load_run(log_dir)``).
+        tokens: For sequence runs, one row per counted token (:func:`compute_token_dynamics`)
+            instead of one row per sequence.
+        epochs: Epochs to use (default: all recorded).
+        **options: Passed to :func:`compute_dynamics` / :func:`compute_token_dynamics`
+            (e.g. ``hard_k``, ``confidence_threshold``).
+
+    Returns:
+        The dynamics DataFrame.
+    """
+    chosen = list(run.epochs if epochs is None else epochs)
+    if not chosen:
+        raise ValueError(
+            "The run has no recorded epochs yet: train with the ErrorAnalysis callback first."
+        )
+    last = chosen[-1]
+    sequence = run.meta(last)["task"] == "sequence"
+    ids = np.asarray(run.array("example_id", last))
+    first_ids = np.asarray(run.array("example_id", chosen[0]))
+    if first_ids.shape != ids.shape or not np.array_equal(first_ids, ids):
+        raise ValueError(
+            f"Epochs {chosen[0]} and {last} of the run hold different examples; dynamics need "
+            "the same examples every epoch. Pass epochs=[...] that analysed the same data."
+        )
+
+    def columns(name: str) -> list[np.ndarray]:
+        return run.arrays(name, chosen)
+
+    if tokens:
+        if not sequence:
+            raise ValueError("tokens=True needs a sequence run; this run is a classifier.")
+        return compute_token_dynamics(
+            columns("token_true_prob"),
+            columns("token_margin"),
+            np.asarray(run.array("token_mask", last)),
+            columns("prediction"),
+            np.asarray(run.array("label", last)),
+            example_id=ids,
+            epochs=chosen,
+            **options,
+        )
+    return compute_dynamics(
+        columns("true_prob"),
+        columns("margin"),
+        columns("correct"),
+        loss=columns("loss"),
+        prediction=None if sequence else columns("prediction"),
+        label=None if sequence else np.asarray(run.array("label", last)),
+        example_id=ids,
+        epochs=chosen,
+        **options,
+    )

@@ -356,6 +356,10 @@ def _save_table(folder: Path, name: str, table: pd.DataFrame) -> dict[str, Any]:
     csv_path = folder / f"{name}.csv"
     table.to_csv(csv_path, index=False)
     entry = {"csv": csv_path.name, "rows": len(table), "crc32": zlib.crc32(csv_path.read_bytes())}
+    # Text columns are read back as text: a label "007", "0" or "True" must not become a number.
+    entry["text_columns"] = [
+        str(c) for c in table.columns if pd.api.types.infer_dtype(table[c]) == "string"
+    ]
     if name == "hardest":
         jsonl_path = folder / f"{name}.jsonl"
         jsonl_path.write_text(
@@ -619,10 +623,20 @@ class Run:
             raise RunFormatError(f"File {str(file)!r} is unreadable ({error}).") from None
         if "crc32" in entry and zlib.crc32(raw) != entry["crc32"]:
             raise RunFormatError(f"File {str(file)!r} is corrupt: checksum mismatch.")
+        text = entry.get("text_columns", [])
         try:
-            return pd.read_csv(io.BytesIO(raw), keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(
+                io.BytesIO(raw),
+                keep_default_na=False,
+                na_values=[""],
+                dtype=dict.fromkeys(text, str),
+            )
         except ValueError as error:
             raise RunFormatError(f"File {str(file)!r} is corrupt ({error}).") from None
+        for column in text:
+            if column in frame:
+                frame[column] = frame[column].fillna("")
+        return frame
 
     def frame(self, epoch: int = -1, **decoding: Any) -> pd.DataFrame:
         """Every example of one epoch as a table, decoded with the stored vocabularies."""

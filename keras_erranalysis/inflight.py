@@ -1,0 +1,478 @@
+"""In-flight recording: per-example losses and margins of the training data, for free.
+
+The training step already computes the model's output for every training example. The
+:class:`InFlightRecorder` callback reads that output while ``fit`` runs and scatters
+per-example loss, probability of the given label, margin, prediction and correctness into
+``tf.Variable`` buffers of size N, indexed by example id. At the end of each epoch the buffers
+are copied to the host. There is no extra forward pass, and the gradients are untouched: the
+recorded values are computed from ``tf.stop_gradient(y_pred)`` and never reach the loss.
+
+Example ids travel with the batch, so shuffling is fine. Give them either way:
+
+- as the last element of each batch: ``(x, y, ids)`` or ``(x, y, sample_weight, ids)``
+  (ids an integer tensor of shape ``(batch,)``, values in ``[0, num_examples)``);
+  :func:`with_example_ids` builds such a dataset from arrays;
+- or inside ``x`` when it is a dict: ``({"pixels": ..., "example_id": ...}, y)``
+  (the key is ``id_key``).
+
+The recorder strips the ids before Keras' own ``train_step`` / ``test_step`` see the batch,
+so the same dataset layout also works for ``validation_data``.
+
+How: on ``on_train_begin`` the recorder replaces, on this model instance only,
+``train_step`` (to take the ids off the batch), ``test_step`` (same) and ``compute_loss``
+(to record from ``y`` and ``y_pred``), and rebuilds the train/test functions; on
+``on_train_end`` (or :meth:`InFlightRecorder.restore`) it puts the originals back.
+
+What the values mean: each example's values come from the forward pass of the step that
+trained on it, so they are in training mode (dropout on) and taken with the weights of that
+step, not those at the end of the epoch. They are the "training dynamics" of the
+cartography and AUM papers; for exact end-of-epoch values use the callback's passes
+(``compute_losses``).
+
+Limits: one analysed output (``output=`` for multi-output models); a single device (not
+under a multi-replica ``tf.distribute`` strategy); for sequence outputs the per-sequence
+summaries are recorded (``loss`` = mean over counted tokens, ``true_prob`` mean,
+``margin`` minimum, ``correct`` exact match), not the per-token arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_erranalysis import _pass
+from keras_erranalysis.dynamics import compute_dynamics, likely_mislabeled
+
+#: Per-example columns recorded each epoch.
+RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")
+
+_PATCHED = ("train_step", "test_step", "compute_loss")
+
+
+def with_example_ids(
+    x: Any,
+    y: Any,
+    *,
+    sample_weight: Any = None,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Builds a batched dataset yielding ``(x, y, ids)`` (or ``(x, y, sample_weight, ids)``).
+
+    ``ids`` are the example positions ``0..N-1`` in the given arrays, so the recorder's
+    columns line up with ``x`` and ``y``. Shuffling is reshuffled every epoch.
+
+    Args:
+        x: Inputs: an array, or a dict / tuple of arrays with the same first dimension.
+        y: Labels with the same first dimension.
+        sample_weight: Optional per-example (or per-token) weights.
+        batch_size: Batch size.
+        shuffle: Shuffle the examples every epoch (ids travel with them).
+        seed: Shuffle seed, for reproducible runs.
+
+    Returns:
+        A ``tf.data.Dataset`` for ``model.fit`` with an :class:`InFlightRecorder`.
+
+    Example:
+        >>> ds = with_example_ids(np.zeros((10, 3)), np.arange(10), batch_size=4)  # doctest: +SKIP
+        >>> recorder = InFlightRecorder(10)  # doctest: +SKIP
+        >>> model.fit(ds, epochs=3, callbacks=[recorder])  # doctest: +SKIP
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    leaves = tf.nest.flatten(x)
+    if not leaves:
+        raise ValueError("x holds no arrays.")
+    num_examples = int(np.shape(leaves[0])[0])
+    if num_examples == 0:
+        raise ValueError("x holds no examples.")
+    ids = np.arange(num_examples, dtype=np.int64)
+    parts = (x, y, ids) if sample_weight is None else (x, y, sample_weight, ids)
+    for part in parts[1:]:
+        for leaf in tf.nest.flatten(part):
+            if int(np.shape(leaf)[0]) != num_examples:
+                raise ValueError(
+                    f"x has {num_examples} examples but y or sample_weight has "
+                    f"{int(np.shape(leaf)[0])}: they must have the same length."
+                )
+    dataset = tf.data.Dataset.from_tensor_slices(parts)
+    if shuffle:
+        dataset = dataset.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size)
+
+
+class InFlightRecorder(keras.callbacks.Callback):
+    """Records per-example training losses and margins from ``fit``'s own forward pass.
+
+    Args:
+        num_examples: N, the number of training examples; ids must lie in ``[0, N)``.
+        id_key: Key of the ids in ``x`` when ``x`` is a dict (else ids are the last batch
+            element, see the module docstring).
+        loss: The per-example loss to record. Defaults to the model's compiled loss, made
+            unreduced (as ``compute_losses`` does).
+        output: Output to analyse in a multi-output model (name or index).
+        from_logits: Whether the output is logits. Default: the loss's own setting, or
+            decided per batch from whether the rows look like probabilities.
+        ignore_class: Label that does not count in sequence outputs (e.g. ``-100``).
+        dtype: Host storage dtype of the float columns, ``"float32"`` or ``"float16"``.
+
+    Attributes:
+        epochs: Recorded epoch numbers (1-based, as Keras prints them).
+
+    Example:
+        >>> ds = with_example_ids(x_train, y_train, batch_size=64, seed=0)  # doctest: +SKIP
+        >>> recorder = InFlightRecorder(len(x_train))  # doctest: +SKIP
+        >>> model.fit(ds, epochs=10, callbacks=[recorder])  # doctest: +SKIP
+        >>> recorder.likely_mislabeled(k=20)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        *,
+        id_key: str = "example_id",
+        loss: Any = None,
+        output: str | int | None = None,
+        from_logits: bool | None = None,
+        ignore_class: int | None = None,
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        if int(num_examples) < 1:
+            raise ValueError(f"num_examples must be at least 1, got {num_examples}.")
+        if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float16")):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}.")
+        self.num_examples = int(num_examples)
+        self.id_key = id_key
+        self.loss = loss
+        self.output = output
+        self.from_logits = from_logits
+        self.ignore_class = ignore_class
+        self.dtype = np.dtype(dtype)
+        self.epochs: list[int] = []
+        self._history: dict[str, list[np.ndarray]] = {name: [] for name in RECORDED}
+        self._buffers: dict[str, tf.Variable] | None = None
+        self._bad_ids: tf.Variable | None = None
+        self._pending_ids: Any = None
+        self._originals: dict[str, Any] = {}
+        self._spec: Any = None
+        self._patched_model: Any = None
+
+    # -- Keras callback hooks --------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Resolves the loss, creates the buffers and patches the model's steps."""
+        model = self.model
+        strategy = _pass.model_strategy(model)
+        if strategy.num_replicas_in_sync > 1:
+            raise NotImplementedError(
+                "InFlightRecorder records on a single device; under a multi-replica "
+                "tf.distribute strategy use the ErrorAnalysis callback's end-of-epoch passes."
+            )
+        self._spec = _pass.resolve_loss(
+            model,
+            self.loss,
+            self.output,
+            ignore_class=self.ignore_class,
+            from_logits=self.from_logits,
+        )
+        if self._buffers is None:
+            size = self.num_examples + 1  # the last slot takes out-of-range ids
+            self._buffers = {
+                "loss": tf.Variable(tf.zeros(size), trainable=False, name="inflight_loss"),
+                "true_prob": tf.Variable(tf.zeros(size), trainable=False, name="inflight_tp"),
+                "margin": tf.Variable(tf.zeros(size), trainable=False, name="inflight_margin"),
+                "correct": tf.Variable(
+                    tf.zeros(size, tf.bool), trainable=False, name="inflight_correct"
+                ),
+                "prediction": tf.Variable(
+                    tf.zeros(size, tf.int32), trainable=False, name="inflight_pred"
+                ),
+                "seen": tf.Variable(tf.zeros(size, tf.bool), trainable=False, name="inflight_seen"),
+            }
+            self._bad_ids = tf.Variable(0, dtype=tf.int64, trainable=False, name="inflight_bad")
+        self._patch(model)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Clears the buffers so unseen examples read as missing."""
+        size = self.num_examples + 1
+        for name in ("loss", "true_prob", "margin"):
+            self._buffers[name].assign(tf.fill([size], math.nan))
+        self._buffers["correct"].assign(tf.zeros(size, tf.bool))
+        self._buffers["prediction"].assign(tf.fill([size], -1))
+        self._buffers["seen"].assign(tf.zeros(size, tf.bool))
+        self._bad_ids.assign(0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Copies the buffers to the host."""
+        bad = int(self._bad_ids.numpy())
+        if bad:
+            self.restore()
+            raise ValueError(
+                f"{bad} example ids in epoch {epoch + 1} were outside [0, {self.num_examples})"
+                ": ids must be positions 0..num_examples-1. Build the dataset with "
+                "with_example_ids(x, y), or pass the right num_examples to InFlightRecorder."
+            )
+        n = self.num_examples
+        for name, variable in self._buffers.items():
+            values = variable.numpy()[:n]
+            if values.dtype == np.float32:
+                values = values.astype(self.dtype)
+            elif name == "prediction":
+                values = values.astype(np.int64)
+            self._history[name].append(values)
+        self.epochs.append(int(epoch) + 1)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Puts the model's own steps back."""
+        self.restore()
+
+    # -- results ---------------------------------------------------------------------------
+
+    @property
+    def history(self) -> dict[str, np.ndarray]:
+        """Recorded columns, each ``(E, N)``: loss, true_prob, margin, correct, prediction, seen.
+
+        Examples not seen in an epoch (e.g. with ``steps_per_epoch`` shorter than the data)
+        have NaN floats, ``correct=False``, ``prediction=-1`` and ``seen=False``.
+        """
+        return {name: self.stack(name) for name in RECORDED}
+
+    def stack(self, column: str) -> np.ndarray:
+        """One recorded column as an ``(E, N)`` array."""
+        if column not in self._history:
+            raise KeyError(f"No column {column!r}; recorded columns are {list(RECORDED)}.")
+        rows = self._history[column]
+        if not rows:
+            raise ValueError(
+                "Nothing recorded yet: pass the recorder to model.fit(..., callbacks=[recorder]) "
+                "and train for at least one epoch."
+            )
+        return np.stack(rows)
+
+    def dynamics(self, **kwargs: Any) -> Any:
+        """Per-example dynamics of the recorded epochs (see ``compute_dynamics``)."""
+        if not self.epochs:
+            self.stack("loss")  # raises the "nothing recorded" error
+        return compute_dynamics(
+            self._history["true_prob"],
+            self._history["margin"],
+            self._history["correct"],
+            loss=self._history["loss"],
+            prediction=self._history["prediction"],
+            epochs=self.epochs,
+            **kwargs,
+        )
+
+    def likely_mislabeled(self, k: int | None = None, **kwargs: Any) -> Any:
+        """Ranked likely label errors of the training data (see ``likely_mislabeled``)."""
+        return likely_mislabeled(self.dynamics(), k, **kwargs)
+
+    # -- patching --------------------------------------------------------------------------
+
+    def _patch(self, model: Any) -> None:
+        if self._patched_model is not None:
+            self.restore()
+        self._originals = {
+            name: (model.__dict__.get(name, _MISSING), getattr(model, name)) for name in _PATCHED
+        }
+        original_train = self._originals["train_step"][1]
+        original_test = self._originals["test_step"][1]
+        original_loss = self._originals["compute_loss"][1]
+        loss_has_training = "training" in _pass._parameters(original_loss)
+
+        def train_step(data):
+            data, ids = self._split_ids(data)
+            self._pending_ids = ids
+            try:
+                return original_train(data)
+            finally:
+                self._pending_ids = None
+
+        def test_step(data):
+            data, _ = self._split_ids(data, required=False)
+            return original_test(data)
+
+        def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            if loss_has_training:
+                value = original_loss(x, y, y_pred, sample_weight, training=training)
+            else:
+                value = original_loss(x, y, y_pred, sample_weight)
+            if training and self._pending_ids is not None:
+                self._record(self._pending_ids, y, y_pred, sample_weight)
+            return value
+
+        for name, fn in (
+            ("train_step", train_step),
+            ("test_step", test_step),
+            ("compute_loss", compute_loss),
+        ):
+            object.__setattr__(model, name, fn)
+        self._patched_model = model
+        # Keras built the train function before on_train_begin, from the original step.
+        model.make_train_function(force=True)
+        model.test_function = None
+
+    def restore(self) -> None:
+        """Puts back the model's own ``train_step``, ``test_step`` and ``compute_loss``.
+
+        Called by ``on_train_end``; call it yourself if ``fit`` was interrupted.
+        """
+        model = self._patched_model
+        if model is None:
+            return
+        for name, (own, _) in self._originals.items():
+            if own is _MISSING:
+                model.__dict__.pop(name, None)
+            else:
+                object.__setattr__(model, name, own)
+        model.train_function = None
+        model.test_function = None
+        self._patched_model = None
+        self._originals = {}
+
+    def _split_ids(self, data: Any, *, required: bool = True) -> tuple[Any, Any]:
+        """Takes the example ids off a batch; returns ``(batch_without_ids, ids)``."""
+        if isinstance(data, (tuple, list)) and data and isinstance(data[0], Mapping):
+            x = data[0]
+            if self.id_key in x:
+                rest = {k: v for k, v in x.items() if k != self.id_key}
+                if len(rest) == 1 and not _expects_dict(self.model):
+                    rest = next(iter(rest.values()))
+                return (rest, *data[1:]), x[self.id_key]
+        if isinstance(data, (tuple, list)) and len(data) in (3, 4):
+            ids = data[-1]
+            if tf.nest.is_nested(ids) or not ids.dtype.is_integer:
+                if not required:
+                    return data, None
+                raise ValueError(
+                    "InFlightRecorder needs example ids with each batch, as the last element "
+                    "(x, y, ids) or (x, y, sample_weight, ids) with integer ids, or in x as "
+                    f"x[{self.id_key!r}]. The last element here is "
+                    f"{getattr(ids, 'dtype', type(ids).__name__)!s}, which looks like "
+                    "sample_weight: add the ids after it, e.g. with with_example_ids(x, y, "
+                    "sample_weight=w)."
+                )
+            return tuple(data[:-1]), ids
+        if not required:
+            return data, None
+        raise ValueError(
+            "InFlightRecorder needs example ids with each batch: yield (x, y, ids) or "
+            f"(x, y, sample_weight, ids), or put them in x[{self.id_key!r}]; "
+            "with_example_ids(x, y) builds such a dataset."
+        )
+
+    def _record(self, ids: Any, y: Any, y_pred: Any, sample_weight: Any) -> None:
+        """Scatters this batch's per-example values into the buffers (inside the step)."""
+        if isinstance(y, Mapping):
+            y = y[self._spec.output] if self._spec.output in y else next(iter(y.values()))
+        elif isinstance(y, (list, tuple)):
+            y = y[self._spec.output if isinstance(self._spec.output, int) else 0]
+        out = _pass.select_output(y_pred, self._spec.output, self.model)
+        values = _per_example(out, y, sample_weight, self._spec)
+        ids = tf.reshape(tf.cast(ids, tf.int64), [-1])
+        n = self.num_examples
+        valid = (ids >= 0) & (ids < n)
+        self._bad_ids.assign_add(tf.reduce_sum(tf.cast(~valid, tf.int64)))
+        index = tf.where(valid, ids, tf.cast(n, tf.int64))[:, None]
+        for name, value in values.items():
+            self._buffers[name].scatter_nd_update(index, value)
+        self._buffers["seen"].scatter_nd_update(index, tf.ones_like(ids, tf.bool))
+
+
+_MISSING = object()
+
+
+def _expects_dict(model: Any) -> bool:
+    inputs = getattr(model, "_inputs_struct", None)
+    return isinstance(inputs, Mapping)
+
+
+def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, tf.Tensor]:
+    """Loss, true_prob, margin, correct, prediction per example, from the step's output."""
+    keras_mask = getattr(out, "_keras_mask", None)
+    out = tf.stop_gradient(tf.cast(out, tf.float32))
+    rank = out.shape.rank
+    binary = rank == 1 or out.shape[-1] == 1 or spec.kind == "binary"
+    if binary:
+        if rank == 1 or out.shape[-1] != 1:
+            out = out[..., None]
+        label_shape = tf.shape(out)[:-1]
+        y_float = tf.reshape(tf.cast(y, tf.float32), tf.shape(out))
+        label = tf.cast(tf.reshape(y_float, label_shape) > 0.5, tf.int32)
+        if spec.from_logits is None:
+            looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0))
+            positive = tf.where(looks_prob, out, tf.sigmoid(out))
+        else:
+            positive = tf.sigmoid(out) if spec.from_logits else out
+        probs = tf.concat([1.0 - positive, positive], axis=-1)
+        loss_values = spec.fn(y_float, out)
+        num_classes = 2
+        sequence = rank == 3
+    else:
+        num_classes = int(out.shape[-1])
+        label_shape = tf.shape(out)[:-1]
+        dense = spec.kind == "dense" or (spec.kind is None and y.shape.rank == rank)
+        if dense:
+            label = tf.argmax(y, axis=-1, output_type=tf.int32)
+        else:
+            label = tf.cast(tf.reshape(y, label_shape), tf.int32)
+        if spec.from_logits is None:
+            looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0)) & tf.reduce_all(
+                tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < _pass._PROB_SUM_TOL
+            )
+            probs = tf.where(looks_prob, out, tf.nn.softmax(out, axis=-1))
+        else:
+            probs = tf.nn.softmax(out, axis=-1) if spec.from_logits else out
+        in_range = (label >= 0) & (label < num_classes)
+        safe_label = tf.where(in_range, label, tf.zeros_like(label))
+        loss_values = spec.fn(tf.cast(y, tf.float32) if dense else safe_label, out)
+        sequence = rank == 3
+    loss_values = tf.reshape(tf.cast(loss_values, tf.float32), label_shape)
+    safe = tf.clip_by_value(label, 0, num_classes - 1)
+    one_hot = tf.equal(safe[..., None], tf.range(num_classes, dtype=tf.int32))
+    true_prob = tf.reduce_sum(tf.where(one_hot, probs, 0.0), axis=-1)
+    best_other = tf.reduce_max(tf.where(one_hot, -math.inf, probs), axis=-1)
+    margin = true_prob - best_other
+    prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    right = tf.equal(prediction, label)
+    if not sequence:
+        return {
+            "loss": loss_values,
+            "true_prob": true_prob,
+            "margin": margin,
+            "correct": right,
+            "prediction": prediction,
+        }
+    weight = tf.ones(label_shape, tf.float32)
+    if keras_mask is not None:
+        weight *= tf.cast(tf.reshape(keras_mask, label_shape), tf.float32)
+    if spec.ignore_class is not None:
+        weight *= tf.cast(tf.not_equal(label, spec.ignore_class), tf.float32)
+    if sample_weight is not None:
+        sw = tf.cast(sample_weight, tf.float32)
+        if sw.shape.rank == 1:
+            sw = sw[:, None]
+        elif sw.shape.rank == 3:
+            sw = sw[..., 0]
+        weight *= sw
+    counted = weight > 0
+    counted_f = tf.cast(counted, tf.float32)
+    n_tokens = tf.reduce_sum(counted_f, axis=-1)
+    denom = tf.maximum(n_tokens, 1.0)
+    return {
+        "loss": tf.reduce_sum(loss_values * counted_f, axis=-1) / denom,
+        "true_prob": tf.reduce_sum(true_prob * counted_f, axis=-1) / denom,
+        "margin": tf.where(
+            n_tokens > 0, tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1), 0.0
+        ),
+        "correct": tf.reduce_all(right | ~counted, axis=-1),
+        # A sequence has no single prediction; -1 keeps the column's meaning honest.
+        "prediction": tf.fill(tf.shape(n_tokens), -1),
+    }
