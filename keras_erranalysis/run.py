@@ -24,6 +24,7 @@ incomplete write and never read.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -354,7 +355,8 @@ def _save_array(folder: Path, stem: str, value: np.ndarray) -> dict[str, Any]:
 
 def _save_table(folder: Path, name: str, table: pd.DataFrame) -> dict[str, Any]:
     csv_path = folder / f"{name}.csv"
-    table.to_csv(csv_path, index=False)
+    # Text is always quoted, so a bare carriage return or "0" in a label stays text.
+    table.to_csv(csv_path, index=False, quoting=csv.QUOTE_NONNUMERIC)
     entry = {"csv": csv_path.name, "rows": len(table), "crc32": zlib.crc32(csv_path.read_bytes())}
     # Text columns are read back as text: a label "007", "0" or "True" must not become a number.
     entry["text_columns"] = [
