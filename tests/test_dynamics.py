@@ -1,0 +1,317 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from keras_erranalysis.dynamics import (
+    compute_dynamics,
+    compute_token_dynamics,
+    likely_mislabeled,
+    mislabel_score,
+    run_dynamics,
+)
+
+# A hand-made history: 4 epochs (rows) x 4 examples (columns).
+TRUE_PROB = np.array(
+    [
+        [0.2, 0.90, 0.10, 0.6],
+        [0.8, 0.95, 0.05, 0.4],
+        [0.3, 0.90, 0.10, 0.7],
+        [0.9, 0.95, 0.05, 0.3],
+    ]
+)
+MARGIN = np.array(
+    [
+        [-0.5, 0.8, -0.8, 0.2],
+        [0.6, 0.9, -0.9, -0.2],
+        [-0.3, 0.8, -0.8, 0.4],
+        [0.8, 0.9, -0.9, -0.4],
+    ]
+)
+CORRECT = MARGIN > 0
+LOSS = np.array(
+    [
+        [1.6, 0.10, 2.3, 0.50],
+        [0.02, 0.05, 3.0, 0.90],
+        [1.2, 0.10, 2.3, 0.35],
+        [0.01, 0.05, 3.0, 1.20],
+    ]
+)
+LABEL = np.array([3, 1, 7, 0])
+PREDICTION = np.array(
+    [
+        [5, 1, 2, 0],
+        [3, 1, 2, 8],
+        [5, 1, 4, 0],
+        [3, 1, 2, 6],
+    ]
+)
+
+
+def hand_made(**options):
+    return compute_dynamics(
+        TRUE_PROB, MARGIN, CORRECT, loss=LOSS, prediction=PREDICTION, label=LABEL, **options
+    )
+
+
+def test_hand_made_history_matches_values_computed_by_hand():
+    dyn = hand_made(hard_k=2)
+    assert list(dyn.index) == [0, 1, 2, 3]
+    np.testing.assert_allclose(dyn["confidence"], [0.55, 0.925, 0.075, 0.5])
+    # population std: sqrt(mean((0.2-.55)^2, (0.8-.55)^2, ...)) = sqrt(0.0925)
+    np.testing.assert_allclose(dyn["variability"], [np.sqrt(0.0925), 0.025, 0.025, np.sqrt(0.025)])
+    np.testing.assert_allclose(dyn["correctness"], [0.5, 1.0, 0.0, 0.5])
+    np.testing.assert_allclose(dyn["aum"], [0.15, 0.85, -0.85, 0.0], atol=1e-12)
+    # right->wrong transitions: ex0 F T F T -> 1; ex3 T F T F -> 2
+    assert dyn["forgetting_events"].tolist() == [1, 0, 0, 2]
+    assert dyn["never_learned"].tolist() == [False, False, True, False]
+    assert dyn["first_learned_epoch"].tolist() == [2, 1, -1, 1]
+    assert dyn["final_correct"].tolist() == [True, True, False, False]
+    assert dyn["region"].tolist() == [
+        "ambiguous",
+        "easy-to-learn",
+        "hard-to-learn",
+        "easy-to-learn",
+    ]
+    # top-2 losses per epoch: {2,0}, {2,3}, {2,0}, {2,3}
+    assert dyn["hard_epochs"].tolist() == [2, 0, 4, 2]
+    assert dyn["hard_streak"].tolist() == [1, 0, 4, 1]
+    np.testing.assert_allclose(dyn["loss_mean"], [0.7075, 0.075, 2.65, 0.7375])
+    assert dyn["label"].tolist() == [3, 1, 7, 0]
+    # ex0 predicts 5,3,5,3: tie -> smallest label; its wrong predictions are all 5
+    assert dyn["predicted_label"].tolist() == [3, 1, 2, 0]
+    np.testing.assert_allclose(dyn["predicted_label_share"], [0.5, 1.0, 0.75, 0.5])
+    assert dyn["suggested_label"].tolist() == [5, -1, 2, 6]
+    np.testing.assert_allclose(dyn["suggested_label_share"], [0.5, 0.0, 0.75, 0.25])
+
+
+def test_without_loss_examples_rank_by_true_prob_and_epochs_number_rows():
+    dyn = compute_dynamics(TRUE_PROB, MARGIN, CORRECT, hard_k=2, epochs=[2, 4, 6, 8])
+    assert dyn["hard_epochs"].tolist() == [2, 0, 4, 2]
+    assert dyn["first_learned_epoch"].tolist() == [4, 2, -1, 2]
+    assert "loss_mean" not in dyn and "suggested_label" not in dyn
+    # default hard_k = ceil(10% of N) = 1: only example 2 is the hardest, every epoch
+    assert compute_dynamics(TRUE_PROB, MARGIN, CORRECT)["hard_epochs"].tolist() == [0, 0, 4, 0]
+
+
+def test_region_thresholds_are_options():
+    dyn = hand_made(variability_threshold=0.5, confidence_threshold=0.52)
+    assert dyn["region"].tolist() == [
+        "easy-to-learn",
+        "easy-to-learn",
+        "hard-to-learn",
+        "hard-to-learn",
+    ]
+
+
+def test_memmap_list_of_epochs_and_tiny_chunks_give_the_same_frame(tmp_path):
+    expected = hand_made(hard_k=2)
+    files = {}
+    for name, values in {"tp": TRUE_PROB, "mg": MARGIN, "ok": CORRECT, "loss": LOSS}.items():
+        path = tmp_path / f"{name}.npy"
+        np.save(path, values.astype(np.float32) if values.dtype.kind == "f" else values)
+        files[name] = np.load(path, mmap_mode="r")
+    mapped = compute_dynamics(
+        files["tp"],
+        files["mg"],
+        files["ok"],
+        loss=files["loss"],
+        prediction=PREDICTION,
+        label=LABEL,
+        hard_k=2,
+        chunk_size=1,
+    )
+    pd.testing.assert_frame_equal(mapped, expected, check_exact=False, atol=1e-6)
+    listed = compute_dynamics(
+        list(TRUE_PROB),
+        list(MARGIN),
+        list(CORRECT),
+        loss=list(LOSS),
+        prediction=list(PREDICTION),
+        label=LABEL,
+        hard_k=2,
+        chunk_size=3,
+    )
+    pd.testing.assert_frame_equal(listed, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 8), st.integers(1, 6))))
+def test_forgetting_and_first_learned_match_a_plain_loop(correct):
+    prob = correct.astype(float) * 0.6 + 0.2
+    dyn = compute_dynamics(prob, 2 * prob - 1, correct, chunk_size=2)
+    for j in range(correct.shape[1]):
+        column = correct[:, j].tolist()
+        events = sum(1 for a, b in zip(column, column[1:]) if a and not b)
+        assert dyn["forgetting_events"].iloc[j] == events
+        assert dyn["never_learned"].iloc[j] == (not any(column))
+        first = column.index(True) + 1 if any(column) else -1
+        assert dyn["first_learned_epoch"].iloc[j] == first
+
+
+def test_likely_mislabeled_ranks_and_flags_by_method():
+    dyn = hand_made()
+    table = likely_mislabeled(dyn, k=4)
+    assert table.index.tolist() == [2, 3, 0, 1]  # by AUM, lowest first
+    assert table.columns[:5].tolist() == [
+        "mislabel_score",
+        "flagged",
+        "label",
+        "suggested_label",
+        "suggested_label_share",
+    ]
+    assert table["flagged"].tolist() == [True, False, False, False]  # aum < -0.2
+    assert likely_mislabeled(dyn).index.tolist() == [2]
+    assert likely_mislabeled(dyn, threshold=0.1).index.tolist() == [2, 3]
+    # correctness ties (ex0, ex3 both 0.5) are broken by the lower AUM
+    assert likely_mislabeled(dyn, k=4, method="correctness").index.tolist() == [2, 3, 0, 1]
+    scores = mislabel_score(dyn, method="hard_to_learn")
+    np.testing.assert_allclose(scores, 1 - dyn["confidence"] - dyn["variability"])
+    assert likely_mislabeled(dyn, method="hard_to_learn").index.tolist() == [2]
+    with pytest.raises(ValueError, match="choose one of"):
+        likely_mislabeled(dyn, method="loss")
+    with pytest.raises(ValueError, match="lacks column"):
+        likely_mislabeled(dyn.drop(columns="aum"))
+
+
+def test_shape_errors_name_the_problem():
+    with pytest.raises(ValueError, match="margin has shape"):
+        compute_dynamics(TRUE_PROB, MARGIN[:, :3], CORRECT)
+    with pytest.raises(ValueError, match=r"epochs first"):
+        compute_dynamics(TRUE_PROB[0], MARGIN[0], CORRECT[0])
+    with pytest.raises(ValueError, match="hard_k"):
+        compute_dynamics(TRUE_PROB, MARGIN, CORRECT, hard_k=9)
+    with pytest.raises(ValueError, match="label must have shape"):
+        compute_dynamics(TRUE_PROB, MARGIN, CORRECT, label=[1, 2])
+
+
+def test_token_dynamics_one_row_per_counted_token():
+    # 2 epochs, 2 sequences of length 3; position (0, 2) and (1, 0) are padding.
+    token_true_prob = np.array(
+        [[[0.9, 0.2, 0.5], [0.0, 0.7, 0.1]], [[0.8, 0.1, 0.5], [0.0, 0.9, 0.6]]]
+    )
+    token_margin = np.array(
+        [[[0.8, -0.6, 0.0], [0.0, 0.4, -0.8]], [[0.6, -0.8, 0.0], [0.0, 0.8, 0.2]]]
+    )
+    token_mask = np.array([[True, True, False], [False, True, True]])
+    token_label = np.array([[1, 2, 0], [0, 3, 4]])
+    token_prediction = np.array([[[1, 5, 0], [0, 3, 2]], [[1, 5, 0], [0, 3, 4]]])
+    tok = compute_token_dynamics(
+        token_true_prob,
+        token_margin,
+        token_mask,
+        token_prediction,
+        token_label,
+        example_id=np.array([10, 11]),
+    )
+    assert tok[["example_id", "position", "label"]].values.tolist() == [
+        [10, 0, 1],
+        [10, 1, 2],
+        [11, 1, 3],
+        [11, 2, 4],
+    ]
+    np.testing.assert_allclose(tok["confidence"], [0.85, 0.15, 0.8, 0.35])
+    np.testing.assert_allclose(tok["aum"], [0.7, -0.7, 0.6, -0.3])
+    np.testing.assert_allclose(tok["correctness"], [1.0, 0.0, 1.0, 0.5])
+    assert tok["suggested_label"].tolist() == [-1, 5, -1, 2]
+    assert tok["forgetting_events"].tolist() == [0, 0, 0, 0]
+    top = likely_mislabeled(tok, k=1)
+    assert top[["example_id", "position", "suggested_label"]].values.tolist() == [[10, 1, 5]]
+    # Without predictions a token is right when its margin is positive.
+    no_pred = compute_token_dynamics(token_true_prob, token_margin, token_mask, chunk_size=1)
+    np.testing.assert_allclose(no_pred["correctness"], [1.0, 0.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match="token_mask must have shape"):
+        compute_token_dynamics(token_true_prob, token_margin, token_mask[:, :2])
+
+
+def _softmax_regression_history(x, labels, epochs, seed):
+    """Per-epoch probabilities of a numpy softmax regression trained with minibatch SGD."""
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((x.shape[1], 10))
+    bias = np.zeros(10)
+    history = []
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for start in range(0, len(x), 32):
+            batch = order[start : start + 32]
+            logits = x[batch] @ weights + bias
+            probs = np.exp(logits - logits.max(1, keepdims=True))
+            probs /= probs.sum(1, keepdims=True)
+            probs[np.arange(len(batch)), labels[batch]] -= 1.0
+            weights -= 0.5 * x[batch].T @ probs / len(batch)
+            bias -= 0.5 * probs.mean(0)
+        logits = x @ weights + bias
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        history.append(probs / probs.sum(1, keepdims=True))
+    return np.stack(history)
+
+
+def test_planted_flipped_labels_dominate_the_top():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.data[:600] / 16.0
+    clean = digits.target[:600]
+    rng = np.random.default_rng(0)
+    flipped = rng.random(len(clean)) < 0.1
+    labels = clean.copy()
+    labels[flipped] = (clean[flipped] + rng.integers(1, 10, flipped.sum())) % 10
+
+    probs = _softmax_regression_history(x, labels, epochs=8, seed=0)
+    rows = np.arange(len(labels))
+    true_prob = probs[:, rows, labels]
+    others = probs.copy()
+    others[:, rows, labels] = -1.0
+    margin = true_prob - others.max(axis=2)
+    prediction = probs.argmax(axis=2)
+    dyn = compute_dynamics(
+        true_prob, margin, prediction == labels, prediction=prediction, label=labels
+    )
+
+    n_noisy = int(flipped.sum())
+    top = likely_mislabeled(dyn, k=n_noisy)
+    precision_at_n = flipped[top.index].mean()
+    assert precision_at_n > 0.7, precision_at_n  # chance is 0.1
+    flagged = likely_mislabeled(dyn)
+    assert flipped[flagged.index].mean() > 0.7
+    assert flipped[flagged.index].sum() > 0.6 * n_noisy
+    # The label the model keeps predicting is mostly the true one.
+    hits = top[flipped[top.index]]
+    assert (hits["suggested_label"].to_numpy() == clean[hits.index]).mean() > 0.8
+
+
+def test_run_dynamics_reads_a_run_folder(tmp_path):
+    from keras_erranalysis.losses import LossReport
+    from keras_erranalysis.run import RunWriter, load_run
+
+    writer = RunWriter(tmp_path / "run")
+    n = TRUE_PROB.shape[1]
+    for epoch in range(4):
+        report = LossReport(
+            task="classification",
+            num_classes=10,
+            example_id=np.arange(100, 100 + n),
+            loss=LOSS[epoch].astype(np.float32),
+            loss_sum=LOSS[epoch].astype(np.float32),
+            loss_mean=LOSS[epoch].astype(np.float32),
+            label=LABEL,
+            prediction=PREDICTION[epoch],
+            confidence=TRUE_PROB[epoch].astype(np.float32),
+            true_prob=TRUE_PROB[epoch].astype(np.float32),
+            margin=MARGIN[epoch].astype(np.float32),
+            correct=CORRECT[epoch],
+            token_accuracy=CORRECT[epoch].astype(np.float32),
+            n_tokens=np.ones(n, np.int32),
+        )
+        writer.write_epoch(epoch + 1, report)
+    run = load_run(tmp_path / "run")
+    dyn = run.dynamics(hard_k=2)
+    expected = hand_made(hard_k=2, example_id=np.arange(100, 100 + n))
+    pd.testing.assert_frame_equal(dyn, expected, check_exact=False, atol=1e-6, check_dtype=False)
+    pd.testing.assert_frame_equal(run_dynamics(run, hard_k=2, epochs=[1, 2, 3, 4]), dyn)
+    assert run.likely_mislabeled().index.tolist() == [102]
+    assert run.likely_mislabeled(k=2, method="correctness").index.tolist() == [102, 103]
+    with pytest.raises(ValueError, match="sequence run"):
+        run.dynamics(tokens=True)
