@@ -29,6 +29,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -333,24 +334,67 @@ class RunWriter:
 
 
 def _save_array(folder: Path, stem: str, value: np.ndarray) -> dict[str, Any]:
-    array = np.ascontiguousarray(value)
+    source = _whole_npy_file(value)
+    array = value if source else np.ascontiguousarray(value)
     if array.dtype.kind == "O":
         raise TypeError(
             f"Column {stem!r} holds Python objects; only numeric/text arrays are saved."
         )
     path = folder / f"{stem}.npy"
     with open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
+        if source:
+            # A memory-mapped .npy column (a streamed analysis, a loaded run) is copied
+            # file to file: writing it needs no memory for its data.
+            with open(source, "rb") as original:
+                shutil.copyfileobj(original, handle, 1 << 20)
+        else:
+            np.save(handle, array, allow_pickle=False)
         handle.flush()
         os.fsync(handle.fileno())
-    data = path.read_bytes()
+    size, crc = _file_crc32(path)
     return {
         "file": path.name,
-        "bytes": len(data),
-        "crc32": zlib.crc32(data),
+        "bytes": size,
+        "crc32": crc,
         "dtype": array.dtype.str,
         "shape": list(array.shape),
     }
+
+
+def _whole_npy_file(value: Any) -> str | None:
+    """The ``.npy`` file a read-only memory map covers whole and unchanged, else None."""
+    if not isinstance(value, np.memmap) or value.mode != "r" or not value.filename:
+        return None
+    try:
+        with open(value.filename, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                return None
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
+        size = os.path.getsize(value.filename)
+    except (OSError, ValueError):
+        return None
+    whole = (
+        tuple(shape) == value.shape
+        and dtype == value.dtype
+        and not fortran
+        and value.flags.c_contiguous
+        and value.offset == offset
+        and size == offset + value.nbytes
+    )
+    return str(value.filename) if whole else None
+
+
+def _file_crc32(path: Path) -> tuple[int, int]:
+    """Size and CRC32 of a file, read in blocks (a column may not fit in memory twice)."""
+    size, crc = 0, 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            size += len(block)
+            crc = zlib.crc32(block, crc)
+    return size, crc
 
 
 def _save_table(folder: Path, name: str, table: pd.DataFrame) -> dict[str, Any]:
