@@ -279,6 +279,11 @@ class InFlightRecorder(keras.callbacks.Callback):
     def _patch(self, model: Any) -> None:
         if self._patched_model is not None:
             self.restore()
+        # A fit that raised or was interrupted never reached on_train_end: undo its patch.
+        for name in _PATCHED:
+            previous = getattr(getattr(model, name, None), "_erranalysis_recorder", None)
+            if previous is not None:
+                previous.restore()
         self._originals = {
             name: (model.__dict__.get(name, _MISSING), getattr(model, name)) for name in _PATCHED
         }
@@ -288,10 +293,14 @@ class InFlightRecorder(keras.callbacks.Callback):
         loss_has_training = "training" in _pass._parameters(original_loss)
 
         def train_step(data):
-            data, ids = self._split_ids(data)
-            self._pending_ids = ids
             try:
+                data, ids = self._split_ids(data)
+                self._pending_ids = ids
                 return original_train(data)
+            except Exception:
+                # Raised while tracing: fit stops without on_train_end, so restore here.
+                self.restore()
+                raise
             finally:
                 self._pending_ids = None
 
@@ -313,6 +322,7 @@ class InFlightRecorder(keras.callbacks.Callback):
             ("test_step", test_step),
             ("compute_loss", compute_loss),
         ):
+            fn._erranalysis_recorder = self
             object.__setattr__(model, name, fn)
         self._patched_model = model
         # Keras built the train function before on_train_begin, from the original step.

@@ -1,0 +1,194 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_erranalysis.inflight import InFlightRecorder, with_example_ids  # noqa: E402
+from keras_erranalysis.losses import compute_losses  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return (data.data[:400] / 16.0).astype("float32"), data.target[:400].astype("int64")
+
+
+@pytest.fixture
+def deterministic():
+    from tensorflow.python.framework import config
+
+    was_on = config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    yield
+    if not was_on:
+        config.disable_op_determinism()
+
+
+def mlp(seed, *, dropout=0.0, learning_rate=1e-2, softmax=False):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((64,)), keras.layers.Dense(16, activation="relu")]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(10, activation="softmax" if softmax else None))
+    model = keras.Sequential(layers)
+    loss = (
+        "sparse_categorical_crossentropy"
+        if softmax
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model.compile(keras.optimizers.SGD(learning_rate), loss)
+    return model
+
+
+def without_ids(dataset):
+    return dataset.map(lambda *parts: parts[:-1])
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_inflight_values_equal_a_separate_pass_with_the_same_weights(digits, softmax):
+    x, y = digits
+    model = mlp(0, learning_rate=0.0, softmax=softmax)  # weights never move
+    recorder = InFlightRecorder(len(x))
+    model.fit(
+        with_example_ids(x, y, batch_size=64, seed=3), epochs=1, verbose=0, callbacks=[recorder]
+    )
+    report = compute_losses(model, (x, y), verbose=0, jit_compile=False)
+    history = recorder.history
+    assert history["seen"].all()
+    np.testing.assert_allclose(history["true_prob"][0], report.true_prob, atol=1e-5)
+    np.testing.assert_allclose(history["margin"][0], report.margin, atol=1e-5)
+    np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(history["prediction"][0], report.prediction)
+    np.testing.assert_array_equal(history["correct"][0], report.correct)
+    assert recorder.epochs == [1]
+
+
+def test_recording_does_not_change_the_trained_weights(digits, deterministic):
+    x, y = digits
+    plain = mlp(1, dropout=0.3)
+    plain.fit(without_ids(with_example_ids(x, y, batch_size=32, seed=5)), epochs=2, verbose=0)
+    recorded = mlp(1, dropout=0.3)
+    recorder = InFlightRecorder(len(x))
+    recorded.fit(
+        with_example_ids(x, y, batch_size=32, seed=5), epochs=2, verbose=0, callbacks=[recorder]
+    )
+    for a, b in zip(plain.get_weights(), recorded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert recorder.stack("loss").shape == (2, len(x))
+    # the model is itself again: its own steps, and a plain fit on arrays works
+    assert "train_step" not in recorded.__dict__ and "compute_loss" not in recorded.__dict__
+    recorded.fit(x, y, epochs=1, verbose=0)
+
+
+def test_sample_weight_before_ids_and_ids_in_a_dict(digits):
+    x, y = digits
+    weights = np.where(y % 2 == 0, 2.0, 0.5).astype("float32")
+    plain = mlp(2)
+    plain.fit(
+        without_ids(with_example_ids(x, y, sample_weight=weights, batch_size=50, seed=1)),
+        epochs=1,
+        verbose=0,
+    )
+    recorded = mlp(2)
+    recorder = InFlightRecorder(len(x))
+    recorded.fit(
+        with_example_ids(x, y, sample_weight=weights, batch_size=50, seed=1),
+        epochs=1,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    for a, b in zip(plain.get_weights(), recorded.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,), name="pixels")
+    model = keras.Model(inputs, keras.layers.Dense(10)(inputs))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ids = np.arange(len(x))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(({"pixels": x, "example_id": ids}, y))
+        .shuffle(len(x), seed=0)
+        .batch(64)
+    )
+    recorder = InFlightRecorder(len(x))
+    model.fit(dataset, epochs=2, verbose=0, validation_data=dataset, callbacks=[recorder])
+    assert recorder.stack("seen").all()
+    probs = tf.nn.softmax(model.predict(x, verbose=0)).numpy()
+    # the last epoch's values came from weights one epoch older at most: labels line up
+    assert np.corrcoef(recorder.stack("true_prob")[-1], probs[ids, y])[0, 1] > 0.9
+
+
+def test_missing_or_bad_ids_raise_errors_that_name_the_fix(digits):
+    x, y = digits
+    model = mlp(0)
+    with pytest.raises(ValueError, match="with_example_ids"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[InFlightRecorder(len(x))])
+    weights = np.ones(len(x), "float32")
+    with pytest.raises(ValueError, match="looks like sample_weight"):
+        model.fit(
+            x, y, sample_weight=weights, epochs=1, verbose=0, callbacks=[InFlightRecorder(len(x))]
+        )
+    assert "train_step" not in model.__dict__  # restored although fit raised
+    with pytest.raises(ValueError, match=r"outside \[0, 100\)"):
+        model.fit(with_example_ids(x, y), epochs=1, verbose=0, callbacks=[InFlightRecorder(100)])
+    assert "train_step" not in model.__dict__
+    with pytest.raises(ValueError, match="Nothing recorded"):
+        InFlightRecorder(3).stack("loss")
+
+
+def test_planted_flipped_labels_dominate_the_top_of_the_inflight_ranking(digits):
+    x, clean = digits
+    rng = np.random.default_rng(0)
+    flipped = rng.random(len(clean)) < 0.15
+    labels = clean.copy()
+    labels[flipped] = (clean[flipped] + rng.integers(1, 10, flipped.sum())) % 10
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    recorder = InFlightRecorder(len(x))
+    model.fit(
+        with_example_ids(x, labels, batch_size=32, seed=0),
+        epochs=12,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    n_noisy = int(flipped.sum())
+    top = recorder.likely_mislabeled(k=n_noisy)
+    assert flipped[top.index].mean() > 0.6  # chance: 0.15
+    flagged = recorder.likely_mislabeled()
+    assert flipped[flagged.index].mean() > 0.6
+
+
+def test_sequence_outputs_record_per_sequence_summaries():
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 20, size=(48, 6))
+    tokens[:, 4:] = 0  # padding
+    tags = (tokens % 3).astype("int64")
+    tags[tokens == 0] = -100
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 8), keras.layers.Dense(3)]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-100)
+    model.compile(keras.optimizers.SGD(0.0), loss)
+    recorder = InFlightRecorder(len(tokens))
+    model.fit(
+        with_example_ids(tokens, tags, batch_size=16, seed=0),
+        epochs=1,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    report = compute_losses(model, (tokens, tags), verbose=0, jit_compile=False)
+    np.testing.assert_allclose(recorder.stack("true_prob")[0], report.true_prob, atol=1e-5)
+    np.testing.assert_allclose(recorder.stack("margin")[0], report.margin, atol=1e-5)
+    np.testing.assert_allclose(recorder.stack("loss")[0], report.loss_mean, rtol=1e-4)
+    np.testing.assert_array_equal(recorder.stack("correct")[0], report.correct)
+    assert (recorder.stack("prediction") == -1).all()
