@@ -1,0 +1,526 @@
+"""Property-based tests: the loss pass, the decoders and load_run under hostile input.
+
+Each input gets either a correct result (checked against a numpy reference) or a clear,
+specific error; never a crash from deep inside TensorFlow, a hang or a silent wrong number.
+
+The loss pass is driven through an "identity" model whose output is its input, so the test
+controls the logits exactly: shapes, dtypes, NaN/inf, huge and tiny values.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from keras_erranalysis import compute_losses, load_run, ranking
+from keras_erranalysis.decoding import Vocabulary
+from keras_erranalysis.losses import LossReport
+from keras_erranalysis.run import RunFormatError, RunWriter
+
+PASS_SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,  # the same examples on every run: CI stays reproducible
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+FAST_SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+PROB_TOL = 2e-3  # the pass's "rows sum to one" tolerance
+EPS32 = float(np.finfo(np.float32).eps)
+
+# Logits: mostly ordinary values, sometimes extreme ones.
+EXTREMES = [0.0, 1.0, -1.0, 0.5, 1e-38, -1e-45, 3e38, -3e38, 1e10, -1e10, 88.0, -104.0,
+            np.inf, -np.inf, np.nan]
+LOGIT = st.one_of(
+    st.floats(-30, 30, width=32), st.floats(-30, 30, width=32), st.sampled_from(EXTREMES)
+)
+FLOAT_DTYPES = ["float32", "float16", "float64", "bfloat16"]
+
+
+def identity_model(rank, dtype):
+    inputs = keras.Input((None,) * (rank - 1), dtype=dtype)
+    return keras.Model(inputs, keras.layers.Identity(dtype=dtype)(inputs))
+
+
+def as_dtype(array, dtype):
+    with np.errstate(over="ignore"):  # 3e38 is inf in float16: that is what the model sees
+        return np.asarray(array, np.float64).astype(tf.as_dtype(dtype).as_numpy_dtype)
+
+
+def model_view(logits, dtype):
+    """What the pass sees: the input in the model's dtype, cast to float32."""
+    return np.asarray(as_dtype(logits, dtype), np.float32).astype(np.float64)
+
+
+def reference(z, labels, counted):
+    """Per-token cross-entropy and probabilities in float64; z (..., C), labels (...)."""
+    with np.errstate(all="ignore"):
+        top = np.max(z, axis=-1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        exp = np.exp(z - top)
+        total = exp.sum(-1, keepdims=True)
+        probs = exp / total
+        lse = np.log(total[..., 0]) + top[..., 0]
+        safe = np.where(counted, labels, 0).astype(int)
+        true_logit = np.take_along_axis(z, safe[..., None], -1)[..., 0]
+        loss = lse - true_logit
+        true_prob = np.take_along_axis(probs, safe[..., None], -1)[..., 0]
+        other = probs.copy()
+        np.put_along_axis(other, safe[..., None], -np.inf, -1)
+        margin = true_prob - other.max(-1)
+    finite = np.all(np.isfinite(z), axis=-1)
+    return loss, probs, true_prob, margin, finite
+
+
+def prob_like_rows(z):
+    with np.errstate(all="ignore"):
+        in_unit = np.all((z >= 0) & (z <= 1), axis=-1)
+        sums = np.abs(z.sum(-1) - 1.0)
+    return in_unit, sums
+
+
+def dataset_of(batches):
+    parts = [tf.data.Dataset.from_tensors(batch) for batch in batches]
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset.concatenate(part)
+    return dataset
+
+
+def run_pass(model, data, loss):
+    try:
+        return compute_losses(model, data, loss=loss, verbose=0, jit_compile=False), None
+    except ValueError as error:
+        return None, str(error)
+    # Any other exception type (TensorFlow's InvalidArgumentError, TypeError, ...) fails
+    # the test: bad input must get a clear ValueError.
+
+
+def expect_outcome(error, *, empty, bad_labels, fractional, first_rows):
+    """Checks an error against what the input deserves; returns True if a result is due."""
+    reasons = []
+    if empty:
+        reasons.append("no examples")
+    if bad_labels:
+        reasons.append("outside the output's")
+    if fractional:
+        reasons.append("fractional values")
+    may_prob = must_prob = False
+    if first_rows is not None:
+        in_unit, sums = first_rows
+        may_prob = bool(np.all(in_unit & (sums < 2 * PROB_TOL)))
+        must_prob = bool(np.all(in_unit & (sums < PROB_TOL / 2)))
+    if may_prob:
+        reasons.append("look like probabilities")
+    if error is None:
+        assert not empty and not bad_labels and not fractional and not must_prob, (
+            "expected a clear ValueError"
+        )
+        event("result")
+        return True
+    assert reasons and any(reason in error for reason in reasons), error
+    event(f"refused: {next(reason for reason in reasons if reason in error)}")
+    return False
+
+
+def assert_close(actual, expected, scale, what):
+    ok = np.isclose(actual, expected, rtol=1e-5, atol=1e-5 + 8 * EPS32 * scale)
+    assert np.all(ok), f"{what}: {actual[~ok]} != {expected[~ok]}"
+
+
+# -- compute_losses: classification --------------------------------------------------------
+
+
+# What each generated case stresses; "plain" cases still hold random extreme logits.
+SCENARIOS = ["plain", "plain", "plain", "empty_batch", "bad_label", "fractional",
+             "probabilities", "no_data"]
+
+
+def softmax_rows(logits):
+    z = np.nan_to_num(logits, nan=0.0, posinf=30.0, neginf=-30.0)
+    z = np.clip(z, -30, 30)
+    exp = np.exp(z - z.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
+
+
+@st.composite
+def classification_case(draw):
+    scenario = draw(st.sampled_from(SCENARIOS), label="scenario")
+    classes = draw(st.integers(2, 6))
+    sizes = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    if scenario == "empty_batch":
+        sizes.insert(draw(st.integers(0, len(sizes))), 0)
+    if scenario == "no_data":
+        sizes = [0] * len(sizes)
+    n = sum(sizes)
+    logits = draw(hnp.arrays(np.float64, (n, classes), elements=LOGIT))
+    if scenario == "probabilities":  # a softmax model given a from_logits=True loss
+        logits = softmax_rows(logits)
+    labels = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, classes - 1)))
+    if scenario == "bad_label":
+        labels[draw(st.integers(0, n - 1))] = draw(
+            st.sampled_from([-1, -7, classes, classes + 3, 2**40])
+        )
+    label_dtype = draw(st.sampled_from(["int32", "int64", "float32", "uint8"]))
+    fractional = scenario == "fractional"
+    if fractional:
+        labels = labels.astype(np.float64)
+        labels[draw(st.integers(0, n - 1))] += 0.5
+        label_dtype = "float32"
+    if label_dtype == "uint8" and (labels.min(initial=0) < 0 or labels.max(initial=0) > 255):
+        label_dtype = "int64"
+    return dict(
+        logits=logits, labels=labels, sizes=sizes, dtype=draw(st.sampled_from(FLOAT_DTYPES)),
+        label_dtype=label_dtype, fractional=fractional,
+    )
+
+
+@PASS_SETTINGS
+@given(case=classification_case())
+def test_classification_pass_is_right_or_refuses_clearly(case):
+    logits, labels, sizes = case["logits"], case["labels"], case["sizes"]
+    dtype = case["dtype"]
+    x = as_dtype(logits, dtype)
+    y = labels.astype(case["label_dtype"]) if not case["fractional"] else labels.astype("float32")
+    bounds = np.cumsum([0, *sizes])
+    batches = [(x[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    report, error = run_pass(identity_model(2, dtype), dataset_of(batches), loss)
+
+    z = model_view(logits, dtype)
+    first = next(((a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a), None)
+    classes = logits.shape[1]
+    if not expect_outcome(
+        error,
+        empty=len(labels) == 0,
+        bad_labels=bool(np.any((labels < 0) | (labels >= classes))),
+        fractional=case["fractional"],
+        first_rows=prob_like_rows(z[first[0]:first[1]]) if first else None,
+    ):
+        return
+
+    counted = np.ones(len(labels), bool)
+    ref_loss, probs, true_prob, margin, finite = reference(z, labels, counted)
+    assert report.loss.dtype == np.float32 and report.label.dtype == np.int32
+    np.testing.assert_array_equal(report.example_id, np.arange(len(labels)))
+    np.testing.assert_array_equal(report.label, labels)
+    np.testing.assert_array_equal(report.n_tokens, 1)
+    # Non-finite losses are reported as such, finite ones are right.
+    np.testing.assert_array_equal(np.isfinite(report.loss), np.isfinite(ref_loss))
+    np.testing.assert_array_equal(report.nonfinite, ~np.isfinite(ref_loss))
+    ok = finite & np.isfinite(ref_loss)
+    scale = np.max(np.abs(np.where(np.isfinite(z), z, 0)), axis=-1, initial=1.0)
+    assert_close(report.loss[ok], ref_loss[ok], scale[ok], "loss")
+    np.testing.assert_array_equal(report.loss, report.loss_sum)
+    assert_close(report.true_prob[finite], true_prob[finite], 0, "true_prob")
+    assert_close(report.margin[finite], margin[finite], 0, "margin")
+    assert_close(report.confidence[finite], probs[finite].max(-1), 0, "confidence")
+    chosen = np.take_along_axis(probs, report.prediction[:, None].astype(int), -1)[:, 0]
+    assert np.all(chosen[finite] >= probs[finite].max(-1) - 1e-5), "prediction is not argmax"
+    np.testing.assert_array_equal(report.correct, report.prediction == labels)
+    assert np.all((report.margin[finite] >= -1) & (report.margin[finite] <= 1))
+
+
+# -- compute_losses: sequences with ragged lengths and ignored tokens ---------------------
+
+
+@st.composite
+def sequence_case(draw):
+    scenario = draw(st.sampled_from(SCENARIOS[:5] + ["probabilities", "no_data"]),
+                    label="scenario")
+    classes = draw(st.integers(2, 5))
+    batches = []
+    sizes = [draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 3)))]
+    if scenario == "empty_batch":
+        sizes.insert(draw(st.integers(0, len(sizes))), 0)
+    if scenario == "no_data":
+        sizes = [0] * len(sizes)
+    for n in sizes:
+        width = draw(st.integers(1, 4))  # each batch padded to its own length
+        logits = draw(hnp.arrays(np.float64, (n, width, classes), elements=LOGIT))
+        if scenario == "probabilities":
+            logits = softmax_rows(logits)
+        labels = draw(hnp.arrays(np.int64, (n, width), elements=st.integers(0, classes - 1)))
+        for row in range(n):  # padding (-1 = ignored) after each row's length, maybe all
+            labels[row, draw(st.integers(0, width)):] = -1
+        batches.append((logits, labels))
+    if scenario == "bad_label":
+        logits, labels = batches[-1]
+        labels[draw(st.integers(0, len(labels) - 1)), draw(st.integers(0, labels.shape[1] - 1))] = (
+            draw(st.sampled_from([-5, classes, classes + 9]))
+        )
+    return dict(batches=batches, dtype=draw(st.sampled_from(FLOAT_DTYPES)), classes=classes)
+
+
+@PASS_SETTINGS
+@given(case=sequence_case())
+def test_sequence_pass_with_ragged_ignored_tokens_is_right_or_refuses_clearly(case):
+    dtype, classes = case["dtype"], case["classes"]
+    batches = [(as_dtype(z, dtype), y.astype("int32")) for z, y in case["batches"]]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    report, error = run_pass(identity_model(3, dtype), dataset_of(batches), loss)
+
+    views = [(model_view(z, dtype), y) for z, y in case["batches"]]
+    counted_all = [y != -1 for _, y in views]
+    first = next(((z, c) for z, c in zip((v[0] for v in views), counted_all) if len(z)), None)
+    if not expect_outcome(
+        error,
+        empty=sum(len(y) for _, y in views) == 0,
+        bad_labels=any(np.any(c & ((y < 0) | (y >= classes))) for (_, y), c in
+                       zip(views, counted_all)),
+        fractional=False,
+        # every position's row is checked, padding included (the model sees it)
+        first_rows=prob_like_rows(first[0]) if first else None,
+    ):
+        return
+
+    row = 0
+    for (z, y), counted in zip(views, counted_all):
+        token_loss, probs, true_prob, margin, finite = reference(z, y, counted)
+        for i in range(len(y)):
+            got = report.select(np.array([row]))
+            width = y.shape[1]
+            mask = counted[i]
+            np.testing.assert_array_equal(got.token_mask[0, :width], mask)
+            assert not got.token_mask[0, width:].any()
+            n_tok = int(mask.sum())
+            assert got.n_tokens[0] == n_tok
+            if n_tok == 0:  # all ignored: nothing counts, nothing is wrong
+                assert got.loss_sum[0] == 0 and got.loss_mean[0] == 0 and got.margin[0] == 0
+                assert got.correct[0] and got.token_accuracy[0] == 1
+                row += 1
+                continue
+            if not np.all(finite[i][mask]):
+                row += 1
+                continue
+            expected = token_loss[i][mask]
+            scale = np.max(np.abs(z[i][mask]), initial=1.0) * n_tok
+            if np.all(np.isfinite(expected)):
+                assert_close(got.loss_sum[:1], np.array([expected.sum()]), scale, "loss_sum")
+                assert_close(got.loss_mean[:1], np.array([expected.mean()]), scale, "loss_mean")
+                assert_close(got.token_loss[0, :width][mask], expected, scale, "token_loss")
+            else:
+                assert got.nonfinite[0]
+            assert_close(got.true_prob[:1], np.array([true_prob[i][mask].mean()]), 0, "true_prob")
+            assert_close(got.margin[:1], np.array([margin[i][mask].min()]), 0, "margin")
+            right = got.prediction[0, :width][mask] == y[i][mask]
+            assert got.correct[0] == right.all()
+            assert got.token_accuracy[0] == pytest.approx(right.mean())
+            row += 1
+    assert row == len(report)
+
+
+def test_extreme_batch_gives_the_same_numbers_with_and_without_xla():
+    z = np.array([[3e38, -3e38, 0.0], [1e-38, 0.0, -1e-45], [np.nan, 1.0, 2.0],
+                  [-np.inf, 5.0, 5.0], [88.0, -104.0, 0.0]], "float32")
+    y = np.array([1, 0, 2, 0, 1])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = identity_model(2, "float32")
+    plain = compute_losses(model, (z, y), loss=loss, verbose=0, jit_compile=False)
+    xla = compute_losses(model, (z, y), loss=loss, verbose=0, jit_compile=True)
+    # Probabilities of a row holding NaN are undefined (XLA and the plain kernels differ);
+    # the loss of such a row is flagged non-finite by both.
+    assert plain.nonfinite.tolist() == xla.nonfinite.tolist() == [True, False, True, True, False]
+    finite = np.all(np.isfinite(z), axis=1)
+    for column in ("loss", "true_prob", "margin", "confidence", "prediction", "correct"):
+        np.testing.assert_allclose(getattr(plain, column)[finite], getattr(xla, column)[finite],
+                                   rtol=1e-6, err_msg=column)
+    np.testing.assert_array_equal(plain.loss[3], xla.loss[3])  # -inf logit of the label: inf
+
+
+# -- decoders -----------------------------------------------------------------------------
+
+# Tokens with control characters, bidi overrides, zero-width joiners, combining marks,
+# astral characters, quotes and separators.
+HOSTILE = st.text(
+    st.one_of(
+        st.characters(codec="utf-8", exclude_categories=["Cs"]),
+        st.sampled_from(list("\x00\x07\x1b\r\n\t\x85\u2028\u2029\u202e\u200d\u0301\ufeff"
+                             '",;=<>&|\\\ud800\udfff')),
+    ),
+    max_size=6,
+)
+
+
+def visible(token):
+    """A token as the package keeps it: lone surrogates escaped, everything else as is."""
+    return token.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@FAST_SETTINGS
+@given(tokens=st.lists(HOSTILE, max_size=12), ids=st.lists(st.integers(-3, 20), max_size=10),
+       sep=st.sampled_from(["", " ", "\u2063", "|"]))
+def test_vocabulary_decodes_exactly_and_round_trips_through_json(tokens, ids, sep):
+    vocab = Vocabulary(tokens, sep=sep)
+    words = [visible(tokens[i]) if 0 <= i < len(tokens) else f"<{i}>" for i in ids]
+    assert vocab.decode(ids) == sep.join(w for w in words if w != "")
+    stored = json.loads(json.dumps(vocab.to_json()))
+    again = Vocabulary.from_json(stored)
+    assert again.tokens == [visible(t) for t in tokens] and again.decode(ids) == vocab.decode(ids)
+    mapping = Vocabulary.from_any(dict(enumerate(tokens)), sep=sep)
+    assert mapping.decode([i for i in ids if 0 <= i < len(tokens)]) == vocab.decode(
+        [i for i in ids if 0 <= i < len(tokens)]
+    )
+
+
+def label_report(n, seed=0):
+    rng = np.random.default_rng(seed)
+    loss = rng.exponential(size=n).astype("float32")
+    return LossReport(
+        task="classification", num_classes=3, example_id=np.arange(n, dtype="int64"),
+        loss=loss, loss_sum=loss, loss_mean=loss,
+        label=rng.integers(0, 3, n).astype("int32"),
+        prediction=rng.integers(0, 3, n).astype("int32"),
+        confidence=rng.random(n).astype("float32"), true_prob=np.exp(-loss),
+        margin=rng.uniform(-1, 1, n).astype("float32"), correct=rng.random(n) > 0.5,
+        token_accuracy=rng.random(n).astype("float32"), n_tokens=np.ones(n, "int32"),
+    )
+
+
+@settings(FAST_SETTINGS, max_examples=40)
+@given(names=st.lists(HOSTILE, min_size=3, max_size=3))
+def test_hostile_label_names_survive_the_run_folder(names):
+    report = label_report(6)
+    with tempfile.TemporaryDirectory() as folder:
+        writer = RunWriter(folder, decoding={"label_names": names})
+        frame = report.to_frame(label_names=names)
+        writer.write_epoch(1, report, tables={"hardest": ranking.log_views(frame, k=3)})
+        run = load_run(folder, verify=True)
+        assert run.vocabulary("label_names").tokens == [visible(n) for n in names]
+        table = run.table("hardest", 1)
+        expected = ranking.log_views(frame, k=3)
+        assert table["label_text"].tolist() == expected["label_text"].tolist()
+        assert run.frame(1)["prediction_text"].tolist() == frame["prediction_text"].tolist()
+        # JSON lines are separated by "\n" only; U+0085 and U+2028 may stand raw inside a
+        # string, so a reader must not split on them (str.splitlines would).
+        text = (Path(folder) / "epoch_0001" / "hardest.jsonl").read_text("utf-8")
+        lines = text.rstrip("\n").split("\n")
+        assert [json.loads(line)["label_text"] for line in lines] == expected[
+            "label_text"
+        ].tolist()
+
+
+# -- load_run on corrupted folders ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pristine_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pristine") / "run"
+    rng = np.random.default_rng(1)
+    writer = RunWriter(folder, decoding={"vocab": ["", "a", "b", "c", "d"]})
+    for epoch in (1, 2):
+        n, width = 7, 4
+        token_loss = rng.exponential(size=(n, width)).astype("float32")
+        mask = rng.random((n, width)) > 0.2
+        token_loss *= mask
+        report = LossReport(
+            task="sequence", num_classes=5, example_id=np.arange(n, dtype="int64"),
+            loss=token_loss.sum(1), loss_sum=token_loss.sum(1), loss_mean=token_loss.mean(1),
+            label=rng.integers(0, 5, (n, width)).astype("int32"),
+            prediction=rng.integers(0, 5, (n, width)).astype("int32"),
+            confidence=rng.random(n).astype("float32"),
+            true_prob=rng.random(n).astype("float32"),
+            margin=rng.uniform(-1, 1, n).astype("float32"), correct=rng.random(n) > 0.5,
+            token_accuracy=rng.random(n).astype("float32"),
+            n_tokens=mask.sum(1).astype("int32"), token_loss=token_loss,
+            token_confidence=rng.random((n, width)).astype("float32"),
+            token_true_prob=rng.random((n, width)).astype("float32"),
+            token_margin=rng.uniform(-1, 1, (n, width)).astype("float32"), token_mask=mask,
+            inputs={"tokens": rng.integers(0, 5, (n, width)).astype("int32")},
+            extra={"attention_entropy": rng.random(n).astype("float32")},
+        )
+        frame = report.to_frame(vocab=["", "a", "b", "c", "d"])
+        writer.write_epoch(epoch, report, tables={"hardest": ranking.log_views(frame, k=3)})
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return folder, files, read_everything(folder, verify=True)
+
+
+def read_everything(folder, *, verify):
+    run = load_run(folder, verify=verify)
+    seen = {"epochs": run.epochs, "vocab": run.vocabulary("vocab").tokens}
+    for epoch in run.epochs:
+        report = run.report(epoch)
+        for name in ("task", "num_classes", "reduction"):
+            seen[f"{epoch}/{name}"] = getattr(report, name)
+        for column in ("example_id", "loss", "loss_sum", "label", "prediction", "margin",
+                       "correct", "n_tokens", "token_loss", "token_mask"):
+            seen[f"{epoch}/{column}"] = np.array(getattr(report, column))
+        seen[f"{epoch}/inputs"] = {k: np.array(v) for k, v in report.inputs.items()}
+        seen[f"{epoch}/extra"] = {k: np.array(v) for k, v in report.extra.items()}
+        seen[f"{epoch}/hardest"] = run.table("hardest", epoch)
+        seen[f"{epoch}/frame"] = run.frame(epoch)
+    seen["history"] = run.history
+    return seen
+
+
+def assert_same(seen, truth):
+    assert seen.keys() == truth.keys()
+    for key, value in truth.items():
+        got = seen[key]
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(got, value)
+        elif isinstance(value, dict):
+            assert got.keys() == value.keys(), key
+            for name in value:
+                np.testing.assert_array_equal(got[name], value[name], err_msg=key)
+        elif isinstance(value, np.ndarray):
+            assert got.dtype == value.dtype and got.shape == value.shape, key
+            np.testing.assert_array_equal(got, value, err_msg=key)
+        else:
+            assert got == value, key
+
+
+CORRUPTIONS = st.sampled_from(["flip", "truncate", "delete", "garbage", "json"])
+
+
+@settings(FAST_SETTINGS, max_examples=200)
+@given(data=st.data(), how=CORRUPTIONS)
+def test_corrupted_run_folder_gives_a_named_error_or_exact_data(pristine_run, data, how):
+    folder, files, truth = pristine_run
+    name = data.draw(st.sampled_from(files), label="file")
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "run"
+        shutil.copytree(folder, copy)
+        target = copy / name
+        raw = bytearray(target.read_bytes())
+        if how == "flip":
+            assume(raw)
+            where = data.draw(st.integers(0, len(raw) - 1), label="byte")
+            raw[where] ^= data.draw(st.integers(1, 255), label="mask")
+            target.write_bytes(bytes(raw))
+        elif how == "truncate":
+            target.write_bytes(bytes(raw[: data.draw(st.integers(0, max(len(raw) - 1, 0)))]))
+        elif how == "delete":
+            target.unlink()
+        elif how == "garbage":
+            target.write_bytes(data.draw(st.binary(max_size=64), label="garbage"))
+        else:
+            target.write_text(json.dumps(data.draw(
+                st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+                             lambda kids: st.lists(kids, max_size=3)
+                             | st.dictionaries(st.text(max_size=6), kids, max_size=3)),
+                label="json")))
+        # Byte flips inside array data are only caught by the checksums (verify=True);
+        # every other corruption must be caught by the default, cheap checks.
+        verify = how == "flip"
+        try:
+            seen = read_everything(copy, verify=verify)
+        except RunFormatError as error:
+            assert Path(name).name in str(error), str(error)
+            return
+        assert_same(seen, truth)
