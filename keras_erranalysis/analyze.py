@@ -353,7 +353,8 @@ class _ParquetSource(_Source):
             ) from None
         self.path = path
         try:
-            self.file = pq.ParquetFile(path)
+            # pre_buffer would cache every row group read until the end: memory = file size
+            self.file = pq.ParquetFile(path, pre_buffer=False)
         except (OSError, ValueError) as error:
             raise AnalyzeError(f"Cannot read {str(path)!r} as Parquet ({error}).") from None
         self.columns = list(self.file.schema_arrow.names)
