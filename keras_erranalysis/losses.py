@@ -351,8 +351,17 @@ def compute_losses(
     else:
         batches = dataset
 
-    if jit_compile == "auto" and _pass.is_multi_worker(strategy):
-        jit_compile = False  # XLA has no kernel for the cross-worker gather
+    if jit_compile and strategy.num_replicas_in_sync > 1:
+        # One XLA program would reach the other replicas' variables on their devices
+        # (InvalidArgumentError), and has no kernel for the cross-worker gather.
+        if jit_compile is True:
+            warnings.warn(
+                "jit_compile=True is ignored under a multi-replica tf.distribute strategy: "
+                "the pass runs without XLA.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        jit_compile = False
     compiled = _pass.compiled_step(model, spec, probe, strategy, jit_compile)
     total = _pass.cardinality(dataset)
     progress = _pass.progress_bar(total, verbose)
