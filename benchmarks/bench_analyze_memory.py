@@ -31,7 +31,7 @@ import numpy as np
 
 FEATURES = 16
 CLASSES = 10
-RESULTS = Path(__file__).resolve().parent / "results" / "analyze_memory.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _write_model(path: Path) -> None:
@@ -167,8 +167,8 @@ def main() -> None:
         print(f"{mode}: peak at {args.factor}x the data = {summary[mode]:.3f}x the peak at 1x")
     ok = summary["analyze"] < 1.2
     print("claim (analyze < 1.2x):", "holds" if ok else "FAILS")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / f"analyze_memory_{args.format}.json").write_text(json.dumps({
         "rows": rows, "peak_ratio": summary, "claim_holds": ok,
         "chunk_size": args.chunk_size, "batch_size": args.batch_size,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
