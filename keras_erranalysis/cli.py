@@ -134,12 +134,260 @@ def _quiet_tensorflow() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# show / report / compare (presentation)
+# --------------------------------------------------------------------------------------
+
+_SHOW_COLUMNS = (
+    "rank",
+    "example_id",
+    "loss",
+    "confidence",
+    "margin",
+    "correct",
+    "label_text",
+    "prediction_text",
+    "input_text",
+)
+
+
+def _rich_table(frame: Any, columns: Sequence[str], *, title: str, max_chars: int = 60) -> Any:
+    """A rich Table of ``frame``; user text goes in as plain Text (no markup, no escapes)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from keras_erranalysis.tensorboard import one_line
+
+    names = [c for c in columns if c in frame.columns]
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for name in names:
+        numeric = frame[name].dtype.kind in "iuf"
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    for row in frame[names].itertuples(index=False, name=None):
+        cells = []
+        for name, value in zip(names, row):
+            style = ""
+            if name == "correct":
+                style = "green" if bool(value) else "red"
+            cells.append(Text(one_line(value, max_chars), style=style))
+        table.add_row(*cells)
+    return table
+
+
+def _user_message(error: BaseException) -> str:
+    """The message of a KeyError/IndexError/ValueError without repr quotes."""
+    if error.args and isinstance(error.args[0], str):
+        return error.args[0]
+    return str(error) or type(error).__name__
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _add_show(subparsers: Any) -> None:
+    from keras_erranalysis.ranking import RANKINGS
+
+    parser = subparsers.add_parser(
+        "show",
+        help="print the hardest examples of a run (or one example's tokens)",
+        description=(
+            "Print the hardest examples of an analysed epoch as a table, or, with --example, "
+            "one example's numbers and (for sequence outputs) the loss of each token."
+        ),
+    )
+    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
+    parser.add_argument(
+        "--epoch", type=_int, default=-1, help="epoch number to show (default: the last)"
+    )
+    parser.add_argument(
+        "--by",
+        choices=sorted(RANKINGS),
+        default="loss",
+        help="ranking: highest loss, least confidence or margin, ... (default: loss)",
+    )
+    parser.add_argument(
+        "-k", type=_positive_int, default=10, help="how many examples (default: 10)"
+    )
+    parser.add_argument(
+        "--wrong-only", action="store_true", help="only examples the model gets wrong"
+    )
+    parser.add_argument(
+        "--example", type=_int, metavar="ID", help="show one example (by example id) in detail"
+    )
+    parser.set_defaults(handler=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    try:
+        return _show(args)
+    except (KeyError, IndexError, ValueError) as error:  # wrong epoch, example id, run
+        raise CommandError(_user_message(error)) from None
+
+
+def _show(args: argparse.Namespace) -> int:
+    from keras_erranalysis.run import load_run
+
+    run = load_run(args.log_dir)
+    epoch = run.meta(args.epoch)["epoch"]
+    console = _console()
+    if args.example is not None:
+        return _show_example(console, run, epoch, args.example)
+    hardest = run.hardest(epoch, k=args.k, by=args.by, only_wrong=args.wrong_only)
+    wrong = " wrong" if args.wrong_only else ""
+    title = f"{len(hardest)} hardest{wrong} examples by {args.by}, epoch {epoch} of {run.log_dir}"
+    console.print(_rich_table(hardest, _SHOW_COLUMNS, title=title))
+    return 0
+
+
+def _show_example(console: Any, run: Any, epoch: int, example_id: int) -> int:
+    import pandas as pd
+
+    report = run.report(epoch)
+    rows = (report.example_id == example_id).nonzero()[0]
+    if rows.size == 0:
+        raise KeyError(
+            f"No example with id {example_id} in epoch {epoch} (ids run from "
+            f"{int(report.example_id.min())} to {int(report.example_id.max())})."
+        )
+    decoding = {key: run.vocabulary(key) for key in ("vocab", "input_vocab", "label_names")}
+    frame = report.select(rows).to_frame(**decoding)
+    details = pd.DataFrame({"field": frame.columns, "value": list(frame.iloc[0])})
+    console.print(
+        _rich_table(
+            details, ["field", "value"], title=f"Example {example_id}, epoch {epoch}", max_chars=200
+        )
+    )
+    if report.is_sequence:
+        tokens = report.tokens(int(rows[0]), vocab=decoding["vocab"])
+        tokens = tokens[tokens["counted"]]
+        columns = [
+            "position",
+            "label_token",
+            "prediction_token",
+            "label",
+            "prediction",
+            "loss",
+            "confidence",
+            "margin",
+            "correct",
+        ]
+        console.print(_rich_table(tokens, columns, title="Tokens (counted positions)"))
+    return 0
+
+
+def _add_report(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run",
+        description=(
+            "Write one HTML file (no network needed: styles, script and figures inlined) with "
+            "the hardest examples of each epoch, sortable and filterable, the stored tables, "
+            "figures, the data map and loss trajectories."
+        ),
+    )
+    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
+    parser.add_argument(
+        "-o", "--output", default="report.html", help="HTML file to write (default: report.html)"
+    )
+    parser.add_argument(
+        "-k",
+        type=_positive_int,
+        default=100,
+        help="rows of each epoch's hardest-example table (default: 100)",
+    )
+    parser.set_defaults(handler=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        return _report(args)
+    except (KeyError, IndexError, ValueError) as error:  # wrong epoch, example id, run
+        raise CommandError(_user_message(error)) from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from keras_erranalysis.report import write_report
+
+    path = write_report(args.log_dir, args.output, k=args.k)
+    print(f"Wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _add_compare(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="examples that got better or worse between two runs",
+        description=(
+            "Match the examples of two runs by example id (last epoch of each by default) and "
+            "print how many were fixed (wrong -> right) or broken (right -> wrong), and the "
+            "examples whose loss fell or rose the most."
+        ),
+    )
+    parser.add_argument("log_dir_a", metavar="LOG_DIR_A", help="the 'before' run folder")
+    parser.add_argument("log_dir_b", metavar="LOG_DIR_B", help="the 'after' run folder")
+    parser.add_argument("--epoch-a", type=_int, default=-1, help="epoch of run A (default: last)")
+    parser.add_argument("--epoch-b", type=_int, default=-1, help="epoch of run B (default: last)")
+    parser.add_argument(
+        "-k", type=_positive_int, default=10, help="examples per table (default: 10)"
+    )
+    parser.set_defaults(handler=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        return _compare(args)
+    except (KeyError, IndexError, ValueError) as error:  # wrong epoch, example id, run
+        raise CommandError(_user_message(error)) from None
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from keras_erranalysis.report import compare_runs
+
+    table = compare_runs(args.log_dir_a, args.log_dir_b, epoch_a=args.epoch_a, epoch_b=args.epoch_b)
+    if table.empty:
+        raise CommandError(
+            "The two runs share no example id: compare needs runs over the same examples."
+        )
+    counts = table["change"].value_counts()
+    console = _console()
+    console.print(
+        f"{len(table)} examples in both runs (epoch {table.attrs['epoch_a']} of A, epoch "
+        f"{table.attrs['epoch_b']} of B): {int(counts.get('fixed', 0))} fixed, "
+        f"{int(counts.get('broken', 0))} broken; mean loss {table['loss_a'].mean():.4g} -> "
+        f"{table['loss_b'].mean():.4g}"
+        + (f"; only in A: {table.attrs['only_a']}" if table.attrs["only_a"] else "")
+        + (f"; only in B: {table.attrs['only_b']}" if table.attrs["only_b"] else ""),
+        markup=False,
+    )
+    columns = [
+        "example_id",
+        "loss_a",
+        "loss_b",
+        "loss_change",
+        "change",
+        "label_text",
+        "prediction_text",
+        "input_text",
+    ]
+    better = table[table["loss_change"] < 0].head(args.k)
+    worse = table[table["loss_change"] > 0].iloc[::-1].head(args.k)
+    console.print(_rich_table(better, columns, title=f"Most improved ({len(better)})"))
+    console.print(_rich_table(worse, columns, title=f"Got worse ({len(worse)})"))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
 
 # The subcommands, in the order --help lists them.
 _COMMANDS: list[Callable[[Any], None]] = [
     _add_demo,
+    _add_show,
+    _add_report,
+    _add_compare,
 ]
 
 
