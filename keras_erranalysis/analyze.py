@@ -1079,8 +1079,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    """Runs ``analyze`` from parsed arguments; errors are one line on stderr, exit 2."""
+def run_args(args: argparse.Namespace) -> int:
+    """Runs ``analyze`` from parsed arguments and prints where it wrote.
+
+    Raises:
+        AnalyzeError: For every user mistake (bad data, model, folder, TF_CONFIG), with
+            a one-line message.
+    """
     import tensorflow as tf
 
     from keras_erranalysis.run import RunFormatError, RunLockedError
@@ -1114,9 +1119,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         RunLockedError, tf.errors.OpError,
     ) as error:
         message = getattr(error, "message", None) or str(error)
-        line = " ".join(str(message).split()) or type(error).__name__
-        print(f"keras-erranalysis analyze: error: {line}", file=sys.stderr)
-        return 2
+        raise AnalyzeError(" ".join(str(message).split()) or type(error).__name__) from None
     if result.is_chief:
         print(
             f"Analysed {result.n_examples} examples on {result.num_workers} worker(s): "
@@ -1128,13 +1131,21 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m keras_erranalysis.analyze MODEL DATA -o RUN_DIR [options]``."""
+    """``python -m keras_erranalysis.analyze MODEL DATA -o RUN_DIR [options]``.
+
+    Returns:
+        0 on success, 1 for a user mistake (one line on stderr), 2 for a bad command line.
+    """
     parser = argparse.ArgumentParser(
         prog="keras-erranalysis analyze",
         description="Analyse a saved Keras model over a dataset; write one run epoch.",
     )
     add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    try:
+        return run_args(parser.parse_args(argv))
+    except AnalyzeError as error:
+        print(f"keras-erranalysis analyze: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

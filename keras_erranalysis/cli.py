@@ -134,6 +134,41 @@ def _quiet_tensorflow() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# analyze
+# --------------------------------------------------------------------------------------
+
+
+def _add_analyze(subparsers: Any) -> None:
+    from keras_erranalysis.analyze import add_arguments
+
+    parser = subparsers.add_parser(
+        "analyze",
+        help="analyse a saved model (.keras) over TFRecord / CSV / Parquet / .npz data",
+        description=(
+            "Loads a saved Keras model and runs the per-example loss pass over a dataset "
+            "read in chunks (memory stays flat as the data grows), writing one epoch of "
+            "the run format to --log-dir. With TF_CONFIG describing several workers, run "
+            "the same command on each: they share the work (MultiWorkerMirroredStrategy) "
+            "and only the chief writes. Parquet needs pip install "
+            '"keras_erranalysis[parquet]".'
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=_cmd_analyze)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_erranalysis.analyze import AnalyzeError, run_args
+
+    _quiet_tensorflow()
+    try:
+        return run_args(args)
+    except AnalyzeError as error:
+        raise CommandError(str(error)) from None
+
+
+# --------------------------------------------------------------------------------------
 # show / report / compare (presentation)
 # --------------------------------------------------------------------------------------
 
@@ -388,6 +423,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_show,
     _add_report,
     _add_compare,
+    _add_analyze,
 ]
 
 

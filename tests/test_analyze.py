@@ -191,14 +191,33 @@ def test_cli_errors_are_one_line_with_nonzero_exit(saved, tmp_path, capsys):
     for extra, message in cases:
         code = an.main([model, str(saved / "data.csv"), "-o", str(tmp_path / "r"), *extra])
         err = capsys.readouterr().err
-        assert code == 2
+        assert code == 1
         assert message in err
         assert err.count("\n") == 1 and err.startswith("keras-erranalysis analyze: error:")
     code = an.main(["missing.keras", str(saved / "data.csv"), "-o", str(tmp_path / "r")])
-    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert code == 1 and "does not exist" in capsys.readouterr().err
     # and a good run prints where it wrote
     code = an.main([model, str(saved / "data.npz"), "-o", str(tmp_path / "ok"), "-q"])
     assert code == 0 and "epoch 1 written to" in capsys.readouterr().out
+
+
+def test_keras_erranalysis_analyze_command(saved, tmp_path, capsys):
+    from keras_erranalysis import cli
+
+    model, data = str(saved / "model.keras"), str(saved / "data.parquet")
+    code = cli.main(
+        ["analyze", model, data, "-o", str(tmp_path / "run"), "--label-column", "label",
+         "--features", "a,b,c,d", "--batch-size", "64", "--epoch-label", "3", "-q"]
+    )
+    assert code == 0, capsys.readouterr().err
+    run = load_run(tmp_path / "run")
+    assert run.epochs == [3]
+    np.testing.assert_allclose(run.report().loss, _reference(saved).loss, atol=1e-6, rtol=0)
+    code = cli.main(["analyze", model, data, "-o", str(tmp_path / "r2"), "--label-column", "y"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("keras-erranalysis analyze: error: Label column 'y' is not in")
+    assert err.count("\n") == 1
 
 
 def test_npz_named_keys_streamed_and_pickle_refused(saved, tmp_path):

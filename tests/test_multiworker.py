@@ -71,7 +71,7 @@ def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_pa
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}
             )
             command = [
-                sys.executable, "-m", "keras_erranalysis.analyze",
+                sys.executable, "-m", "keras_erranalysis.cli", "analyze",
                 str(tmp_path / "model.keras"), str(tmp_path / "data.npz"),
                 "-o", str(tmp_path / f"run{index}"), *options,
             ]
