@@ -141,6 +141,8 @@ CHILD = textwrap.dedent(
     """
 )
 
+pytestmark = pytest.mark.slow  # one child process that imports TensorFlow
+
 TOL = 1e-6  # float columns; a replica's half batch may take another matmul kernel
 
 

@@ -139,6 +139,7 @@ def assert_epochs_match_side_files(run, side):
             )
 
 
+@pytest.mark.slow  # child processes that import TensorFlow
 def test_kill_during_write_keeps_completed_epochs_and_a_new_fit_resumes(tmp_path):
     log_dir, side = tmp_path / "run", tmp_path / "side"
     child = start_child(tmp_path, "hang", epochs=4)
@@ -434,6 +435,7 @@ OBSERVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # child processes that import TensorFlow
 def test_callback_only_observes_a_sequence_model(tmp_path):
     script = tmp_path / "observer.py"
     script.write_text(OBSERVER)
