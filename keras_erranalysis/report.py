@@ -453,13 +453,17 @@ def _plotting(name: str) -> Any:
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:
     from keras_erranalysis.dynamics import DEFAULT_METHOD, likely_mislabeled
 
-    flagged = likely_mislabeled(dyn, method=DEFAULT_METHOD)
-    title = f"<h3>Likely mislabeled ({len(flagged)} flagged by {_esc(DEFAULT_METHOD)})</h3>"
-    if flagged.empty:
-        return title + '<p class="note">No example is flagged.</p>'
-    head = flagged.head(max_rows).reset_index(drop=True)
+    n_flagged = len(likely_mislabeled(dyn, method=DEFAULT_METHOD))
+    # The flagged ones, or at least the 10 highest scores: a reader sees how close they came.
+    ranked = likely_mislabeled(dyn, min(max(n_flagged, 10), max_rows), method=DEFAULT_METHOD)
+    title = (
+        f"<h3>Likely mislabeled: {n_flagged} flagged by {_esc(DEFAULT_METHOD)}</h3>"
+        f'<p class="note">The {len(ranked)} highest mislabel scores; the flagged column '
+        "says which pass the method's threshold.</p>"
+    )
+    head = ranked.reset_index(drop=True)
     if "example_id" not in head.columns:
-        head.insert(0, "example_id", flagged.head(max_rows).index.to_numpy())
+        head.insert(0, "example_id", ranked.index.to_numpy())
     frame = run.frame(epoch)
     text = [c for c in ("input_text", "label_text", "prediction_text") if c in frame.columns]
     if text:
@@ -469,6 +473,7 @@ def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int)
         for c in (
             "example_id",
             "mislabel_score",
+            "flagged",
             "label",
             "suggested_label",
             "aum",

@@ -123,7 +123,9 @@ def test_hardest_table_rows_filters_and_other_tables(hostile_run, tmp_path):
     assert len([s for n, s in page.attrs if n == "src"]) == 5
     assert "attention_&lt;b&gt;hard&lt;i&gt;.png" in text
     assert "watch &quot;list&quot;.png" in text
-    assert "Likely mislabeled" in text and "mislabeled" in page.tables
+    flagged = len(run.likely_mislabeled())
+    assert f"Likely mislabeled: {flagged} flagged by aum" in text
+    assert len(page.tables["mislabeled"]) == 1 + max(flagged, 10)
 
 
 def test_sequence_run_report_has_token_columns_and_no_class_filter(tmp_path):
