@@ -157,8 +157,8 @@ class InFlightRecorder(keras.callbacks.Callback):
         self.dtype = np.dtype(dtype)
         self.epochs: list[int] = []
         self._history: dict[str, list[np.ndarray]] = {name: [] for name in RECORDED}
-        self._buffers: dict[str, tf.Variable] | None = None
-        self._bad_ids: tf.Variable | None = None
+        self._floats: tf.Variable | None = None
+        self._ints: tf.Variable | None = None
         self._pending_ids: Any = None
         self._originals: dict[str, Any] = {}
         self._spec: Any = None
@@ -182,51 +182,45 @@ class InFlightRecorder(keras.callbacks.Callback):
             ignore_class=self.ignore_class,
             from_logits=self.from_logits,
         )
-        if self._buffers is None:
-            size = self.num_examples + 1  # the last slot takes out-of-range ids
-            self._buffers = {
-                "loss": tf.Variable(tf.zeros(size), trainable=False, name="inflight_loss"),
-                "true_prob": tf.Variable(tf.zeros(size), trainable=False, name="inflight_tp"),
-                "margin": tf.Variable(tf.zeros(size), trainable=False, name="inflight_margin"),
-                "correct": tf.Variable(
-                    tf.zeros(size, tf.bool), trainable=False, name="inflight_correct"
-                ),
-                "prediction": tf.Variable(
-                    tf.zeros(size, tf.int32), trainable=False, name="inflight_pred"
-                ),
-                "seen": tf.Variable(tf.zeros(size, tf.bool), trainable=False, name="inflight_seen"),
-            }
-            self._bad_ids = tf.Variable(0, dtype=tf.int64, trainable=False, name="inflight_bad")
+        if self._floats is None:
+            # Two packed buffers keep the per-step cost at two scatters. The last row takes
+            # out-of-range ids, so a bad id is detected at epoch end instead of crashing
+            # (CPU) or being silently dropped (GPU).
+            size = self.num_examples + 1
+            self._floats = tf.Variable(
+                tf.zeros([size, len(_FLOAT_COLUMNS)]), trainable=False, name="inflight_floats"
+            )
+            self._ints = tf.Variable(
+                tf.zeros([size, len(_INT_COLUMNS)], tf.int32),
+                trainable=False,
+                name="inflight_ints",
+            )
         self._patch(model)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Clears the buffers so unseen examples read as missing."""
         size = self.num_examples + 1
-        for name in ("loss", "true_prob", "margin"):
-            self._buffers[name].assign(tf.fill([size], math.nan))
-        self._buffers["correct"].assign(tf.zeros(size, tf.bool))
-        self._buffers["prediction"].assign(tf.fill([size], -1))
-        self._buffers["seen"].assign(tf.zeros(size, tf.bool))
-        self._bad_ids.assign(0)
+        self._floats.assign(tf.fill([size, len(_FLOAT_COLUMNS)], math.nan))
+        # prediction -1, correct 0, seen 0
+        self._ints.assign(tf.tile([[-1, 0, 0]], [size, 1]))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Copies the buffers to the host."""
-        bad = int(self._bad_ids.numpy())
-        if bad:
+        n = self.num_examples
+        ints = self._ints.numpy()
+        if ints[n, 2]:
             self.restore()
             raise ValueError(
-                f"{bad} example ids in epoch {epoch + 1} were outside [0, {self.num_examples})"
-                ": ids must be positions 0..num_examples-1. Build the dataset with "
-                "with_example_ids(x, y), or pass the right num_examples to InFlightRecorder."
+                f"Example ids in epoch {epoch + 1} were outside [0, {n}): ids must be "
+                "positions 0..num_examples-1. Build the dataset with with_example_ids(x, y), "
+                "or pass the right num_examples to InFlightRecorder."
             )
-        n = self.num_examples
-        for name, variable in self._buffers.items():
-            values = variable.numpy()[:n]
-            if values.dtype == np.float32:
-                values = values.astype(self.dtype)
-            elif name == "prediction":
-                values = values.astype(np.int64)
-            self._history[name].append(values)
+        floats = self._floats.numpy()[:n]
+        for i, name in enumerate(_FLOAT_COLUMNS):
+            self._history[name].append(floats[:, i].astype(self.dtype))
+        self._history["prediction"].append(ints[:n, 0].astype(np.int64))
+        self._history["correct"].append(ints[:n, 1].astype(bool))
+        self._history["seen"].append(ints[:n, 2].astype(bool))
         self.epochs.append(int(epoch) + 1)
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -389,14 +383,23 @@ class InFlightRecorder(keras.callbacks.Callback):
         ids = tf.reshape(tf.cast(ids, tf.int64), [-1])
         n = self.num_examples
         valid = (ids >= 0) & (ids < n)
-        self._bad_ids.assign_add(tf.reduce_sum(tf.cast(~valid, tf.int64)))
         index = tf.where(valid, ids, tf.cast(n, tf.int64))[:, None]
-        for name, value in values.items():
-            self._buffers[name].scatter_nd_update(index, value)
-        self._buffers["seen"].scatter_nd_update(index, tf.ones_like(ids, tf.bool))
+        floats = tf.stack([values[name] for name in _FLOAT_COLUMNS], axis=1)
+        ints = tf.stack(
+            [
+                values["prediction"],
+                tf.cast(values["correct"], tf.int32),
+                tf.ones_like(values["prediction"]),
+            ],
+            axis=1,
+        )
+        self._floats.scatter_nd_update(index, floats)
+        self._ints.scatter_nd_update(index, ints)
 
 
 _MISSING = object()
+_FLOAT_COLUMNS = ("loss", "true_prob", "margin")
+_INT_COLUMNS = ("prediction", "correct", "seen")
 
 
 def _expects_dict(model: Any) -> bool:
