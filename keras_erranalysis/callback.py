@@ -229,8 +229,13 @@ class ErrorAnalysis(keras.callbacks.Callback):
             from keras_erranalysis.embeddings import compute_embeddings, storage_array
 
             layer = None if self.embeddings is True else self.embeddings
-            batch_size = self.pass_options["batch_size"]
-            vectors = compute_embeddings(self.model, self.data, layer=layer, batch_size=batch_size)
+            vectors = compute_embeddings(
+                self.model,
+                self.data,
+                layer=layer,
+                batch_size=self.pass_options["batch_size"],
+                jit_compile=self.pass_options["jit_compile"],
+            )
             self.last_embeddings = vectors
             stored = {"embedding": storage_array(vectors)}
         if self._writer is not None:
