@@ -628,3 +628,216 @@ def figure_png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=figure.dpi, bbox_inches="tight")
     return buffer.getvalue()
+
+
+# ======================================================================================
+# Training dynamics (data map, trajectories, margins); data from keras_erranalysis.dynamics
+# ======================================================================================
+
+
+def plot_data_map(
+    dyn: Any,
+    *,
+    max_points: int = 20000,
+    seed: int = 0,
+    confidence_threshold: float = 0.5,
+    variability_threshold: float = 0.2,
+    ax: Axes | None = None,
+) -> Figure:
+    """Data map of the cartography paper: variability (x) vs confidence (y), by correctness.
+
+    Args:
+        dyn: DataFrame from :func:`keras_erranalysis.dynamics.compute_dynamics` (or
+            ``run.dynamics()``), with ``confidence``, ``variability``, ``correctness``.
+        max_points: Draw at most this many examples (a seeded random sample; the title
+            says so), so a million-example map stays light.
+        seed: Seed of that sample.
+        confidence_threshold: Region boundary drawn as a dashed line (as in the dynamics).
+        variability_threshold: Region boundary drawn as a dashed line.
+        ax: Axes to draw into; default a new figure.
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> fig = plot_data_map(run.dynamics())  # doctest: +SKIP
+    """
+    missing = [c for c in ("confidence", "variability", "correctness") if c not in dyn]
+    if missing:
+        raise ValueError(
+            f"dyn lacks column(s) {missing}: pass the output of compute_dynamics() or "
+            "run.dynamics()."
+        )
+    if ax is None:
+        fig = _new_figure(5.6, 4.6)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    total = len(dyn)
+    rows = np.arange(total)
+    if total > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(total, max_points, replace=False))
+    confidence = np.asarray(dyn["confidence"], dtype=float)[rows]
+    variability = np.asarray(dyn["variability"], dtype=float)[rows]
+    correctness = np.asarray(dyn["correctness"], dtype=float)[rows]
+    points = ax.scatter(
+        variability,
+        confidence,
+        c=correctness,
+        cmap="coolwarm_r",
+        vmin=0.0,
+        vmax=1.0,
+        s=6 if len(rows) > 2000 else 14,
+        alpha=0.6,
+        linewidths=0,
+    )
+    fig.colorbar(points, ax=ax, label="correctness (share of epochs right)")
+    ax.axvline(variability_threshold, color="0.4", linestyle="--", linewidth=0.8)
+    ax.axhline(confidence_threshold, color="0.4", linestyle="--", linewidth=0.8)
+    for text, (x, y, ha) in {
+        "easy-to-learn": (0.01, 0.98, "left"),
+        "hard-to-learn": (0.01, 0.02, "left"),
+        "ambiguous": (0.99, 0.5, "right"),
+    }.items():
+        ax.text(x, y, text, transform=ax.transAxes, ha=ha, va="center", fontsize=8, color="0.25")
+    ax.set_xlim(0.0, max(0.5, float(np.nanmax(variability, initial=0.0)) * 1.05))
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("variability (std of p(given label) across epochs)")
+    ax.set_ylabel("confidence (mean p(given label))")
+    sample = f", {len(rows):,} of {total:,} shown" if len(rows) < total else ""
+    ax.set_title(f"Data map ({total:,} examples{sample})")
+    return fig
+
+
+def plot_loss_trajectories(
+    values: Any,
+    examples: Sequence[int],
+    *,
+    example_id: Any = None,
+    epochs: Sequence[int] | None = None,
+    column: str = "loss",
+    labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Per-epoch values of chosen examples, over the median and 10-90% band of all examples.
+
+    Args:
+        values: ``(E, N)`` history (e.g. ``run.stack("loss")``), or a list of E ``(N,)``
+            arrays (``run.arrays("loss")``, read one epoch at a time).
+        examples: Example ids to draw (looked up in ``example_id``), e.g.
+            ``likely_mislabeled(dyn, k=5).index``.
+        example_id: ``(N,)`` ids of the columns (default positions ``0..N-1``).
+        epochs: Epoch numbers of the rows (default ``1..E``).
+        column: Name of the plotted value, for the axis label.
+        labels: Legend text per example (default ``"#<id>"``).
+        ax: Axes to draw into; default a new figure.
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> top = run.likely_mislabeled(k=5).index  # doctest: +SKIP
+        >>> fig = plot_loss_trajectories(run.arrays("loss"), top,
+        ...                              example_id=run.array("example_id"))  # doctest: +SKIP
+    """
+    rows = list(values) if not isinstance(values, np.ndarray) else values
+    num_epochs = len(rows)
+    if num_epochs == 0:
+        raise ValueError("values has no epochs: record at least one epoch first.")
+    width = int(np.shape(rows[0])[0])
+    ids = np.arange(width) if example_id is None else np.asarray(example_id)
+    where = {int(v): i for i, v in enumerate(ids.tolist())}
+    unknown = [e for e in examples if int(e) not in where]
+    if unknown:
+        raise ValueError(f"Example ids {unknown[:5]} are not in example_id.")
+    columns = [where[int(e)] for e in examples]
+    steps = np.arange(1, num_epochs + 1) if epochs is None else np.asarray(epochs)
+    low, mid, high = (np.empty(num_epochs) for _ in range(3))
+    picked = np.empty((num_epochs, len(columns)))
+    for t in range(num_epochs):
+        row = np.asarray(rows[t], dtype=np.float64)
+        low[t], mid[t], high[t] = np.nanquantile(row, [0.1, 0.5, 0.9])
+        picked[t] = row[columns]
+    if ax is None:
+        fig = _new_figure(6.0, 3.6)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    ax.fill_between(steps, low, high, color="0.85", label="all examples, 10-90%")
+    ax.plot(steps, mid, color="0.5", linewidth=1.2, label="all examples, median")
+    names = labels if labels is not None else [f"#{e}" for e in examples]
+    for j, name in enumerate(names):
+        ax.plot(steps, picked[:, j], marker="o", markersize=3, label=_text_label(name, 30))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(_text_label(column, 30))
+    ax.set_title(f"{_text_label(column, 30)} across epochs")
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    return fig
+
+
+def plot_margin_histogram(
+    dyn: Any,
+    *,
+    column: str = "aum",
+    threshold: float | None = None,
+    highlight: Any = None,
+    highlight_label: str = "highlighted",
+    bins: int = 50,
+    ax: Axes | None = None,
+) -> Figure:
+    """Histogram of area under the margin (or another score) with the flagged region marked.
+
+    Args:
+        dyn: DataFrame from :func:`keras_erranalysis.dynamics.compute_dynamics`.
+        column: Column to histogram (default ``"aum"``).
+        threshold: Flag boundary, shaded to its left (default: the AUM default of
+            :func:`keras_erranalysis.dynamics.likely_mislabeled`).
+        highlight: Optional boolean mask (aligned with ``dyn``) drawn as a second histogram,
+            e.g. known flipped labels in a benchmark.
+        highlight_label: Legend text of the highlighted examples.
+        bins: Number of bins.
+        ax: Axes to draw into; default a new figure.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    from keras_erranalysis.dynamics import DEFAULT_AUM_THRESHOLD
+
+    if column not in dyn:
+        raise ValueError(f"dyn has no column {column!r}; pass the output of compute_dynamics().")
+    if threshold is None:
+        threshold = DEFAULT_AUM_THRESHOLD
+    scores = np.asarray(dyn[column], dtype=float)
+    finite = np.isfinite(scores)
+    if ax is None:
+        fig = _new_figure(5.6, 3.4)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    shown = scores[finite] if finite.any() else np.array([-1.0, 1.0])
+    low = min(float(shown.min()), threshold)
+    high = max(float(shown.max()), threshold)
+    if high <= low:
+        high = low + 1.0
+    edges = np.linspace(low, high, bins + 1)
+    ax.hist(scores[finite], bins=edges, color="#4c72b0", alpha=0.8, label="all examples")
+    if highlight is not None:
+        mask = np.asarray(highlight, dtype=bool)
+        if mask.shape != scores.shape:
+            raise ValueError(f"highlight must have {len(scores)} values, got {mask.shape}.")
+        ax.hist(
+            scores[finite & mask],
+            bins=edges,
+            color="#dd8452",
+            alpha=0.8,
+            label=_text_label(highlight_label, 30),
+        )
+    flagged = int((scores[finite] < threshold).sum())
+    ax.axvspan(low, threshold, color="#c44e52", alpha=0.12, label=f"flagged: {flagged:,}")
+    ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
+    ax.set_xlim(low, high)
+    ax.set_xlabel(_text_label(column, 30))
+    ax.set_ylabel("examples")
+    ax.set_title(f"{_text_label(column, 30)} (flagged below {threshold:g})")
+    ax.legend(fontsize=8, frameon=False)
+    return fig

@@ -315,3 +315,54 @@ def test_run_dynamics_reads_a_run_folder(tmp_path):
     assert run.likely_mislabeled(k=2, method="correctness").index.tolist() == [102, 103]
     with pytest.raises(ValueError, match="sequence run"):
         run.dynamics(tokens=True)
+
+
+def test_data_map_draws_every_example_at_its_variability_and_confidence():
+    from keras_erranalysis.plotting import plot_data_map
+
+    dyn = hand_made()
+    fig = plot_data_map(dyn)
+    ax = fig.axes[0]
+    offsets = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(offsets[:, 0], dyn["variability"])
+    np.testing.assert_allclose(offsets[:, 1], dyn["confidence"])
+    np.testing.assert_allclose(ax.collections[0].get_array(), dyn["correctness"])
+    assert "4 examples" in ax.get_title()
+    sampled = plot_data_map(dyn, max_points=2).axes[0]
+    assert len(sampled.collections[0].get_offsets()) == 2
+    assert "2 of 4 shown" in sampled.get_title()
+    with pytest.raises(ValueError, match="lacks column"):
+        plot_data_map(dyn.drop(columns="variability"))
+
+
+def test_loss_trajectories_follow_the_chosen_examples(tmp_path):
+    from keras_erranalysis.plotting import plot_loss_trajectories
+
+    ids = np.array([100, 101, 102, 103])
+    fig = plot_loss_trajectories(list(LOSS), [102, 100], example_id=ids, labels=["a$b", "c"])
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["all examples, median"].get_ydata(), np.median(LOSS, axis=1))
+    np.testing.assert_allclose(lines[r"a\$b"].get_ydata(), LOSS[:, 2])  # "$" escaped
+    np.testing.assert_allclose(lines["c"].get_ydata(), LOSS[:, 0])
+    np.testing.assert_array_equal(lines["c"].get_xdata(), [1, 2, 3, 4])
+    fig.savefig(tmp_path / "trajectories.png")
+    assert (tmp_path / "trajectories.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="not in example_id"):
+        plot_loss_trajectories(LOSS, [7])
+
+
+def test_margin_histogram_marks_the_flagged_region():
+    from keras_erranalysis.plotting import plot_margin_histogram
+
+    dyn = hand_made()
+    ax = plot_margin_histogram(dyn, highlight=[False, False, True, False]).axes[0]
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "flagged: 1" in texts and "highlighted" in texts
+    span = [p for p in ax.patches if p.get_label() == "flagged: 1"][0]
+    x_left, x_right = span.get_x(), span.get_x() + span.get_width()
+    assert x_left == pytest.approx(-0.85) and x_right == pytest.approx(-0.2)
+    ax = plot_margin_histogram(dyn, threshold=0.5).axes[0]
+    assert any(t.get_text() == "flagged: 3" for t in ax.get_legend().get_texts())
+    with pytest.raises(ValueError, match="highlight must have"):
+        plot_margin_histogram(dyn, highlight=[True])
