@@ -68,6 +68,10 @@ def with_example_ids(
     ``ids`` are the example positions ``0..N-1`` in the given arrays, so the recorder's
     columns line up with ``x`` and ``y``. Shuffling is reshuffled every epoch.
 
+    Fit this dataset only with an :class:`InFlightRecorder` attached: without it, Keras
+    reads a third batch element as ``sample_weight`` and would weight each example's loss
+    by its id. Use ``dataset.map(lambda *b: b[:-1])`` for a plain fit of the same data.
+
     Args:
         x: Inputs: an array, or a dict / tuple of arrays with the same first dimension.
         y: Labels with the same first dimension.
