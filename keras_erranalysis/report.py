@@ -362,7 +362,7 @@ def _run_section(
     if figures:
         parts.append(f'<div class="figures">{"".join(figures)}</div>')
     if dyn is not None:
-        parts.append(_mislabeled_table(run, dyn, last, max_rows=min(max_rows, 50)))
+        parts.append(_mislabeled_table(run, dyn, last, max_rows=min(max_rows, 20)))
     parts.append("</section>")
     return "\n".join(parts)
 
