@@ -342,7 +342,23 @@ def _run_section(
         figures.append(_figure_html(_png(data_map_figure(dyn)), _data_map_caption(dyn)))
     last = epochs[-1]
     hardest = ranking.rank_examples(run.report(last).scalars(), by="loss", k=10)
-    if len(epochs) > 1 and len(hardest):
+    plot_trajectories = _plotting("plot_loss_trajectories")
+    if len(epochs) > 1 and len(hardest) and dyn is not None and plot_trajectories is not None:
+        # Same examples every epoch (dynamics checked it): draw over the all-example band.
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        plot_trajectories(
+            run.arrays("loss", epochs),
+            hardest["example_id"].tolist(),
+            example_id=run.array("example_id", last),
+            epochs=epochs,
+            ax=ax,
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        figures.append(
+            _figure_html(_png(fig), f"Loss trajectories of the 10 hardest examples of epoch {last}")
+        )
+    elif len(epochs) > 1 and len(hardest):
         ids = hardest["example_id"].to_numpy()
         trajectories = _values_by_id(run, "loss", epochs, ids)
         fig, ax = plt.subplots(figsize=(5, 3))
