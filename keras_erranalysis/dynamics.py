@@ -69,8 +69,8 @@ DEFAULT_METHOD = "aum"
 # late (recall 0.99, precision 0.73-0.84).
 DEFAULT_AUM_THRESHOLD = -0.2
 
-# Working-set budget per input array per chunk, in float64 elements (32 MB).
-_CHUNK_ELEMENTS = 1 << 22
+# Working-set budget per input array per chunk, in float64 elements (16 MB).
+_CHUNK_ELEMENTS = 1 << 21
 
 
 class _EpochMatrix:
@@ -321,7 +321,7 @@ def compute_dynamics(
 
     # Pass 2, column chunk by column chunk.
     step = _chunk_columns(num_epochs, chunk_size)
-    parts: dict[str, list[np.ndarray]] = {}
+    columns: dict[str, np.ndarray] = {}
     for start in range(0, num_examples, step):
         stop = min(start + step, num_examples)
         blocks = {name: m.chunk(start, stop) for name, m in matrices.items()}
@@ -335,12 +335,14 @@ def compute_dynamics(
         if "loss" in blocks:
             stats["loss_mean"] = blocks["loss"].astype(np.float64).mean(axis=0)
         for key, value in stats.items():
-            parts.setdefault(key, []).append(value)
-        del blocks, ranked, in_top
+            # Written into place: no list of parts to concatenate (and hold twice) at the end.
+            if key not in columns:
+                columns[key] = np.empty(num_examples, dtype=value.dtype)
+            columns[key][start:stop] = value
+        del blocks, ranked, in_top, stats
         for matrix in matrices.values():
             matrix.release()
 
-    columns = {k: np.concatenate(v) if v else np.empty(0) for k, v in parts.items()}
     if not columns:
         columns = {k: np.empty(0) for k in ("confidence", "variability")}
     frame = _assemble(
@@ -390,9 +392,8 @@ def _assemble(
         raise ValueError(f"example_id must have shape ({num_examples},), got {index.shape}.")
     first = columns.get("first_learned_epoch")
     if first is not None:
-        columns["first_learned_epoch"] = np.where(first >= 0, epoch_numbers[first], -1).astype(
-            np.int64
-        )
+        learned = first >= 0
+        first[learned] = epoch_numbers[first[learned]]
     order = [
         "confidence",
         "variability",
@@ -427,7 +428,7 @@ def _assemble(
             )
         elif name in columns:
             data[name] = columns[name]
-    return pd.DataFrame(data, index=pd.Index(index, name="example_id"))
+    return pd.DataFrame(data, index=pd.Index(index, name="example_id"), copy=False)
 
 
 def compute_token_dynamics(
