@@ -689,6 +689,21 @@ def _kept_inputs(x: Any) -> dict[str, np.ndarray]:
     }
 
 
+def _attention_columns(
+    model: Any, x: Any, y: Any, batch_size: int, options: Any, jit_compile: Any, workers: int
+) -> dict[str, np.ndarray]:
+    """Per-example attention diagnostics of one chunk, in data order."""
+    import tensorflow as tf
+
+    from keras_erranalysis.attention import attention_diagnostics
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).with_options(options)
+    result = attention_diagnostics(
+        model, dataset, jit_compile=False if workers > 1 else jit_compile, verbose=0
+    )
+    return dict(result.diagnostics)
+
+
 def _labels(chunk: Mapping[str, np.ndarray], column: str) -> np.ndarray:
     values = np.asarray(chunk[column])
     if values.dtype.kind in "USO":
@@ -863,6 +878,7 @@ def analyze(
     vocab: Any = None,
     input_vocab: Any = None,
     label_names: Any = None,
+    attention: bool = False,
     jit_compile: bool | Literal["auto"] = "auto",
     safe_mode: bool = True,
     strategy: Any = None,
@@ -897,6 +913,9 @@ def analyze(
         vocab: Decodes target tokens (stored in the run).
         input_vocab: Decodes input tokens (stored in the run).
         label_names: Class names of a classifier (stored in the run).
+        attention: Also compute per-example attention diagnostics of every attention
+            layer (:func:`~keras_erranalysis.attention.attention_diagnostics`), stored
+            as extra columns ``attn_entropy/<layer>``, ... .
         jit_compile: XLA for the pass (``"auto"`` = off under several workers, where the
             cross-worker gather has no XLA kernel).
         safe_mode: Passed to ``keras.models.load_model``.
@@ -980,6 +999,11 @@ def analyze(
                 .with_options(options)
             )
             kept = _kept_inputs(x)
+            diagnostics = {}
+            if attention:
+                diagnostics = _attention_columns(
+                    model, x, y, batch_size, options, jit_compile, num_workers
+                )
             del chunk, xs, x, y
             report = compute_losses(
                 model,
@@ -994,6 +1018,7 @@ def analyze(
                 verbose=0,
             )
             report.inputs = kept
+            report.extra.update(diagnostics)
             if not np.array_equal(report.example_id, ids):
                 raise RuntimeError(
                     f"The pass returned {len(report)} results for {n} examples of ids "
@@ -1070,6 +1095,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ignore-class", type=int, help="label id that does not count")
     parser.add_argument("--top-k", type=int, default=20, help="rows per hardest-example view")
     parser.add_argument("--label-names", help="comma-separated class names")
+    parser.add_argument(
+        "--attention", action="store_true", help="also per-example attention diagnostics"
+    )
     parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA")
     parser.add_argument(
         "--unsafe-deserialization",
@@ -1110,6 +1138,7 @@ def run_args(args: argparse.Namespace) -> int:
             ignore_class=args.ignore_class,
             top_k=args.top_k,
             label_names=listed(args.label_names),
+            attention=args.attention,
             jit_compile={"auto": "auto", "on": True, "off": False}[args.jit],
             safe_mode=not args.unsafe_deserialization,
             verbose=0 if args.quiet else 1,

@@ -151,6 +151,35 @@ def test_sequence_model_ragged_parquet_chunks_pad_and_match(tmp_path):
     np.testing.assert_array_equal(report.inputs["input"], x)  # token ids kept, padded
 
 
+def test_attention_diagnostics_become_extra_columns(tmp_path):
+    import keras
+
+    from keras_erranalysis.attention import attention_diagnostics
+
+    rng = np.random.RandomState(4)
+    tokens = rng.randint(1, 20, (45, 5)).astype("int32")
+    tokens[rng.rand(45, 5) < 0.3] = 0
+    labels = (tokens % 2).astype("int64")
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((5,), dtype="int32", name="tokens")
+    embedded = keras.layers.Embedding(20, 8, mask_zero=True)(inp)
+    attended = keras.layers.MultiHeadAttention(2, 4, name="mha")(embedded, embedded)
+    model = keras.Model(inp, keras.layers.Dense(2)(attended))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", tokens=tokens, label=labels)
+    an.analyze(
+        tmp_path / "m.keras", tmp_path / "d.npz", tmp_path / "run",
+        chunk_size=20, batch_size=8, attention=True, verbose=0,
+    )
+    run = load_run(tmp_path / "run")
+    direct = attention_diagnostics(model, (tokens, labels), batch_size=8).diagnostics
+    assert "attn_entropy/mha" in direct
+    for name, values in direct.items():
+        np.testing.assert_allclose(run.array(name), values, atol=1e-6, rtol=0)
+    assert "attn_entropy/mha" in run.table("hardest").columns
+
+
 def test_named_inputs_matched_by_name_mismatch_and_text_labels(tmp_path):
     import keras
 

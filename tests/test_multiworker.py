@@ -15,8 +15,8 @@ from keras_erranalysis.run import load_run
 
 pytestmark = pytest.mark.slow
 
-N = 103  # chunks of 50, 50 and 3: the last global batch leaves one worker nearly idle
-TIMEOUT = 150  # seconds for the whole cluster
+N = 67  # chunks of 32, 32 and 3: the last global batch leaves one worker nearly idle
+TIMEOUT = 300  # seconds for the whole cluster (about 30 s on 2 idle cores)
 
 
 def _free_ports(count):
@@ -37,10 +37,13 @@ def _saved_model_and_data(folder):
 
     rng = np.random.RandomState(0)
     tokens = rng.randint(1, 40, (N, 6)).astype("int32")
+    tokens[rng.rand(N, 6) < 0.2] = 0  # padding, masked
     labels = (tokens[:, 0] % 3).astype("int64")
     keras.utils.set_random_seed(0)
     inp = keras.Input((6,), dtype="int32", name="tokens")
-    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 8)(inp))
+    embedded = keras.layers.Embedding(40, 8, mask_zero=True)(inp)
+    attended = keras.layers.MultiHeadAttention(2, 4, name="mha")(embedded, embedded)
+    pooled = keras.layers.GlobalAveragePooling1D()(attended)
     model = keras.Model(inp, keras.layers.Dense(3)(pooled))
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -48,11 +51,15 @@ def _saved_model_and_data(folder):
     model.fit(tokens, labels, epochs=1, batch_size=16, verbose=0)
     model.save(folder / "model.keras")
     np.savez(folder / "data.npz", tokens=tokens, label=labels)
+    return model, tokens, labels
 
 
 def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_path):
-    _saved_model_and_data(tmp_path)
-    options = ["--chunk-size", "50", "--batch-size", "16", "-q"]
+    from keras_erranalysis.attention import attention_diagnostics
+
+    model, tokens, labels = _saved_model_and_data(tmp_path)
+    direct = attention_diagnostics(model, (tokens, labels), batch_size=16).diagnostics
+    options = ["--chunk-size", "32", "--batch-size", "16", "--attention", "--jit", "off", "-q"]
     single = an.main(
         [str(tmp_path / "model.keras"), str(tmp_path / "data.npz"),
          "-o", str(tmp_path / "single"), *options]
@@ -105,6 +112,12 @@ def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_pa
     np.testing.assert_array_equal(got.prediction, want.prediction)
     np.testing.assert_array_equal(got.label, want.label)
     np.testing.assert_array_equal(got.inputs["input"], want.inputs["input"])
+    # attention diagnostics too, in example order, equal to a direct in-memory call
+    assert sorted(got.extra) == sorted(direct) == sorted(want.extra)
+    assert "attn_entropy/mha" in direct
+    for name, values in direct.items():
+        np.testing.assert_allclose(want.extra[name], values, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got.extra[name], values, atol=1e-6, rtol=0)
     assert (
         chief.table("hardest")["example_id"].tolist()
         == reference.table("hardest")["example_id"].tolist()
