@@ -679,12 +679,16 @@ def format_summary(result: DemoResult, *, k: int = 5) -> str:
         )
         lines.append(f"  {'':<{width}}  label       {_strip_end(row.label_text)}")
         lines.append(f"  {'':<{width}}  prediction  {_strip_end(row.prediction_text)}")
-    lines += [
-        "",
-        "Next:",
-        f'  python -c "from keras_erranalysis import load_run; '
-        f"print(load_run('{result.log_dir}').hardest(k=10))\"",
-    ]
+    commands = [(f"keras-erranalysis show {result.log_dir}", "the hardest words again")]
+    if len(hardest) and "example_id" in hardest:
+        first = int(hardest["example_id"].iloc[0])
+        commands.append(
+            (f"keras-erranalysis show {result.log_dir} --example {first}", "phoneme by phoneme")
+        )
     if result.tensorboard_dir is not None:
-        lines.append(f"  tensorboard --logdir {result.out}")
+        commands.append((f"tensorboard --logdir {result.out}", "open http://localhost:6006"))
+    commands.append((f"python: keras_erranalysis.load_run({str(result.log_dir)!r})", ""))
+    width = max(len(command) for command, _ in commands)
+    lines += ["", "Next:"]
+    lines += [f"  {command:<{width}}  {note}".rstrip() for command, note in commands]
     return "\n".join(lines)

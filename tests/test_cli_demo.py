@@ -72,6 +72,7 @@ def test_demo_passes_options_and_prints_the_summary(monkeypatch, capsys, tmp_pat
             model_path=None,
             hardest=pd.DataFrame(
                 {
+                    "example_id": [217],
                     "input_text": ["msgr"],
                     "label_text": ["M AA N S IY N Y ER </s>"],
                     "prediction_text": ["M Z G Z </s> R </s> ER </s>"],
@@ -94,7 +95,7 @@ def test_demo_passes_options_and_prints_the_summary(monkeypatch, capsys, tmp_pat
     assert "msgr" in printed
     assert "label       M AA N S IY N Y ER\n" in printed
     assert "prediction  M Z G Z </s> R </s> ER\n" in printed
-    assert str(Path(out) / "run") in printed
+    assert f"keras-erranalysis show {Path(out) / 'run'} --example 217" in printed
 
 
 def test_console_script_is_installed():
