@@ -44,7 +44,10 @@ def _target_tokens(report: Any, row: int, vocab: Vocabulary | None) -> list[str]
     labels = labels[:counted]
     if vocab is None:
         return [str(int(t)) for t in labels]
-    return [vocab.token(t) for t in labels]
+    tokens = [vocab.token(t) for t in labels]
+    while tokens and tokens[-1] == "":  # padding labels that a lost Keras mask let count
+        tokens.pop()
+    return tokens
 
 
 def axis_tokens(
