@@ -537,17 +537,37 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
         replica_step = step
 
         def step(x, y, sample_weight, ids=None):  # noqa: F811 - the distributed wrapper
-            bools: set[str] = set()
+            # One gather per dtype, not per column: across workers each gather is a
+            # collective round trip. Collective gathers take numbers only: bools as int32.
+            layouts: list[dict[str, list[tuple[str, Any]]]] = []
 
-            def as_numbers(*args):
-                # Collective gathers (MultiWorkerMirroredStrategy) take numbers only.
+            def packed(*args):
                 result = replica_step(*args)
-                bools.update(k for k, v in result.items() if v.dtype == tf.bool)
-                return {k: tf.cast(v, tf.int32) if k in bools else v for k, v in result.items()}
+                groups: dict[str, list[tf.Tensor]] = {}
+                layout: dict[str, list[tuple[str, Any]]] = {}
+                shapes = {}
+                for key, value in result.items():
+                    wire = tf.int32 if value.dtype == tf.bool else value.dtype
+                    layout.setdefault(wire.name, []).append((key, value.dtype))
+                    shapes[key] = tf.shape(value)[1:]
+                    width = tf.reduce_prod(tf.shape(value)[1:])
+                    flat = tf.reshape(tf.cast(value, wire), tf.stack([tf.shape(value)[0], width]))
+                    groups.setdefault(wire.name, []).append(flat)
+                layouts.append(layout)  # the same on every replica
+                return {name: tf.concat(parts, axis=1) for name, parts in groups.items()}, shapes
 
-            per_replica = strategy.run(as_numbers, args=(x, y, sample_weight, ids))
-            gathered = {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
-            return {k: tf.cast(v, tf.bool) if k in bools else v for k, v in gathered.items()}
+            per_replica, shapes = strategy.run(packed, args=(x, y, sample_weight, ids))
+            results = {}
+            for name, columns in layouts[0].items():
+                block = strategy.gather(per_replica[name], axis=0)
+                local = {
+                    key: strategy.experimental_local_results(shapes[key])[0] for key, _ in columns
+                }
+                widths = [tf.reduce_prod(local[key]) for key, _ in columns]
+                for (key, dtype), part in zip(columns, tf.split(block, widths, axis=1)):
+                    shape = tf.concat([tf.shape(block)[:1], local[key]], axis=0)
+                    results[key] = tf.cast(tf.reshape(part, shape), dtype)
+            return results
 
     return step
 
