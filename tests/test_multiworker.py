@@ -16,7 +16,7 @@ from keras_erranalysis.run import load_run
 pytestmark = pytest.mark.slow
 
 N = 67  # chunks of 32, 32 and 3: the last global batch leaves one worker nearly idle
-TIMEOUT = 300  # seconds for the whole cluster (about 30 s on 2 idle cores)
+TIMEOUT = 420  # seconds for the whole cluster (about 30 s on 2 idle cores, 200 s when busy)
 
 
 def _free_ports(count):
