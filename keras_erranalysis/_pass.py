@@ -38,7 +38,7 @@ class Probe:
     sequence: bool
     num_classes: int
     kind: str  # "sparse" | "dense" | "binary"
-    from_logits: bool
+    from_logits: bool | None  # None: decided per batch in the graph (see per_example)
 
 
 # -- model and data --------------------------------------------------------------------
@@ -357,6 +357,34 @@ def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
     return Probe(sequence=sequence, num_classes=num_classes, kind=kind, from_logits=from_logits)
 
 
+def static_probe(out: Any, y: Any, spec: LossSpec) -> Probe:
+    """A :class:`Probe` from static shapes only, for use inside a traced step (no eager run).
+
+    ``from_logits`` stays ``spec.from_logits``: when that is None, :func:`per_example`
+    decides per batch from whether the output looks like probabilities.
+    """
+    rank = out.shape.rank
+    if rank not in (1, 2, 3):
+        raise ValueError(
+            f"The output has shape {tuple(out.shape)}: expected (batch, classes) for a "
+            "classifier or (batch, time, classes) for a sequence output. Pass output=NAME to "
+            "pick another."
+        )
+    binary_out = rank == 1 or out.shape[-1] == 1
+    y_shape = y.shape
+    one_hot = y_shape.rank == rank and (y_shape[-1] is None or y_shape[-1] == out.shape[-1])
+    if binary_out:
+        kind = "binary"
+    elif spec.kind in ("sparse", "dense"):
+        kind = spec.kind
+    else:
+        kind = "dense" if one_hot else "sparse"
+    num_classes = 2 if binary_out else int(out.shape[-1])
+    return Probe(
+        sequence=rank == 3, num_classes=num_classes, kind=kind, from_logits=spec.from_logits
+    )
+
+
 def _check_label_shape(kind: str, y_shape: tuple, out_shape: tuple, loss_name: str) -> None:
     if kind == "dense":
         if y_shape != out_shape:
@@ -410,125 +438,159 @@ def _looks_like_probabilities(
 # -- the compiled step -----------------------------------------------------------------
 
 
+def per_example(
+    out: Any, y: Any, sample_weight: Any, spec: LossSpec, probe_: Probe
+) -> dict[str, tf.Tensor]:
+    """Per-example (and, for sequences, per-token) results from the analysed output.
+
+    The one implementation of the pass's maths, shared by the compiled step and the
+    in-flight recorder. The Keras mask is read from ``out._keras_mask``. With
+    ``probe_.from_logits`` None, each batch is taken as probabilities when every value is
+    in [0, 1] (and, for several classes, every row sums to 1), else as logits.
+
+    Args:
+        out: The model output, ``(batch, classes)``, ``(batch, time, classes)``, or a single
+            unit for binary outputs.
+        y: Labels of that output.
+        sample_weight: Per-example or per-token weights, or None.
+        spec: The resolved loss.
+        probe_: Shapes and loss kind (from :func:`probe` or :func:`static_probe`).
+
+    Returns:
+        Tensors keyed ``loss_sum, n_tokens, confidence, true_prob, margin, correct,
+        token_accuracy, label, prediction, label_invalid, label_fractional`` (plus
+        ``token_*`` columns for sequences).
+    """
+    num_classes = probe_.num_classes
+    binary = probe_.kind == "binary"
+    keras_mask = getattr(out, "_keras_mask", None)
+    tol = _prob_sum_tol(out.dtype)
+    out = tf.cast(out, tf.float32)
+    if binary:
+        if out.shape.rank == 1 or out.shape[-1] != 1:
+            out = tf.expand_dims(out, -1)
+        if probe_.from_logits is None:  # decided per batch: probabilities or logits
+            looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0))
+            positive = tf.where(looks_prob, out, tf.sigmoid(out))
+        else:
+            positive = tf.sigmoid(out) if probe_.from_logits else out
+        probs = tf.concat([1.0 - positive, positive], axis=-1)
+        label_shape = tf.shape(out)[:-1]
+        y_float = tf.reshape(tf.cast(y, tf.float32), tf.shape(out))
+        label = tf.cast(tf.reshape(y_float, label_shape) > 0.5, tf.int32)
+        loss_values = spec.fn(y_float, out)
+        fractional = tf.zeros(label_shape, tf.bool)
+    else:
+        if probe_.from_logits is None:  # decided per batch: probabilities or logits
+            looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0)) & tf.reduce_all(
+                tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < tol
+            )
+            probs = tf.where(looks_prob, out, tf.nn.softmax(out, axis=-1))
+        else:
+            probs = tf.nn.softmax(out, axis=-1) if probe_.from_logits else out
+        label_shape = tf.shape(out)[:-1]
+        if probe_.kind == "dense":
+            label = tf.argmax(y, axis=-1, output_type=tf.int32)
+            y_for_loss = tf.cast(y, tf.float32)
+            fractional = tf.zeros(label_shape, tf.bool)
+        else:
+            y_flat = tf.reshape(y, label_shape)
+            if y_flat.dtype.is_floating:
+                fractional = tf.not_equal(y_flat, tf.floor(y_flat))
+            else:
+                fractional = tf.zeros(label_shape, tf.bool)
+            # Saturate, never wrap: a huge id (2**40) must stay out of range.
+            label = tf.cast(
+                tf.clip_by_value(tf.cast(y_flat, tf.float64), -(2.0**31), 2.0**31 - 1),
+                tf.int32,
+            )
+    weight = tf.ones(label_shape, tf.float32)
+    if keras_mask is not None:
+        weight *= tf.cast(tf.reshape(keras_mask, label_shape), tf.float32)
+    if spec.ignore_class is not None:
+        weight *= tf.cast(tf.not_equal(label, spec.ignore_class), tf.float32)
+    if sample_weight is not None:
+        sw = tf.cast(sample_weight, tf.float32)
+        if sw.shape.rank is not None and sw.shape.rank > 1 and sw.shape[-1] == 1:
+            sw = sw[..., 0] if label.shape.rank == sw.shape.rank - 1 else sw
+        if sw.shape.rank == 1 and label.shape.rank == 2:
+            sw = sw[:, None]
+        weight *= sw
+    counted = weight > 0
+    in_range = (label >= 0) & (label < num_classes)
+    invalid = counted & ~in_range
+    safe_label = tf.where(in_range, label, tf.zeros_like(label))
+    if not binary:
+        if probe_.kind == "dense":
+            loss_values = spec.fn(y_for_loss, out)
+        else:
+            loss_values = spec.fn(safe_label, out)
+    loss_values = tf.cast(loss_values, tf.float32)
+    loss_values = tf.reshape(loss_values, label_shape)
+
+    prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    confidence = tf.reduce_max(probs, axis=-1)
+    true_prob = tf.gather(probs, safe_label, batch_dims=safe_label.shape.rank)
+    is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
+    best_other = tf.reduce_max(tf.where(is_label, -math.inf, probs), axis=-1)
+    margin = true_prob - best_other
+    right = tf.equal(prediction, label)
+    token_loss = tf.where(counted, loss_values * weight, 0.0)
+    counted_f = tf.cast(counted, tf.float32)
+
+    if probe_.sequence:
+        n_tokens = tf.reduce_sum(tf.cast(counted, tf.int32), axis=-1)
+        denom = tf.maximum(tf.cast(n_tokens, tf.float32), 1.0)
+        has_tokens = n_tokens > 0
+        token_right = tf.reduce_sum(tf.cast(right & counted, tf.float32), axis=-1)
+        return {
+            "loss_sum": tf.reduce_sum(token_loss, axis=-1),
+            "n_tokens": n_tokens,
+            "confidence": tf.reduce_sum(confidence * counted_f, -1) / denom,
+            "true_prob": tf.reduce_sum(true_prob * counted_f, -1) / denom,
+            "margin": tf.where(
+                has_tokens,
+                tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1),
+                0.0,
+            ),
+            "correct": tf.reduce_all(right | ~counted, axis=-1),
+            "token_accuracy": tf.where(has_tokens, token_right / denom, 1.0),
+            "label": label,
+            "prediction": prediction,
+            "token_loss": token_loss,
+            "token_confidence": confidence,
+            "token_true_prob": true_prob,
+            "token_margin": margin,
+            "token_mask": counted,
+            "label_invalid": tf.reduce_any(invalid, axis=-1),
+            "label_fractional": tf.reduce_any(fractional & counted, axis=-1),
+        }
+    return {
+        "loss_sum": token_loss,
+        "n_tokens": tf.cast(counted, tf.int32),
+        "confidence": confidence,
+        "true_prob": true_prob,
+        "margin": margin,
+        "correct": right,
+        "token_accuracy": tf.cast(right, tf.float32),
+        "label": label,
+        "prediction": prediction,
+        "label_invalid": invalid,
+        "label_fractional": fractional & counted,
+    }
+
+
 def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
     """Returns ``step(x, y, sample_weight, ids=None) -> dict`` of per-example results.
 
     Given ``ids``, the result holds them as ``example_id`` (int64), gathered with the rest.
     """
-    num_classes = probe_.num_classes
-    binary = probe_.kind == "binary"
 
     def step(x, y, sample_weight, ids=None):
         if isinstance(y, Mapping):
             y = next(iter(y.values()))
         out = select_output(model(x, training=False), spec.output, model)
-        keras_mask = getattr(out, "_keras_mask", None)
-        out = tf.cast(out, tf.float32)
-        if binary:
-            if out.shape.rank == 1 or out.shape[-1] != 1:
-                out = tf.expand_dims(out, -1)
-            positive = tf.sigmoid(out) if probe_.from_logits else out
-            probs = tf.concat([1.0 - positive, positive], axis=-1)
-            label_shape = tf.shape(out)[:-1]
-            y_float = tf.reshape(tf.cast(y, tf.float32), tf.shape(out))
-            label = tf.cast(tf.reshape(y_float, label_shape) > 0.5, tf.int32)
-            loss_values = spec.fn(y_float, out)
-            fractional = tf.zeros(label_shape, tf.bool)
-        else:
-            probs = tf.nn.softmax(out, axis=-1) if probe_.from_logits else out
-            label_shape = tf.shape(out)[:-1]
-            if probe_.kind == "dense":
-                label = tf.argmax(y, axis=-1, output_type=tf.int32)
-                y_for_loss = tf.cast(y, tf.float32)
-                fractional = tf.zeros(label_shape, tf.bool)
-            else:
-                y_flat = tf.reshape(y, label_shape)
-                if y_flat.dtype.is_floating:
-                    fractional = tf.not_equal(y_flat, tf.floor(y_flat))
-                else:
-                    fractional = tf.zeros(label_shape, tf.bool)
-                # Saturate, never wrap: a huge id (2**40) must stay out of range.
-                label = tf.cast(
-                    tf.clip_by_value(tf.cast(y_flat, tf.float64), -(2.0**31), 2.0**31 - 1),
-                    tf.int32,
-                )
-            weight = tf.ones(label_shape, tf.float32)
-        if binary:
-            weight = tf.ones(label_shape, tf.float32)
-        if keras_mask is not None:
-            weight *= tf.cast(tf.reshape(keras_mask, label_shape), tf.float32)
-        if spec.ignore_class is not None:
-            weight *= tf.cast(tf.not_equal(label, spec.ignore_class), tf.float32)
-        if sample_weight is not None:
-            sw = tf.cast(sample_weight, tf.float32)
-            if sw.shape.rank is not None and sw.shape.rank > 1 and sw.shape[-1] == 1:
-                sw = sw[..., 0] if label.shape.rank == sw.shape.rank - 1 else sw
-            if sw.shape.rank == 1 and label.shape.rank == 2:
-                sw = sw[:, None]
-            weight *= sw
-        counted = weight > 0
-        in_range = (label >= 0) & (label < num_classes)
-        invalid = counted & ~in_range
-        safe_label = tf.where(in_range, label, tf.zeros_like(label))
-        if not binary:
-            if probe_.kind == "dense":
-                loss_values = spec.fn(y_for_loss, out)
-            else:
-                loss_values = spec.fn(safe_label, out)
-        loss_values = tf.cast(loss_values, tf.float32)
-        loss_values = tf.reshape(loss_values, label_shape)
-
-        prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
-        confidence = tf.reduce_max(probs, axis=-1)
-        true_prob = tf.gather(probs, safe_label, batch_dims=safe_label.shape.rank)
-        is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
-        best_other = tf.reduce_max(tf.where(is_label, -math.inf, probs), axis=-1)
-        margin = true_prob - best_other
-        right = tf.equal(prediction, label)
-        token_loss = tf.where(counted, loss_values * weight, 0.0)
-        counted_f = tf.cast(counted, tf.float32)
-
-        if probe_.sequence:
-            n_tokens = tf.reduce_sum(tf.cast(counted, tf.int32), axis=-1)
-            denom = tf.maximum(tf.cast(n_tokens, tf.float32), 1.0)
-            has_tokens = n_tokens > 0
-            token_right = tf.reduce_sum(tf.cast(right & counted, tf.float32), axis=-1)
-            result = {
-                "loss_sum": tf.reduce_sum(token_loss, axis=-1),
-                "n_tokens": n_tokens,
-                "confidence": tf.reduce_sum(confidence * counted_f, -1) / denom,
-                "true_prob": tf.reduce_sum(true_prob * counted_f, -1) / denom,
-                "margin": tf.where(
-                    has_tokens,
-                    tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1),
-                    0.0,
-                ),
-                "correct": tf.reduce_all(right | ~counted, axis=-1),
-                "token_accuracy": tf.where(has_tokens, token_right / denom, 1.0),
-                "label": label,
-                "prediction": prediction,
-                "token_loss": token_loss,
-                "token_confidence": confidence,
-                "token_true_prob": true_prob,
-                "token_margin": margin,
-                "token_mask": counted,
-                "label_invalid": tf.reduce_any(invalid, axis=-1),
-                "label_fractional": tf.reduce_any(fractional & counted, axis=-1),
-            }
-        else:
-            result = {
-                "loss_sum": token_loss,
-                "n_tokens": tf.cast(counted, tf.int32),
-                "confidence": confidence,
-                "true_prob": true_prob,
-                "margin": margin,
-                "correct": right,
-                "token_accuracy": tf.cast(right, tf.float32),
-                "label": label,
-                "prediction": prediction,
-                "label_invalid": invalid,
-                "label_fractional": fractional & counted,
-            }
+        result = per_example(out, y, sample_weight, spec, probe_)
         if ids is not None:
             result["example_id"] = tf.reshape(tf.cast(ids, tf.int64), [-1])
         return result

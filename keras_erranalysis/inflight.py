@@ -412,84 +412,31 @@ def _expects_dict(model: Any) -> bool:
 
 
 def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, tf.Tensor]:
-    """Loss, true_prob, margin, correct, prediction per example, from the step's output."""
+    """Loss, true_prob, margin, correct, prediction per example, from the step's output.
+
+    The maths is the loss pass's own (:func:`_pass.per_example`), on a probe made from
+    static shapes. The recorded loss is unweighted: sample weights only decide which tokens
+    of a sequence count (weight > 0), and are ignored for classifiers, so an example's loss
+    reads the same whatever its training weight.
+    """
+    stopped = tf.stop_gradient(out)  # the recorded values never reach the gradients
     keras_mask = getattr(out, "_keras_mask", None)
-    out = tf.stop_gradient(tf.cast(out, tf.float32))
-    rank = out.shape.rank
-    binary = rank == 1 or out.shape[-1] == 1 or spec.kind == "binary"
-    if binary:
-        if rank == 1 or out.shape[-1] != 1:
-            out = out[..., None]
-        label_shape = tf.shape(out)[:-1]
-        y_float = tf.reshape(tf.cast(y, tf.float32), tf.shape(out))
-        label = tf.cast(tf.reshape(y_float, label_shape) > 0.5, tf.int32)
-        if spec.from_logits is None:
-            looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0))
-            positive = tf.where(looks_prob, out, tf.sigmoid(out))
-        else:
-            positive = tf.sigmoid(out) if spec.from_logits else out
-        probs = tf.concat([1.0 - positive, positive], axis=-1)
-        loss_values = spec.fn(y_float, out)
-        num_classes = 2
-        sequence = rank == 3
-    else:
-        num_classes = int(out.shape[-1])
-        label_shape = tf.shape(out)[:-1]
-        dense = spec.kind == "dense" or (spec.kind is None and y.shape.rank == rank)
-        if dense:
-            label = tf.argmax(y, axis=-1, output_type=tf.int32)
-        else:
-            label = tf.cast(tf.reshape(y, label_shape), tf.int32)
-        if spec.from_logits is None:
-            looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0)) & tf.reduce_all(
-                tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < _pass._PROB_SUM_TOL
-            )
-            probs = tf.where(looks_prob, out, tf.nn.softmax(out, axis=-1))
-        else:
-            probs = tf.nn.softmax(out, axis=-1) if spec.from_logits else out
-        in_range = (label >= 0) & (label < num_classes)
-        safe_label = tf.where(in_range, label, tf.zeros_like(label))
-        loss_values = spec.fn(tf.cast(y, tf.float32) if dense else safe_label, out)
-        sequence = rank == 3
-    loss_values = tf.reshape(tf.cast(loss_values, tf.float32), label_shape)
-    safe = tf.clip_by_value(label, 0, num_classes - 1)
-    one_hot = tf.equal(safe[..., None], tf.range(num_classes, dtype=tf.int32))
-    true_prob = tf.reduce_sum(tf.where(one_hot, probs, 0.0), axis=-1)
-    best_other = tf.reduce_max(tf.where(one_hot, -math.inf, probs), axis=-1)
-    margin = true_prob - best_other
-    prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    right = tf.equal(prediction, label)
-    if not sequence:
-        return {
-            "loss": loss_values,
-            "true_prob": true_prob,
-            "margin": margin,
-            "correct": right,
-            "prediction": prediction,
-        }
-    weight = tf.ones(label_shape, tf.float32)
     if keras_mask is not None:
-        weight *= tf.cast(tf.reshape(keras_mask, label_shape), tf.float32)
-    if spec.ignore_class is not None:
-        weight *= tf.cast(tf.not_equal(label, spec.ignore_class), tf.float32)
-    if sample_weight is not None:
-        sw = tf.cast(sample_weight, tf.float32)
-        if sw.shape.rank == 1:
-            sw = sw[:, None]
-        elif sw.shape.rank == 3:
-            sw = sw[..., 0]
-        weight *= sw
-    counted = weight > 0
-    counted_f = tf.cast(counted, tf.float32)
-    n_tokens = tf.reduce_sum(counted_f, axis=-1)
-    denom = tf.maximum(n_tokens, 1.0)
-    return {
-        "loss": tf.reduce_sum(loss_values * counted_f, axis=-1) / denom,
-        "true_prob": tf.reduce_sum(true_prob * counted_f, axis=-1) / denom,
-        "margin": tf.where(
-            n_tokens > 0, tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1), 0.0
-        ),
-        "correct": tf.reduce_all(right | ~counted, axis=-1),
+        stopped._keras_mask = keras_mask
+    probe = _pass.static_probe(stopped, y, spec)
+    counts = None
+    if probe.sequence and sample_weight is not None:
+        counts = tf.cast(tf.cast(sample_weight, tf.float32) > 0, tf.float32)
+    values = _pass.per_example(stopped, y, counts, spec, probe)
+    n_tokens = values["n_tokens"]
+    prediction = values["prediction"]
+    if probe.sequence:
         # A sequence has no single prediction; -1 keeps the column's meaning honest.
-        "prediction": tf.fill(tf.shape(n_tokens), -1),
+        prediction = tf.fill(tf.shape(n_tokens), -1)
+    return {
+        "loss": values["loss_sum"] / tf.maximum(tf.cast(n_tokens, tf.float32), 1.0),
+        "true_prob": values["true_prob"],
+        "margin": values["margin"],
+        "correct": values["correct"],
+        "prediction": prediction,
     }
