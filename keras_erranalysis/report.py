@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import os
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from keras_erranalysis import ranking
+from keras_erranalysis.plotting import figure_png
 from keras_erranalysis.run import Run, load_run, write_bytes_atomic
 
 IMAGE_TYPES = {
@@ -283,15 +283,6 @@ def _figure_html(png: bytes, caption: str, mime: str = "image/png") -> str:
     )
 
 
-def _png(figure: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------
 # Run section: curves, data map, trajectories, likely mislabeled
 # --------------------------------------------------------------------------------------
@@ -315,10 +306,7 @@ def _values_by_id(run: Run, column: str, epochs: Sequence[int], ids: np.ndarray)
 def _run_section(
     run: Run, epochs: Sequence[int], *, images: Sequence[str | os.PathLike], max_rows: int
 ) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     parts = ['<section class="run"><h2>Whole run</h2>']
@@ -326,7 +314,8 @@ def _run_section(
     parts.append(_table(summary, table_id="epochs", caption="Per-epoch summary"))
     figures = []
     if len(epochs) > 1:
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig = Figure(figsize=(5, 3))
+        ax = fig.add_subplot()
         ax.plot(summary["epoch"], summary["mean loss"], marker="o", label="mean loss")
         ax.plot(summary["epoch"], summary["median loss"], marker="o", label="median loss")
         ax.set_xlabel("epoch")
@@ -336,16 +325,17 @@ def _run_section(
         twin.plot(summary["epoch"], summary["error rate"], color="C3", ls="--", label="error rate")
         twin.set_ylabel("error rate")
         ax.legend(loc="upper right", fontsize=8)
-        figures.append(_figure_html(_png(fig), "Loss and error rate per epoch"))
+        figures.append(_figure_html(figure_png(fig), "Loss and error rate per epoch"))
     dyn = _dynamics(run, epochs)
     if dyn is not None:
-        figures.append(_figure_html(_png(data_map_figure(dyn)), _data_map_caption(dyn)))
+        figures.append(_figure_html(figure_png(data_map_figure(dyn)), _data_map_caption(dyn)))
     last = epochs[-1]
     hardest = ranking.rank_examples(run.report(last).scalars(), by="loss", k=10)
     plot_trajectories = _plotting("plot_loss_trajectories")
     if len(epochs) > 1 and len(hardest) and dyn is not None and plot_trajectories is not None:
         # Same examples every epoch (dynamics checked it): draw over the all-example band.
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig = Figure(figsize=(6, 3.6))
+        ax = fig.add_subplot()
         plot_trajectories(
             run.arrays("loss", epochs),
             hardest["example_id"].tolist(),
@@ -356,12 +346,15 @@ def _run_section(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
         figures.append(
-            _figure_html(_png(fig), f"Loss trajectories of the 10 hardest examples of epoch {last}")
+            _figure_html(
+                figure_png(fig), f"Loss trajectories of the 10 hardest examples of epoch {last}"
+            )
         )
     elif len(epochs) > 1 and len(hardest):
         ids = hardest["example_id"].to_numpy()
         trajectories = _values_by_id(run, "loss", epochs, ids)
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig = Figure(figsize=(5, 3))
+        ax = fig.add_subplot()
         for i, example_id in enumerate(ids):
             ax.plot(epochs, trajectories[:, i], marker=".", label=str(example_id))
         ax.set_xlabel("epoch")
@@ -369,7 +362,9 @@ def _run_section(
         ax.set_ylabel("loss")
         ax.legend(title="example id", fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
         figures.append(
-            _figure_html(_png(fig), f"Loss trajectories of the 10 hardest examples of epoch {last}")
+            _figure_html(
+                figure_png(fig), f"Loss trajectories of the 10 hardest examples of epoch {last}"
+            )
         )
     for image in images:
         figures.append(_image_file(Path(image)))
@@ -430,12 +425,13 @@ def data_map_figure(dyn: pd.DataFrame) -> Any:
     if custom is not None:
         drawn = custom(dyn)
         return getattr(drawn, "figure", drawn)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     shown = dyn
     if len(shown) > 20_000:  # a readable scatter; the caption gives the full counts
         shown = shown.sample(20_000, random_state=0)
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
     correctness = shown["correctness"].to_numpy() if "correctness" in shown else None
     points = ax.scatter(
         shown["variability"],

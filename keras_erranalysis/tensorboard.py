@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import html
-import io
 import math
 import os
 import re
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from keras_erranalysis import ranking
+from keras_erranalysis.plotting import figure_png
 
 PREFIX = "erranalysis"
 PROJECTOR_CONFIG = "projector_config.pbtxt"
@@ -249,18 +249,6 @@ def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict
     return values
 
 
-def _png(figure: Any) -> bytes:
-    if isinstance(figure, (bytes, bytearray)):
-        return bytes(figure)
-    if not hasattr(figure, "savefig"):
-        raise TypeError(
-            f"An image must be a matplotlib Figure or PNG bytes, got {type(figure).__name__}."
-        )
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=figure.dpi, bbox_inches="tight")
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------
 # The writer
 # --------------------------------------------------------------------------------------
@@ -370,7 +358,7 @@ class SummaryWriter:
 
         with self._writer(subset).as_default(step=step):
             for name, figure in figures.items():
-                image = tf.io.decode_png(_png(figure), channels=4)
+                image = tf.io.decode_png(figure_png(figure), channels=4)
                 tf.summary.image(f"{PREFIX}/{_check_name(name)}", image[None], max_outputs=1)
                 if close and hasattr(figure, "savefig"):
                     import matplotlib.pyplot as plt
