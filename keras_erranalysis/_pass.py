@@ -580,10 +580,12 @@ def per_example(
     }
 
 
-def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
+def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, replica_jit=False):
     """Returns ``step(x, y, sample_weight, ids=None) -> dict`` of per-example results.
 
     Given ``ids``, the result holds them as ``example_id`` (int64), gathered with the rest.
+    Under several replicas, ``replica_jit`` compiles each replica's step with XLA (a
+    ``jit_compile`` function around ``strategy.run`` itself fails in TensorFlow).
     """
 
     def step(x, y, sample_weight, ids=None):
@@ -596,7 +598,7 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
         return result
 
     if strategy.num_replicas_in_sync > 1:
-        replica_step = step
+        replica_step = tf.function(step, jit_compile=True) if replica_jit else step
 
         def step(x, y, sample_weight, ids=None):  # noqa: F811 - the distributed wrapper
             # One gather per dtype, not per column: across workers each gather is a
@@ -718,8 +720,13 @@ def compiled_step(
         spec.output, dataclasses.astuple(probe_), id(strategy), jit_compile,
     )
     if key not in cache:
-        step = make_step(model, spec, probe_, strategy)
-        cache[key] = CompiledStep(step, jit=bool(jit_compile), auto=jit_compile == "auto")
+        if strategy.num_replicas_in_sync > 1:
+            # XLA goes inside each replica, and only when asked for: "auto" stays plain.
+            step = make_step(model, spec, probe_, strategy, replica_jit=jit_compile is True)
+            cache[key] = CompiledStep(step, jit=False)
+        else:
+            step = make_step(model, spec, probe_, strategy)
+            cache[key] = CompiledStep(step, jit=bool(jit_compile), auto=jit_compile == "auto")
     return cache[key]
 
 
