@@ -580,12 +580,10 @@ def per_example(
     }
 
 
-def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, replica_jit=False):
+def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
     """Returns ``step(x, y, sample_weight, ids=None) -> dict`` of per-example results.
 
     Given ``ids``, the result holds them as ``example_id`` (int64), gathered with the rest.
-    Under several replicas, ``replica_jit`` compiles each replica's step with XLA (a
-    ``jit_compile`` function around ``strategy.run`` itself fails in TensorFlow).
     """
 
     def step(x, y, sample_weight, ids=None):
@@ -598,7 +596,7 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any, *, repli
         return result
 
     if strategy.num_replicas_in_sync > 1:
-        replica_step = tf.function(step, jit_compile=True) if replica_jit else step
+        replica_step = step
 
         def step(x, y, sample_weight, ids=None):  # noqa: F811 - the distributed wrapper
             # One gather per dtype, not per column: across workers each gather is a
@@ -720,13 +718,8 @@ def compiled_step(
         spec.output, dataclasses.astuple(probe_), id(strategy), jit_compile,
     )
     if key not in cache:
-        if strategy.num_replicas_in_sync > 1:
-            # XLA goes inside each replica, and only when asked for: "auto" stays plain.
-            step = make_step(model, spec, probe_, strategy, replica_jit=jit_compile is True)
-            cache[key] = CompiledStep(step, jit=False)
-        else:
-            step = make_step(model, spec, probe_, strategy)
-            cache[key] = CompiledStep(step, jit=bool(jit_compile), auto=jit_compile == "auto")
+        step = make_step(model, spec, probe_, strategy)
+        cache[key] = CompiledStep(step, jit=bool(jit_compile), auto=jit_compile == "auto")
     return cache[key]
 
 
