@@ -15,3 +15,16 @@ def _seeded_keras():
     if "keras" in sys.modules:
         sys.modules["keras"].utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture
+def deterministic():
+    """Deterministic TensorFlow ops for one test, switched back off afterwards."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config
+
+    was_on = config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    yield
+    if not was_on:
+        config.disable_op_determinism()

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_erranalysis import ErrorAnalysis, load_run
 from keras_erranalysis.decoding import Vocabulary
@@ -100,7 +99,6 @@ def test_every_n_epochs(tmp_path):
 
 def _train(with_callback, tmp_path):
     keras.utils.set_random_seed(7)
-    tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(3)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = rng.integers(0, 3, 64)
@@ -120,7 +118,7 @@ def _train(with_callback, tmp_path):
     return [w.numpy() for w in model.weights]
 
 
-def test_callback_only_observes_weights_are_identical(tmp_path):
+def test_callback_only_observes_weights_are_identical(tmp_path, deterministic):
     without = _train(False, tmp_path / "a")
     with_cb = _train(True, tmp_path / "b")
     assert len(load_run(tmp_path / "b").epochs) == 3

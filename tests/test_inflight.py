@@ -19,17 +19,6 @@ def digits():
     return (data.data[:400] / 16.0).astype("float32"), data.target[:400].astype("int64")
 
 
-@pytest.fixture
-def deterministic():
-    from tensorflow.python.framework import config
-
-    was_on = config.is_op_determinism_enabled()
-    tf.config.experimental.enable_op_determinism()
-    yield
-    if not was_on:
-        config.disable_op_determinism()
-
-
 def mlp(seed, *, dropout=0.0, learning_rate=1e-2, softmax=False):
     keras.utils.set_random_seed(seed)
     layers = [keras.Input((64,)), keras.layers.Dense(16, activation="relu")]
