@@ -18,29 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from memory import peak_mb, rss_mb  # benchmarks/memory.py
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 LENGTH = 20
 D_MODEL = 64
 BATCH = 64
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_model(vocab: int):
@@ -122,14 +111,21 @@ def child(mode: str, n: int, vocab: int) -> dict:
         report = compute_losses(model, ds, verbose=0, jit_compile=mode == "pass_xla")
         assert len(report) == n
     seconds = time.perf_counter() - start
-    return {"mode": mode, "n": n, "vocab": vocab, "seconds": seconds,
-            "peak_growth_mb": peak_mb() - base}
+    return {
+        "mode": mode,
+        "n": n,
+        "vocab": vocab,
+        "seconds": seconds,
+        "peak_growth_mb": peak_mb() - base,
+    }
 
 
 def run_child(mode: str, n: int, vocab: int) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--examples", str(n), "--vocab", str(vocab)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -169,16 +165,24 @@ def main() -> None:
         ">= 2x faster than predict+numpy": ratios["speedup_vs_predict"] >= 2,
         "<= 1/10 of predict's peak memory": ratios["memory_fraction_of_predict"] <= 0.1,
     }
-    payload = {"examples": n, "vocab": vocab, "results": results, "scaling": scaling,
-               "ratios": ratios, "goals": goals}
+    payload = {
+        "examples": n,
+        "vocab": vocab,
+        "results": results,
+        "scaling": scaling,
+        "ratios": ratios,
+        "goals": goals,
+    }
     out = Path(__file__).parent / "results" / "loss_pass.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
     print(f"| way ({n} examples, vocab {vocab}) | seconds | x fit epoch | peak growth MB |")
     print("|---|---|---|---|")
     for mode, r in {**results, **scaling}.items():
-        print(f"| {mode} (n={r['n']}, V={r['vocab']}) | {r['seconds']:.2f} | "
-              f"{r['seconds'] / fit_s:.2f} | {r['peak_growth_mb']:.0f} |")
+        print(
+            f"| {mode} (n={r['n']}, V={r['vocab']}) | {r['seconds']:.2f} | "
+            f"{r['seconds'] / fit_s:.2f} | {r['peak_growth_mb']:.0f} |"
+        )
     print()
     for name, value in ratios.items():
         print(f"{name}: {value:.3f}")

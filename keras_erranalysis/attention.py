@@ -65,6 +65,8 @@ from typing import Any, Literal
 import numpy as np
 import tensorflow as tf
 
+from keras_erranalysis._pass import check_model, model_strategy
+
 DIAGNOSTIC_NAMES = ("attn_entropy", "attn_uncovered", "attn_diagonality", "attn_monotonicity")
 
 # fn(layer, call, args, kwargs) -> (outputs, weights) or (outputs, weights, valid)
@@ -647,7 +649,7 @@ class _Pass:
         model_ref = weakref.ref(model)
         paths = list(paths)
         self.jit = jit
-        strategy = _model_strategy(model)
+        strategy = model_strategy(model)
 
         def replica_step(x: Any, masks: Mapping[str, Any]) -> dict[str, Any]:
             model = model_ref()
@@ -710,11 +712,6 @@ def _mask_arg(masks: Mapping[str, Any], name: str) -> Any:
     return nested or None
 
 
-def _model_strategy(model: Any) -> Any:
-    strategy = getattr(model, "distribute_strategy", None)
-    return strategy if strategy is not None else tf.distribute.get_strategy()
-
-
 def _get_pass(model: Any, paths: Sequence[str], **options: Any) -> _Pass:
     key = (tuple(paths), _registry_version, tuple(sorted(options.items())))
     try:
@@ -724,16 +721,6 @@ def _get_pass(model: Any, paths: Sequence[str], **options: Any) -> _Pass:
     if key not in cache:
         cache[key] = _Pass(model, paths, **options)
     return cache[key]
-
-
-def _check_model(model: Any) -> None:
-    if not callable(model) or not hasattr(model, "built"):
-        raise TypeError(f"Expected a Keras model, got {type(model).__name__}.")
-    if not model.built:
-        raise ValueError(
-            f"Model {getattr(model, 'name', '')!r} is not built, so it has no attention "
-            "weights. Build it first: train it, call it on a batch, or give it a keras.Input."
-        )
 
 
 def _check_jit(jit_compile: Any) -> None:
@@ -762,7 +749,7 @@ def _run_batches(
     offset = 0
     first = True
     for index, (x, masks) in enumerate(batches):
-        size = _batch_size(x, _model_strategy(model))
+        size = _batch_size(x, model_strategy(model))
         need_weights = weights_wanted(offset, size)
         if need_weights or diagnostics:
             options = dict(
@@ -816,7 +803,7 @@ def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _distributed(model: Any, dataset: Any) -> Any:
     """Splits each batch of ``dataset`` over the model's replicas when there are several."""
-    strategy = _model_strategy(model)
+    strategy = model_strategy(model)
     if strategy.num_replicas_in_sync <= 1:
         return dataset
     return strategy.experimental_distribute_dataset(dataset)
@@ -870,7 +857,7 @@ def extract_attention(
         >>> weights["decoder/cross_attention"].shape  # doctest: +SKIP
         (8, 4, 12, 15)
     """
-    _check_model(model)
+    check_model(model)
     if isinstance(x, tf.data.Dataset):
         raise TypeError(
             "extract_attention takes the inputs of one batch (arrays); for a dataset use "
@@ -948,7 +935,7 @@ def _array_batches(
                 f"got {mask.shape}."
             )
     x = tf.nest.map_structure(np.asarray, x)
-    if _model_strategy(model).num_replicas_in_sync > 1:
+    if model_strategy(model).num_replicas_in_sync > 1:
         # tf.data reads a list as one tensor: hand several inputs over as a tuple.
         inputs = tuple(x) if isinstance(x, list) else x
         dataset = tf.data.Dataset.from_tensor_slices((inputs, dict(masks))).batch(batch_size)
@@ -1040,7 +1027,7 @@ def attention_diagnostics(
         >>> result = attention_diagnostics(model, (x_val, y_val), keep=[3, 17])  # doctest: +SKIP
         >>> report.extra.update(result.diagnostics)  # doctest: +SKIP
     """
-    _check_model(model)
+    check_model(model)
     paths = list(find_attention_layers(model, layers))
     keep_arr = np.asarray([] if keep is None else keep, dtype=np.int64).reshape(-1)
     if keep_arr.size and keep_arr.min() < 0:
@@ -1119,7 +1106,7 @@ def _data_batches(
             )
 
         total = card if card >= 0 else None
-        if _model_strategy(model).num_replicas_in_sync > 1:
+        if model_strategy(model).num_replicas_in_sync > 1:
             # map passes a tuple element as separate arguments: x is always the first.
             inputs_only = data.map(lambda *element: (element[0], {}))
             return iter(_distributed(model, inputs_only)), total
