@@ -338,11 +338,13 @@ def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
     _check_label_shape(kind, y_shape, out_shape, spec.name)
     if not np.issubdtype(np.dtype(y.dtype.as_numpy_dtype), np.number) and y.dtype != tf.bool:
         raise ValueError(f"Labels must be numbers, got dtype {y.dtype.name}.")
-    prob_like = _looks_like_probabilities(out.numpy(), binary_out, _prob_sum_tol(out.dtype))
+    every_prob, prob_like = _looks_like_probabilities(
+        out.numpy(), binary_out, _prob_sum_tol(out.dtype)
+    )
     from_logits = spec.from_logits
     if from_logits is None:
         from_logits = prob_like is False
-    if from_logits and prob_like and not binary_out:
+    if from_logits and every_prob and not binary_out:
         raise ValueError(
             "The model's outputs look like probabilities (every row is in [0, 1] and sums "
             "to 1, e.g. after a softmax), but the loss expects logits (from_logits=True). "
@@ -421,18 +423,25 @@ def _prob_sum_tol(dtype: Any) -> float:
 
 def _looks_like_probabilities(
     values: np.ndarray, binary: bool, tol: float = _PROB_SUM_TOL
-) -> bool | None:
-    """Whether every finite output row is a probability vector (None: no finite row)."""
+) -> tuple[bool, bool | None]:
+    """Whether output rows are probability vectors.
+
+    Returns:
+        ``(every, finite)``: ``every`` is True when all rows are finite probability
+        vectors (a softmax output: the evidence for "probabilities where logits are
+        expected"); ``finite`` says whether the finite rows are (None: no finite row), so
+        a NaN example alone never makes a probabilities model look like logits.
+    """
     values = np.asarray(values, dtype=np.float64)
     rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values.reshape(-1, 1)
-    rows = rows[np.isfinite(rows).all(axis=1)]
-    if rows.size == 0:
-        return None
-    if rows.min() < 0.0 or rows.max() > 1.0:
-        return False
-    if binary:
-        return True
-    return bool(np.all(np.abs(rows.sum(axis=-1) - 1.0) < tol))
+    is_finite = np.isfinite(rows).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        ok = np.all((rows >= 0.0) & (rows <= 1.0), axis=1)
+        if not binary:
+            ok &= np.abs(rows.sum(axis=-1) - 1.0) < tol
+    every = bool(rows.size and is_finite.all() and ok.all())
+    finite = bool(ok[is_finite].all()) if is_finite.any() else None
+    return every, finite
 
 
 # -- the compiled step -----------------------------------------------------------------
@@ -536,7 +545,6 @@ def per_example(
     margin = true_prob - best_other
     right = tf.equal(prediction, label)
     token_loss = tf.where(counted, loss_values * weight, 0.0)
-    counted_f = tf.cast(counted, tf.float32)
 
     if probe_.sequence:
         n_tokens = tf.reduce_sum(tf.cast(counted, tf.int32), axis=-1)
@@ -546,8 +554,9 @@ def per_example(
         return {
             "loss_sum": tf.reduce_sum(token_loss, axis=-1),
             "n_tokens": n_tokens,
-            "confidence": tf.reduce_sum(confidence * counted_f, -1) / denom,
-            "true_prob": tf.reduce_sum(true_prob * counted_f, -1) / denom,
+            # where, not a product: an uncounted position may hold NaN (0 * NaN = NaN)
+            "confidence": tf.reduce_sum(tf.where(counted, confidence, 0.0), -1) / denom,
+            "true_prob": tf.reduce_sum(tf.where(counted, true_prob, 0.0), -1) / denom,
             "margin": tf.where(
                 has_tokens,
                 tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1),
