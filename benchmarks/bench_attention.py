@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from memory import peak_mb, rss_mb  # benchmarks/memory.py
+from models import transformer_seq2seq  # benchmarks/models.py
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -49,27 +50,7 @@ BATCH = 64
 
 
 def build_model(length: int):
-    import keras
-    from keras import layers
-
-    src = keras.Input((length,), dtype="int32", name="source")
-    tgt = keras.Input((length,), dtype="int32", name="target_in")
-    enc = layers.Embedding(VOCAB, D_MODEL, mask_zero=True)(src)
-    enc = layers.LayerNormalization()(
-        enc + layers.MultiHeadAttention(HEADS, D_MODEL // HEADS, name="encoder_attention")(enc, enc)
-    )
-    dec = layers.Embedding(VOCAB, D_MODEL, mask_zero=True)(tgt)
-    dec = layers.LayerNormalization()(
-        dec
-        + layers.MultiHeadAttention(HEADS, D_MODEL // HEADS, name="decoder_self_attention")(
-            dec, dec, use_causal_mask=True
-        )
-    )
-    dec = layers.LayerNormalization()(
-        dec + layers.MultiHeadAttention(HEADS, D_MODEL // HEADS, name="cross_attention")(dec, enc)
-    )
-    dec = layers.LayerNormalization()(dec + layers.Dense(D_MODEL)(layers.Dense(128, "relu")(dec)))
-    return keras.Model([src, tgt], layers.Dense(VOCAB, name="logits")(dec))
+    return transformer_seq2seq(VOCAB, length, d_model=D_MODEL, heads=HEADS)
 
 
 def make_inputs(n: int, length: int):

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from memory import peak_mb, rss_mb  # benchmarks/memory.py
+from models import transformer_seq2seq  # benchmarks/models.py
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -34,27 +35,8 @@ BATCH = 64
 
 def build_model(vocab: int):
     import keras
-    from keras import layers
 
-    src = keras.Input((LENGTH,), dtype="int32", name="source")
-    tgt = keras.Input((LENGTH,), dtype="int32", name="target_in")
-    enc = layers.Embedding(vocab, D_MODEL, mask_zero=True)(src)
-    enc = layers.LayerNormalization()(
-        enc + layers.MultiHeadAttention(4, D_MODEL // 4, name="encoder_attention")(enc, enc)
-    )
-    dec = layers.Embedding(vocab, D_MODEL, mask_zero=True)(tgt)
-    dec = layers.LayerNormalization()(
-        dec
-        + layers.MultiHeadAttention(4, D_MODEL // 4, name="decoder_self_attention")(
-            dec, dec, use_causal_mask=True
-        )
-    )
-    dec = layers.LayerNormalization()(
-        dec + layers.MultiHeadAttention(4, D_MODEL // 4, name="cross_attention")(dec, enc)
-    )
-    dec = layers.LayerNormalization()(dec + layers.Dense(D_MODEL)(layers.Dense(128, "relu")(dec)))
-    out = layers.Dense(vocab, name="logits")(dec)
-    model = keras.Model([src, tgt], out)
+    model = transformer_seq2seq(vocab, LENGTH, d_model=D_MODEL)
     model.compile(
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

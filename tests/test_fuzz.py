@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from _presentation import classification_report
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -378,24 +379,10 @@ def test_vocabulary_decodes_exactly_and_round_trips_through_json(tokens, ids, se
     )
 
 
-def label_report(n, seed=0):
-    rng = np.random.default_rng(seed)
-    loss = rng.exponential(size=n).astype("float32")
-    return LossReport(
-        task="classification", num_classes=3, example_id=np.arange(n, dtype="int64"),
-        loss=loss, loss_sum=loss, loss_mean=loss,
-        label=rng.integers(0, 3, n).astype("int32"),
-        prediction=rng.integers(0, 3, n).astype("int32"),
-        confidence=rng.random(n).astype("float32"), true_prob=np.exp(-loss),
-        margin=rng.uniform(-1, 1, n).astype("float32"), correct=rng.random(n) > 0.5,
-        token_accuracy=rng.random(n).astype("float32"), n_tokens=np.ones(n, "int32"),
-    )
-
-
 @settings(FAST_SETTINGS, max_examples=40)
 @given(names=st.lists(HOSTILE, min_size=3, max_size=3))
 def test_hostile_label_names_survive_the_run_folder(names):
-    report = label_report(6)
+    report = classification_report(6)
     with tempfile.TemporaryDirectory() as folder:
         writer = RunWriter(folder, decoding={"label_names": names})
         frame = report.to_frame(label_names=names)

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _presentation import classification_report
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import keras_erranalysis
 from keras_erranalysis import load_run
-from keras_erranalysis.losses import LossReport
 from keras_erranalysis.run import RunFormatError, RunWriter
 
 PACKAGE = Path(keras_erranalysis.__file__).parent
@@ -112,20 +112,6 @@ def test_package_source_has_no_pickle_eval_or_network_calls():
     assert len(found) == 4, found
 
 
-def _report(n=6):
-    rng = np.random.default_rng(0)
-    loss = rng.exponential(size=n).astype("float32")
-    return LossReport(
-        task="classification", num_classes=3, example_id=np.arange(n, dtype="int64"),
-        loss=loss, loss_sum=loss, loss_mean=loss,
-        label=rng.integers(0, 3, n).astype("int32"),
-        prediction=rng.integers(0, 3, n).astype("int32"),
-        confidence=rng.random(n).astype("float32"), true_prob=np.exp(-loss),
-        margin=rng.uniform(-1, 1, n).astype("float32"), correct=rng.random(n) > 0.5,
-        token_accuracy=rng.random(n).astype("float32"), n_tokens=np.ones(n, "int32"),
-    )
-
-
 class _Payload:
     """Unpickling this would create a marker file: proof that code ran."""
 
@@ -138,7 +124,7 @@ class _Payload:
 
 def test_a_planted_pickle_in_a_run_folder_is_refused_not_run(tmp_path):
     writer = RunWriter(tmp_path / "run")
-    folder = writer.write_epoch(1, _report())
+    folder = writer.write_epoch(1, classification_report(6))
     marker = tmp_path / "code-ran"
     # Replace loss.npy with an object array whose unpickling runs code, and make meta.json
     # agree with it (sizes, checksums), as an attacker who can write the folder would.
