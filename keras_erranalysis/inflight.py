@@ -29,15 +29,26 @@ step, not those at the end of the epoch. They are the "training dynamics" of the
 cartography and AUM papers; for exact end-of-epoch values use the callback's passes
 (``compute_losses``).
 
-Limits: one analysed output (``output=`` for multi-output models); a single device (not
-under a multi-replica ``tf.distribute`` strategy); for sequence outputs the per-sequence
-summaries are recorded (``loss`` = mean over counted tokens, ``true_prob`` mean,
-``margin`` minimum, ``correct`` exact match), not the per-token arrays.
+Distributed training: under a multi-replica ``tf.distribute`` strategy (``MirroredStrategy``,
+``MultiWorkerMirroredStrategy``) each replica records the examples of its own share of the
+batch. The buffers are then mirrored variables with ``SUM`` aggregation, started at zero,
+and each replica *adds* its rows (``scatter_add``): the strategy sums the replicas' sparse
+updates, so every example's row holds exactly the values its replica computed, and the
+per-step communication is the batch's rows, never the buffer. The recorded values equal a
+single-device ``fit`` of the same data order to float rounding (the weights themselves
+differ by the all-reduce's rounding). An example that appears more than once in one epoch
+keeps its last values on one device; under a multi-replica strategy it keeps the mean of
+its float values, ``correct`` when right at least half the times, and ``prediction`` -1.
+
+Limits: one analysed output (``output=`` for multi-output models); for sequence outputs the
+per-sequence summaries are recorded (``loss`` = mean over counted tokens, ``true_prob``
+mean, ``margin`` minimum, ``correct`` exact match), not the per-token arrays.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -163,7 +174,10 @@ class InFlightRecorder(keras.callbacks.Callback):
         self._history: dict[str, list[np.ndarray]] = {name: [] for name in RECORDED}
         self._floats: tf.Variable | None = None
         self._ints: tf.Variable | None = None
-        self._pending_ids: Any = None
+        # Replicas of a MirroredStrategy trace their steps in their own threads: each one
+        # keeps its batch's ids here between train_step and compute_loss.
+        self._pending = threading.local()
+        self._replicas = 1
         self._originals: dict[str, Any] = {}
         self._spec: Any = None
         self._patched_model: Any = None
@@ -174,11 +188,7 @@ class InFlightRecorder(keras.callbacks.Callback):
         """Resolves the loss, creates the buffers and patches the model's steps."""
         model = self.model
         strategy = _pass.model_strategy(model)
-        if strategy.num_replicas_in_sync > 1:
-            raise NotImplementedError(
-                "InFlightRecorder records on a single device; under a multi-replica "
-                "tf.distribute strategy use the ErrorAnalysis callback's end-of-epoch passes."
-            )
+        replicas = int(strategy.num_replicas_in_sync)
         self._spec = _pass.resolve_loss(
             model,
             self.loss,
@@ -186,24 +196,32 @@ class InFlightRecorder(keras.callbacks.Callback):
             ignore_class=self.ignore_class,
             from_logits=self.from_logits,
         )
-        if self._floats is None:
+        if self._floats is None or replicas != self._replicas:
             # Two packed buffers keep the per-step cost at two scatters. The last row takes
             # out-of-range ids, so a bad id is detected at epoch end instead of crashing
             # (CPU) or being silently dropped (GPU).
+            self._replicas = replicas
             size = self.num_examples + 1
-            self._floats = tf.Variable(
-                tf.zeros([size, len(_FLOAT_COLUMNS)]), trainable=False, name="inflight_floats"
-            )
-            self._ints = tf.Variable(
-                tf.zeros([size, len(_INT_COLUMNS)], tf.int32),
-                trainable=False,
-                name="inflight_ints",
-            )
+            options: dict[str, Any] = {"trainable": False}
+            if replicas > 1:
+                options["aggregation"] = tf.VariableAggregation.SUM
+            with strategy.scope():
+                self._floats = tf.Variable(
+                    tf.zeros([size, len(_FLOAT_COLUMNS)]), name="inflight_floats", **options
+                )
+                self._ints = tf.Variable(
+                    tf.zeros([size, len(_INT_COLUMNS)], tf.int32), name="inflight_ints", **options
+                )
         self._patch(model)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Clears the buffers so unseen examples read as missing."""
         size = self.num_examples + 1
+        if self._replicas > 1:
+            # Replicas add their rows; sums of one value and zeros are exact.
+            self._floats.assign(tf.zeros([size, len(_FLOAT_COLUMNS)]))
+            self._ints.assign(tf.zeros([size, len(_INT_COLUMNS)], tf.int32))
+            return
         self._floats.assign(tf.fill([size, len(_FLOAT_COLUMNS)], math.nan))
         # prediction -1, correct 0, seen 0
         self._ints.assign(tf.tile([[-1, 0, 0]], [size, 1]))
@@ -220,11 +238,14 @@ class InFlightRecorder(keras.callbacks.Callback):
                 "or pass the right num_examples to InFlightRecorder."
             )
         floats = self._floats.numpy()[:n]
+        prediction, correct, seen = (ints[:n, i].astype(np.int64) for i in range(3))
+        if self._replicas > 1:
+            floats, prediction, correct, seen = _from_sums(floats, prediction, correct, seen)
         for i, name in enumerate(_FLOAT_COLUMNS):
             self._history[name].append(floats[:, i].astype(self.dtype))
-        self._history["prediction"].append(ints[:n, 0].astype(np.int64))
-        self._history["correct"].append(ints[:n, 1].astype(bool))
-        self._history["seen"].append(ints[:n, 2].astype(bool))
+        self._history["prediction"].append(prediction)
+        self._history["correct"].append(correct.astype(bool))
+        self._history["seen"].append(seen.astype(bool))
         self.epochs.append(int(epoch) + 1)
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -293,14 +314,14 @@ class InFlightRecorder(keras.callbacks.Callback):
         def train_step(data):
             try:
                 data, ids = self._split_ids(data)
-                self._pending_ids = ids
+                self._pending.ids = ids
                 return original_train(data)
             except Exception:
                 # Raised while tracing: fit stops without on_train_end, so restore here.
                 self.restore()
                 raise
             finally:
-                self._pending_ids = None
+                self._pending.ids = None
 
         def test_step(data):
             data, _ = self._split_ids(data, required=False)
@@ -311,8 +332,9 @@ class InFlightRecorder(keras.callbacks.Callback):
                 value = original_loss(x, y, y_pred, sample_weight, training=training)
             else:
                 value = original_loss(x, y, y_pred, sample_weight)
-            if training and self._pending_ids is not None:
-                self._record(self._pending_ids, y, y_pred, sample_weight)
+            ids = getattr(self._pending, "ids", None)
+            if training and ids is not None:
+                self._record(ids, y, y_pred, sample_weight)
             return value
 
         for name, fn in (
@@ -397,6 +419,11 @@ class InFlightRecorder(keras.callbacks.Callback):
             ],
             axis=1,
         )
+        if self._replicas > 1:
+            # Mirrored SUM buffers: the strategy adds up the replicas' sparse rows.
+            self._floats.scatter_add(tf.IndexedSlices(floats, index[:, 0]))
+            self._ints.scatter_add(tf.IndexedSlices(ints, index[:, 0]))
+            return
         self._floats.scatter_nd_update(index, floats)
         self._ints.scatter_nd_update(index, ints)
 
@@ -404,6 +431,23 @@ class InFlightRecorder(keras.callbacks.Callback):
 _MISSING = object()
 _FLOAT_COLUMNS = ("loss", "true_prob", "margin")
 _INT_COLUMNS = ("prediction", "correct", "seen")
+
+
+def _from_sums(
+    floats: np.ndarray, prediction: np.ndarray, correct: np.ndarray, seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-example values from buffers that summed every replica's rows over an epoch.
+
+    ``seen`` counts the times an example was trained on. Once (the usual case) the sums are
+    the values themselves; never gives NaN floats and ``prediction`` -1; more than once gives
+    the mean floats, ``correct`` when right at least half the times, ``prediction`` -1 (a
+    sum of class ids means nothing).
+    """
+    count = np.maximum(seen, 1)[:, None]
+    floats = np.where(seen[:, None] > 0, floats / count, np.nan).astype(np.float32)
+    prediction = np.where(seen == 1, prediction, -1)
+    correct = (seen > 0) & (2 * correct >= seen)
+    return floats, prediction, correct, seen > 0
 
 
 def _expects_dict(model: Any) -> bool:

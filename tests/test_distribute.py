@@ -2,7 +2,8 @@
 
 Logical devices must be configured before TensorFlow initialises, so everything runs in
 one child process that prints its measurements as JSON; the assertions are made here.
-Attention extraction under the same strategy is tested in tests/test_attention.py.
+Attention extraction under the same strategy is tested in tests/test_attention.py; the
+in-flight recorder is tested here.
 """
 
 import json
@@ -128,15 +129,63 @@ CHILD = textwrap.dedent(
         out["callback"].append(compare(run.report(epoch), expected))
     out["epochs_differ"] = bool(np.any(run.report(1).loss != run.report(2).loss))
 
-    # -- in-flight recording is single-device: a clear refusal, not wrong numbers.
+    # -- in-flight recording under the strategy. (1) In the data order of one device (not
+    # shuffled: a shuffled dataset is iterated in another order under the strategy), what
+    # the replicas record equals a single-device fit, and recording leaves the weights alone.
+    from keras_erranalysis.inflight import with_example_ids
+
+    def plain(learning_rate=1e-3):
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(4)])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    def weight_diff(a, b):
+        return max(float(np.abs(u - v).max()) for u, v in zip(a.get_weights(), b.get_weights()))
+
+    x_fit = rng.normal(size=(64, 6)).astype("float32")
+    y_fit = rng.integers(0, 4, 64)
     with strategy.scope():
-        recorded = classifier()
-    try:
-        recorded.fit(x_train, y_train, epochs=1, verbose=0,
-                     callbacks=[InFlightRecorder(num_examples=64)])
-        out["inflight"] = "ran"
-    except NotImplementedError as error:
-        out["inflight"] = str(error)
+        recorded, unrecorded = plain(), plain()
+    alone = plain()
+    alone.set_weights(recorded.get_weights())
+    unrecorded.set_weights(recorded.get_weights())
+    recorders = {"mirrored": InFlightRecorder(64), "single": InFlightRecorder(64)}
+    for name, model in (("mirrored", recorded), ("single", alone)):
+        model.fit(with_example_ids(x_fit, y_fit, batch_size=16, shuffle=False), epochs=3,
+                  verbose=0, callbacks=[recorders[name]])
+    unrecorded.fit(x_fit, y_fit, batch_size=16, shuffle=False, epochs=3, verbose=0)
+    a, b = recorders["mirrored"].history, recorders["single"].history
+    out["inflight"] = {
+        "epochs": recorders["mirrored"].epochs,
+        "seen": int(a["seen"].sum()),
+        "floats": max(float(np.abs(a[c].astype(float) - b[c].astype(float)).max())
+                      for c in ("loss", "true_prob", "margin")),
+        "ints": {c: int((a[c] != b[c]).sum()) for c in ("prediction", "correct", "seen")},
+        "observer": weight_diff(unrecorded, recorded),
+        "weights_vs_single": weight_diff(alone, recorded),
+        "trained_epochs_differ": bool(np.any(a["loss"][0] != a["loss"][-1])),
+    }
+    # (2) Shuffled, 61 examples (the last global batch splits 7 + 6), frozen weights: every
+    # example's recorded values are the pass's values for that example, so the ids travel
+    # with their rows through the strategy's split of each batch.
+    x_fit, y_fit = x_fit[:61], y_fit[:61]
+    with strategy.scope():
+        frozen = plain(learning_rate=0.0)
+    recorder = InFlightRecorder(61)
+    frozen.fit(with_example_ids(x_fit, y_fit, batch_size=16, seed=5), epochs=2, verbose=0,
+               callbacks=[recorder])
+    single.set_weights(frozen.get_weights())
+    expected = compute_losses(single, (x_fit, y_fit), verbose=0, jit_compile=False)
+    got = recorder.history
+    out["inflight_shuffled"] = {
+        "seen": int(got["seen"].sum()),
+        "floats": max(float(np.abs(got[c] - getattr(expected, c)[None]).max())
+                      for c in ("loss", "true_prob", "margin")),
+        "prediction": int((got["prediction"] != expected.prediction[None]).sum()),
+        "correct": int((got["correct"] != expected.correct[None]).sum()),
+    }
     print("RESULT " + json.dumps(out))
     """
 )
@@ -157,12 +206,15 @@ def assert_equal_results(diffs, where):
 def distributed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distribute")
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder)], capture_output=True, text=True,
-        timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [sys.executable, "-c", CHILD, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     line = [row for row in result.stdout.splitlines() if row.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_pass_under_mirrored_strategy_equals_one_device(distributed):
@@ -184,6 +236,23 @@ def test_callback_during_a_distributed_fit_writes_what_one_device_computes(distr
     assert distributed["epochs_differ"]  # training moved the weights between epochs
 
 
-def test_inflight_recording_refuses_a_multi_replica_strategy_clearly(distributed):
-    assert "single device" in distributed["inflight"]
-    assert "ErrorAnalysis" in distributed["inflight"]
+def test_inflight_recording_under_mirrored_strategy_equals_one_device(distributed):
+    result = distributed["inflight"]
+    assert result["epochs"] == [1, 2, 3]
+    assert result["seen"] == 3 * 64  # every example once per epoch, none lost or doubled
+    assert result["ints"] == {"prediction": 0, "correct": 0, "seen": 0}
+    # The replicas' weights drift from one device's by the all-reduce's rounding only.
+    assert result["weights_vs_single"] < 1e-6
+    assert result["floats"] < 1e-5
+    assert result["trained_epochs_differ"]
+
+
+def test_inflight_ids_travel_with_their_rows_through_a_shuffled_uneven_split(distributed):
+    result = distributed["inflight_shuffled"]
+    assert result["seen"] == 2 * 61
+    assert result["prediction"] == 0 and result["correct"] == 0
+    assert result["floats"] < 1e-5
+
+
+def test_inflight_recording_under_mirrored_strategy_leaves_the_weights_alone(distributed):
+    assert distributed["inflight"]["observer"] == 0.0

@@ -181,3 +181,21 @@ def test_sequence_outputs_record_per_sequence_summaries():
     np.testing.assert_allclose(recorder.stack("loss")[0], report.loss_mean, rtol=1e-4)
     np.testing.assert_array_equal(recorder.stack("correct")[0], report.correct)
     assert (recorder.stack("prediction") == -1).all()
+
+
+def test_summed_replica_buffers_turn_back_into_values_by_hand():
+    from keras_erranalysis.inflight import _from_sums
+
+    # Rows: seen once, never seen, seen twice (right once, wrong once), seen three times.
+    floats = np.array([[0.5, 0.25, -0.5], [0, 0, 0], [3.0, 1.0, 0.5], [3.0, 1.5, 0.0]])
+    prediction = np.array([2, 0, 5, 3])
+    correct = np.array([1, 0, 1, 1])
+    seen = np.array([1, 0, 2, 3])
+    values, pred, right, was_seen = _from_sums(floats, prediction, correct, seen)
+    np.testing.assert_allclose(values[0], [0.5, 0.25, -0.5])
+    assert np.isnan(values[1]).all()
+    np.testing.assert_allclose(values[2], [1.5, 0.5, 0.25])
+    np.testing.assert_allclose(values[3], [1.0, 0.5, 0.0])
+    assert pred.tolist() == [2, -1, -1, -1]
+    assert right.tolist() == [True, False, True, False]
+    assert was_seen.tolist() == [True, False, True, True]
