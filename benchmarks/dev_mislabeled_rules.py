@@ -1,0 +1,344 @@
+"""Choosing the flag rule of ``likely_mislabeled`` on DEV data only (not the benchmark's).
+
+``benchmarks/bench_mislabeled.py`` compares us with cleanlab on scikit-learn digits with
+noise/model seeds 0, 1, 2. To keep that comparison honest, candidate scores and flag rules
+are compared here on data the benchmark never uses:
+
+- digits with noise and model seeds 10..14 (the benchmark's noise comes from
+  ``default_rng(1000 + seed)``, so these flips are different ones);
+- ``sklearn.datasets.make_classification`` (2,000 examples, 20 features, 10 classes), a
+  new data set per seed 10..14;
+
+each with the benchmark's three noise kinds (10% and 20% symmetric, 20% class pairs), the
+benchmark's model (MLP 64-10, Adam 1e-3, batch 32) and 20 epochs. Per-epoch histories are
+taken with an exact pass over the training data after every epoch (what the callback
+records), cached under ``--cache`` so that rules can be compared without training again.
+
+Every rule only reads the dynamics frame (``compute_dynamics`` with ``label=``), i.e. what
+the package has at hand. Reported: precision, recall and F1 of the flagged set and
+precision at the true noise count, means over seeds, per data set and noise kind.
+
+Run: ``python benchmarks/dev_mislabeled_rules.py [--seeds 10 11 12 13 14]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from keras_erranalysis.dynamics import compute_dynamics, likely_mislabeled  # noqa: E402
+
+PAIRS = {0: 6, 6: 0, 1: 7, 7: 1, 2: 3, 3: 2, 4: 9, 9: 4, 5: 8, 8: 5}
+NOISE = (("symmetric", 0.10), ("symmetric", 0.20), ("pairs", 0.20))
+EPOCHS = 20
+
+
+def load(dataset: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return (digits.data / 16.0).astype("float32"), digits.target.astype("int64")
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=2000,
+        n_features=20,
+        n_informative=12,
+        n_redundant=4,
+        n_classes=10,
+        n_clusters_per_class=1,
+        class_sep=2.0,
+        random_state=seed,
+    )
+    x = (x - x.mean(0)) / x.std(0)
+    return x.astype("float32"), y.astype("int64")
+
+
+def add_noise(y: np.ndarray, kind: str, rate: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(5000 + seed)
+    noisy = y.copy()
+    flip = rng.random(len(y)) < rate
+    if kind == "symmetric":
+        noisy[flip] = (y[flip] + rng.integers(1, 10, flip.sum())) % 10
+    else:
+        noisy[flip] = [PAIRS[int(v)] for v in y[flip]]
+    return noisy
+
+
+def history(x: np.ndarray, noisy: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Train the benchmark's MLP; per-epoch probabilities of an exact pass after each epoch."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((x.shape[1],)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    probs = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            probs.append(tf.nn.softmax(model(x, training=False)).numpy())
+
+    data = tf.data.Dataset.from_tensor_slices((x, noisy)).shuffle(len(x), seed=seed).batch(32)
+    model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[Record()])
+    return {"probs": np.stack(probs).astype(np.float32)}
+
+
+def dynamics_of(probs: np.ndarray, noisy: np.ndarray) -> pd.DataFrame:
+    rows = np.arange(len(noisy))
+    true_prob = probs[:, rows, noisy]
+    others = probs.copy()
+    others[:, rows, noisy] = -1.0
+    margin = true_prob - others.max(axis=2)
+    prediction = probs.argmax(axis=2)
+    return compute_dynamics(
+        true_prob, margin, prediction == noisy, prediction=prediction, label=noisy
+    )
+
+
+# -- candidate rules: (score, flagged) from the dynamics frame --------------------------------
+
+
+def _gmm_low_posterior(values: np.ndarray, iterations: int = 200) -> np.ndarray:
+    """Posterior of the lower-mean component of a 2-component 1-D Gaussian mixture (EM)."""
+    values = np.asarray(values, float)
+    low, high = np.quantile(values, [0.1, 0.9])
+    means = np.array([low, high])
+    var = np.full(2, max(values.var(), 1e-6))
+    weights = np.array([0.5, 0.5])
+    for _ in range(iterations):
+        dens = (
+            weights
+            * np.exp(-((values[:, None] - means) ** 2) / (2 * var))
+            / np.sqrt(2 * np.pi * var)
+        )
+        resp = dens / np.maximum(dens.sum(1, keepdims=True), 1e-300)
+        nk = resp.sum(0) + 1e-12
+        weights = nk / len(values)
+        means = (resp * values[:, None]).sum(0) / nk
+        var = np.maximum((resp * (values[:, None] - means) ** 2).sum(0) / nk, 1e-6)
+    return resp[:, int(np.argmin(means))]
+
+
+def rule_aum(dyn, cut=-0.2):
+    return -dyn["aum"].to_numpy(), dyn["aum"].to_numpy() < cut
+
+
+def _cl_parts(dyn):
+    label = dyn["label"].to_numpy()
+    conf = dyn["confidence"].to_numpy()
+    other = conf - dyn["aum"].to_numpy()  # mean over epochs of the best other probability
+    suggested = dyn["suggested_label"].to_numpy()
+    classes = int(max(label.max(), suggested.max())) + 1
+    sums = np.bincount(label, weights=conf, minlength=classes)
+    counts = np.bincount(label, minlength=classes)
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    return label, conf, other, suggested, thresholds
+
+
+def rule_cl(dyn):
+    """Confident-learning off-diagonal of the confident joint (Northcutt et al., 2021)."""
+    label, conf, other, suggested, t = _cl_parts(dyn)
+    has = suggested >= 0
+    t_sug = np.where(has, t[np.maximum(suggested, 0)], np.inf)
+    above_other = other >= t_sug
+    above_given = conf >= t[label]
+    flagged = has & above_other & (~above_given | (other > conf))
+    return -dyn["aum"].to_numpy(), flagged
+
+
+def rule_cl_loose(dyn):
+    """Only the suggested class's threshold (ignores whether the given class passes its own)."""
+    label, conf, other, suggested, t = _cl_parts(dyn)
+    has = suggested >= 0
+    t_sug = np.where(has, t[np.maximum(suggested, 0)], np.inf)
+    return -dyn["aum"].to_numpy(), has & (other >= t_sug)
+
+
+def rule_cl_count(dyn):
+    """Confident-learning count (prune by noise rate): flag the top-|off-diagonal| by -AUM."""
+    score, flagged = rule_cl(dyn)
+    k = int(flagged.sum())
+    top = np.argsort(-score, kind="stable")[:k]
+    out = np.zeros(len(score), bool)
+    out[top] = True
+    return score, out
+
+
+def rule_cl_count_per_class(dyn):
+    """Per given class: flag as many as that class's confident-joint off-diagonal, by -AUM."""
+    score, flagged = rule_cl(dyn)
+    label = dyn["label"].to_numpy()
+    out = np.zeros(len(score), bool)
+    for c in np.unique(label):
+        idx = np.flatnonzero(label == c)
+        k = int(flagged[idx].sum())
+        out[idx[np.argsort(-score[idx], kind="stable")[:k]]] = True
+    return score, out
+
+
+def _top(score: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    return idx[np.argsort(-score[idx], kind="stable")[: max(k, 0)]]
+
+
+def rule_cl_calibrated(dyn, per_cell=False):
+    """Calibrated confident joint counts (rows scaled to class sizes), pruned by -AUM.
+
+    ``per_cell=False``: per given class, as many as its calibrated off-diagonal row sum;
+    ``per_cell=True``: per cell (given i, suggested j), cleanlab's prune_by_noise_rate.
+    """
+    label, conf, other, suggested, t = _cl_parts(dyn)
+    has = suggested >= 0
+    off = (
+        has
+        & (other >= np.where(has, t[np.maximum(suggested, 0)], np.inf))
+        & ((conf < t[label]) | (other > conf))
+    )
+    counted = off | (conf >= t[label])
+    score = -dyn["aum"].to_numpy()
+    out = np.zeros(len(score), bool)
+    for i in np.unique(label):
+        row = label == i
+        scale = row.sum() / max((counted & row).sum(), 1)
+        if not per_cell:
+            out[_top(score, np.flatnonzero(row), round((off & row).sum() * scale))] = True
+            continue
+        for j in np.unique(suggested[row & has]):
+            cell = row & (suggested == j)
+            out[_top(score, np.flatnonzero(cell), round((off & cell).sum() * scale))] = True
+    return score, out
+
+
+def rule_cl_global(dyn):
+    """Top estimate_num_label_errors(dyn) of the AUM ranking (the count alone, no cut)."""
+    from keras_erranalysis.dynamics import estimate_num_label_errors
+
+    score = -dyn["aum"].to_numpy()
+    out = np.zeros(len(score), bool)
+    out[_top(score, np.arange(len(score)), estimate_num_label_errors(dyn))] = True
+    return score, out
+
+
+def rule_gmm(dyn):
+    aum = dyn["aum"].to_numpy()
+    return -aum, _gmm_low_posterior(aum) > 0.5
+
+
+def rule_gmm_class(dyn):
+    aum = dyn["aum"].to_numpy()
+    label = dyn["label"].to_numpy()
+    out = np.zeros(len(aum), bool)
+    for c in np.unique(label):
+        idx = np.flatnonzero(label == c)
+        out[idx] = _gmm_low_posterior(aum[idx]) > 0.5
+    return -aum, out
+
+
+RULES = {
+    "aum<-0.2 (old default)": rule_aum,
+    "aum<0": lambda d: rule_aum(d, 0.0),
+    "cl off-diagonal": rule_cl,
+    "cl loose": rule_cl_loose,
+    "cl count (global)": rule_cl_count,
+    "cl count (per class)": rule_cl_count_per_class,
+    "cl calibrated count, per class": rule_cl_calibrated,
+    "cl calibrated count, per cell": lambda d: rule_cl_calibrated(d, per_cell=True),
+    "cl calibrated count, global top-k by AUM": rule_cl_global,
+    "gmm on aum": rule_gmm,
+    "gmm on aum per class": rule_gmm_class,
+}
+
+
+def package_rule(method: str):
+    def rule(dyn):
+        ranked = likely_mislabeled(dyn, k=len(dyn), method=method)
+        score = ranked["mislabel_score"].reindex(dyn.index).to_numpy()
+        flagged = ranked["flagged"].reindex(dyn.index).to_numpy()
+        return score, flagged
+
+    return rule
+
+
+def evaluate(score: np.ndarray, flagged: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    hits = int((flagged & truth).sum())
+    precision = hits / max(int(flagged.sum()), 1)
+    recall = hits / int(truth.sum())
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    top = np.argsort(-score, kind="stable")[: int(truth.sum())]
+    return {"precision": precision, "recall": recall, "f1": f1, "p_at_n": truth[top].mean()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "make_classification"])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/dev_mislabeled_cache"))
+    parser.add_argument("--package-methods", nargs="*", default=["aum", "aum_cl"])
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    rules = dict(RULES)
+    for method in args.package_methods:
+        rules[f"package method={method}"] = package_rule(method)
+
+    rows = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            x, y = load(dataset, seed)
+            for kind, rate in NOISE:
+                noisy = add_noise(y, kind, rate, seed)
+                path = args.cache / f"{dataset}_{kind}_{int(rate * 100)}_{seed}.npz"
+                if path.exists():
+                    with np.load(path) as stored:
+                        probs = stored["probs"]
+                else:
+                    probs = history(x, noisy, seed)["probs"]
+                    np.savez(path, probs=probs)
+                truth = noisy != y
+                dyn = dynamics_of(probs, noisy)
+                clean_acc = float((probs[-1].argmax(1) == y).mean())
+                for name, rule in rules.items():
+                    score, flagged = rule(dyn)
+                    rows.append(
+                        {
+                            "dataset": dataset,
+                            "noise": f"{kind} {int(rate * 100)}%",
+                            "seed": seed,
+                            "rule": name,
+                            "acc_vs_clean": clean_acc,
+                            **evaluate(np.asarray(score, float), np.asarray(flagged, bool), truth),
+                        }
+                    )
+    frame = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_rows", 500)
+    metrics = ["precision", "recall", "f1", "p_at_n"]
+    table = frame.groupby(["dataset", "noise", "rule"], sort=False)[metrics].mean().round(3)
+    print(table.to_string())
+    print()
+    print("F1 per noise kind, mean over data sets and seeds:")
+    wide = frame.pivot_table(index="rule", columns="noise", values="f1", aggfunc="mean", sort=False)
+    wide["mean"] = wide.mean(axis=1)
+    print(wide.round(3).to_string())
+    acc = frame.groupby(["dataset", "noise"])["acc_vs_clean"].mean().round(3)
+    print("\nfinal-epoch accuracy against the clean labels:\n" + acc.to_string())
+
+
+if __name__ == "__main__":
+    main()
