@@ -77,7 +77,7 @@ def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
             raise ValueError("The data holds no examples: x and y are empty.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+        dataset = _array_batches(parts, n, batch_size)
     elif isinstance(data, Mapping) or hasattr(data, "shape"):
         raise ValueError(
             "compute_losses needs labels: pass (x, y) or a dataset that yields (x, y) or "
@@ -96,6 +96,41 @@ def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
     if card == 0:
         raise ValueError("The data holds no examples: the dataset is empty.")
     return dataset
+
+
+#: Bytes of array rows handed to TensorFlow at a time (see :func:`_array_batches`).
+CHUNK_BYTES = 8 << 20
+
+
+def _array_batches(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of in-memory arrays without copying them into TensorFlow.
+
+    ``from_tensor_slices`` would embed the arrays in the dataset as one constant (a full
+    copy, and another while the first iterator starts: about 3x the data at the peak). A
+    generator hands over slices of about :data:`CHUNK_BYTES` instead (a whole number of
+    batches each), which TensorFlow batches natively, so the batches are the same and the
+    memory held is one slice.
+    """
+    leaves = tf.nest.flatten(parts)
+    row_bytes = max(1, sum(leaf[:1].nbytes for leaf in leaves))
+    chunk = batch_size * max(1, CHUNK_BYTES // (batch_size * row_bytes))
+
+    def spec(array: np.ndarray) -> tf.TensorSpec:
+        dtype = tf.string if array.dtype.kind in "USO" else tf.as_dtype(array.dtype)
+        return tf.TensorSpec((None, *array.shape[1:]), dtype)
+
+    def slices():
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            yield tf.nest.map_structure(lambda array, rows=rows: array[rows], parts)
+
+    dataset = tf.data.Dataset.from_generator(
+        slices, output_signature=tf.nest.map_structure(spec, parts)
+    )
+    dataset = dataset.flat_map(
+        lambda *part: tf.data.Dataset.from_tensor_slices(part).batch(batch_size)
+    )
+    return dataset.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
 
 
 def _as_arrays(part: Any) -> Any:
@@ -723,8 +758,15 @@ def compiled_step(
         # object.__setattr__: keep Keras' attribute tracking away from a private cache
         object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
     key = (
-        id(spec.source), spec.name, spec.kind, spec.from_logits, spec.ignore_class,
-        spec.output, dataclasses.astuple(probe_), id(strategy), jit_compile,
+        id(spec.source),
+        spec.name,
+        spec.kind,
+        spec.from_logits,
+        spec.ignore_class,
+        spec.output,
+        dataclasses.astuple(probe_),
+        id(strategy),
+        jit_compile,
     )
     if key not in cache:
         step = make_step(model, spec, probe_, strategy)

@@ -437,11 +437,11 @@ def _assemble(
             )
         if len(np.unique(example_id)) != n:
             raise ValueError("ids must be unique: each example needs its own id.")
+    # Column by column, each popped from the chunks as it is joined, so the peak is the
+    # chunks plus one column, not two copies of everything.
     columns: dict[str, np.ndarray] = {}
-    for key in chunks[0]:
-        if key == "inputs":
-            continue
-        columns[key] = _concat([c[key] for c in chunks])
+    for key in [k for k in chunks[0] if k != "inputs"]:
+        columns[key] = _concat([c.pop(key) for c in chunks])
     inputs: dict[str, np.ndarray] = {}
     for name in chunks[0].get("inputs", {}):
         inputs[name] = _concat([c["inputs"][name] for c in chunks])
@@ -452,8 +452,8 @@ def _assemble(
     if carried:  # results in id order, whatever order the workers' shards came back in
         columns = {key: value[order] for key, value in columns.items()}
         inputs = {key: value[order] for key, value in inputs.items()}
-    loss_sum = columns["loss_sum"].astype(np.float32)
-    n_tokens = columns["n_tokens"].astype(np.int32)
+    loss_sum = columns["loss_sum"].astype(np.float32, copy=False)
+    n_tokens = columns["n_tokens"].astype(np.int32, copy=False)
     with np.errstate(invalid="ignore", divide="ignore"):
         loss_mean = np.where(n_tokens > 0, loss_sum / np.maximum(n_tokens, 1), 0.0)
     loss_mean = loss_mean.astype(np.float32)
@@ -465,23 +465,23 @@ def _assemble(
         loss=loss_mean if reduction == "mean" else loss_sum,
         loss_sum=loss_sum,
         loss_mean=loss_mean,
-        label=columns["label"].astype(np.int32),
-        prediction=columns["prediction"].astype(np.int32),
-        confidence=columns["confidence"].astype(np.float32),
-        true_prob=columns["true_prob"].astype(np.float32),
-        margin=columns["margin"].astype(np.float32),
-        correct=columns["correct"].astype(bool),
-        token_accuracy=columns["token_accuracy"].astype(np.float32),
+        label=columns["label"].astype(np.int32, copy=False),
+        prediction=columns["prediction"].astype(np.int32, copy=False),
+        confidence=columns["confidence"].astype(np.float32, copy=False),
+        true_prob=columns["true_prob"].astype(np.float32, copy=False),
+        margin=columns["margin"].astype(np.float32, copy=False),
+        correct=columns["correct"].astype(bool, copy=False),
+        token_accuracy=columns["token_accuracy"].astype(np.float32, copy=False),
         n_tokens=n_tokens,
         inputs=inputs,
         reduction=reduction,
     )
     if sequence:
-        report.token_loss = columns["token_loss"].astype(np.float32)
-        report.token_confidence = columns["token_confidence"].astype(np.float32)
-        report.token_true_prob = columns["token_true_prob"].astype(np.float32)
-        report.token_margin = columns["token_margin"].astype(np.float32)
-        report.token_mask = columns["token_mask"].astype(bool)
+        report.token_loss = columns["token_loss"].astype(np.float32, copy=False)
+        report.token_confidence = columns["token_confidence"].astype(np.float32, copy=False)
+        report.token_true_prob = columns["token_true_prob"].astype(np.float32, copy=False)
+        report.token_margin = columns["token_margin"].astype(np.float32, copy=False)
+        report.token_mask = columns["token_mask"].astype(bool, copy=False)
     return report
 
 

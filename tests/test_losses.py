@@ -384,3 +384,28 @@ def test_custom_callable_loss_without_logits_flag_infers_from_outputs():
     report = compute_losses(model, (x, y), loss=my_loss, verbose=0)
     p = model.predict(x, verbose=0)
     np.testing.assert_allclose(report.true_prob, p[np.arange(8), y], atol=1e-6)
+
+
+def test_arrays_are_batched_in_slices_exactly_like_from_tensor_slices(monkeypatch):
+    from keras_erranalysis import _pass
+
+    rng = np.random.default_rng(3)
+    n = 23
+    x = {"ids": rng.integers(0, 9, (n, 4)), "text": np.array([f"é{i}\x00" for i in range(n)])}
+    y = rng.integers(0, 3, n)
+    w = rng.random(n).astype("float32")
+    # Slices of 2 batches of 3 rows: batches never straddle a slice, the last one is short.
+    monkeypatch.setattr(_pass, "CHUNK_BYTES", 6 * (x["ids"][:1].nbytes + 8 + 4 + 8 + 8))
+    got = list(_pass.as_dataset((x, y, w), 3))
+    want = list(tf.data.Dataset.from_tensor_slices((x, y, w)).batch(3))
+    assert len(got) == len(want) == 8
+    assert int(_pass.as_dataset((x, y, w), 3).cardinality()) == 8
+    for (gx, gy, gw), (wx, wy, ww) in zip(got, want):
+        assert gx["text"].dtype == tf.string
+        for key in ("ids", "text"):
+            np.testing.assert_array_equal(gx[key].numpy(), wx[key].numpy())
+        np.testing.assert_array_equal(gy.numpy(), wy.numpy())
+        np.testing.assert_array_equal(gw.numpy(), ww.numpy())
+    # The dataset reads the caller's arrays, it does not hold a copy of them.
+    x["ids"][0, 0] = 99
+    assert next(iter(_pass.as_dataset((x, y, w), 3)))[0]["ids"][0, 0] == 99
