@@ -18,7 +18,38 @@ Every rule only reads the dynamics frame (``compute_dynamics`` with ``label=``),
 the package has at hand. Reported: precision, recall and F1 of the flagged set and
 precision at the true noise count, means over seeds, per data set and noise kind.
 
-Run: ``python benchmarks/dev_mislabeled_rules.py [--seeds 10 11 12 13 14]``.
+Run: ``python benchmarks/dev_mislabeled_rules.py [--seeds 10 11 12 13 14]`` (about 80 s on
+2 cores; the trainings are cached, the rules then take seconds).
+
+Result (F1 of the flagged set, mean over both data sets and seeds 10..14; precision at the
+noise count is the same for every rule that ranks by AUM: digits .944 / .961 / .923,
+make_classification .882 / .925 / .872):
+
+==========================================  =============  =============  =========
+rule                                        symmetric 10%  symmetric 20%  pairs 20%
+==========================================  =============  =============  =========
+aum < -0.2 (old default, ``"aum"``)         .909           .945           .888
+aum < 0                                     .826           .901           .880
+cl off-diagonal of the confident joint      .776           .823           .815
+cl calibrated count, per class, by AUM      .884           .927           .890
+cl calibrated count, per cell, by AUM       .807           .877           .905
+cl calibrated count, global top-k by AUM    .912           .942           .895
+2-component GMM on AUM (DivideMix-style)    .548           .887           .826
+same, per given class                       .578           .868           .805
+aum < -0.2 or top-k (``"aum_cl"``, chosen)  .909           .946           .896
+==========================================  =============  =============  =========
+
+Why ``"aum_cl"``: the CL thresholds alone are too strict on training-time probabilities
+(training pushes the probability of the given label up, recall about 0.7), the Gaussian
+mixture does not fit the very skewed AUM distribution (the clean examples pile up near 1),
+but the *calibrated* count of the confident joint estimates the number of flips well
+(0.95-1.04 of the truth on average), and flagging down the AUM ranking to that count when
+the fixed cut-off flags fewer never lowered F1 on any of the 30 dev runs: the flag sets are
+identical under 10% symmetric noise, better in 3 of 10 runs (20% symmetric) and 9 of 10
+runs (20% pairs). The count alone (global top-k) is better under pair and 10% symmetric
+noise but worse under 20% symmetric noise, so it was not chosen. Early epochs only
+(first half or quarter) ranked worse on every setting (precision at n), so they were not
+pursued.
 """
 
 from __future__ import annotations

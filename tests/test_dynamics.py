@@ -6,8 +6,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from keras_erranalysis.dynamics import (
+    DEFAULT_METHOD,
     compute_dynamics,
     compute_token_dynamics,
+    estimate_num_label_errors,
     likely_mislabeled,
     mislabel_score,
     run_dynamics,
@@ -280,6 +282,91 @@ def test_planted_flipped_labels_dominate_the_top():
     # The label the model keeps predicting is mostly the true one.
     hits = top[flipped[top.index]]
     assert (hits["suggested_label"].to_numpy() == clean[hits.index]).mean() > 0.8
+
+
+# A hand-made dynamics frame for the confident-learning count (values chosen, not trained).
+CL_FRAME = pd.DataFrame(
+    {
+        "label": [0, 0, 0, 0, 1, 1, 1, 1],
+        "confidence": [0.9, 0.8, 0.5, 0.2, 0.9, 0.7, 0.4, 0.3],
+        "aum": [0.8, 0.7, 0.1, -0.5, 0.8, 0.05, -0.2, -0.35],
+        "suggested_label": [-1, 1, 1, 1, -1, 0, 2, 0],
+    }
+)
+
+
+def test_confident_learning_count_matches_values_computed_by_hand():
+    # t_0 = mean confidence of label 0 = (0.9+0.8+0.5+0.2)/4 = 0.6; t_1 = 2.3/4 = 0.575.
+    # Largest other probability = confidence - aum = [.1, .1, .4, .7, .1, .65, .6, .65].
+    # ex0, ex4: never wrong, confidence >= t -> diagonal.
+    # ex1: other 0.1 < t_1 -> diagonal (0.8 >= t_0).   ex2: 0.4 < t_1, 0.5 < t_0 -> uncounted.
+    # ex3: other 0.7 >= t_1 and 0.2 < t_0 -> off-diagonal.
+    # ex5: other 0.65 >= t_0 but its given class passes (0.7 >= t_1) and wins -> diagonal.
+    # ex6: suggests class 2, which nobody carries as a label (no threshold) -> uncounted.
+    # ex7: other 0.65 >= t_0 and 0.3 < t_1 -> off-diagonal.
+    # Rows calibrated to the class sizes: 1 * 4/3 + 1 * 4/3 = 2.67 -> 3 label errors.
+    assert estimate_num_label_errors(CL_FRAME) == 3
+    # Every row on the diagonal: nothing to count.
+    clean = CL_FRAME.assign(aum=0.5, suggested_label=-1)
+    assert estimate_num_label_errors(clean) == 0
+    with pytest.raises(ValueError, match="label="):
+        estimate_num_label_errors(CL_FRAME.drop(columns="label"))
+
+
+def test_aum_cl_flags_down_the_aum_ranking_to_the_estimated_count():
+    assert DEFAULT_METHOD == "aum_cl"
+    # aum < -0.2 flags ex3 (-0.5) and ex7 (-0.35); the count (3) extends the flags to the
+    # third-lowest AUM, ex6 (-0.2).
+    assert likely_mislabeled(CL_FRAME).index.tolist() == [3, 7, 6]
+    assert likely_mislabeled(CL_FRAME, method="aum").index.tolist() == [3, 7]
+    # The threshold moves the AUM part only; the count still reaches three.
+    assert likely_mislabeled(CL_FRAME, threshold=-0.4).index.tolist() == [3, 7, 6]
+    # ... and when the cut-off flags more than the count, the cut-off wins.
+    assert likely_mislabeled(CL_FRAME, threshold=0.06).index.tolist() == [3, 7, 6, 5]
+    # Same ranking as "aum".
+    pd.testing.assert_series_equal(
+        mislabel_score(CL_FRAME, method="aum_cl"), mislabel_score(CL_FRAME, method="aum")
+    )
+    # Without given labels (e.g. recorder.dynamics() without label=): the AUM cut-off alone.
+    assert likely_mislabeled(CL_FRAME.drop(columns="label")).index.tolist() == [3, 7]
+
+
+def test_planted_class_pair_flips_dominate_the_top_and_the_count_is_close():
+    from sklearn.datasets import load_digits
+
+    pairs = {0: 6, 6: 0, 1: 7, 7: 1, 2: 3, 3: 2, 4: 9, 9: 4, 5: 8, 8: 5}
+    digits = load_digits()
+    x = digits.data[:600] / 16.0
+    clean = digits.target[:600]
+    rng = np.random.default_rng(0)
+    flipped = rng.random(len(clean)) < 0.2
+    labels = clean.copy()
+    labels[flipped] = [pairs[int(v)] for v in clean[flipped]]
+
+    probs = _softmax_regression_history(x, labels, epochs=8, seed=0)
+    rows = np.arange(len(labels))
+    true_prob = probs[:, rows, labels]
+    others = probs.copy()
+    others[:, rows, labels] = -1.0
+    prediction = probs.argmax(axis=2)
+    dyn = compute_dynamics(
+        true_prob,
+        true_prob - others.max(axis=2),
+        prediction == labels,
+        prediction=prediction,
+        label=labels,
+    )
+
+    n_noisy = int(flipped.sum())
+    assert flipped[likely_mislabeled(dyn, k=n_noisy).index].mean() > 0.8  # chance: 0.2
+    assert 0.8 * n_noisy <= estimate_num_label_errors(dyn) <= 1.25 * n_noisy
+    flagged = likely_mislabeled(dyn).index
+    by_cut = likely_mislabeled(dyn, method="aum").index
+    assert set(by_cut) <= set(flagged)
+    assert flipped[flagged].mean() > 0.8
+    # The fixed cut-off misses pair flips that the count recovers.
+    assert flipped[flagged].sum() > flipped[by_cut].sum()
+    assert flipped[flagged].sum() > 0.9 * n_noisy
 
 
 def test_run_dynamics_reads_a_run_folder(tmp_path):
