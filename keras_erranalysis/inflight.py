@@ -60,7 +60,7 @@ from keras_erranalysis import _pass
 from keras_erranalysis.dynamics import compute_dynamics, likely_mislabeled
 
 #: Per-example columns recorded each epoch.
-RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")
+RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "label", "seen")
 
 _PATCHED = ("train_step", "test_step", "compute_loss")
 
@@ -223,8 +223,8 @@ class InFlightRecorder(keras.callbacks.Callback):
             self._ints.assign(tf.zeros([size, len(_INT_COLUMNS)], tf.int32))
             return
         self._floats.assign(tf.fill([size, len(_FLOAT_COLUMNS)], math.nan))
-        # prediction -1, correct 0, seen 0
-        self._ints.assign(tf.tile([[-1, 0, 0]], [size, 1]))
+        # prediction -1, correct 0, seen 0, label -1
+        self._ints.assign(tf.tile([[-1, 0, 0, -1]], [size, 1]))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Copies the buffers to the host."""
@@ -238,14 +238,17 @@ class InFlightRecorder(keras.callbacks.Callback):
                 "or pass the right num_examples to InFlightRecorder."
             )
         floats = self._floats.numpy()[:n]
-        prediction, correct, seen = (ints[:n, i].astype(np.int64) for i in range(3))
+        prediction, correct, seen, label = (ints[:n, i].astype(np.int64) for i in range(4))
         if self._replicas > 1:
-            floats, prediction, correct, seen = _from_sums(floats, prediction, correct, seen)
+            floats, prediction, correct, seen, label = _from_sums(
+                floats, prediction, correct, seen, label
+            )
         for i, name in enumerate(_FLOAT_COLUMNS):
             self._history[name].append(floats[:, i].astype(self.dtype))
         self._history["prediction"].append(prediction)
         self._history["correct"].append(correct.astype(bool))
         self._history["seen"].append(seen.astype(bool))
+        self._history["label"].append(label)
         self.epochs.append(int(epoch) + 1)
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -256,10 +259,11 @@ class InFlightRecorder(keras.callbacks.Callback):
 
     @property
     def history(self) -> dict[str, np.ndarray]:
-        """Recorded columns, each ``(E, N)``: loss, true_prob, margin, correct, prediction, seen.
+        """Recorded columns, each ``(E, N)``, keyed as in :data:`RECORDED`.
 
-        Examples not seen in an epoch (e.g. with ``steps_per_epoch`` shorter than the data)
-        have NaN floats, ``correct=False``, ``prediction=-1`` and ``seen=False``.
+        ``label`` is the given label (-1 for sequence outputs). Examples not seen in an epoch
+        (e.g. with ``steps_per_epoch`` shorter than the data) have NaN floats,
+        ``correct=False``, ``prediction=-1``, ``label=-1`` and ``seen=False``.
         """
         return {name: self.stack(name) for name in RECORDED}
 
@@ -276,9 +280,16 @@ class InFlightRecorder(keras.callbacks.Callback):
         return np.stack(rows)
 
     def dynamics(self, **kwargs: Any) -> Any:
-        """Per-example dynamics of the recorded epochs (see ``compute_dynamics``)."""
+        """Per-example dynamics of the recorded epochs (see ``compute_dynamics``).
+
+        The given labels recorded in the training step fill the ``label`` column (classifier
+        outputs; -1 for an example never seen), unless ``label=`` is passed.
+        """
         if not self.epochs:
             self.stack("loss")  # raises the "nothing recorded" error
+        if "label" not in kwargs:
+            label = np.max(self.stack("label"), axis=0)  # -1 only where never seen
+            kwargs["label"] = None if (label < 0).all() else label
         return compute_dynamics(
             self._history["true_prob"],
             self._history["margin"],
@@ -416,6 +427,7 @@ class InFlightRecorder(keras.callbacks.Callback):
                 values["prediction"],
                 tf.cast(values["correct"], tf.int32),
                 tf.ones_like(values["prediction"]),
+                values["label"],
             ],
             axis=1,
         )
@@ -430,24 +442,30 @@ class InFlightRecorder(keras.callbacks.Callback):
 
 _MISSING = object()
 _FLOAT_COLUMNS = ("loss", "true_prob", "margin")
-_INT_COLUMNS = ("prediction", "correct", "seen")
+_INT_COLUMNS = ("prediction", "correct", "seen", "label")
 
 
 def _from_sums(
-    floats: np.ndarray, prediction: np.ndarray, correct: np.ndarray, seen: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    floats: np.ndarray,
+    prediction: np.ndarray,
+    correct: np.ndarray,
+    seen: np.ndarray,
+    label: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-example values from buffers that summed every replica's rows over an epoch.
 
     ``seen`` counts the times an example was trained on. Once (the usual case) the sums are
-    the values themselves; never gives NaN floats and ``prediction`` -1; more than once gives
-    the mean floats, ``correct`` when right at least half the times, ``prediction`` -1 (a
-    sum of class ids means nothing).
+    the values themselves; never gives NaN floats and ``prediction``/``label`` -1; more than
+    once gives the mean floats, ``correct`` when right at least half the times, the label
+    (the same each time: its sum divided by the count), and ``prediction`` -1 (a sum of
+    class ids means nothing).
     """
-    count = np.maximum(seen, 1)[:, None]
-    floats = np.where(seen[:, None] > 0, floats / count, np.nan).astype(np.float32)
+    count = np.maximum(seen, 1)
+    floats = np.where(seen[:, None] > 0, floats / count[:, None], np.nan).astype(np.float32)
     prediction = np.where(seen == 1, prediction, -1)
+    label = np.where(seen > 0, label // count, -1)
     correct = (seen > 0) & (2 * correct >= seen)
-    return floats, prediction, correct, seen > 0
+    return floats, prediction, correct, seen > 0, label
 
 
 def _expects_dict(model: Any) -> bool:
@@ -473,14 +491,15 @@ def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, t
         counts = tf.cast(tf.cast(sample_weight, tf.float32) > 0, tf.float32)
     values = _pass.per_example(stopped, y, counts, spec, probe)
     n_tokens = values["n_tokens"]
-    prediction = values["prediction"]
+    prediction, label = values["prediction"], values["label"]
     if probe.sequence:
-        # A sequence has no single prediction; -1 keeps the column's meaning honest.
-        prediction = tf.fill(tf.shape(n_tokens), -1)
+        # A sequence has no single prediction or label; -1 keeps the columns honest.
+        prediction = label = tf.fill(tf.shape(n_tokens), -1)
     return {
         "loss": values["loss_sum"] / tf.maximum(tf.cast(n_tokens, tf.float32), 1.0),
         "true_prob": values["true_prob"],
         "margin": values["margin"],
         "correct": values["correct"],
         "prediction": prediction,
+        "label": label,
     }

@@ -162,7 +162,9 @@ CHILD = textwrap.dedent(
         "seen": int(a["seen"].sum()),
         "floats": max(float(np.abs(a[c].astype(float) - b[c].astype(float)).max())
                       for c in ("loss", "true_prob", "margin")),
-        "ints": {c: int((a[c] != b[c]).sum()) for c in ("prediction", "correct", "seen")},
+        "ints": {
+            c: int((a[c] != b[c]).sum()) for c in ("prediction", "correct", "seen", "label")
+        },
         "observer": weight_diff(unrecorded, recorded),
         "weights_vs_single": weight_diff(alone, recorded),
         "trained_epochs_differ": bool(np.any(a["loss"][0] != a["loss"][-1])),
@@ -185,6 +187,7 @@ CHILD = textwrap.dedent(
                       for c in ("loss", "true_prob", "margin")),
         "prediction": int((got["prediction"] != expected.prediction[None]).sum()),
         "correct": int((got["correct"] != expected.correct[None]).sum()),
+        "label": int((got["label"] != y_fit[None]).sum()),
     }
     print("RESULT " + json.dumps(out))
     """
@@ -240,7 +243,7 @@ def test_inflight_recording_under_mirrored_strategy_equals_one_device(distribute
     result = distributed["inflight"]
     assert result["epochs"] == [1, 2, 3]
     assert result["seen"] == 3 * 64  # every example once per epoch, none lost or doubled
-    assert result["ints"] == {"prediction": 0, "correct": 0, "seen": 0}
+    assert result["ints"] == {"prediction": 0, "correct": 0, "seen": 0, "label": 0}
     # The replicas' weights drift from one device's by the all-reduce's rounding only.
     assert result["weights_vs_single"] < 1e-6
     assert result["floats"] < 1e-5
@@ -250,7 +253,7 @@ def test_inflight_recording_under_mirrored_strategy_equals_one_device(distribute
 def test_inflight_ids_travel_with_their_rows_through_a_shuffled_uneven_split(distributed):
     result = distributed["inflight_shuffled"]
     assert result["seen"] == 2 * 61
-    assert result["prediction"] == 0 and result["correct"] == 0
+    assert result["prediction"] == 0 and result["correct"] == 0 and result["label"] == 0
     assert result["floats"] < 1e-5
 
 

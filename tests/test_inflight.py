@@ -55,6 +55,8 @@ def test_inflight_values_equal_a_separate_pass_with_the_same_weights(digits, sof
     np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(history["prediction"][0], report.prediction)
     np.testing.assert_array_equal(history["correct"][0], report.correct)
+    np.testing.assert_array_equal(history["label"][0], y)  # shuffled, yet back in place
+    np.testing.assert_array_equal(recorder.dynamics()["label"], y)
     assert recorder.epochs == [1]
 
 
@@ -181,6 +183,8 @@ def test_sequence_outputs_record_per_sequence_summaries():
     np.testing.assert_allclose(recorder.stack("loss")[0], report.loss_mean, rtol=1e-4)
     np.testing.assert_array_equal(recorder.stack("correct")[0], report.correct)
     assert (recorder.stack("prediction") == -1).all()
+    assert (recorder.stack("label") == -1).all()
+    assert "label" not in recorder.dynamics().columns
 
 
 def test_summed_replica_buffers_turn_back_into_values_by_hand():
@@ -191,7 +195,9 @@ def test_summed_replica_buffers_turn_back_into_values_by_hand():
     prediction = np.array([2, 0, 5, 3])
     correct = np.array([1, 0, 1, 1])
     seen = np.array([1, 0, 2, 3])
-    values, pred, right, was_seen = _from_sums(floats, prediction, correct, seen)
+    label = np.array([2, 0, 6, 9])
+    values, pred, right, was_seen, labels = _from_sums(floats, prediction, correct, seen, label)
+    assert labels.tolist() == [2, -1, 3, 3]
     np.testing.assert_allclose(values[0], [0.5, 0.25, -0.5])
     assert np.isnan(values[1]).all()
     np.testing.assert_allclose(values[2], [1.5, 0.5, 0.25])
