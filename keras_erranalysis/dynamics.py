@@ -635,7 +635,7 @@ def estimate_num_label_errors(dyn: pd.DataFrame) -> int:
     Args:
         dyn: Output of :func:`compute_dynamics` (or :func:`compute_token_dynamics`) with the
             ``label`` column (``compute_dynamics(..., label=y)``, ``run.dynamics()``,
-            ``recorder.dynamics(label=y)``) and predictions recorded.
+            ``recorder.dynamics()``) and predictions recorded.
 
     Returns:
         The estimated number of wrong labels (rounded), between 0 and ``len(dyn)``.
@@ -656,7 +656,7 @@ def estimate_num_label_errors(dyn: pd.DataFrame) -> int:
         raise ValueError(
             f"dyn lacks column(s) {missing} needed to estimate the number of label errors; "
             "pass label= (and predictions) to compute_dynamics, or use run.dynamics() / "
-            "recorder.dynamics(label=y)."
+            "InFlightRecorder.dynamics()."
         )
     label = dyn["label"].to_numpy()
     confidence = dyn["confidence"].to_numpy(dtype=np.float64)

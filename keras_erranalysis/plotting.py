@@ -790,8 +790,10 @@ def plot_margin_histogram(
     Args:
         dyn: DataFrame from :func:`keras_erranalysis.dynamics.compute_dynamics`.
         column: Column to histogram (default ``"aum"``).
-        threshold: Flag boundary, shaded to its left (default: the AUM default of
-            :func:`keras_erranalysis.dynamics.likely_mislabeled`).
+        threshold: Flag boundary, shaded to its left. Default: for ``"aum"``, the boundary
+            of what :func:`keras_erranalysis.dynamics.likely_mislabeled` flags by default
+            (``aum < -0.2``, moved right when the estimated count of label errors flags
+            more); for other columns, -0.2.
         highlight: Optional boolean mask (aligned with ``dyn``) drawn as a second histogram,
             e.g. known flipped labels in a benchmark.
         highlight_label: Legend text of the highlighted examples.
@@ -801,13 +803,19 @@ def plot_margin_histogram(
     Returns:
         The matplotlib Figure.
     """
-    from keras_erranalysis.dynamics import DEFAULT_AUM_THRESHOLD
+    from keras_erranalysis.dynamics import DEFAULT_AUM_THRESHOLD, likely_mislabeled
 
     if column not in dyn:
         raise ValueError(f"dyn has no column {column!r}; pass the output of compute_dynamics().")
+    scores = np.asarray(dyn[column], dtype=float)
     if threshold is None:
         threshold = DEFAULT_AUM_THRESHOLD
-    scores = np.asarray(dyn[column], dtype=float)
+        if column == "aum" and len(dyn):
+            # The default rule flags the lowest AUMs; shade exactly what it flags.
+            flagged_aum = np.asarray(likely_mislabeled(dyn)["aum"], dtype=float)
+            flagged_aum = flagged_aum[np.isfinite(flagged_aum)]
+            if flagged_aum.size and flagged_aum.max() >= threshold:
+                threshold = float(np.nextafter(flagged_aum.max(), np.inf))
     finite = np.isfinite(scores)
     if ax is None:
         fig = _new_figure(5.6, 3.4)
@@ -838,6 +846,6 @@ def plot_margin_histogram(
     ax.set_xlim(low, high)
     ax.set_xlabel(_text_label(column, 30))
     ax.set_ylabel("examples")
-    ax.set_title(f"{_text_label(column, 30)} (flagged below {threshold:g})")
+    ax.set_title(f"{_text_label(column, 30)} (flagged below {threshold:.3g})")
     ax.legend(fontsize=8, frameon=False)
     return fig

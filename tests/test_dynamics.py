@@ -453,3 +453,28 @@ def test_margin_histogram_marks_the_flagged_region():
     assert any(t.get_text() == "flagged: 3" for t in ax.get_legend().get_texts())
     with pytest.raises(ValueError, match="highlight must have"):
         plot_margin_histogram(dyn, highlight=[True])
+
+
+def test_margin_histogram_shades_what_the_default_rule_flags():
+    from keras_erranalysis.dynamics import likely_mislabeled
+    from keras_erranalysis.plotting import plot_margin_histogram
+
+    rng = np.random.default_rng(0)
+    n = 400
+    label = rng.integers(0, 4, n)
+    dyn = pd.DataFrame(
+        {
+            # 60 flipped: the class they keep getting is at 0.75-0.8, above every class's
+            # mean confidence (about 0.69), so the count finds them though aum > -0.2.
+            "aum": np.r_[rng.uniform(-0.15, -0.1, 60), rng.uniform(0.3, 0.9, n - 60)],
+            "confidence": np.r_[np.full(60, 0.65), np.full(n - 60, 0.7)],
+            "suggested_label": np.r_[(label[:60] + 1) % 4, np.full(n - 60, -1)],
+            "label": label,
+        }
+    )
+    flagged = likely_mislabeled(dyn)
+    assert len(flagged) == 60 and (dyn["aum"][:60] > -0.2).all()  # the count, not the cut
+    ax = plot_margin_histogram(dyn).axes[0]
+    assert any(t.get_text() == "flagged: 60" for t in ax.get_legend().get_texts())
+    span = [p for p in ax.patches if p.get_label() == "flagged: 60"][0]
+    assert span.get_x() + span.get_width() == pytest.approx(flagged["aum"].max(), abs=1e-6)
