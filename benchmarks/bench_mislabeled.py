@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
+from timing import EpochTimer  # noqa: E402  (benchmarks/timing.py)
 
 from keras_erranalysis import ErrorAnalysis, load_run  # noqa: E402
 from keras_erranalysis.dynamics import DEFAULT_METHOD, likely_mislabeled  # noqa: E402
@@ -76,18 +77,6 @@ def make_model(seed: int) -> keras.Model:
         keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     return model
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.times: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def scores(flagged: np.ndarray, ranked: np.ndarray, truth: np.ndarray) -> dict[str, float]:
