@@ -29,16 +29,16 @@ step, not those at the end of the epoch. They are the "training dynamics" of the
 cartography and AUM papers; for exact end-of-epoch values use the callback's passes
 (``compute_losses``).
 
-Distributed training: under a multi-replica ``tf.distribute`` strategy (``MirroredStrategy``,
-``MultiWorkerMirroredStrategy``) each replica records the examples of its own share of the
-batch. The buffers are then mirrored variables with ``SUM`` aggregation, started at zero,
-and each replica *adds* its rows (``scatter_add``): the strategy sums the replicas' sparse
-updates, so every example's row holds exactly the values its replica computed, and the
-per-step communication is the batch's rows, never the buffer. The recorded values equal a
-single-device ``fit`` of the same data order to float rounding (the weights themselves
-differ by the all-reduce's rounding). An example that appears more than once in one epoch
-keeps its last values on one device; under a multi-replica strategy it keeps the mean of
-its float values, ``correct`` when right at least half the times, and ``prediction`` -1.
+The buffers start each epoch at zero and every step *adds* its rows (``scatter_add``), with
+a count of sightings. Under a ``tf.distribute`` strategy (tested: ``MirroredStrategy``) they
+are mirrored variables with ``SUM`` aggregation and each replica adds the rows of its own
+share of the batch: the strategy sums the replicas' sparse updates, so every example's row
+holds exactly the values its replica computed, and a step sends the batch's rows, never the
+buffer. The recorded values equal a single-device ``fit`` of the same data order to float
+rounding (the weights themselves differ by the all-reduce's rounding). An example trained
+on more than once in one epoch keeps the mean of its float values, ``correct`` when right at
+least half the times, and ``prediction`` -1. (``fit`` itself fails under
+``MultiWorkerMirroredStrategy`` in Keras 3, see the README.)
 
 Limits: one analysed output (``output=`` for multi-output models); for sequence outputs the
 per-sequence summaries are recorded (``loss`` = mean over counted tokens, ``true_prob``
@@ -47,7 +47,6 @@ mean, ``margin`` minimum, ``correct`` exact match), not the per-token arrays.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -60,7 +59,7 @@ from keras_erranalysis import _pass
 from keras_erranalysis.dynamics import compute_dynamics, likely_mislabeled
 
 #: Per-example columns recorded each epoch.
-RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "label", "seen")
+RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")
 
 _PATCHED = ("train_step", "test_step", "compute_loss")
 
@@ -177,7 +176,8 @@ class InFlightRecorder(keras.callbacks.Callback):
         # Replicas of a MirroredStrategy trace their steps in their own threads: each one
         # keeps its batch's ids here between train_step and compute_loss.
         self._pending = threading.local()
-        self._replicas = 1
+        self._strategy: Any = None
+        self._labels = np.full(self.num_examples, -1, np.int64)
         self._originals: dict[str, Any] = {}
         self._spec: Any = None
         self._patched_model: Any = None
@@ -188,7 +188,6 @@ class InFlightRecorder(keras.callbacks.Callback):
         """Resolves the loss, creates the buffers and patches the model's steps."""
         model = self.model
         strategy = _pass.model_strategy(model)
-        replicas = int(strategy.num_replicas_in_sync)
         self._spec = _pass.resolve_loss(
             model,
             self.loss,
@@ -196,15 +195,13 @@ class InFlightRecorder(keras.callbacks.Callback):
             ignore_class=self.ignore_class,
             from_logits=self.from_logits,
         )
-        if self._floats is None or replicas != self._replicas:
+        if self._floats is None or strategy is not self._strategy:
             # Two packed buffers keep the per-step cost at two scatters. The last row takes
             # out-of-range ids, so a bad id is detected at epoch end instead of crashing
             # (CPU) or being silently dropped (GPU).
-            self._replicas = replicas
+            self._strategy = strategy
             size = self.num_examples + 1
-            options: dict[str, Any] = {"trainable": False}
-            if replicas > 1:
-                options["aggregation"] = tf.VariableAggregation.SUM
+            options = {"trainable": False, "aggregation": tf.VariableAggregation.SUM}
             with strategy.scope():
                 self._floats = tf.Variable(
                     tf.zeros([size, len(_FLOAT_COLUMNS)]), name="inflight_floats", **options
@@ -215,16 +212,10 @@ class InFlightRecorder(keras.callbacks.Callback):
         self._patch(model)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        """Clears the buffers so unseen examples read as missing."""
+        """Zeroes the buffers: steps add their rows (sums of one value and zeros are exact)."""
         size = self.num_examples + 1
-        if self._replicas > 1:
-            # Replicas add their rows; sums of one value and zeros are exact.
-            self._floats.assign(tf.zeros([size, len(_FLOAT_COLUMNS)]))
-            self._ints.assign(tf.zeros([size, len(_INT_COLUMNS)], tf.int32))
-            return
-        self._floats.assign(tf.fill([size, len(_FLOAT_COLUMNS)], math.nan))
-        # prediction -1, correct 0, seen 0, label -1
-        self._ints.assign(tf.tile([[-1, 0, 0, -1]], [size, 1]))
+        self._floats.assign(tf.zeros([size, len(_FLOAT_COLUMNS)]))
+        self._ints.assign(tf.zeros([size, len(_INT_COLUMNS)], tf.int32))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         """Copies the buffers to the host."""
@@ -238,17 +229,15 @@ class InFlightRecorder(keras.callbacks.Callback):
                 "or pass the right num_examples to InFlightRecorder."
             )
         floats = self._floats.numpy()[:n]
-        prediction, correct, seen, label = (ints[:n, i].astype(np.int64) for i in range(4))
-        if self._replicas > 1:
-            floats, prediction, correct, seen, label = _from_sums(
-                floats, prediction, correct, seen, label
-            )
+        floats, prediction, correct, seen, label = _from_sums(
+            floats, *(ints[:n, i].astype(np.int64) for i in range(len(_INT_COLUMNS)))
+        )
+        np.maximum(self._labels, label, out=self._labels)
         for i, name in enumerate(_FLOAT_COLUMNS):
             self._history[name].append(floats[:, i].astype(self.dtype))
         self._history["prediction"].append(prediction)
         self._history["correct"].append(correct.astype(bool))
         self._history["seen"].append(seen.astype(bool))
-        self._history["label"].append(label)
         self.epochs.append(int(epoch) + 1)
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -261,11 +250,18 @@ class InFlightRecorder(keras.callbacks.Callback):
     def history(self) -> dict[str, np.ndarray]:
         """Recorded columns, each ``(E, N)``, keyed as in :data:`RECORDED`.
 
-        ``label`` is the given label (-1 for sequence outputs). Examples not seen in an epoch
-        (e.g. with ``steps_per_epoch`` shorter than the data) have NaN floats,
-        ``correct=False``, ``prediction=-1``, ``label=-1`` and ``seen=False``.
+        Examples not seen in an epoch (e.g. with ``steps_per_epoch`` shorter than the data)
+        have NaN floats, ``correct=False``, ``prediction=-1`` and ``seen=False``.
         """
         return {name: self.stack(name) for name in RECORDED}
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The given label of each example, read from the training batches, ``(N,)``.
+
+        -1 for examples never seen, and for sequence outputs (which have no single label).
+        """
+        return self._labels.copy()
 
     def stack(self, column: str) -> np.ndarray:
         """One recorded column as an ``(E, N)`` array."""
@@ -288,8 +284,7 @@ class InFlightRecorder(keras.callbacks.Callback):
         if not self.epochs:
             self.stack("loss")  # raises the "nothing recorded" error
         if "label" not in kwargs:
-            label = np.max(self.stack("label"), axis=0)  # -1 only where never seen
-            kwargs["label"] = None if (label < 0).all() else label
+            kwargs["label"] = None if (self._labels < 0).all() else self._labels.copy()
         return compute_dynamics(
             self._history["true_prob"],
             self._history["margin"],
@@ -431,13 +426,9 @@ class InFlightRecorder(keras.callbacks.Callback):
             ],
             axis=1,
         )
-        if self._replicas > 1:
-            # Mirrored SUM buffers: the strategy adds up the replicas' sparse rows.
-            self._floats.scatter_add(tf.IndexedSlices(floats, index[:, 0]))
-            self._ints.scatter_add(tf.IndexedSlices(ints, index[:, 0]))
-            return
-        self._floats.scatter_nd_update(index, floats)
-        self._ints.scatter_nd_update(index, ints)
+        # SUM buffers: under a strategy, it adds up the replicas' sparse rows.
+        self._floats.scatter_add(tf.IndexedSlices(floats, index[:, 0]))
+        self._ints.scatter_add(tf.IndexedSlices(ints, index[:, 0]))
 
 
 _MISSING = object()
@@ -457,13 +448,13 @@ def _from_sums(
     ``seen`` counts the times an example was trained on. Once (the usual case) the sums are
     the values themselves; never gives NaN floats and ``prediction``/``label`` -1; more than
     once gives the mean floats, ``correct`` when right at least half the times, the label
-    (the same each time: its sum divided by the count), and ``prediction`` -1 (a sum of
-    class ids means nothing).
+    (its sum divided by the count; -1 if that does not divide, i.e. one id carried different
+    labels), and ``prediction`` -1 (a sum of class ids means nothing).
     """
     count = np.maximum(seen, 1)
     floats = np.where(seen[:, None] > 0, floats / count[:, None], np.nan).astype(np.float32)
     prediction = np.where(seen == 1, prediction, -1)
-    label = np.where(seen > 0, label // count, -1)
+    label = np.where((seen > 0) & (label % count == 0), label // count, -1)
     correct = (seen > 0) & (2 * correct >= seen)
     return floats, prediction, correct, seen > 0, label
 

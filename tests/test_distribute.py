@@ -162,9 +162,8 @@ CHILD = textwrap.dedent(
         "seen": int(a["seen"].sum()),
         "floats": max(float(np.abs(a[c].astype(float) - b[c].astype(float)).max())
                       for c in ("loss", "true_prob", "margin")),
-        "ints": {
-            c: int((a[c] != b[c]).sum()) for c in ("prediction", "correct", "seen", "label")
-        },
+        "ints": {c: int((a[c] != b[c]).sum()) for c in ("prediction", "correct", "seen")},
+        "labels": int((recorders["mirrored"].labels != y_fit).sum()),
         "observer": weight_diff(unrecorded, recorded),
         "weights_vs_single": weight_diff(alone, recorded),
         "trained_epochs_differ": bool(np.any(a["loss"][0] != a["loss"][-1])),
@@ -187,7 +186,23 @@ CHILD = textwrap.dedent(
                       for c in ("loss", "true_prob", "margin")),
         "prediction": int((got["prediction"] != expected.prediction[None]).sum()),
         "correct": int((got["correct"] != expected.correct[None]).sum()),
-        "label": int((got["label"] != y_fit[None]).sum()),
+        "label": int((recorder.labels != y_fit).sum()),
+    }
+    # (3) The same recorder reused under another strategy (a MirroredStrategy of ONE
+    # replica, as on a one-GPU machine): buffers remade for it, values still the pass's.
+    one_replica = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with one_replica.scope():
+        frozen_one = plain(learning_rate=0.0)
+    frozen_one.set_weights(frozen.get_weights())
+    frozen_one.fit(with_example_ids(x_fit, y_fit, batch_size=16, seed=5), epochs=1, verbose=0,
+                   callbacks=[recorder])
+    got = recorder.history
+    out["inflight_one_replica"] = {
+        "epochs": recorder.epochs,
+        "seen": int(got["seen"][-1].sum()),
+        "floats": max(float(np.abs(got[c][-1] - getattr(expected, c)).max())
+                      for c in ("loss", "true_prob", "margin")),
+        "prediction": int((got["prediction"][-1] != expected.prediction).sum()),
     }
     print("RESULT " + json.dumps(out))
     """
@@ -243,7 +258,8 @@ def test_inflight_recording_under_mirrored_strategy_equals_one_device(distribute
     result = distributed["inflight"]
     assert result["epochs"] == [1, 2, 3]
     assert result["seen"] == 3 * 64  # every example once per epoch, none lost or doubled
-    assert result["ints"] == {"prediction": 0, "correct": 0, "seen": 0, "label": 0}
+    assert result["ints"] == {"prediction": 0, "correct": 0, "seen": 0}
+    assert result["labels"] == 0
     # The replicas' weights drift from one device's by the all-reduce's rounding only.
     assert result["weights_vs_single"] < 1e-6
     assert result["floats"] < 1e-5
@@ -259,3 +275,11 @@ def test_inflight_ids_travel_with_their_rows_through_a_shuffled_uneven_split(dis
 
 def test_inflight_recording_under_mirrored_strategy_leaves_the_weights_alone(distributed):
     assert distributed["inflight"]["observer"] == 0.0
+
+
+def test_one_recorder_reused_under_a_one_replica_mirrored_strategy(distributed):
+    result = distributed["inflight_one_replica"]
+    assert result["epochs"] == [1, 2, 1]  # each fit numbers its own epochs
+    assert result["seen"] == 61
+    assert result["prediction"] == 0
+    assert result["floats"] < 1e-5

@@ -55,7 +55,7 @@ def test_inflight_values_equal_a_separate_pass_with_the_same_weights(digits, sof
     np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(history["prediction"][0], report.prediction)
     np.testing.assert_array_equal(history["correct"][0], report.correct)
-    np.testing.assert_array_equal(history["label"][0], y)  # shuffled, yet back in place
+    np.testing.assert_array_equal(recorder.labels, y)  # shuffled, yet back in place
     np.testing.assert_array_equal(recorder.dynamics()["label"], y)
     assert recorder.epochs == [1]
 
@@ -183,7 +183,7 @@ def test_sequence_outputs_record_per_sequence_summaries():
     np.testing.assert_allclose(recorder.stack("loss")[0], report.loss_mean, rtol=1e-4)
     np.testing.assert_array_equal(recorder.stack("correct")[0], report.correct)
     assert (recorder.stack("prediction") == -1).all()
-    assert (recorder.stack("label") == -1).all()
+    assert (recorder.labels == -1).all()
     assert "label" not in recorder.dynamics().columns
 
 
@@ -195,9 +195,9 @@ def test_summed_replica_buffers_turn_back_into_values_by_hand():
     prediction = np.array([2, 0, 5, 3])
     correct = np.array([1, 0, 1, 1])
     seen = np.array([1, 0, 2, 3])
-    label = np.array([2, 0, 6, 9])
+    label = np.array([2, 0, 6, 8])  # the last id carried labels 2, 3 and 3: no label
     values, pred, right, was_seen, labels = _from_sums(floats, prediction, correct, seen, label)
-    assert labels.tolist() == [2, -1, 3, 3]
+    assert labels.tolist() == [2, -1, 3, -1]
     np.testing.assert_allclose(values[0], [0.5, 0.25, -0.5])
     assert np.isnan(values[1]).all()
     np.testing.assert_allclose(values[2], [1.5, 0.5, 0.25])
@@ -205,3 +205,22 @@ def test_summed_replica_buffers_turn_back_into_values_by_hand():
     assert pred.tolist() == [2, -1, -1, -1]
     assert right.tolist() == [True, False, True, False]
     assert was_seen.tolist() == [True, False, True, True]
+
+
+def test_an_example_trained_on_twice_in_an_epoch_keeps_its_mean_and_no_prediction(digits):
+    x, y = digits
+    x, y = x[:40], y[:40]
+    model = mlp(0, learning_rate=0.0)
+    ids = np.r_[np.arange(40), [3, 7]]  # 3 and 7 come round again in the last batch
+    data = tf.data.Dataset.from_tensor_slices((x[ids], y[ids], ids)).batch(16)
+    recorder = InFlightRecorder(40)
+    model.fit(data, epochs=1, verbose=0, callbacks=[recorder])
+    report = compute_losses(model, (x, y), verbose=0, jit_compile=False)
+    history = recorder.history
+    assert history["seen"].all()
+    np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
+    twice = np.isin(np.arange(40), [3, 7])
+    assert (history["prediction"][0][twice] == -1).all()
+    np.testing.assert_array_equal(history["prediction"][0][~twice], report.prediction[~twice])
+    np.testing.assert_array_equal(history["correct"][0], report.correct)
+    np.testing.assert_array_equal(recorder.labels, y)
