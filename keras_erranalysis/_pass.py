@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,7 +78,7 @@ def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
             raise ValueError("The data holds no examples: x and y are empty.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        dataset = _array_batches(parts, n, batch_size)
+        dataset = _array_slices(parts, n, batch_size)
     elif isinstance(data, Mapping) or hasattr(data, "shape"):
         raise ValueError(
             "compute_losses needs labels: pass (x, y) or a dataset that yields (x, y) or "
@@ -98,12 +99,33 @@ def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
     return dataset
 
 
-#: Bytes of array rows handed to TensorFlow at a time (see :func:`_array_batches`).
+#: Bytes of array rows handed to TensorFlow at a time (see :func:`_array_slices`).
 CHUNK_BYTES = 8 << 20
 
 
-def _array_batches(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
-    """Batches of in-memory arrays without copying them into TensorFlow.
+class _HeldArrays:
+    """The arrays of one dataset, held by the dataset.
+
+    Its generator holds only a weak reference: TensorFlow keeps every ``from_generator``
+    function for the life of the process, and with it whatever the function holds.
+    """
+
+    __slots__ = ("parts", "__weakref__")
+
+    def __init__(self, parts: Any) -> None:
+        self.parts = parts
+
+
+def _row_bytes(array: np.ndarray) -> int:
+    """Bytes of one row; for object arrays, of its strings (a sample's mean length)."""
+    if array.dtype.kind != "O":
+        return array[:1].nbytes
+    sample = array.reshape(len(array), -1)[:256].reshape(-1)
+    return int(sum(len(v) for v in sample) / max(len(sample), 1) * (array[:1].size or 1))
+
+
+def _array_slices(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of in-memory arrays without copying them whole into TensorFlow.
 
     ``from_tensor_slices`` would embed the arrays in the dataset as one constant (a full
     copy, and another while the first iterator starts: about 3x the data at the peak). A
@@ -112,17 +134,29 @@ def _array_batches(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
     memory held is one slice.
     """
     leaves = tf.nest.flatten(parts)
-    row_bytes = max(1, sum(leaf[:1].nbytes for leaf in leaves))
+    for leaf in leaves:
+        if leaf.dtype.kind == "O" and not all(isinstance(v, (str, bytes)) for v in leaf.flat):
+            raise ValueError(
+                "An input array has dtype object with values that are not strings: convert it "
+                "to a numeric dtype (np.asarray(x, dtype='float32')) or to strings."
+            )
+    row_bytes = max(1, sum(_row_bytes(leaf) for leaf in leaves))
     chunk = batch_size * max(1, CHUNK_BYTES // (batch_size * row_bytes))
 
     def spec(array: np.ndarray) -> tf.TensorSpec:
         dtype = tf.string if array.dtype.kind in "USO" else tf.as_dtype(array.dtype)
         return tf.TensorSpec((None, *array.shape[1:]), dtype)
 
+    held = _HeldArrays(parts)
+    reference = weakref.ref(held)
+
     def slices():
+        arrays = reference()
+        if arrays is None:  # the dataset is gone; nothing reads this generator then
+            return
         for start in range(0, n, chunk):
             rows = slice(start, start + chunk)
-            yield tf.nest.map_structure(lambda array, rows=rows: array[rows], parts)
+            yield tf.nest.map_structure(lambda array, rows=rows: array[rows], arrays.parts)
 
     dataset = tf.data.Dataset.from_generator(
         slices, output_signature=tf.nest.map_structure(spec, parts)
@@ -130,7 +164,9 @@ def _array_batches(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
     dataset = dataset.flat_map(
         lambda *part: tf.data.Dataset.from_tensor_slices(part).batch(batch_size)
     )
-    return dataset.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
+    dataset._keras_erranalysis_arrays = held  # the arrays live as long as the dataset
+    return dataset
 
 
 def _as_arrays(part: Any) -> Any:

@@ -659,6 +659,12 @@ def estimate_num_label_errors(dyn: pd.DataFrame) -> int:
             "InFlightRecorder.dynamics()."
         )
     label = dyn["label"].to_numpy()
+    if label.dtype.kind not in "iu":
+        raise ValueError(
+            f"The label column must hold integer class ids without gaps, got dtype "
+            f"{dyn['label'].dtype}: map class names to ids (and drop rows without a label) "
+            "before estimating the number of label errors."
+        )
     confidence = dyn["confidence"].to_numpy(dtype=np.float64)
     other = confidence - dyn["aum"].to_numpy(dtype=np.float64)
     suggested = dyn["suggested_label"].to_numpy()
@@ -693,6 +699,8 @@ def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series
         needed = ("label", "confidence", "suggested_label")
         if not all(c in dyn.columns for c in needed) or len(dyn) == 0:
             return flagged  # no given labels: the AUM cut alone
+        if dyn["label"].to_numpy().dtype.kind not in "iu":
+            return flagged  # class names or missing labels: no per-class count, the cut alone
         count = estimate_num_label_errors(dyn)
         aum = dyn["aum"].to_numpy(dtype=np.float64)
         finite = np.sort(aum[np.isfinite(aum)])

@@ -321,7 +321,11 @@ def _inputs(data: Any, batch_size: int):
         data = data[0]
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    yield from tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+    from keras_erranalysis import _pass
+
+    x = _pass._as_arrays(data)
+    n = _pass._num_examples(x)
+    yield from _pass._array_slices((x,), n, batch_size).map(lambda inputs: inputs)
 
 
 def storage_array(vectors: np.ndarray) -> np.ndarray:

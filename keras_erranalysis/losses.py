@@ -437,11 +437,13 @@ def _assemble(
             )
         if len(np.unique(example_id)) != n:
             raise ValueError("ids must be unique: each example needs its own id.")
-    # Column by column, each popped from the chunks as it is joined, so the peak is the
-    # chunks plus one column, not two copies of everything.
+    # Column by column, each popped from the chunks as it is joined (and put in id order),
+    # so the peak is the chunks plus one column, not two copies of everything.
     columns: dict[str, np.ndarray] = {}
     for key in [k for k in chunks[0] if k != "inputs"]:
         columns[key] = _concat([c.pop(key) for c in chunks])
+        if carried:  # results in id order, whatever order the workers' shards came back in
+            columns[key] = columns[key][order]
     inputs: dict[str, np.ndarray] = {}
     for name in chunks[0].get("inputs", {}):
         inputs[name] = _concat([c["inputs"][name] for c in chunks])
@@ -449,8 +451,7 @@ def _assemble(
             inputs[name] = np.array([_text(v) for v in inputs[name].reshape(-1)]).reshape(
                 inputs[name].shape
             )
-    if carried:  # results in id order, whatever order the workers' shards came back in
-        columns = {key: value[order] for key, value in columns.items()}
+    if carried:
         inputs = {key: value[order] for key, value in inputs.items()}
     loss_sum = columns["loss_sum"].astype(np.float32, copy=False)
     n_tokens = columns["n_tokens"].astype(np.int32, copy=False)

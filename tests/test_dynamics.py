@@ -478,3 +478,19 @@ def test_margin_histogram_shades_what_the_default_rule_flags():
     assert any(t.get_text() == "flagged: 60" for t in ax.get_legend().get_texts())
     span = [p for p in ax.patches if p.get_label() == "flagged: 60"][0]
     assert span.get_x() + span.get_width() == pytest.approx(flagged["aum"].max(), abs=1e-6)
+
+
+def test_class_names_as_labels_fall_back_to_the_aum_cut_with_a_clear_count_error():
+    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+
+    dyn = pd.DataFrame(
+        {
+            "aum": [-0.5, 0.4, -0.1, 0.6],
+            "confidence": [0.2, 0.8, 0.5, 0.9],
+            "suggested_label": [1, -1, 0, -1],
+            "label": ["cat", "dog", "cat", "dog"],
+        }
+    )
+    assert likely_mislabeled(dyn).index.tolist() == [0]  # aum < -0.2 only
+    with pytest.raises(ValueError, match="integer class ids"):
+        estimate_num_label_errors(dyn)

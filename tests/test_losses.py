@@ -409,3 +409,32 @@ def test_arrays_are_batched_in_slices_exactly_like_from_tensor_slices(monkeypatc
     # The dataset reads the caller's arrays, it does not hold a copy of them.
     x["ids"][0, 0] = 99
     assert next(iter(_pass.as_dataset((x, y, w), 3)))[0]["ids"][0, 0] == 99
+
+
+def test_arrays_given_to_the_pass_are_not_kept_alive_after_it_returns():
+    import gc
+    import weakref
+
+    from keras_erranalysis import _pass
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(10, 3)).astype("float32")
+    y = np.arange(10) % 2
+    alive = weakref.ref(x)
+    report = compute_losses(model, (x, y), batch_size=4, verbose=0)
+    assert len(report) == 10
+    dataset = _pass.as_dataset((x, y), 4)
+    assert sum(len(b[1]) for b in dataset) == 10
+    del x, dataset
+    gc.collect()
+    assert alive() is None  # TensorFlow keeps generator functions, not our arrays
+
+
+def test_object_arrays_of_strings_slice_by_their_text_and_numbers_are_refused():
+    from keras_erranalysis import _pass
+
+    text = np.array(["a" * 100, "b" * 300], dtype=object)
+    assert _pass._row_bytes(text) == 200  # the mean length, not an 8-byte pointer
+    with pytest.raises(ValueError, match="dtype object with values that are not strings"):
+        _pass.as_dataset((np.array([1, "x"], dtype=object), np.zeros(2)), 2)
