@@ -1,12 +1,14 @@
 """In-flight recording under MirroredStrategy: its epoch-time overhead against a plain fit.
 
-One process with two logical CPU devices and ``MirroredStrategy`` over both. The same
-model (64 features -> 128 -> 10 classes), data (50,000 examples, global batch 256) and
-data order are fitted alternately without and with an ``InFlightRecorder``, five rounds of
+One process with two logical CPU devices and ``MirroredStrategy`` over both. Two models:
+an MLP (64 features -> 128 -> 10 classes, 50,000 examples, global batch 256: a 2 ms step,
+where any fixed per-step cost shows) and the benchmarks' seq2seq Transformer (vocabulary
+1,000, length 32, 8,000 pairs, global batch 64). The same model, data and data order are
+fitted alternately without and with an ``InFlightRecorder``, five rounds of
 four epochs each; the first epoch of each fit holds the tracing and is dropped. Reported:
-the recorder's overhead as the ratio of epoch times (fastest and median), the same ratio on
-one device in the same process for comparison, and a check that the recorded rows cover
-every example once per epoch.
+the recorder's overhead as the ratio of epoch times (fastest and median) and as added
+milliseconds per training step, the same on one device in the same process for comparison,
+and a check that the recorded rows cover every example once per epoch.
 
 Run: ``python benchmarks/bench_inflight_distributed.py``.
 Writes ``benchmarks/results/inflight_distributed.json`` and prints a markdown table.
@@ -29,24 +31,34 @@ tf.config.set_logical_device_configuration(
 )
 
 import keras  # noqa: E402
+from models import transformer_seq2seq  # noqa: E402  (benchmarks/models.py)
 from timing import EpochTimer  # noqa: E402  (benchmarks/timing.py)
 
 from keras_erranalysis.inflight import InFlightRecorder, with_example_ids  # noqa: E402
 
 N, FEATURES, CLASSES, BATCH, EPOCHS, ROUNDS = 50_000, 64, 10, 256, 4, 5
+SEQ_N, SEQ_VOCAB, SEQ_LENGTH, SEQ_BATCH = 8_000, 1_000, 32, 64
 RESULTS = Path(__file__).parent / "results" / "inflight_distributed.json"
 
 
-def make_model(strategy: tf.distribute.Strategy) -> keras.Model:
+def mlp() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(CLASSES),
+        ]
+    )
+
+
+def transformer() -> keras.Model:
+    return transformer_seq2seq(SEQ_VOCAB, SEQ_LENGTH)
+
+
+def make_model(strategy: tf.distribute.Strategy, build) -> keras.Model:
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = keras.Sequential(
-            [
-                keras.Input((FEATURES,)),
-                keras.layers.Dense(128, activation="relu"),
-                keras.layers.Dense(CLASSES),
-            ]
-        )
+        model = build()
         model.compile(
             keras.optimizers.Adam(1e-3),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -54,25 +66,33 @@ def make_model(strategy: tf.distribute.Strategy) -> keras.Model:
     return model
 
 
-def measure(strategy: tf.distribute.Strategy, x: np.ndarray, y: np.ndarray) -> dict:
+def measure(strategy: tf.distribute.Strategy, build, x, y, batch: int) -> dict:
+    n = len(y)
+    steps = -(-n // batch)
     plain, recorded, seen = [], [], []
     for _ in range(ROUNDS):
         timer = EpochTimer()
-        data = with_example_ids(x, y, batch_size=BATCH, seed=0).map(lambda a, b, i: (a, b))
-        make_model(strategy).fit(data, epochs=EPOCHS, verbose=0, callbacks=[timer])
+        data = with_example_ids(x, y, batch_size=batch, seed=0).map(lambda a, b, i: (a, b))
+        make_model(strategy, build).fit(data, epochs=EPOCHS, verbose=0, callbacks=[timer])
         plain += timer.times[1:]
-        timer, recorder = EpochTimer(), InFlightRecorder(N)
-        data = with_example_ids(x, y, batch_size=BATCH, seed=0)
-        make_model(strategy).fit(data, epochs=EPOCHS, verbose=0, callbacks=[recorder, timer])
+        timer, recorder = EpochTimer(), InFlightRecorder(n)
+        data = with_example_ids(x, y, batch_size=batch, seed=0)
+        model = make_model(strategy, build)
+        model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[recorder, timer])
         recorded += timer.times[1:]
         seen.append(int(recorder.stack("seen").sum()))
     return {
         "replicas": int(strategy.num_replicas_in_sync),
+        "examples": n,
+        "global_batch": batch,
         "plain_epoch_seconds": plain,
         "recorded_epoch_seconds": recorded,
         "overhead_fastest": float(min(recorded) / min(plain) - 1.0),
         "overhead_median": float(np.median(recorded) / np.median(plain) - 1.0),
-        "every_example_once_per_epoch": all(s == N * EPOCHS for s in seen),
+        "every_example_once_per_epoch": all(s == n * EPOCHS for s in seen),
+        "steps_per_epoch": steps,
+        "added_ms_per_step_fastest": float((min(recorded) - min(plain)) / steps * 1e3),
+        "added_ms_per_step_median": float((np.median(recorded) - np.median(plain)) / steps * 1e3),
     }
 
 
@@ -80,27 +100,40 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, FEATURES)).astype("float32")
     y = (x[:, :CLASSES].argmax(1) + (rng.random(N) < 0.1)) % CLASSES
+    lengths = rng.integers(5, SEQ_LENGTH + 1, SEQ_N)
+    keep = np.arange(SEQ_LENGTH)[None] < lengths[:, None]
+    source = np.where(keep, rng.integers(1, SEQ_VOCAB, (SEQ_N, SEQ_LENGTH)), 0).astype("int32")
+    target = np.where(keep, (source * 7 + 3) % (SEQ_VOCAB - 1) + 1, 0).astype("int32")
+    target_in = np.concatenate([np.ones((SEQ_N, 1), "int32"), target[:, :-1]], axis=1)
+    seq_x = {"source": source, "target_in": np.where(keep, target_in, 0)}
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    one = tf.distribute.get_strategy()
     results = {
-        "mirrored": measure(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), x, y),
-        "one_device": measure(tf.distribute.get_strategy(), x, y),
+        "mlp, mirrored": measure(mirrored, mlp, x, y, BATCH),
+        "mlp, one device": measure(one, mlp, x, y, BATCH),
+        "transformer, mirrored": measure(mirrored, transformer, seq_x, target, SEQ_BATCH),
+        "transformer, one device": measure(one, transformer, seq_x, target, SEQ_BATCH),
     }
     payload = {
         "benchmark": "bench_inflight_distributed",
-        "examples": N,
-        "global_batch": BATCH,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "results": results,
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(payload, indent=1))
-    print("| strategy | replicas | overhead, fastest epoch | overhead, median epoch | rows |")
-    print("|---|---|---|---|---|")
+    print(
+        "| strategy | replicas | plain step ms (median) | overhead, fastest / median epoch | "
+        "added ms per step, fastest / median | rows |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
         rows = "every example once" if r["every_example_once_per_epoch"] else "MISSING ROWS"
+        step_ms = float(np.median(r["plain_epoch_seconds"])) / r["steps_per_epoch"] * 1e3
         print(
-            f"| {name} | {r['replicas']} | {100 * r['overhead_fastest']:+.1f}% | "
-            f"{100 * r['overhead_median']:+.1f}% | {rows} |"
+            f"| {name} | {r['replicas']} | {step_ms:.2f} | {100 * r['overhead_fastest']:+.1f}% / "
+            f"{100 * r['overhead_median']:+.1f}% | {r['added_ms_per_step_fastest']:.2f} / "
+            f"{r['added_ms_per_step_median']:.2f} | {rows} |"
         )
 
 
