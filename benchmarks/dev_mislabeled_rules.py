@@ -4,10 +4,10 @@
 noise/model seeds 0, 1, 2. To keep that comparison honest, candidate scores and flag rules
 are compared here on data the benchmark never uses:
 
-- digits with noise and model seeds 10..14 (the benchmark's noise comes from
+- digits with noise and model seeds 10..19 (the benchmark's noise comes from
   ``default_rng(1000 + seed)``, so these flips are different ones);
 - ``sklearn.datasets.make_classification`` (2,000 examples, 20 features, 10 classes), a
-  new data set per seed 10..14;
+  new data set per seed 10..19;
 
 each with the benchmark's three noise kinds (10% and 20% symmetric, 20% class pairs), the
 benchmark's model (MLP 64-10, Adam 1e-3, batch 32) and 20 epochs. Per-epoch histories are
@@ -18,38 +18,52 @@ Every rule only reads the dynamics frame (``compute_dynamics`` with ``label=``),
 the package has at hand. Reported: precision, recall and F1 of the flagged set and
 precision at the true noise count, means over seeds, per data set and noise kind.
 
-Run: ``python benchmarks/dev_mislabeled_rules.py [--seeds 10 11 12 13 14]`` (about 80 s on
-2 cores; the trainings are cached, the rules then take seconds).
+Run: ``python benchmarks/dev_mislabeled_rules.py [--seeds 10 ... 19]`` (about 80 s on 2
+cores; the trainings are cached, the rules then take seconds).
 
-Result (F1 of the flagged set, mean over both data sets and seeds 10..14; precision at the
-noise count is the same for every rule that ranks by AUM: digits .944 / .961 / .923,
-make_classification .882 / .925 / .872):
+Result (F1 of the flagged set, mean over both data sets and seeds 10..19, 20 runs per noise
+kind; precision at the noise count is the same for every rule that ranks by AUM: digits
+.948 / .962 / .926, make_classification .867 / .921 / .870):
 
-==========================================  =============  =============  =========
-rule                                        symmetric 10%  symmetric 20%  pairs 20%
-==========================================  =============  =============  =========
-aum < -0.2 (old default, ``"aum"``)         .909           .945           .888
-aum < 0                                     .826           .901           .880
-cl off-diagonal of the confident joint      .776           .823           .815
-cl calibrated count, per class, by AUM      .884           .927           .890
-cl calibrated count, per cell, by AUM       .807           .877           .905
-cl calibrated count, global top-k by AUM    .912           .942           .895
-2-component GMM on AUM (DivideMix-style)    .548           .887           .826
-same, per given class                       .578           .868           .805
-aum < -0.2 or top-k (``"aum_cl"``, chosen)  .909           .946           .896
-==========================================  =============  =============  =========
+===============================================  =============  =============  =========
+rule                                             symmetric 10%  symmetric 20%  pairs 20%
+===============================================  =============  =============  =========
+aum < -0.2 (``"aum"``)                           .908           .944           .890
+aum < 0                                          .825           .902           .882
+cl off-diagonal of the confident joint           .771           .821           .812
+cl calibrated count, per class, by AUM           .880           .922           .889
+cl calibrated count, per cell, by AUM            .801           .873           .905
+cl calibrated count, global top-k by AUM         .906           .941           .895
+2-component GMM on AUM (DivideMix-style)         .538           .889           .828
+same, per given class                            .571           .866           .810
+aum < -0.2 or global top-k (first ``"aum_cl"``)  .908           .944           .896
+same, per cell in concentrated cells (chosen)    .908           .944           .909
+===============================================  =============  =============  =========
 
 Why ``"aum_cl"``: the CL thresholds alone are too strict on training-time probabilities
 (training pushes the probability of the given label up, recall about 0.7), the Gaussian
 mixture does not fit the very skewed AUM distribution (the clean examples pile up near 1),
 but the *calibrated* count of the confident joint estimates the number of flips well
 (0.95-1.04 of the truth on average), and flagging down the AUM ranking to that count when
-the fixed cut-off flags fewer never lowered F1 on any of the 30 dev runs: the flag sets are
-identical under 10% symmetric noise, better in 3 of 10 runs (20% symmetric) and 9 of 10
-runs (20% pairs). The count alone (global top-k) is better under pair and 10% symmetric
-noise but worse under 20% symmetric noise, so it was not chosen. Early epochs only
-(first half or quarter) ranked worse on every setting (precision at n), so they were not
-pursued.
+the fixed cut-off flags fewer never lowered F1 on the first 30 dev runs (seeds 10..14): the
+flag sets are identical under 10% symmetric noise, better in 3 of 10 runs (20% symmetric)
+and 9 of 10 runs (20% pairs). The count alone (global top-k) is better under pair and 10%
+symmetric noise but worse under 20% symmetric noise, so it was not chosen. Early epochs
+only (first half or quarter) ranked worse on every setting (precision at n), so they were
+not pursued.
+
+Why the per-cell pick (added later, seeds 10..19): the global AUM ranking's best F1 over
+*any* cut-off is .910 under pair noise, so no count can do much better with it; but picking
+cleanlab-style *per cell* of the joint (``prune_by_noise_rate``) gives .905 under pair noise
+and is poor under symmetric noise, where the cells hold about 2% of a class each and their
+counts are noisy. Per cell only where a cell holds >= 10% of its class, the rest down the
+global ranking: the symmetric flag sets are unchanged (no cell reaches 10%) and pair-noise
+F1 rises .896 -> .909, better in 17 of 20 runs. Any share from 0.075 to 0.15 gave the same
+F1 (0.2 is too high: .897). Other rankings computed from the same histories were not better
+than AUM (precision at n under pair noise, AUM .898): AUM of the later half of the epochs
+.895, rank-averaged margins .894, AUM minus its class median .899 (but worse on symmetric
+noise), AUM over the class's mean confidence .894, the margin against the label the model
+keeps predicting .899 (needs full probabilities), AUM + correctness .897.
 """
 
 from __future__ import annotations
@@ -267,6 +281,18 @@ def rule_cl_global(dyn):
     return score, out
 
 
+def rule_cut_or_count(dyn):
+    """aum < -0.2, or among the estimate_num_label_errors(dyn) lowest AUMs overall.
+
+    The package's "aum_cl" before the per-cell pick in concentrated cells was added.
+    """
+    from keras_erranalysis.dynamics import estimate_num_label_errors
+
+    score, flagged = rule_aum(dyn)
+    flagged[_top(score, np.arange(len(score)), estimate_num_label_errors(dyn))] = True
+    return score, flagged
+
+
 def rule_gmm(dyn):
     aum = dyn["aum"].to_numpy()
     return -aum, _gmm_low_posterior(aum) > 0.5
@@ -292,6 +318,7 @@ RULES = {
     "cl calibrated count, per class": rule_cl_calibrated,
     "cl calibrated count, per cell": lambda d: rule_cl_calibrated(d, per_cell=True),
     "cl calibrated count, global top-k by AUM": rule_cl_global,
+    "aum<-0.2 or global top-k (aum_cl until Nov 2026)": rule_cut_or_count,
     "gmm on aum": rule_gmm,
     "gmm on aum per class": rule_gmm_class,
 }
@@ -318,11 +345,13 @@ def evaluate(score: np.ndarray, flagged: np.ndarray, truth: np.ndarray) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12, 13, 14])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10, 20)))
     parser.add_argument("--datasets", nargs="+", default=["digits", "make_classification"])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/dev_mislabeled_cache"))
     parser.add_argument("--package-methods", nargs="*", default=["aum", "aum_cl"])
     args = parser.parse_args()
+    if "digits" in args.datasets and {0, 1, 2} & set(args.seeds):
+        parser.error("digits seeds 0, 1, 2 are the benchmark's; use dev seeds (10 and up).")
     args.cache.mkdir(parents=True, exist_ok=True)
     rules = dict(RULES)
     for method in args.package_methods:

@@ -790,10 +790,11 @@ def plot_margin_histogram(
     Args:
         dyn: DataFrame from :func:`keras_erranalysis.dynamics.compute_dynamics`.
         column: Column to histogram (default ``"aum"``).
-        threshold: Flag boundary, shaded to its left. Default: for ``"aum"``, the boundary
-            of what :func:`keras_erranalysis.dynamics.likely_mislabeled` flags by default
-            (``aum < -0.2``, moved right when the estimated count of label errors flags
-            more); for other columns, -0.2.
+        threshold: Flag boundary, shaded to its left. Default: for ``"aum"``, what
+            :func:`keras_erranalysis.dynamics.likely_mislabeled` flags by default is drawn
+            as its own (red) histogram, with the ``aum < -0.2`` cut as a dashed line (the
+            default rule may flag more than the cut, not always the lowest AUMs overall);
+            for other columns, -0.2.
         highlight: Optional boolean mask (aligned with ``dyn``) drawn as a second histogram,
             e.g. known flipped labels in a benchmark.
         highlight_label: Legend text of the highlighted examples.
@@ -808,14 +809,15 @@ def plot_margin_histogram(
     if column not in dyn:
         raise ValueError(f"dyn has no column {column!r}; pass the output of compute_dynamics().")
     scores = np.asarray(dyn[column], dtype=float)
+    default_rule = threshold is None and column == "aum"
     if threshold is None:
         threshold = DEFAULT_AUM_THRESHOLD
-        if column == "aum" and len(dyn):
-            # The default rule flags the lowest AUMs; shade exactly what it flags.
-            flagged_aum = np.asarray(likely_mislabeled(dyn)["aum"], dtype=float)
-            flagged_aum = flagged_aum[np.isfinite(flagged_aum)]
-            if flagged_aum.size and flagged_aum.max() >= threshold:
-                threshold = float(np.nextafter(flagged_aum.max(), np.inf))
+    if default_rule:
+        # Exactly what the default rule flags (not always a prefix of the AUM ranking).
+        flagged_rows = likely_mislabeled(dyn).index
+        flagged_mask = np.asarray(dyn.index.isin(flagged_rows), dtype=bool)
+    else:
+        flagged_mask = scores < threshold
     finite = np.isfinite(scores)
     if ax is None:
         fig = _new_figure(5.6, 3.4)
@@ -840,12 +842,26 @@ def plot_margin_histogram(
             alpha=0.8,
             label=_text_label(highlight_label, 30),
         )
-    flagged = int((scores[finite] < threshold).sum())
-    ax.axvspan(low, threshold, color="#c44e52", alpha=0.12, label=f"flagged: {flagged:,}")
-    ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
+    flagged = int((flagged_mask & finite).sum())
+    if default_rule:
+        ax.hist(
+            scores[finite & flagged_mask],
+            bins=edges,
+            color="#c44e52",
+            alpha=0.8,
+            label=f"flagged: {flagged:,}",
+        )
+        ax.axvline(
+            threshold, color="#c44e52", linestyle="--", linewidth=1, label=f"aum < {threshold:g}"
+        )
+        title = f"{_text_label(column, 30)} (flagged by the default rule)"
+    else:
+        ax.axvspan(low, threshold, color="#c44e52", alpha=0.12, label=f"flagged: {flagged:,}")
+        ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
+        title = f"{_text_label(column, 30)} (flagged below {threshold:.3g})"
     ax.set_xlim(low, high)
     ax.set_xlabel(_text_label(column, 30))
     ax.set_ylabel("examples")
-    ax.set_title(f"{_text_label(column, 30)} (flagged below {threshold:.3g})")
+    ax.set_title(title)
     ax.legend(fontsize=8, frameon=False)
     return fig

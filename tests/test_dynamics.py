@@ -445,12 +445,15 @@ def test_margin_histogram_marks_the_flagged_region():
     dyn = hand_made()
     ax = plot_margin_histogram(dyn, highlight=[False, False, True, False]).axes[0]
     texts = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "flagged: 1" in texts and "highlighted" in texts
-    span = [p for p in ax.patches if p.get_label() == "flagged: 1"][0]
-    x_left, x_right = span.get_x(), span.get_x() + span.get_width()
-    assert x_left == pytest.approx(-0.85) and x_right == pytest.approx(-0.2)
+    assert "flagged: 1" in texts and "highlighted" in texts and "aum < -0.2" in texts
+    bars = _flagged_bars(ax, "flagged: 1")
+    assert len(bars) == 1 and bars[0].get_height() == 1
+    assert bars[0].get_x() <= -0.85 <= bars[0].get_x() + bars[0].get_width()
     ax = plot_margin_histogram(dyn, threshold=0.5).axes[0]
     assert any(t.get_text() == "flagged: 3" for t in ax.get_legend().get_texts())
+    span = [p for p in ax.patches if p.get_label() == "flagged: 3"][0]
+    x_left, x_right = span.get_x(), span.get_x() + span.get_width()
+    assert x_left == pytest.approx(-0.85) and x_right == pytest.approx(0.5)
     with pytest.raises(ValueError, match="highlight must have"):
         plot_margin_histogram(dyn, highlight=[True])
 
@@ -476,8 +479,56 @@ def test_margin_histogram_shades_what_the_default_rule_flags():
     assert len(flagged) == 60 and (dyn["aum"][:60] > -0.2).all()  # the count, not the cut
     ax = plot_margin_histogram(dyn).axes[0]
     assert any(t.get_text() == "flagged: 60" for t in ax.get_legend().get_texts())
-    span = [p for p in ax.patches if p.get_label() == "flagged: 60"][0]
-    assert span.get_x() + span.get_width() == pytest.approx(flagged["aum"].max(), abs=1e-6)
+    bars = _flagged_bars(ax, "flagged: 60")
+    assert sum(b.get_height() for b in bars) == 60
+    assert min(b.get_x() for b in bars) <= flagged["aum"].min()
+    assert max(b.get_x() + b.get_width() for b in bars) >= flagged["aum"].max()
+    assert max(b.get_x() for b in bars) < flagged["aum"].max()  # no bar past the flagged
+
+
+def _flagged_bars(ax, label):
+    """The non-empty bars of the histogram drawn with ``label``."""
+    container = [c for c in ax.containers if c.patches[0].get_label() == label]
+    assert len(container) == 1
+    return [bar for bar in container[0] if bar.get_height() > 0]
+
+
+def test_a_concentrated_cell_is_flagged_within_the_cell_not_by_global_rank():
+    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+
+    def rows(n, label, confidence, aum, suggested):
+        return pd.DataFrame(
+            {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
+            index=range(n),
+        )
+
+    dyn = pd.concat(
+        [
+            rows(16, 0, 0.9, 0.85, -1),
+            # 4 labelled 0 that the model keeps calling 1: their other probability 0.52
+            # reaches t_1 = 0.5 and they are below t_0 = (16 * 0.9 + 4 * 0.42) / 20 = 0.804.
+            rows(4, 0, 0.42, -0.10, 1),
+            rows(20, 1, 0.5, 0.3, -1),
+            rows(17, 2, 0.9, 0.85, -1),
+            # 3 hard ones labelled 2: lower AUM, but their other probability (0.55) is below
+            # t_0, so confident learning does not count them.
+            rows(3, 2, 0.40, -0.15, 0),
+        ],
+        ignore_index=True,
+    )
+    flips = list(range(16, 20))
+    hard = list(range(57, 60))
+    # Rows: class 0 counts 16 + 4, 4 off-diagonal in the cell (0, 1) -> 4 * 20 / 20 = 4.
+    assert estimate_num_label_errors(dyn) == 4
+    ranked = likely_mislabeled(dyn, k=7)
+    assert ranked.index[:3].tolist() == hard  # the lowest AUMs overall
+    # The cell (0, 1) holds 4 of class 0's 20 (>= 10%): its count is picked inside it.
+    assert sorted(likely_mislabeled(dyn).index) == flips
+    # A cell below 10% of its class is not concentrated: the count goes down the ranking.
+    diluted = pd.concat([dyn, rows(30, 0, 0.9, 0.85, -1)], ignore_index=True)
+    assert estimate_num_label_errors(diluted) == 4  # 4 * 50 / 50; 4 < 0.1 * 50
+    # The 4 lowest AUMs: the 3 hard ones, then the -0.10 ties (all 4 flips, ties included).
+    assert sorted(likely_mislabeled(diluted).index) == sorted(flips + hard)
 
 
 def test_class_names_as_labels_fall_back_to_the_aum_cut_with_a_clear_count_error():
