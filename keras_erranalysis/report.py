@@ -465,13 +465,18 @@ def _plotting(name: str) -> Any:
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:
     from keras_erranalysis.dynamics import DEFAULT_METHOD, likely_mislabeled
 
-    n_flagged = len(likely_mislabeled(dyn, method=DEFAULT_METHOD))
-    # The flagged ones, or at least the 10 highest scores: a reader sees how close they came.
-    ranked = likely_mislabeled(dyn, min(max(n_flagged, 10), max_rows), method=DEFAULT_METHOD)
+    everything = likely_mislabeled(dyn, len(dyn), method=DEFAULT_METHOD)
+    flagged = everything[everything["flagged"].to_numpy(dtype=bool)]
+    n_flagged = len(flagged)
+    # The flagged ones (not always the highest scores: a concentrated cell of the confident
+    # joint is picked within the cell), then the highest unflagged scores up to 10, so a
+    # reader sees how close they came.
+    fill = everything[~everything["flagged"].to_numpy(dtype=bool)].head(max(10 - n_flagged, 0))
+    ranked = pd.concat([flagged, fill]).head(max_rows)
     title = (
         f"<h3>Likely mislabeled: {n_flagged} flagged by {_esc(DEFAULT_METHOD)}</h3>"
-        f'<p class="note">The {len(ranked)} highest mislabel scores; the flagged column '
-        "says which pass the method's threshold.</p>"
+        f'<p class="note">The flagged rows by mislabel score, then the highest unflagged '
+        f"scores up to 10 ({len(ranked)} shown).</p>"
     )
     head = ranked.reset_index(drop=True)
     if "example_id" not in head.columns:

@@ -126,6 +126,11 @@ def test_hardest_table_rows_filters_and_other_tables(hostile_run, tmp_path):
     flagged = len(run.likely_mislabeled())
     assert f"Likely mislabeled: {flagged} flagged by aum" in text
     assert len(page.tables["mislabeled"]) == 1 + min(max(flagged, 10), 20)
+    # The flagged rows come first, in the order of run.likely_mislabeled().
+    assert flagged >= 1
+    shown = [r["cells"][0] for r in page.tables["mislabeled"][1:]]
+    expected = [str(i) for i in run.likely_mislabeled().index[:20]]
+    assert shown[: len(expected)] == expected
 
 
 def test_sequence_run_report_has_token_columns_and_no_class_filter(tmp_path):
