@@ -12,10 +12,16 @@ and a check that the recorded rows cover every example once per epoch.
 
 Run: ``python benchmarks/bench_inflight_distributed.py``.
 Writes ``benchmarks/results/inflight_distributed.json`` and prints a markdown table.
+
+Options: ``--jit-compile`` compiles both fits with ``model.compile(..., jit_compile=True)``
+(XLA; the rows are named "..., XLA" and go to ``inflight_distributed_xla.json``);
+``--one-device`` skips the two-replica rows; ``--rounds N`` runs fewer (or more) rounds;
+``--out PATH`` writes the JSON elsewhere.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -55,34 +61,48 @@ def transformer() -> keras.Model:
     return transformer_seq2seq(SEQ_VOCAB, SEQ_LENGTH)
 
 
-def make_model(strategy: tf.distribute.Strategy, build) -> keras.Model:
+def make_model(strategy: tf.distribute.Strategy, build, jit_compile: bool = False) -> keras.Model:
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = build()
         model.compile(
             keras.optimizers.Adam(1e-3),
             keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
         )
     return model
 
 
-def measure(strategy: tf.distribute.Strategy, build, x, y, batch: int) -> dict:
+def measure(
+    strategy: tf.distribute.Strategy,
+    build,
+    x,
+    y,
+    batch: int,
+    *,
+    rounds: int = ROUNDS,
+    jit_compile: bool = False,
+) -> dict:
     n = len(y)
     steps = -(-n // batch)
     plain, recorded, seen = [], [], []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         timer = EpochTimer()
         data = with_example_ids(x, y, batch_size=batch, seed=0).map(lambda a, b, i: (a, b))
-        make_model(strategy, build).fit(data, epochs=EPOCHS, verbose=0, callbacks=[timer])
+        make_model(strategy, build, jit_compile).fit(
+            data, epochs=EPOCHS, verbose=0, callbacks=[timer]
+        )
         plain += timer.times[1:]
         timer, recorder = EpochTimer(), InFlightRecorder(n)
         data = with_example_ids(x, y, batch_size=batch, seed=0)
-        model = make_model(strategy, build)
+        model = make_model(strategy, build, jit_compile)
         model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[recorder, timer])
         recorded += timer.times[1:]
         seen.append(int(recorder.stack("seen").sum()))
     return {
         "replicas": int(strategy.num_replicas_in_sync),
+        "jit_compile": jit_compile,
+        "rounds": rounds,
         "examples": n,
         "global_batch": batch,
         "plain_epoch_seconds": plain,
@@ -97,6 +117,15 @@ def measure(strategy: tf.distribute.Strategy, build, x, y, batch: int) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jit-compile", action="store_true", help="compile with XLA")
+    parser.add_argument("--one-device", action="store_true", help="skip the two replicas")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    args = parser.parse_args()
+    out = args.out or (
+        RESULTS.with_name("inflight_distributed_xla.json") if args.jit_compile else RESULTS
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, FEATURES)).astype("float32")
     y = (x[:, :CLASSES].argmax(1) + (rng.random(N) < 0.1)) % CLASSES
@@ -108,11 +137,19 @@ def main() -> None:
     seq_x = {"source": source, "target_in": np.where(keep, target_in, 0)}
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     one = tf.distribute.get_strategy()
+    cases = [
+        ("mlp, mirrored", mirrored, mlp, x, y, BATCH),
+        ("mlp, one device", one, mlp, x, y, BATCH),
+        ("transformer, mirrored", mirrored, transformer, seq_x, target, SEQ_BATCH),
+        ("transformer, one device", one, transformer, seq_x, target, SEQ_BATCH),
+    ]
+    suffix = ", XLA" if args.jit_compile else ""
     results = {
-        "mlp, mirrored": measure(mirrored, mlp, x, y, BATCH),
-        "mlp, one device": measure(one, mlp, x, y, BATCH),
-        "transformer, mirrored": measure(mirrored, transformer, seq_x, target, SEQ_BATCH),
-        "transformer, one device": measure(one, transformer, seq_x, target, SEQ_BATCH),
+        name + suffix: measure(
+            strategy, build, xs, ys, batch, rounds=args.rounds, jit_compile=args.jit_compile
+        )
+        for name, strategy, build, xs, ys, batch in cases
+        if not (args.one_device and strategy is mirrored)
     }
     payload = {
         "benchmark": "bench_inflight_distributed",
@@ -120,8 +157,8 @@ def main() -> None:
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "results": results,
     }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=1))
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1))
     print(
         "| strategy | replicas | plain step ms (median) | overhead, fastest / median epoch | "
         "added ms per step, fastest / median | rows |"

@@ -158,7 +158,8 @@ def test_planted_flipped_labels_dominate_the_top_of_the_inflight_ranking(digits)
     assert flipped[flagged.index].mean() > 0.6
 
 
-def test_sequence_outputs_record_per_sequence_summaries():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_sequence_outputs_record_per_sequence_summaries(jit_compile):
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 20, size=(48, 6))
     tokens[:, 4:] = 0  # padding
@@ -169,7 +170,7 @@ def test_sequence_outputs_record_per_sequence_summaries():
         [keras.Input((6,), dtype="int32"), keras.layers.Embedding(20, 8), keras.layers.Dense(3)]
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-100)
-    model.compile(keras.optimizers.SGD(0.0), loss)
+    model.compile(keras.optimizers.SGD(0.0), loss, jit_compile=jit_compile)
     recorder = InFlightRecorder(len(tokens))
     model.fit(
         with_example_ids(tokens, tags, batch_size=16, seed=0),
@@ -223,4 +224,26 @@ def test_an_example_trained_on_twice_in_an_epoch_keeps_its_mean_and_no_predictio
     assert (history["prediction"][0][twice] == -1).all()
     np.testing.assert_array_equal(history["prediction"][0][~twice], report.prediction[~twice])
     np.testing.assert_array_equal(history["correct"][0], report.correct)
+    np.testing.assert_array_equal(recorder.labels, y)
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_inflight_values_under_xla_equal_a_separate_pass(digits, softmax):
+    x, y = digits
+    model = mlp(0, learning_rate=0.0, softmax=softmax)
+    model.compile(model.optimizer, model.loss, jit_compile=True)
+    recorder = InFlightRecorder(len(x))
+    model.fit(
+        with_example_ids(x, y, batch_size=64, seed=3), epochs=2, verbose=0, callbacks=[recorder]
+    )
+    assert model.jit_compile is True
+    report = compute_losses(model, (x, y), verbose=0, jit_compile=False)
+    history = recorder.history
+    assert history["seen"].all()
+    for epoch in range(2):
+        np.testing.assert_allclose(history["true_prob"][epoch], report.true_prob, atol=1e-5)
+        np.testing.assert_allclose(history["margin"][epoch], report.margin, atol=1e-5)
+        np.testing.assert_allclose(history["loss"][epoch], report.loss, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(history["prediction"][epoch], report.prediction)
+        np.testing.assert_array_equal(history["correct"][epoch], report.correct)
     np.testing.assert_array_equal(recorder.labels, y)
