@@ -614,7 +614,15 @@ def per_example(
     is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
     best_other = tf.reduce_max(tf.where(is_label, -math.inf, probs), axis=-1)
     margin = true_prob - best_other
-    right = tf.equal(prediction, label)
+    # Rows whose probabilities are undefined (a NaN or +inf logit, every class at -inf):
+    # the plain max gives NaN, XLA's skips NaN and gives -inf or a NaN-row gather. Such a
+    # row has no prediction (-1) and is never right; argmax would pick an arbitrary class.
+    undefined = ~tf.math.is_finite(confidence) | tf.math.is_nan(true_prob)
+    prediction = tf.where(undefined, -1, prediction)
+    confidence = tf.where(undefined, math.nan, confidence)
+    true_prob = tf.where(undefined, math.nan, true_prob)
+    margin = tf.where(undefined, math.nan, margin)
+    right = tf.equal(prediction, label) & ~undefined
     token_loss = tf.where(counted, loss_values * weight, 0.0)
 
     if probe_.sequence:

@@ -95,10 +95,14 @@ class Vocabulary:
         return {"tokens": self.tokens, "sep": self.sep}
 
     def token(self, index: int) -> str:
-        """Returns the token of one id (``<id>`` when the id is outside the vocabulary)."""
-        if self.tokens is None:
-            return self.fn([int(index)])  # type: ignore[misc]
+        """Returns the token of one id (``<id>`` when the id is outside the vocabulary).
+
+        A negative id (-1: no prediction, e.g. a row of NaN logits) is never passed to a
+        decoding function.
+        """
         index = int(index)
+        if self.tokens is None:
+            return f"<{index}>" if index < 0 else self.fn([index])  # type: ignore[misc]
         if 0 <= index < len(self.tokens):
             return self.tokens[index]
         return f"<{index}>"
@@ -106,13 +110,14 @@ class Vocabulary:
     def decode(self, ids: Sequence[int] | np.ndarray, mask: np.ndarray | None = None) -> str:
         """Joins the tokens of ``ids`` (only where ``mask`` is true) into text.
 
-        Padding tokens (empty strings) are dropped.
+        Padding tokens (empty strings) are dropped; a decoding function never gets negative
+        ids (-1: no prediction), which are left out of its text.
         """
         ids_array = np.asarray(ids).reshape(-1)
         if mask is not None:
             ids_array = ids_array[np.asarray(mask, dtype=bool).reshape(-1)]
         if self.tokens is None:
-            return str(self.fn([int(i) for i in ids_array]))  # type: ignore[misc]
+            return str(self.fn([int(i) for i in ids_array if i >= 0]))  # type: ignore[misc]
         words = (self.token(i) for i in ids_array)
         return self.sep.join(w for w in words if w != "")
 

@@ -50,7 +50,9 @@ class LossReport:
         loss_sum: Loss summed over counted tokens (weighted by sample weights).
         loss_mean: ``loss_sum`` divided by the number of counted tokens.
         label: Given labels (int32), ``(N,)`` or ``(N, T)``; one-hot labels become ids.
-        prediction: Argmax of the output, same shape as ``label``.
+        prediction: Argmax of the output, same shape as ``label``; -1 where the
+            probabilities are undefined (a NaN or +inf logit, every class at -inf), whose
+            ``confidence``, ``true_prob`` and ``margin`` are NaN and ``correct`` False.
         confidence: Probability of the prediction (sequences: mean over counted tokens).
         true_prob: Probability of the given label (sequences: mean over counted tokens).
         margin: Probability of the given label minus the largest other probability, in
@@ -236,7 +238,7 @@ class LossReport:
                 "confidence": self.token_confidence[row],
                 "true_prob": self.token_true_prob[row],
                 "margin": self.token_margin[row],
-                "correct": self.label[row] == self.prediction[row],
+                "correct": (self.label[row] == self.prediction[row]) & (self.prediction[row] >= 0),
                 "counted": counted,
             }
         )

@@ -2,7 +2,9 @@
 
 Plain numpy / pandas (nltk for BLEU and chrF); no Keras. Functions take either arrays or a
 LossReport (its ``label``, ``prediction``, ``token_mask``, ``example_id`` and ``num_classes``),
-so sequence models get token-level numbers per tag.
+so sequence models get token-level numbers per tag. Negative labels (ignored positions) and
+negative predictions (-1: no prediction, a row of undefined probabilities such as NaN
+logits, flagged ``nonfinite`` in the report) are left out of the counts.
 
 Example:
     >>> import numpy as np
@@ -77,6 +79,9 @@ def _flat_pairs(
     example_ids = np.asarray(example_ids)
     ex = np.broadcast_to(example_ids.reshape((n,) + (1,) * (y.ndim - 1)), y.shape)
     keep = y >= 0  # negative labels are ignored positions (e.g. ignore_class=-100)
+    # Negative predictions are rows without one (-1: undefined probabilities, e.g. NaN
+    # logits; the report flags them in `nonfinite`): left out, never counted as a class.
+    keep &= p >= 0
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != y.shape:

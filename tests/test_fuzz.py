@@ -342,6 +342,41 @@ def test_extreme_batch_gives_the_same_numbers_with_and_without_xla():
         np.testing.assert_allclose(getattr(plain, column)[finite], getattr(xla, column)[finite],
                                    rtol=1e-6, err_msg=column)
     np.testing.assert_array_equal(plain.loss[3], xla.loss[3])  # -inf logit of the label: inf
+    for report in (plain, xla):
+        # The NaN row has no prediction and is never right, with or without XLA (argmax
+        # would pick an arbitrary class: the first not NaN in one, the last in the other).
+        assert report.prediction[2] == -1 and not report.correct[2]
+        assert np.isnan([report.confidence[2], report.true_prob[2], report.margin[2]]).all()
+        # A -inf logit only rules its class out: the row keeps its probabilities.
+        assert report.prediction[3] == 1 and report.confidence[3] == pytest.approx(0.5)
+
+
+def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right():
+    z = np.array([[np.nan, 1.0, 2.0], [1.0, 2.0, np.nan], [np.inf, 1.0, 2.0],
+                  [-np.inf, -np.inf, -np.inf], [0.0, 5.0, 1.0]], "float32")
+    y = np.array([1, 0, 0, 0, 1])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = identity_model(2, "float32")
+    for jit_compile in (False, True):
+        report = compute_losses(model, (z, y), loss=loss, verbose=0, jit_compile=jit_compile)
+        assert report.prediction.tolist() == [-1, -1, -1, -1, 1]
+        assert report.correct.tolist() == [False, False, False, False, True]
+        assert np.isnan(report.confidence[:4]).all() and np.isnan(report.margin[:4]).all()
+        assert report.nonfinite.tolist() == [True, True, True, True, False]
+    # Metrics leave the rows without a prediction out instead of counting a class.
+    from keras_erranalysis.metrics import confusion_matrix, per_class_metrics
+
+    cm = confusion_matrix(report)
+    assert cm.sum() == 1 and cm[1, 1] == 1
+    assert per_class_metrics(report).loc["1", "recall"] == 1.0
+    # Sequences: a token of NaN logits makes its sequence wrong.
+    tokens = np.stack([np.tile([[0.0, 3.0, 0.0]], (3, 1))] * 2).astype("float32")
+    tokens[1, 2, 0] = np.nan
+    report = compute_losses(
+        identity_model(3, "float32"), (tokens, np.ones((2, 3), "int64")), loss=loss, verbose=0
+    )
+    assert report.correct.tolist() == [True, False]
+    assert report.prediction[1].tolist() == [1, 1, -1]
 
 
 # -- decoders -----------------------------------------------------------------------------

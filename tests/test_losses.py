@@ -244,6 +244,22 @@ def test_text_vectorization_vocabulary_decodes_inputs():
     assert Vocabulary.from_any(vectorizer).decode(x[0]) == "the cat sat"
 
 
+def test_no_prediction_id_never_reaches_a_decoding_function():
+    seen = []
+
+    def decode(ids):
+        seen.append(list(ids))
+        if any(i < 0 for i in ids):
+            raise IndexError("negative id")  # what a real tokenizer may do
+        return " ".join(f"w{i}" for i in ids)
+
+    vocab = Vocabulary.from_any(decode)
+    assert vocab.decode([3, -1, 4]) == "w3 w4"
+    assert vocab.token(-1) == "<-1>" and vocab.token(2) == "w2"
+    assert seen == [[3, 4], [2]]
+    assert Vocabulary(["a", "b"]).decode([0, -1, 1]) == "a <-1> b"
+
+
 def test_multi_output_model_needs_output_name():
     inp = keras.Input((6,))
     hidden = keras.layers.Dense(8)(inp)
