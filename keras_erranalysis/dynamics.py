@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import mmap
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -667,21 +667,31 @@ def estimate_num_label_errors(dyn: pd.DataFrame) -> int:
         >>> estimate_num_label_errors(dyn)  # t = [0.7, 0.6]; rows 2 and 5 are off-diagonal
         2
     """
-    joint = _confident_joint(dyn)[2]
-    return int(min(round(float(joint.sum())), len(dyn)))
+    return _confident_joint(dyn).num_errors
 
 
-def _confident_joint(
-    dyn: pd.DataFrame,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The calibrated confident joint of :func:`estimate_num_label_errors`, cell by cell.
+class _Joint(NamedTuple):
+    """The off-diagonal of the calibrated confident joint, kept sparse (C can be a vocabulary).
 
-    Returns:
-        ``given`` (N,) position of each row's label among the sorted classes, ``suggested``
-        (N,) position of its suggested label (-1: none, or a class nobody carries as a given
-        label), ``joint`` (C, C) calibrated counts of wrong labels (given class, suggested
-        class; the diagonal is 0) and ``per_class`` (C,) rows per given class.
+    ``row_cell`` (N,) is each row's cell key ``given * C + suggested`` (-1: no suggested
+    class that anybody carries as a given label); ``cells`` the sorted keys of the non-empty
+    off-diagonal cells, ``counts`` their calibrated counts and ``share`` each count over the
+    size of its given class.
     """
+
+    row_cell: np.ndarray
+    cells: np.ndarray
+    counts: np.ndarray
+    share: np.ndarray
+    num_rows: int
+
+    @property
+    def num_errors(self) -> int:
+        return int(min(round(float(self.counts.sum())), self.num_rows))
+
+
+def _confident_joint(dyn: pd.DataFrame) -> _Joint:
+    """The calibrated confident joint of :func:`estimate_num_label_errors`, cell by cell."""
     missing = [c for c in ("label", "confidence", "aum", "suggested_label") if c not in dyn.columns]
     if missing:
         raise ValueError(
@@ -702,7 +712,8 @@ def _confident_joint(
     classes, given = np.unique(label, return_inverse=True)
     num_classes = len(classes)
     if num_classes == 0:
-        return given, given, np.zeros((0, 0)), np.zeros(0, np.int64)
+        empty = np.zeros(0)
+        return _Joint(np.zeros(0, np.int64), empty.astype(np.int64), empty, empty, 0)
     per_class = np.bincount(given, minlength=num_classes)
     finite = np.isfinite(confidence)
     sums = np.bincount(given[finite], weights=confidence[finite], minlength=num_classes)
@@ -711,18 +722,18 @@ def _confident_joint(
     # Suggested labels that nobody carries as a given label have no threshold: not counted.
     position = np.minimum(np.searchsorted(classes, suggested_label), num_classes - 1)
     known = (suggested_label >= 0) & (classes[position] == suggested_label)
-    suggested = np.where(known, position, -1)
+    row_cell = np.where(known, given.astype(np.int64) * num_classes + position, -1)
     t_other = np.where(known, thresholds[position], np.inf)
     t_given = thresholds[given]
     with np.errstate(invalid="ignore"):
         off = known & (other >= t_other) & ((confidence < t_given) | (other > confidence))
         counted = off | (confidence >= t_given)
-    cells = np.bincount(
-        given[off] * num_classes + suggested[off], minlength=num_classes * num_classes
-    ).reshape(num_classes, num_classes)
+    cells, in_cell = np.unique(row_cell[off], return_counts=True)
     counted_rows = np.bincount(given[counted], minlength=num_classes)
     scale = np.where(counted_rows > 0, per_class / np.maximum(counted_rows, 1), 0.0)
-    return given, suggested, cells * scale[:, None], per_class
+    row_of_cell = cells // num_classes
+    counts = in_cell * scale[row_of_cell]
+    return _Joint(row_cell, cells, counts, counts / per_class[row_of_cell], len(dyn))
 
 
 def _lowest(values: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
@@ -735,6 +746,29 @@ def _lowest(values: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
     return candidates & (values <= boundary)
 
 
+def _lowest_per_cell(
+    values: np.ndarray, row_cell: np.ndarray, cells: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """In each cell ``cells[c]``, the ``round(counts[c])`` lowest finite ``values`` (ties in).
+
+    One sort for all cells: a vocabulary-sized joint can have thousands of them.
+    """
+    rows = np.flatnonzero(np.isin(row_cell, cells) & np.isfinite(values))
+    flags = np.zeros(len(values), bool)
+    if rows.size == 0:
+        return flags
+    rows = rows[np.lexsort((values[rows], row_cell[rows]))]
+    keys, sorted_values = row_cell[rows], values[rows]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    group = np.cumsum(np.r_[True, keys[1:] != keys[:-1]]) - 1
+    need = np.rint(counts[np.searchsorted(cells, keys[starts])])
+    taken = (np.arange(len(rows)) - starts[group]) < need[group]
+    boundary = np.full(len(starts), -np.inf)
+    np.maximum.at(boundary, group[taken], sorted_values[taken])
+    flags[rows[sorted_values <= boundary[group]]] = True
+    return flags
+
+
 def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series:
     if method == "aum_cl":
         cut = DEFAULT_AUM_THRESHOLD if threshold is None else threshold
@@ -744,19 +778,17 @@ def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series
             return flagged  # no given labels: the AUM cut alone
         if dyn["label"].to_numpy().dtype.kind not in "iu":
             return flagged  # class names or missing labels: no per-class count, the cut alone
-        given, suggested, joint, per_class = _confident_joint(dyn)
-        count = int(min(round(float(joint.sum())), len(dyn)))
+        joint = _confident_joint(dyn)
         aum = dyn["aum"].to_numpy(dtype=np.float64)
         flags = flagged.to_numpy(dtype=bool, copy=True)
         # Concentrated cells (systematic flips from one class to another): that cell's count,
         # lowest AUMs within the cell, as cleanlab's prune_by_noise_rate does per cell.
-        concentrated = np.zeros(len(dyn), bool)
-        for i, j in zip(*np.nonzero(joint >= CONCENTRATED_CELL_SHARE * per_class[:, None])):
-            cell = (given == i) & (suggested == j)
-            concentrated |= cell
-            flags |= _lowest(aum, cell, round(float(joint[i, j])))
+        dense = joint.share >= CONCENTRATED_CELL_SHARE
+        cells, counts = joint.cells[dense], joint.counts[dense]
+        flags |= _lowest_per_cell(aum, joint.row_cell, cells, counts)
+        concentrated = np.isin(joint.row_cell, cells)
         # The rest of the count: down the AUM ranking, outside the concentrated cells.
-        flags |= _lowest(aum, ~flags & ~concentrated, count - int(flags.sum()))
+        flags |= _lowest(aum, ~flags & ~concentrated, joint.num_errors - int(flags.sum()))
         return pd.Series(flags, index=dyn.index)
     if method == "aum":
         return dyn["aum"] < (DEFAULT_AUM_THRESHOLD if threshold is None else threshold)

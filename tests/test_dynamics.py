@@ -545,3 +545,27 @@ def test_class_names_as_labels_fall_back_to_the_aum_cut_with_a_clear_count_error
     assert likely_mislabeled(dyn).index.tolist() == [0]  # aum < -0.2 only
     with pytest.raises(ValueError, match="integer class ids"):
         estimate_num_label_errors(dyn)
+
+
+def test_a_vocabulary_sized_label_set_keeps_the_joint_sparse():
+    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+
+    # 200,000 classes (token dynamics of a large vocabulary): a dense C x C joint would
+    # need 320 GB. Every class has 2 rows; in classes 0-999 the second row keeps being
+    # called the next class (other probability 0.9, given label 0.05).
+    n_classes = 200_000
+    label = np.tile(np.arange(n_classes), 2)
+    flipped = np.zeros(len(label), bool)
+    flipped[n_classes : n_classes + 1000] = True
+    dyn = pd.DataFrame(
+        {
+            "label": label,
+            "confidence": np.where(flipped, 0.05, 0.9),
+            "aum": np.where(flipped, 0.05 - 0.9, 0.8),
+            "suggested_label": np.where(flipped, (label + 1) % n_classes, -1),
+        }
+    )
+    # Thresholds: 0.475 for classes 0-999, 0.9 above; each flipped row is off-diagonal and
+    # its class counts 2 rows, so each of the 1,000 cells holds 1 of 2 (concentrated).
+    assert estimate_num_label_errors(dyn) == 1000
+    assert sorted(likely_mislabeled(dyn).index) == list(np.flatnonzero(flipped))
