@@ -618,6 +618,9 @@ def per_example(
     # the plain max gives NaN, XLA's skips NaN and gives -inf or a NaN-row gather. Such a
     # row has no prediction (-1) and is never right; argmax would pick an arbitrary class.
     undefined = ~tf.math.is_finite(confidence) | tf.math.is_nan(true_prob)
+    if probe_.from_logits is not True:
+        # Probabilities taken as given keep a lone NaN in its place, which XLA's max skips.
+        undefined |= tf.reduce_any(~tf.math.is_finite(probs), axis=-1)
     prediction = tf.where(undefined, -1, prediction)
     confidence = tf.where(undefined, math.nan, confidence)
     true_prob = tf.where(undefined, math.nan, true_prob)
@@ -636,10 +639,15 @@ def per_example(
             # where, not a product: an uncounted position may hold NaN (0 * NaN = NaN)
             "confidence": tf.reduce_sum(tf.where(counted, confidence, 0.0), -1) / denom,
             "true_prob": tf.reduce_sum(tf.where(counted, true_prob, 0.0), -1) / denom,
+            # XLA's min skips NaN: an undefined counted token makes the margin NaN here.
             "margin": tf.where(
-                has_tokens,
-                tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1),
-                0.0,
+                tf.reduce_any(undefined & counted, axis=-1),
+                math.nan,
+                tf.where(
+                    has_tokens,
+                    tf.reduce_min(tf.where(counted, margin, math.inf), axis=-1),
+                    0.0,
+                ),
             ),
             "correct": tf.reduce_all(right | ~counted, axis=-1),
             "token_accuracy": tf.where(has_tokens, token_right / denom, 1.0),

@@ -543,7 +543,7 @@ def compute_token_dynamics(
         pred = None if pred_m is None else _token_block(pred_m, start, stop, block_mask)
         if pred is not None and labels is not None:
             given = labels[start:stop].reshape(-1)[block_mask]
-            correct = pred == given[None, :]
+            correct = (pred == given[None, :]) & (pred >= 0)  # -1: no prediction
         else:
             correct = mg > 0
         stats = _block_stats(tp, mg, correct, pred)
@@ -647,6 +647,7 @@ def estimate_num_label_errors(dyn: pd.DataFrame) -> int:
     - it is on the diagonal when ``confidence >= t_i`` and it is not off-diagonal; examples
       in neither are not counted, and each row ``i`` is scaled by
       ``n_i / (counted examples labelled i)`` (the calibration step).
+    - rows with a negative label (ignored positions, examples never seen) are left out.
 
     Args:
         dyn: Output of :func:`compute_dynamics` (or :func:`compute_token_dynamics`) with the
@@ -706,14 +707,17 @@ def _confident_joint(dyn: pd.DataFrame) -> _Joint:
             f"{dyn['label'].dtype}: map class names to ids (and drop rows without a label) "
             "before estimating the number of label errors."
         )
-    confidence = dyn["confidence"].to_numpy(dtype=np.float64)
-    other = confidence - dyn["aum"].to_numpy(dtype=np.float64)
-    suggested_label = dyn["suggested_label"].to_numpy()
-    classes, given = np.unique(label, return_inverse=True)
+    labelled = label >= 0  # negative labels are ignored positions (or unseen examples)
+    num_rows = len(dyn)
+    confidence = dyn["confidence"].to_numpy(dtype=np.float64)[labelled]
+    other = confidence - dyn["aum"].to_numpy(dtype=np.float64)[labelled]
+    suggested_label = dyn["suggested_label"].to_numpy()[labelled]
+    classes, given = np.unique(label[labelled], return_inverse=True)
     num_classes = len(classes)
     if num_classes == 0:
         empty = np.zeros(0)
-        return _Joint(np.zeros(0, np.int64), empty.astype(np.int64), empty, empty, 0)
+        row_cell = np.full(num_rows, -1, np.int64)
+        return _Joint(row_cell, empty.astype(np.int64), empty, empty, num_rows)
     per_class = np.bincount(given, minlength=num_classes)
     finite = np.isfinite(confidence)
     sums = np.bincount(given[finite], weights=confidence[finite], minlength=num_classes)
@@ -722,18 +726,19 @@ def _confident_joint(dyn: pd.DataFrame) -> _Joint:
     # Suggested labels that nobody carries as a given label have no threshold: not counted.
     position = np.minimum(np.searchsorted(classes, suggested_label), num_classes - 1)
     known = (suggested_label >= 0) & (classes[position] == suggested_label)
-    row_cell = np.where(known, given.astype(np.int64) * num_classes + position, -1)
+    row_cell = np.full(num_rows, -1, np.int64)
+    row_cell[labelled] = np.where(known, given.astype(np.int64) * num_classes + position, -1)
     t_other = np.where(known, thresholds[position], np.inf)
     t_given = thresholds[given]
     with np.errstate(invalid="ignore"):
         off = known & (other >= t_other) & ((confidence < t_given) | (other > confidence))
         counted = off | (confidence >= t_given)
-    cells, in_cell = np.unique(row_cell[off], return_counts=True)
+    cells, in_cell = np.unique(row_cell[labelled][off], return_counts=True)
     counted_rows = np.bincount(given[counted], minlength=num_classes)
     scale = np.where(counted_rows > 0, per_class / np.maximum(counted_rows, 1), 0.0)
     row_of_cell = cells // num_classes
     counts = in_cell * scale[row_of_cell]
-    return _Joint(row_cell, cells, counts, counts / per_class[row_of_cell], len(dyn))
+    return _Joint(row_cell, cells, counts, counts / per_class[row_of_cell], num_rows)
 
 
 def _lowest(values: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
@@ -769,6 +774,20 @@ def _lowest_per_cell(
     return flags
 
 
+def default_flags(dyn: pd.DataFrame) -> pd.Series:
+    """What :func:`likely_mislabeled` flags by default, as a boolean Series aligned with ``dyn``.
+
+    Args:
+        dyn: Output of :func:`compute_dynamics` / :func:`compute_token_dynamics`.
+
+    Returns:
+        True for the rows the default rule (``method=DEFAULT_METHOD``) flags, in ``dyn``'s
+        row order (by position, so a repeated index label is no problem).
+    """
+    mislabel_score(dyn, method=DEFAULT_METHOD)  # the same column checks
+    return _flags(dyn, DEFAULT_METHOD, None)
+
+
 def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series:
     if method == "aum_cl":
         cut = DEFAULT_AUM_THRESHOLD if threshold is None else threshold
@@ -787,8 +806,10 @@ def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series
         cells, counts = joint.cells[dense], joint.counts[dense]
         flags |= _lowest_per_cell(aum, joint.row_cell, cells, counts)
         concentrated = np.isin(joint.row_cell, cells)
-        # The rest of the count: down the AUM ranking, outside the concentrated cells.
-        flags |= _lowest(aum, ~flags & ~concentrated, joint.num_errors - int(flags.sum()))
+        # The rest of the count: down the AUM ranking, outside the concentrated cells, among
+        # rows with a given label.
+        rest = ~flags & ~concentrated & (dyn["label"].to_numpy() >= 0)
+        flags |= _lowest(aum, rest, joint.num_errors - int(flags.sum()))
         return pd.Series(flags, index=dyn.index)
     if method == "aum":
         return dyn["aum"] < (DEFAULT_AUM_THRESHOLD if threshold is None else threshold)

@@ -446,7 +446,8 @@ def _from_sums(
     """Per-example values from buffers that summed every replica's rows over an epoch.
 
     ``seen`` counts the times an example was trained on. Once (the usual case) the sums are
-    the values themselves; never gives NaN floats and ``prediction``/``label`` -1; more than
+    the values themselves (prediction -1 where the output was undefined, e.g. NaN logits);
+    an example never trained on gets NaN floats and ``prediction``/``label`` -1; more than
     once gives the mean floats, ``correct`` when right at least half the times, the label
     (its sum divided by the count; -1 if that does not divide, i.e. one id carried different
     labels), and ``prediction`` -1 (a sum of class ids means nothing).

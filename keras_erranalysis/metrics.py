@@ -2,9 +2,10 @@
 
 Plain numpy / pandas (nltk for BLEU and chrF); no Keras. Functions take either arrays or a
 LossReport (its ``label``, ``prediction``, ``token_mask``, ``example_id`` and ``num_classes``),
-so sequence models get token-level numbers per tag. Negative labels (ignored positions) and
-negative predictions (-1: no prediction, a row of undefined probabilities such as NaN
-logits, flagged ``nonfinite`` in the report) are left out of the counts.
+so sequence models get token-level numbers per tag. Negative labels are ignored positions.
+A negative prediction (-1: no prediction, a row of undefined probabilities such as NaN
+logits, flagged ``nonfinite`` in the report) is an error of its true class: it counts in
+``support`` and ``error_rate``, never as a predicted class or a confusion pair.
 
 Example:
     >>> import numpy as np
@@ -79,9 +80,6 @@ def _flat_pairs(
     example_ids = np.asarray(example_ids)
     ex = np.broadcast_to(example_ids.reshape((n,) + (1,) * (y.ndim - 1)), y.shape)
     keep = y >= 0  # negative labels are ignored positions (e.g. ignore_class=-100)
-    # Negative predictions are rows without one (-1: undefined probabilities, e.g. NaN
-    # logits; the report flags them in `nonfinite`): left out, never counted as a class.
-    keep &= p >= 0
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != y.shape:
@@ -128,7 +126,8 @@ def confusion_matrix(
         (K, K) array, int64 counts or float shares.
     """
     y, p, _, k, _ = _flat_pairs(labels, predictions, mask, num_classes)
-    cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+    has = p >= 0  # rows without a prediction are in no cell
+    cm = np.bincount(y[has] * k + p[has], minlength=k * k).reshape(k, k)
     if normalize is None:
         return cm
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -172,9 +171,10 @@ def per_class_metrics(
         error_rate`` (``1 - recall``), sorted by class id.
     """
     y, p, _, k, _ = _flat_pairs(labels, predictions, mask, num_classes)
-    cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+    has = p >= 0  # rows without a prediction: errors of their class, predicted as nothing
+    cm = np.bincount(y[has] * k + p[has], minlength=k * k).reshape(k, k)
     tp = np.diag(cm).astype(np.int64)
-    support = cm.sum(axis=1)
+    support = np.bincount(y, minlength=k)
     predicted = cm.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 0.0)
@@ -252,7 +252,8 @@ def confusion_pairs(
     names = _names(label_names, k)
     support = np.bincount(y, minlength=k)
     wrong = y != p
-    errors = np.bincount(y[wrong], minlength=k)
+    errors = np.bincount(y[wrong], minlength=k)  # rows without a prediction included
+    wrong &= p >= 0  # ... but they pair with no class
     pair = y[wrong] * k + p[wrong]
     ex_w = ex[wrong]
     columns = [

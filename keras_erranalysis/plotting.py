@@ -804,7 +804,7 @@ def plot_margin_histogram(
     Returns:
         The matplotlib Figure.
     """
-    from keras_erranalysis.dynamics import DEFAULT_AUM_THRESHOLD, likely_mislabeled
+    from keras_erranalysis.dynamics import DEFAULT_AUM_THRESHOLD, default_flags
 
     if column not in dyn:
         raise ValueError(f"dyn has no column {column!r}; pass the output of compute_dynamics().")
@@ -813,9 +813,9 @@ def plot_margin_histogram(
     if threshold is None:
         threshold = DEFAULT_AUM_THRESHOLD
     if default_rule:
-        # Exactly what the default rule flags (not always a prefix of the AUM ranking).
-        flagged_rows = likely_mislabeled(dyn).index
-        flagged_mask = np.asarray(dyn.index.isin(flagged_rows), dtype=bool)
+        # Exactly what the default rule flags (not always a prefix of the AUM ranking), by
+        # position: an index may repeat labels.
+        flagged_mask = default_flags(dyn).to_numpy(dtype=bool)
     else:
         flagged_mask = scores < threshold
     finite = np.isfinite(scores)

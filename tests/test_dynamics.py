@@ -484,6 +484,12 @@ def test_margin_histogram_shades_what_the_default_rule_flags():
     assert min(b.get_x() for b in bars) <= flagged["aum"].min()
     assert max(b.get_x() + b.get_width() for b in bars) >= flagged["aum"].max()
     assert max(b.get_x() for b in bars) < flagged["aum"].max()  # no bar past the flagged
+    # By position: a repeated index label (concatenated frames) marks only the flagged row.
+    twice = pd.concat([dyn, dyn.assign(aum=0.9, confidence=0.9, suggested_label=-1)])
+    n_flagged = len(likely_mislabeled(twice))
+    assert twice.index.has_duplicates and 0 < n_flagged < 100
+    bars = _flagged_bars(plot_margin_histogram(twice).axes[0], f"flagged: {n_flagged}")
+    assert sum(b.get_height() for b in bars) == n_flagged
 
 
 def _flagged_bars(ax, label):
@@ -569,3 +575,39 @@ def test_a_vocabulary_sized_label_set_keeps_the_joint_sparse():
     # its class counts 2 rows, so each of the 1,000 cells holds 1 of 2 (concentrated).
     assert estimate_num_label_errors(dyn) == 1000
     assert sorted(likely_mislabeled(dyn).index) == list(np.flatnonzero(flipped))
+
+
+def test_no_prediction_is_never_right_and_negative_labels_stay_out_of_the_count():
+    from keras_erranalysis.dynamics import (
+        compute_token_dynamics,
+        estimate_num_label_errors,
+        likely_mislabeled,
+    )
+
+    # One sequence, two counted tokens over 3 epochs; the second has label -1 (padding
+    # counted without ignore_class) and no prediction (-1: NaN output) in every epoch.
+    shape = (3, 1, 2)
+    tok = compute_token_dynamics(
+        np.full(shape, 0.5, np.float32),
+        np.full(shape, 0.1, np.float32),
+        np.ones((1, 2), bool),
+        token_prediction=np.tile(np.array([[[1, -1]]]), (3, 1, 1)),
+        token_label=np.array([[1, -1]]),
+    )
+    assert tok["correctness"].tolist() == [1.0, 0.0]
+    # Rows labelled -1 are not a class of the confident joint: the 2 rows of each of
+    # classes 0 and 1 give no error; 60 unlabelled rows with low AUM add nothing.
+    base = pd.DataFrame(
+        {
+            "label": [0, 0, 1, 1],
+            "confidence": [0.9, 0.9, 0.9, 0.9],
+            "aum": [0.8, 0.8, 0.8, 0.8],
+            "suggested_label": [-1, -1, -1, -1],
+        }
+    )
+    unlabelled = pd.DataFrame(
+        {"label": -1, "confidence": 0.1, "aum": -0.1, "suggested_label": 0}, index=range(60)
+    )
+    dyn = pd.concat([base, unlabelled], ignore_index=True)
+    assert estimate_num_label_errors(dyn) == 0
+    assert likely_mislabeled(dyn).empty  # aum -0.1 is above the cut; no count

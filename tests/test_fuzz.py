@@ -363,12 +363,16 @@ def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right(
         assert report.correct.tolist() == [False, False, False, False, True]
         assert np.isnan(report.confidence[:4]).all() and np.isnan(report.margin[:4]).all()
         assert report.nonfinite.tolist() == [True, True, True, True, False]
-    # Metrics leave the rows without a prediction out instead of counting a class.
-    from keras_erranalysis.metrics import confusion_matrix, per_class_metrics
+    # Metrics count a row without a prediction as an error of its class, in no cell or pair.
+    from keras_erranalysis.metrics import confusion_matrix, confusion_pairs, per_class_metrics
 
     cm = confusion_matrix(report)
     assert cm.sum() == 1 and cm[1, 1] == 1
-    assert per_class_metrics(report).loc["1", "recall"] == 1.0
+    table = per_class_metrics(report)
+    assert table.loc["0", ["support", "predicted", "correct"]].tolist() == [3, 0, 0]
+    assert table.loc["1", ["support", "predicted", "correct", "recall"]].tolist() == [2, 1, 1, 0.5]
+    assert table.loc["weighted avg", "error_rate"] == pytest.approx(4 / 5)
+    assert confusion_pairs(report).empty
     # Sequences: a token of NaN logits makes its sequence wrong.
     tokens = np.stack([np.tile([[0.0, 3.0, 0.0]], (3, 1))] * 2).astype("float32")
     tokens[1, 2, 0] = np.nan
@@ -377,6 +381,21 @@ def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right(
     )
     assert report.correct.tolist() == [True, False]
     assert report.prediction[1].tolist() == [1, 1, -1]
+    for jit_compile in (False, True):
+        # XLA's min and max skip NaN: the sequence's margin and a probability row with a lone
+        # NaN must still come out undefined.
+        report = compute_losses(
+            identity_model(3, "float32"), (tokens, np.ones((2, 3), "int64")), loss=loss,
+            verbose=0, jit_compile=jit_compile,
+        )
+        assert np.isfinite(report.margin[0]) and np.isnan(report.margin[1])
+        probs = np.array([[0.6, np.nan, 0.4], [0.2, 0.8, 0.0]], "float32")
+        report = compute_losses(
+            identity_model(2, "float32"), (probs, np.array([0, 1])),
+            loss=keras.losses.SparseCategoricalCrossentropy(), verbose=0,
+            jit_compile=jit_compile,
+        )
+        assert report.prediction.tolist() == [-1, 1] and report.correct.tolist() == [False, True]
 
 
 # -- decoders -----------------------------------------------------------------------------
