@@ -200,11 +200,24 @@ def _mode_rows(values: np.ndarray, use: np.ndarray | None = None) -> tuple[np.nd
     num_classes = int(values[use].max()) + 1
     cols = np.broadcast_to(np.arange(num_cols), values.shape)
     flat = cols[use] * num_classes + values[use]
-    counts = np.bincount(flat, minlength=num_cols * num_classes).reshape(num_cols, num_classes)
-    mode = counts.argmax(axis=1)
-    count = counts[np.arange(num_cols), mode]
-    mode = np.where(count > 0, mode, -1)
-    return mode.astype(np.int64), count.astype(np.int64)
+    if num_cols * num_classes <= max(4 * flat.size, _CHUNK_ELEMENTS):
+        # A columns x classes table no bigger than the values themselves: one bincount.
+        table = np.bincount(flat, minlength=num_cols * num_classes).reshape(num_cols, -1)
+        mode = table.argmax(axis=1)
+        count = table[np.arange(num_cols), mode]
+        return np.where(count > 0, mode, -1).astype(np.int64), count.astype(np.int64)
+    # Sparse: the (column, value) pairs that occur, never a columns x classes table (a
+    # vocabulary-sized label set would make that table gigabytes).
+    pairs, counts = np.unique(flat, return_counts=True)
+    pair_col, pair_value = pairs // num_classes, pairs % num_classes
+    # Per column the largest count, ties to the smallest value: sort, take each column's first.
+    order = np.lexsort((pair_value, -counts, pair_col))
+    first = order[np.r_[True, pair_col[order][1:] != pair_col[order][:-1]]]
+    mode = np.full(num_cols, -1, np.int64)
+    count = np.zeros(num_cols, np.int64)
+    mode[pair_col[first]] = pair_value[first]
+    count[pair_col[first]] = counts[first]
+    return mode, count
 
 
 def _block_stats(

@@ -611,3 +611,23 @@ def test_no_prediction_is_never_right_and_negative_labels_stay_out_of_the_count(
     dyn = pd.concat([base, unlabelled], ignore_index=True)
     assert estimate_num_label_errors(dyn) == 0
     assert likely_mislabeled(dyn).empty  # aum -0.1 is above the cut; no count
+
+
+@pytest.mark.parametrize("num_classes", [7, 3_000_000])
+def test_mode_rows_dense_and_sparse_paths_match_a_per_column_count(num_classes):
+    from collections import Counter
+
+    from keras_erranalysis.dynamics import _mode_rows
+
+    rng = np.random.default_rng(num_classes)
+    # 3,000,000 classes: a dense 40 x 3M table would be 960 MB; the sparse path is taken.
+    values = rng.choice(rng.integers(0, num_classes, 6), size=(9, 40))
+    values[rng.random(values.shape) < 0.2] = -1  # no prediction
+    use = rng.random(values.shape) < 0.8
+    use[:, 0] = False  # a column with nothing to count
+    mode, count = _mode_rows(values, use)
+    for col in range(values.shape[1]):
+        seen = Counter(int(v) for v, u in zip(values[:, col], use[:, col]) if u and v >= 0)
+        best = max(seen.values(), default=0)
+        expected = min((v for v, c in seen.items() if c == best), default=-1)
+        assert (mode[col], count[col]) == (expected, best), col
