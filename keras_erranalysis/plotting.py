@@ -792,9 +792,10 @@ def plot_margin_histogram(
         column: Column to histogram (default ``"aum"``).
         threshold: Flag boundary, shaded to its left. Default: for ``"aum"``, what
             :func:`keras_erranalysis.dynamics.likely_mislabeled` flags by default is drawn
-            as its own (red) histogram, with the ``aum < -0.2`` cut as a dashed line (the
-            default rule may flag more than the cut, not always the lowest AUMs overall);
-            for other columns, -0.2.
+            as its own (red) histogram, with the ``aum < -0.2`` cut as a dashed line and,
+            when some rows lie in a concentrated cell of the confident joint, their
+            ``aum < 0`` cut as a dotted one (the default rule may flag more than the cut,
+            not always the lowest AUMs overall); for other columns, -0.2.
         highlight: Optional boolean mask (aligned with ``dyn``) drawn as a second histogram,
             e.g. known flipped labels in a benchmark.
         highlight_label: Legend text of the highlighted examples.
@@ -804,7 +805,12 @@ def plot_margin_histogram(
     Returns:
         The matplotlib Figure.
     """
-    from keras_erranalysis.dynamics import DEFAULT_AUM_THRESHOLD, default_flags
+    from keras_erranalysis.dynamics import (
+        CONCENTRATED_CELL_AUM_THRESHOLD,
+        DEFAULT_AUM_THRESHOLD,
+        _concentrated_rows,
+        default_flags,
+    )
 
     if column not in dyn:
         raise ValueError(f"dyn has no column {column!r}; pass the output of compute_dynamics().")
@@ -854,6 +860,16 @@ def plot_margin_histogram(
         ax.axvline(
             threshold, color="#c44e52", linestyle="--", linewidth=1, label=f"aum < {threshold:g}"
         )
+        in_cells = int(_concentrated_rows(dyn).sum())
+        if in_cells:
+            cell_cut = CONCENTRATED_CELL_AUM_THRESHOLD
+            ax.axvline(
+                cell_cut,
+                color="#c44e52",
+                linestyle=":",
+                linewidth=1,
+                label=f"aum < {cell_cut:g} in concentrated cells ({in_cells:,} rows)",
+            )
         title = f"{_text_label(column, 30)} (flagged by the default rule)"
     else:
         ax.axvspan(low, threshold, color="#c44e52", alpha=0.12, label=f"flagged: {flagged:,}")

@@ -484,6 +484,14 @@ def test_margin_histogram_shades_what_the_default_rule_flags():
     assert min(b.get_x() for b in bars) <= flagged["aum"].min()
     assert max(b.get_x() + b.get_width() for b in bars) >= flagged["aum"].max()
     assert max(b.get_x() for b in bars) < flagged["aum"].max()  # no bar past the flagged
+    # Each flipped class (about 15 of 100) is a concentrated cell: its cut at 0 is drawn.
+    dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert [line.get_xdata()[0] for line in dotted] == [0.0]
+    assert dotted[0].get_label() == "aum < 0 in concentrated cells (60 rows)"
+    # Without a concentrated cell (the same rows, spread over other classes) no dotted line.
+    spread = dyn.assign(label=np.arange(n) % 40, suggested_label=-1)
+    plain = plot_margin_histogram(spread).axes[0]
+    assert not [line for line in plain.get_lines() if line.get_linestyle() == ":"]
     # By position: a repeated index label (concatenated frames) marks only the flagged row.
     twice = pd.concat([dyn, dyn.assign(aum=0.9, confidence=0.9, suggested_label=-1)])
     n_flagged = len(likely_mislabeled(twice))
@@ -499,7 +507,7 @@ def _flagged_bars(ax, label):
     return [bar for bar in container[0] if bar.get_height() > 0]
 
 
-def test_a_concentrated_cell_is_flagged_within_the_cell_not_by_global_rank():
+def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
     from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
 
     def rows(n, label, confidence, aum, suggested):
@@ -512,8 +520,13 @@ def test_a_concentrated_cell_is_flagged_within_the_cell_not_by_global_rank():
         [
             rows(16, 0, 0.9, 0.85, -1),
             # 4 labelled 0 that the model keeps calling 1: their other probability 0.52
-            # reaches t_1 = 0.5 and they are below t_0 = (16 * 0.9 + 4 * 0.42) / 20 = 0.804.
+            # reaches t_1 = 0.5 and they are below t_0 = (16*0.9 + 4*0.42 + 0.46 + 0.5) / 22.
             rows(4, 0, 0.42, -0.10, 1),
+            # Two more in the same cell that confident learning does not count (other
+            # probability 0.48 and 0.45 < t_1): one where class 1 wins on average (aum < 0),
+            # one where the given label wins.
+            rows(1, 0, 0.46, -0.02, 1),
+            rows(1, 0, 0.50, 0.05, 1),
             rows(20, 1, 0.5, 0.3, -1),
             rows(17, 2, 0.9, 0.85, -1),
             # 3 hard ones labelled 2: lower AUM, but their other probability (0.55) is below
@@ -522,17 +535,22 @@ def test_a_concentrated_cell_is_flagged_within_the_cell_not_by_global_rank():
         ],
         ignore_index=True,
     )
-    flips = list(range(16, 20))
-    hard = list(range(57, 60))
-    # Rows: class 0 counts 16 + 4, 4 off-diagonal in the cell (0, 1) -> 4 * 20 / 20 = 4.
+    flips, late, learned = list(range(16, 20)), 20, 21
+    hard = list(range(59, 62))
+    # Class 0 counts 20 rows (16 + the 4 off-diagonal), calibrated 4 * 22 / 20 = 4.4 -> 4.
     assert estimate_num_label_errors(dyn) == 4
     ranked = likely_mislabeled(dyn, k=7)
     assert ranked.index[:3].tolist() == hard  # the lowest AUMs overall
-    # The cell (0, 1) holds 4 of class 0's 20 (>= 10%): its count is picked inside it.
-    assert sorted(likely_mislabeled(dyn).index) == flips
+    # The cell (0, 1) holds 4.4 of class 0's 22 (>= 10%): inside it, every row with aum < 0
+    # (one more than its count; the count alone would have stopped at the four -0.10s), and
+    # the count is spent there, not on the harder rows elsewhere.
+    assert sorted(likely_mislabeled(dyn).index) == flips + [late]
+    # A stricter cut elsewhere leaves the cell at 0; a looser one applies in the cell too.
+    assert sorted(likely_mislabeled(dyn, threshold=-0.4).index) == flips + [late]
+    assert sorted(likely_mislabeled(dyn, threshold=0.06).index) == flips + [late, learned] + hard
     # A cell below 10% of its class is not concentrated: the count goes down the ranking.
     diluted = pd.concat([dyn, rows(30, 0, 0.9, 0.85, -1)], ignore_index=True)
-    assert estimate_num_label_errors(diluted) == 4  # 4 * 50 / 50; 4 < 0.1 * 50
+    assert estimate_num_label_errors(diluted) == 4  # 4 * 52 / 50 = 4.16; 4.16 < 0.1 * 52
     # The 4 lowest AUMs: the 3 hard ones, then the -0.10 ties (all 4 flips, ties included).
     assert sorted(likely_mislabeled(diluted).index) == sorted(flips + hard)
 
