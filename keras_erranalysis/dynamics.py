@@ -85,7 +85,7 @@ MISLABEL_METHODS = {
 # (17 of 20 runs better), under symmetric noise the flag sets are unchanged; under a mixed
 # noise checked afterwards (half pair flips, half random) F1 0.931 -> 0.927 (12 of 20 worse).
 # That pick was then replaced by the cut at 0 within concentrated cells (same protocol, same
-# 80 runs): pairs 0.909 -> 0.927 (20 of 20 runs better), mixed 0.928 -> 0.934 (17 better,
+# 80 runs): pairs 0.909 -> 0.927 (20 of 20 runs better), mixed 0.927 -> 0.934 (17 better,
 # 2 worse), symmetric flag sets unchanged; no concentrated cell on 10 noise-free runs.
 DEFAULT_METHOD = "aum_cl"
 

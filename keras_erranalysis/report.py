@@ -469,7 +469,7 @@ def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int)
     flagged = everything[everything["flagged"].to_numpy(dtype=bool)]
     n_flagged = len(flagged)
     # The flagged ones (not always the highest scores: a concentrated cell of the confident
-    # joint is picked within the cell), then the highest unflagged scores up to 10, so a
+    # joint has its own cut at aum < 0), then the highest unflagged scores up to 10, so a
     # reader sees how close they came.
     fill = everything[~everything["flagged"].to_numpy(dtype=bool)].head(max(10 - n_flagged, 0))
     ranked = pd.concat([flagged, fill]).head(max_rows)
