@@ -61,8 +61,9 @@ def _write_data(path: Path, n: int, fmt: str, *, block: int = 200_000) -> None:
         writer = None
         for b in blocks:
             x = rng.standard_normal((b, FEATURES), np.float32)
-            table = pa.table({**{k: x[:, i] for i, k in enumerate(names)},
-                              "label": rng.integers(0, CLASSES, b)})
+            table = pa.table(
+                {**{k: x[:, i] for i, k in enumerate(names)}, "label": rng.integers(0, CLASSES, b)}
+            )
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
         writer.close()
@@ -73,8 +74,9 @@ def _write_data(path: Path, n: int, fmt: str, *, block: int = 200_000) -> None:
             x = rng.standard_normal((b, FEATURES), np.float32)
             frame = pd.DataFrame(x, columns=[f"f{j}" for j in range(FEATURES)])
             frame["label"] = rng.integers(0, CLASSES, b)
-            frame.to_csv(path, mode="a" if i else "w", header=not i, index=False,
-                         float_format="%.5g")
+            frame.to_csv(
+                path, mode="a" if i else "w", header=not i, index=False, float_format="%.5g"
+            )
     else:
         raise SystemExit(f"unknown format {fmt}")
 
@@ -84,8 +86,14 @@ def _child(args: argparse.Namespace) -> None:
     if args.mode == "analyze":
         from keras_erranalysis.analyze import analyze
 
-        result = analyze(args.model, args.data, args.out, chunk_size=args.chunk_size,
-                         batch_size=args.batch_size, verbose=0)
+        result = analyze(
+            args.model,
+            args.data,
+            args.out,
+            chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
+            verbose=0,
+        )
         n = result.n_examples
     else:
         from keras_erranalysis import ranking
@@ -99,8 +107,9 @@ def _child(args: argparse.Namespace) -> None:
         chunk = next(source.chunks(plan.columns, 10**12, {}))
         cols = plan.inputs[0][1]
         x = chunk[cols[0]] if len(cols) == 1 else np.column_stack([chunk[c] for c in cols])
-        report = compute_losses(model, (x.astype(np.float32), chunk[plan.label]),
-                                batch_size=args.batch_size, verbose=0)
+        report = compute_losses(
+            model, (x.astype(np.float32), chunk[plan.label]), batch_size=args.batch_size, verbose=0
+        )
         tables = {"hardest": ranking.log_views(report.to_frame(), k=20)}
         RunWriter(args.out).write_epoch(1, report, tables=tables)
         n = len(report)
@@ -110,9 +119,22 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _measure(mode: str, model: Path, data: Path, out: Path, args) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--model", str(model),
-               "--data", str(data), "--out", str(out), "--chunk-size", str(args.chunk_size),
-               "--batch-size", str(args.batch_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     if done.returncode:
@@ -142,11 +164,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         folder = Path(tmp)
         model = folder / "model.keras"
-        subprocess.run([sys.executable, "-c",
-                        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                        f"import bench_analyze_memory as b; from pathlib import Path; "
-                        f"b._write_model(Path({str(model)!r}))"],
-                       check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                f"import bench_analyze_memory as b; from pathlib import Path; "
+                f"b._write_model(Path({str(model)!r}))",
+            ],
+            check=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+        )
         modes = ["analyze"] if args.no_contrast else ["analyze", "in_memory"]
         for n in (args.examples, args.examples * args.factor):
             data = folder / f"data_{n}.{args.format}"
@@ -154,11 +182,18 @@ def main() -> None:
             size_mb = data.stat().st_size / 2**20
             for mode in modes:
                 out = folder / f"run_{mode}_{n}"
-                row = {"mode": mode, "format": args.format, "file_mb": round(size_mb, 1),
-                       **_measure(mode, model, data, out, args)}
+                row = {
+                    "mode": mode,
+                    "format": args.format,
+                    "file_mb": round(size_mb, 1),
+                    **_measure(mode, model, data, out, args),
+                }
                 rows.append(row)
-                print(f"{mode:10s} n={row['n']:>9,d} file={size_mb:7.1f} MB "
-                      f"peak={row['peak_mb']:7.1f} MB  {row['seconds']:6.1f} s", flush=True)
+                print(
+                    f"{mode:10s} n={row['n']:>9,d} file={size_mb:7.1f} MB "
+                    f"peak={row['peak_mb']:7.1f} MB  {row['seconds']:6.1f} s",
+                    flush=True,
+                )
             data.unlink()
     summary = {}
     for mode in modes:
@@ -168,11 +203,19 @@ def main() -> None:
     ok = summary["analyze"] < 1.2
     print("claim (analyze < 1.2x):", "holds" if ok else "FAILS")
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / f"analyze_memory_{args.format}.json").write_text(json.dumps({
-        "rows": rows, "peak_ratio": summary, "claim_holds": ok,
-        "chunk_size": args.chunk_size, "batch_size": args.batch_size,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-    }, indent=1))
+    (RESULTS_DIR / f"analyze_memory_{args.format}.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "peak_ratio": summary,
+                "claim_holds": ok,
+                "chunk_size": args.chunk_size,
+                "batch_size": args.batch_size,
+                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

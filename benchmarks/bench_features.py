@@ -68,7 +68,10 @@ def run_sklearn(texts: list[str], wrong: np.ndarray, min_df: int) -> dict:
 
     t0 = time.perf_counter()
     vectorizer = CountVectorizer(
-        ngram_range=(1, 3), min_df=min_df, binary=True, token_pattern=TOKEN_PATTERN,
+        ngram_range=(1, 3),
+        min_df=min_df,
+        binary=True,
+        token_pattern=TOKEN_PATTERN,
         lowercase=True,
     )
     x = vectorizer.fit_transform(texts)
@@ -115,24 +118,26 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=30_000)
     parser.add_argument("--min-df", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "features.json")
-    )
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "features.json"))
     args = parser.parse_args()
 
     t0 = time.perf_counter()
     texts, correct = make_texts(args.n, args.vocab)
-    print(f"{len(texts)} texts, error rate {1 - correct.mean():.1%}, "
-          f"made in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"{len(texts)} texts, error rate {1 - correct.mean():.1%}, "
+        f"made in {time.perf_counter() - t0:.1f} s"
+    )
 
     ours_runs, sk_runs = [], []
     for rep in range(args.repeats):
         sk_runs.append(run_sklearn(texts, ~correct, args.min_df))
         ours_runs.append(run_ours(texts, correct, args.min_df))
         last = ours_runs[-1]
-        print(f"repeat {rep + 1}: sklearn {sk_runs[-1]['total_s']:.2f} s, "
-              f"ours {last['total_s']:.2f} s "
-              f"(extract {last['extract_s']:.2f}, compare {last['compare_s']:.2f})")
+        print(
+            f"repeat {rep + 1}: sklearn {sk_runs[-1]['total_s']:.2f} s, "
+            f"ours {last['total_s']:.2f} s "
+            f"(extract {last['extract_s']:.2f}, compare {last['compare_s']:.2f})"
+        )
     ours = min(ours_runs, key=lambda r: r["total_s"])
     sk = min(sk_runs, key=lambda r: r["total_s"])
     # we drop n-grams present in every text (nothing to test): here only the final "."
@@ -161,11 +166,15 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"n-grams kept: {ours['n_features']} (same set as sklearn: {same_features}); "
-          f"Fisher tests: {ours['n_fisher']}; significant: {ours['n_significant']}")
+    print(
+        f"n-grams kept: {ours['n_features']} (same set as sklearn: {same_features}); "
+        f"Fisher tests: {ours['n_fisher']}; significant: {ours['n_significant']}"
+    )
     print("top:", *ours["top_summaries"], sep="\n  ")
-    print(f"ours {ours['total_s']:.2f} s vs CountVectorizer+chi2 {sk['total_s']:.2f} s: "
-          f"ratio {ratio:.2f} (goal <= 2) -> {out}")
+    print(
+        f"ours {ours['total_s']:.2f} s vs CountVectorizer+chi2 {sk['total_s']:.2f} s: "
+        f"ratio {ratio:.2f} (goal <= 2) -> {out}"
+    )
 
 
 if __name__ == "__main__":

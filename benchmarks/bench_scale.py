@@ -104,8 +104,11 @@ def classifier():
     import keras
 
     model = keras.Sequential(
-        [keras.Input((FEATURES,)), keras.layers.Dense(HIDDEN, activation="relu"),
-         keras.layers.Dense(CLASSES)]
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(HIDDEN, activation="relu"),
+            keras.layers.Dense(CLASSES),
+        ]
     )
     model.compile(
         optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -142,11 +145,13 @@ def child_examples(mode: str, n: int) -> dict:
 
     train = (x[:4096], y[:4096])
     with tempfile.TemporaryDirectory() as folder:
-        warm_cb = ErrorAnalysis(warm, log_dir=Path(folder) / "warm", batch_size=ANALYSIS_BATCH,
-                                verbose=0)
+        warm_cb = ErrorAnalysis(
+            warm, log_dir=Path(folder) / "warm", batch_size=ANALYSIS_BATCH, verbose=0
+        )
         model.fit(*train, epochs=1, batch_size=256, verbose=0, callbacks=[warm_cb])
-        callback = ErrorAnalysis((x, y), log_dir=Path(folder) / "run", top_k=20,
-                                 batch_size=ANALYSIS_BATCH, verbose=0)
+        callback = ErrorAnalysis(
+            (x, y), log_dir=Path(folder) / "run", top_k=20, batch_size=ANALYSIS_BATCH, verbose=0
+        )
         timings = []
         analyse = callback.analyse_epoch
 
@@ -163,9 +168,14 @@ def child_examples(mode: str, n: int) -> dict:
         )
         files = [p for p in (Path(folder) / "run" / "epoch_0001").iterdir()]
         disk = sum(p.stat().st_size for p in files)
-    return {"mode": mode, "n": n, "seconds": min(t[0] for t in timings),
-            "cpu_seconds": min(t[1] for t in timings), "peak_growth_mb": peak,
-            "disk_mb_per_epoch": disk / 2**20}
+    return {
+        "mode": mode,
+        "n": n,
+        "seconds": min(t[0] for t in timings),
+        "cpu_seconds": min(t[1] for t in timings),
+        "peak_growth_mb": peak,
+        "disk_mb_per_epoch": disk / 2**20,
+    }
 
 
 # -- part 2: vocabulary 32,000 x length 256 -----------------------------------------------
@@ -208,8 +218,7 @@ def child_vocab(mode: str, n: int, batch: int) -> dict:
 
         losses, timing, peak = measure(recipe)
         check = float(losses[:4].sum())
-    return {"mode": mode, "n": n, "batch": batch, **timing, "peak_growth_mb": peak,
-            "check": check}
+    return {"mode": mode, "n": n, "batch": batch, **timing, "peak_growth_mb": peak, "check": check}
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -236,10 +245,7 @@ def main() -> None:
         return
 
     sizes = [25_000, 50_000, 100_000] if args.quick else [250_000, 500_000, 1_000_000]
-    examples = {
-        f"{mode}_{n}": run_child("examples", mode, str(n))
-        for mode in MODES for n in sizes
-    }
+    examples = {f"{mode}_{n}": run_child("examples", mode, str(n)) for mode in MODES for n in sizes}
     small, mid, big = sizes
     scaling = {}
     for mode in MODES:
@@ -270,11 +276,16 @@ def main() -> None:
         "pass_memory_in_batch_logits": vocab["pass_n64_b8"]["peak_growth_mb"] / logits_mb,
         "cpu_speedup_vs_predict": vocab["predict_n64_b8"]["cpu_seconds"]
         / vocab["pass_n64_b8"]["cpu_seconds"],
-        "same_losses": abs(vocab["pass_n64_b8"]["check"] - vocab["predict_n64_b8"]["check"])
-        < 1e-3,
+        "same_losses": abs(vocab["pass_n64_b8"]["check"] - vocab["predict_n64_b8"]["check"]) < 1e-3,
     }
-    payload = {"examples": examples, "scaling": scaling, "vocab": vocab,
-               "vocab_ratios": vocab_ratios, "batch_logits_mb": logits_mb, "quick": args.quick}
+    payload = {
+        "examples": examples,
+        "scaling": scaling,
+        "vocab": vocab,
+        "vocab_ratios": vocab_ratios,
+        "batch_logits_mb": logits_mb,
+        "quick": args.quick,
+    }
     out = Path(__file__).parent / "results" / ("scale_quick.json" if args.quick else "scale.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
@@ -282,19 +293,27 @@ def main() -> None:
     print("| examples | way | wall s | CPU s | peak growth MB | epoch on disk MB |")
     print("|---|---|---|---|---|---|")
     for r in examples.values():
-        print(f"| {r['n']:,} | {r['mode']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
-              f"{r['peak_growth_mb']:.0f} | {r.get('disk_mb_per_epoch', float('nan')):.0f} |")
+        print(
+            f"| {r['n']:,} | {r['mode']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+            f"{r['peak_growth_mb']:.0f} | {r.get('disk_mb_per_epoch', float('nan')):.0f} |"
+        )
     for mode, s in scaling.items():
-        print(f"{mode}: {s['mb_per_million']:.0f} MB per million examples; CPU time "
-              f"x{s['cpu_time_ratio_2x']:.2f} for 2x and x{s['cpu_time_ratio_4x']:.2f} for 4x "
-              "the examples")
+        print(
+            f"{mode}: {s['mb_per_million']:.0f} MB per million examples; CPU time "
+            f"x{s['cpu_time_ratio_2x']:.2f} for 2x and x{s['cpu_time_ratio_4x']:.2f} for 4x "
+            "the examples"
+        )
     print()
-    print(f"| vocab {VOCAB:,} x length {LENGTH} | examples | batch | wall s | CPU s | "
-          "peak growth MB |")
+    print(
+        f"| vocab {VOCAB:,} x length {LENGTH} | examples | batch | wall s | CPU s | "
+        "peak growth MB |"
+    )
     print("|---|---|---|---|---|---|")
     for r in vocab.values():
-        print(f"| {r['mode']} | {r['n']} | {r['batch']} | {r['seconds']:.2f} | "
-              f"{r['cpu_seconds']:.2f} | {r['peak_growth_mb']:.0f} |")
+        print(
+            f"| {r['mode']} | {r['n']} | {r['batch']} | {r['seconds']:.2f} | "
+            f"{r['cpu_seconds']:.2f} | {r['peak_growth_mb']:.0f} |"
+        )
     for name, value in vocab_ratios.items():
         print(f"{name}: {value:.3f}" if not isinstance(value, bool) else f"{name}: {value}")
 

@@ -255,8 +255,9 @@ class _NpzSource(_Source):
 
     def chunks(self, names, chunk_size, shapes):
         del shapes
-        lengths = {name: self._headers[name][0][0] if self._headers[name][0] else 0
-                   for name in names}
+        lengths = {
+            name: self._headers[name][0][0] if self._headers[name][0] else 0 for name in names
+        }
         if len(set(lengths.values())) > 1:
             raise AnalyzeError(
                 f"Arrays {lengths} in {str(self.path)!r} differ in length: features and "
@@ -514,7 +515,8 @@ def _feature_spec(given: Mapping[str, Any] | str) -> dict[str, Any]:
                 '["float32", [4]], ["int64", []]) or [dtype, null] for variable length.'
             ) from None
         spec[name] = (
-            tf.io.VarLenFeature(dtype) if shape is None
+            tf.io.VarLenFeature(dtype)
+            if shape is None
             else tf.io.FixedLenFeature(list(shape), dtype)
         )
     return spec
@@ -624,8 +626,7 @@ def plan_columns(
         pool = ["x"]
     if not pool:
         raise AnalyzeError(
-            f"The data has no feature columns besides the label {label_column!r}: pass "
-            "--features."
+            f"The data has no feature columns besides the label {label_column!r}: pass --features."
         )
     return _Plan([(spec, pool)], label_column, as_dict=False)
 
@@ -749,8 +750,11 @@ class ChunkedResults:
 
     def add(self, report: LossReport) -> None:
         """Writes one chunk's results and keeps its hardest-example candidates."""
-        meta = {"task": report.task, "num_classes": report.num_classes,
-                "reduction": report.reduction}
+        meta = {
+            "task": report.task,
+            "num_classes": report.num_classes,
+            "reduction": report.reduction,
+        }
         if self.meta is None:
             self.meta = meta
         elif meta != self.meta:
@@ -1070,9 +1074,7 @@ def analyze(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``analyze`` options to an argument parser."""
     parser.add_argument("model", help="saved Keras model (.keras)")
-    parser.add_argument(
-        "data", help="TFRecord file/folder/glob, .csv/.tsv, .parquet or .npz file"
-    )
+    parser.add_argument("data", help="TFRecord file/folder/glob, .csv/.tsv, .parquet or .npz file")
     parser.add_argument("-o", "--log-dir", required=True, help="run folder to write")
     parser.add_argument("--label-column", help="column/key/feature with the labels")
     parser.add_argument(
@@ -1144,8 +1146,14 @@ def run_args(args: argparse.Namespace) -> int:
             verbose=0 if args.quiet else 1,
         )
     except (
-        ValueError, TypeError, KeyError, OSError, ImportError, RunFormatError,
-        RunLockedError, tf.errors.OpError,
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        ImportError,
+        RunFormatError,
+        RunLockedError,
+        tf.errors.OpError,
     ) as error:
         message = getattr(error, "message", None) or str(error)
         raise AnalyzeError(" ".join(str(message).split()) or type(error).__name__) from None

@@ -426,9 +426,7 @@ def extract_features(
     else:
         flat_names = unit_names[unit_ids] if len(unit_ids) else np.zeros(0, dtype=object)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
-        char_strings = [
-            "".join(flat_names[bounds[i] : bounds[i + 1]]) for i in range(n_docs)
-        ]
+        char_strings = ["".join(flat_names[bounds[i] : bounds[i + 1]]) for i in range(n_docs)]
     numeric["n_chars"] = np.fromiter(map(len, char_strings), dtype=np.float64, count=n_docs)
 
     if vocab_counts is not None:
@@ -485,8 +483,9 @@ def extract_features(
         label_arr = np.asarray(labels)
         if label_arr.ndim == 1 and len(label_arr) == n_docs:
             for value in np.unique(label_arr):
-                add_dense_flags(label_arr == value, f"label={_label_name(value, label_names)}",
-                                "label")
+                add_dense_flags(
+                    label_arr == value, f"label={_label_name(value, label_names)}", "label"
+                )
 
     # ---- user extractors
     extractors = list(extractors)
@@ -497,10 +496,12 @@ def extract_features(
         for i in range(n_docs):
             example = Example(
                 index=i,
-                example_id=int(example_ids[i]) if np.issubdtype(example_ids.dtype, np.integer)
+                example_id=int(example_ids[i])
+                if np.issubdtype(example_ids.dtype, np.integer)
                 else example_ids[i],
                 text=None if texts is None else texts[i],
-                tokens=list(token_lists[i]) if token_lists is not None
+                tokens=list(token_lists[i])
+                if token_lists is not None
                 else unit_names[unit_ids[bounds[i] : bounds[i + 1]]].tolist(),
                 token_ids=None if ids_list is None else ids_list[i],
                 label=None if label_arr is None else label_arr[i],
@@ -913,8 +914,11 @@ def compare_features(
     table["p_adjusted"] = st.false_discovery_control(table["p_value"].to_numpy(), method="bh")
     table["significant"] = table["p_adjusted"].to_numpy() <= alpha
     order = np.lexsort(
-        (table["feature"].to_numpy(dtype=str), -np.abs(table["effect"].to_numpy()),
-         table["p_value"].to_numpy())
+        (
+            table["feature"].to_numpy(dtype=str),
+            -np.abs(table["effect"].to_numpy()),
+            table["p_value"].to_numpy(),
+        )
     )
     if top is not None:
         order = order[:top]
@@ -924,8 +928,14 @@ def compare_features(
         if t in ("welch", "mannwhitney")
         else _binary_summary(f, k, w, r, _format_p(p))
         for f, k, t, w, r, q, e, p in zip(
-            table["feature"], table["kind"], table["test"], table["wrong_value"],
-            table["right_value"], table["ratio"], table["effect"], table["p_adjusted"],
+            table["feature"],
+            table["kind"],
+            table["test"],
+            table["wrong_value"],
+            table["right_value"],
+            table["ratio"],
+            table["effect"],
+            table["p_adjusted"],
         )
     ]
     return table[COMPARE_COLUMNS]
@@ -962,8 +972,14 @@ def features_summary(table: pd.DataFrame, *, top: int = 5) -> str:
 
 def _builtin_numeric() -> set[str]:
     return {
-        "n_tokens", "n_chars", "rare_share", "oov_share", "digit_share", "punct_share",
-        "upper_share", "nonascii_share",
+        "n_tokens",
+        "n_chars",
+        "rare_share",
+        "oov_share",
+        "digit_share",
+        "punct_share",
+        "upper_share",
+        "nonascii_share",
     }
 
 
@@ -991,13 +1007,35 @@ def _numeric_table(
                 p = float(st.ttest_ind(w, r, equal_var=False).pvalue)
         ratio = w_mean / r_mean if r_mean != 0 else (math.inf if w_mean > 0 else math.nan)
         rows.append(
-            (name, kinds.get(name, "numeric"), test, int(ok.sum()), len(w), w_mean, r_mean,
-             w_mean - r_mean, ratio, _cohens_d(w, r), p)
+            (
+                name,
+                kinds.get(name, "numeric"),
+                test,
+                int(ok.sum()),
+                len(w),
+                w_mean,
+                r_mean,
+                w_mean - r_mean,
+                ratio,
+                _cohens_d(w, r),
+                p,
+            )
         )
     return pd.DataFrame(
         rows,
-        columns=["feature", "kind", "test", "support", "n_wrong", "wrong_value", "right_value",
-                 "difference", "ratio", "effect", "p_value"],
+        columns=[
+            "feature",
+            "kind",
+            "test",
+            "support",
+            "n_wrong",
+            "wrong_value",
+            "right_value",
+            "difference",
+            "ratio",
+            "effect",
+            "p_value",
+        ],
     )
 
 
@@ -1143,7 +1181,8 @@ def _conditions(
         numeric = None
     matrix = sp.csc_matrix(matrix, dtype=np.int32)
     texts = [
-        f"contains {nm!r}" if kd in ("token", "ngram")
+        f"contains {nm!r}"
+        if kd in ("token", "ngram")
         else (nm.replace("=", " = ", 1) if kd == "label" else nm)
         for nm, kd in zip(names, kinds)
     ]
@@ -1225,9 +1264,23 @@ def find_slices(
         features.example_ids if isinstance(features, Features) else np.arange(len(correct))
     )
     columns = [
-        "condition_a", "condition_b", "support", "n_wrong", "error_rate", "base_error_rate",
-        "lift", "error_rate_a", "error_rate_b", "gain", "p_value", "p_adjusted", "significant",
-        "p_gain", "p_gain_adjusted", "summary", "example_ids",
+        "condition_a",
+        "condition_b",
+        "support",
+        "n_wrong",
+        "error_rate",
+        "base_error_rate",
+        "lift",
+        "error_rate_a",
+        "error_rate_b",
+        "gain",
+        "p_value",
+        "p_adjusted",
+        "significant",
+        "p_gain",
+        "p_gain_adjusted",
+        "summary",
+        "example_ids",
     ]
     n = len(correct)
     wrong = (~correct).astype(np.int32)
@@ -1289,10 +1342,25 @@ def find_slices(
             f"{texts[chosen[strong[k]]]} alone, {int(pn[k])} examples"
         )
         rows.append(
-            (texts[a], texts[b], int(pn[k]), int(pw[k]), float(rate[k]), base,
-             float(rate[k] / base) if base else math.nan, float(r1[i[k]]), float(r1[j[k]]),
-             float(rate[k] - best), float(p[k]), float(p_adj[k]), bool(p_adj[k] <= alpha),
-             float(p_gain[k]), float(p_gain_adj[k]), summary, np.asarray(example_ids)[mask])
+            (
+                texts[a],
+                texts[b],
+                int(pn[k]),
+                int(pw[k]),
+                float(rate[k]),
+                base,
+                float(rate[k] / base) if base else math.nan,
+                float(r1[i[k]]),
+                float(r1[j[k]]),
+                float(rate[k] - best),
+                float(p[k]),
+                float(p_adj[k]),
+                bool(p_adj[k] <= alpha),
+                float(p_gain[k]),
+                float(p_gain_adj[k]),
+                summary,
+                np.asarray(example_ids)[mask],
+            )
         )
     return pd.DataFrame(rows, columns=columns)
 

@@ -205,8 +205,9 @@ def per_class_metrics(
             "predicted": int(predicted[present].sum()),
             "correct": int(tp[present].sum()),
             **{
-                m: float(np.average(table[m], weights=w)) if len(present) and (
-                    w is None or w.sum() > 0) else math.nan
+                m: float(np.average(table[m], weights=w))
+                if len(present) and (w is None or w.sum() > 0)
+                else math.nan
                 for m in ("precision", "recall", "f1")
             },
             "error_rate": 1 - tp[present].sum() / total if total else math.nan,
@@ -257,8 +258,16 @@ def confusion_pairs(
     pair = y[wrong] * k + p[wrong]
     ex_w = ex[wrong]
     columns = [
-        "true", "predicted", "true_name", "predicted_name", "count", "n_examples", "rate",
-        "share_of_errors", "summary", "example_ids",
+        "true",
+        "predicted",
+        "true_name",
+        "predicted_name",
+        "count",
+        "n_examples",
+        "rate",
+        "share_of_errors",
+        "summary",
+        "example_ids",
     ]
     if len(pair) == 0:
         return pd.DataFrame(columns=columns)
@@ -290,8 +299,18 @@ def confusion_pairs(
             f"({counts[i]} of {errors[t]}; {rate[i]:.0%} of its {support[t]} {unit})"
         )
         rows.append(
-            (t, q, names[t], names[q], int(counts[i]), len(ids), float(rate[i]),
-             float(share[i]), summary, ids)
+            (
+                t,
+                q,
+                names[t],
+                names[q],
+                int(counts[i]),
+                len(ids),
+                float(rate[i]),
+                float(share[i]),
+                summary,
+                ids,
+            )
         )
     return pd.DataFrame(rows, columns=columns)
 
@@ -319,16 +338,20 @@ def _encode_pairs(
     ref_len = np.fromiter(map(len, references), dtype=np.int64, count=n)
     hyp_len = np.fromiter(map(len, hypotheses), dtype=np.int64, count=len(hypotheses))
     flat = np.empty(int(ref_len.sum() + hyp_len.sum()), dtype=object)
-    flat[:] = list(itertools.chain(itertools.chain.from_iterable(references),
-                                   itertools.chain.from_iterable(hypotheses)))
+    flat[:] = list(
+        itertools.chain(
+            itertools.chain.from_iterable(references), itertools.chain.from_iterable(hypotheses)
+        )
+    )
     codes, _ = pd.factorize(flat)
     ref_start = np.cumsum(ref_len) - ref_len
     hyp_start = ref_len.sum() + np.cumsum(hyp_len) - hyp_len
     return _Encoded(codes.astype(np.int64), ref_start, ref_len, hyp_start, hyp_len)
 
 
-def _pad(codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int,
-         fill: int) -> np.ndarray:
+def _pad(
+    codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, fill: int
+) -> np.ndarray:
     """Rows of ``codes`` (given by starts / lengths) in a (n, width) array padded with fill."""
     out = np.full((len(starts), max(width, 1)), fill, dtype=np.int64)
     rows = np.repeat(np.arange(len(starts)), lengths)
@@ -337,16 +360,13 @@ def _pad(codes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int,
     return out
 
 
-def _chunks(enc: _Encoded, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray]]:
+def _chunks(enc: _Encoded, size: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Length-sorted chunks of example indices with padded reference / hypothesis codes."""
     order = np.lexsort((enc.hyp_len, enc.ref_len))
     for start in range(0, len(order), size):
         idx = order[start : start + size]
-        ref = _pad(enc.codes, enc.ref_start[idx], enc.ref_len[idx],
-                   int(enc.ref_len[idx].max()), -1)
-        hyp = _pad(enc.codes, enc.hyp_start[idx], enc.hyp_len[idx],
-                   int(enc.hyp_len[idx].max()), -2)
+        ref = _pad(enc.codes, enc.ref_start[idx], enc.ref_len[idx], int(enc.ref_len[idx].max()), -1)
+        hyp = _pad(enc.codes, enc.hyp_start[idx], enc.hyp_len[idx], int(enc.hyp_len[idx].max()), -2)
         yield idx, ref, hyp
 
 
@@ -435,8 +455,10 @@ def _token_strings(seqs: list[list[Any]], vocab: Any) -> list[list[str]]:
     table = tokens if tokens is not None else vocab
     if isinstance(table, Mapping):
         return [[str(table.get(t, t)) for t in s] for s in seqs]
-    return [[str(table[t]) if isinstance(t, int) and 0 <= t < len(table) else str(t)
-             for t in s] for s in seqs]
+    return [
+        [str(table[t]) if isinstance(t, int) and 0 <= t < len(table) else str(t) for t in s]
+        for s in seqs
+    ]
 
 
 def sequence_metrics(
@@ -485,8 +507,7 @@ def sequence_metrics(
     hyps = _as_sequences(hypotheses, pad_id=pad_id, end_id=end_id, drop_ids=drop_ids)
     if len(refs) != len(hyps):
         raise ValueError(
-            f"{len(refs)} references but {len(hyps)} hypotheses: give one hypothesis per "
-            "reference."
+            f"{len(refs)} references but {len(hyps)} hypotheses: give one hypothesis per reference."
         )
     n = len(refs)
     ids = np.arange(n) if example_ids is None else np.asarray(example_ids)
@@ -527,8 +548,11 @@ def sequence_metrics(
         smooth = SmoothingFunction().method1
         table["bleu"] = np.array(
             [
-                (1.0 if not h else 0.0) if not r
-                else float(sentence_bleu([r], h, smoothing_function=smooth)) if h else 0.0
+                (1.0 if not h else 0.0)
+                if not r
+                else float(sentence_bleu([r], h, smoothing_function=smooth))
+                if h
+                else 0.0
                 for r, h in zip(ref_str, hyp_str)
             ]
         )
@@ -593,13 +617,20 @@ def corpus_metrics(
         "exact_match": float(per_example["exact_match"].mean()),
         "token_accuracy": float(per_example["token_accuracy"].mean()),
         "token_error_rate": float(per_example["edit_distance"].sum() / total_ref)
-        if total_ref else math.nan,
+        if total_ref
+        else math.nan,
         "char_error_rate": float(np.nansum(char_edits) / _ref_chars(ref_str, separator).sum())
-        if total_ref else math.nan,
+        if total_ref
+        else math.nan,
         "corpus_bleu": float(
-            corpus_bleu([[r] for r, _ in pairs], [h for _, h in pairs],
-                        smoothing_function=SmoothingFunction().method1)
-        ) if pairs else math.nan,
+            corpus_bleu(
+                [[r] for r, _ in pairs],
+                [h for _, h in pairs],
+                smoothing_function=SmoothingFunction().method1,
+            )
+        )
+        if pairs
+        else math.nan,
         "mean_bleu": float(per_example["bleu"].mean()) if "bleu" in per_example else math.nan,
     }
     sep = _separator(ref_str, hyp_str, separator)
@@ -657,8 +688,14 @@ def teacher_forced_metrics(
     refs = [labels[i][mask[i]].tolist() for i in range(len(labels))]
     hyps = [preds[i][mask[i]].tolist() for i in range(len(preds))]
     return sequence_metrics(
-        refs, hyps, example_ids=np.asarray(report.example_id), pad_id=None, vocab=vocab,
-        bleu=bleu, chrf=chrf, prefix=prefix,
+        refs,
+        hyps,
+        example_ids=np.asarray(report.example_id),
+        pad_id=None,
+        vocab=vocab,
+        bleu=bleu,
+        chrf=chrf,
+        prefix=prefix,
     )
 
 

@@ -70,9 +70,7 @@ def _reference(folder):
     return compute_losses(model, (x, y), batch_size=32, verbose=0)
 
 
-@pytest.mark.parametrize(
-    "data", ["data.npz", "data.csv", "data.parquet", "data-*.tfrecord"]
-)
+@pytest.mark.parametrize("data", ["data.npz", "data.csv", "data.parquet", "data-*.tfrecord"])
 def test_each_format_equals_an_in_memory_pass(saved, tmp_path, data):
     result = an.analyze(
         saved / "model.keras",
@@ -132,8 +130,12 @@ def test_sequence_model_ragged_parquet_chunks_pad_and_match(tmp_path):
     pd.DataFrame({"tokens": tokens, "tags": tags}).to_parquet(tmp_path / "tags.parquet")
 
     an.analyze(
-        tmp_path / "tagger.keras", tmp_path / "tags.parquet", tmp_path / "run",
-        label_column="tags", chunk_size=40, verbose=0,
+        tmp_path / "tagger.keras",
+        tmp_path / "tags.parquet",
+        tmp_path / "run",
+        label_column="tags",
+        chunk_size=40,
+        verbose=0,
     )
     report = load_run(tmp_path / "run").report()
     width = int(lengths.max())
@@ -169,8 +171,13 @@ def test_attention_diagnostics_become_extra_columns(tmp_path):
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", tokens=tokens, label=labels)
     an.analyze(
-        tmp_path / "m.keras", tmp_path / "d.npz", tmp_path / "run",
-        chunk_size=20, batch_size=8, attention=True, verbose=0,
+        tmp_path / "m.keras",
+        tmp_path / "d.npz",
+        tmp_path / "run",
+        chunk_size=20,
+        batch_size=8,
+        attention=True,
+        verbose=0,
     )
     run = load_run(tmp_path / "run")
     direct = attention_diagnostics(model, (tokens, labels), batch_size=8).diagnostics
@@ -235,8 +242,22 @@ def test_keras_erranalysis_analyze_command(saved, tmp_path, capsys):
 
     model, data = str(saved / "model.keras"), str(saved / "data.parquet")
     code = cli.main(
-        ["analyze", model, data, "-o", str(tmp_path / "run"), "--label-column", "label",
-         "--features", "a,b,c,d", "--batch-size", "64", "--epoch-label", "3", "-q"]
+        [
+            "analyze",
+            model,
+            data,
+            "-o",
+            str(tmp_path / "run"),
+            "--label-column",
+            "label",
+            "--features",
+            "a,b,c,d",
+            "--batch-size",
+            "64",
+            "--epoch-label",
+            "3",
+            "-q",
+        ]
     )
     assert code == 0, capsys.readouterr().err
     run = load_run(tmp_path / "run")
@@ -253,8 +274,12 @@ def test_npz_named_keys_streamed_and_pickle_refused(saved, tmp_path):
     x, y = _classifier_data()
     np.savez_compressed(tmp_path / "named.npz", f1=x[:, :2], f2=x[:, 2:], target=y)
     an.analyze(
-        saved / "model.keras", tmp_path / "named.npz", tmp_path / "run",
-        features=["f1", "f2"], chunk_size=64, verbose=0,
+        saved / "model.keras",
+        tmp_path / "named.npz",
+        tmp_path / "run",
+        features=["f1", "f2"],
+        chunk_size=64,
+        verbose=0,
     )
     report = load_run(tmp_path / "run").report()
     np.testing.assert_allclose(report.loss, _reference(saved).loss, atol=1e-6, rtol=0)
@@ -267,15 +292,21 @@ def test_npz_named_keys_streamed_and_pickle_refused(saved, tmp_path):
 def test_tfrecord_feature_spec_json_and_parse_error(saved, tmp_path):
     spec = json.dumps({"features": ["float32", [4]], "label": ["int64", []]})
     an.analyze(
-        saved / "model.keras", str(saved / "data-*.tfrecord"), tmp_path / "run",
-        feature_spec=spec, verbose=0,
+        saved / "model.keras",
+        str(saved / "data-*.tfrecord"),
+        tmp_path / "run",
+        feature_spec=spec,
+        verbose=0,
     )
     assert len(load_run(tmp_path / "run").report()) == N
     wrong = json.dumps({"features": ["float32", [5]], "label": ["int64", []]})
     with pytest.raises(an.AnalyzeError, match="Cannot parse the TFRecord examples"):
         an.analyze(
-            saved / "model.keras", str(saved / "data-*.tfrecord"), tmp_path / "r2",
-            feature_spec=wrong, verbose=0,
+            saved / "model.keras",
+            str(saved / "data-*.tfrecord"),
+            tmp_path / "r2",
+            feature_spec=wrong,
+            verbose=0,
         )
 
 

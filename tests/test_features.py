@@ -111,17 +111,19 @@ def test_labels_and_user_extractors():
         return {"has_a": "a" in example.text, "n_id_plus": example.index + 0.5}
 
     feats = extract_features(
-        texts, labels=labels, label_names=["neg", "pos", "mix"], extractors=[extractor],
-        min_support=2, pos=False,
+        texts,
+        labels=labels,
+        label_names=["neg", "pos", "mix"],
+        extractors=[extractor],
+        min_support=2,
+        pos=False,
     )
     for k, name in enumerate(["neg", "pos", "mix"]):
         col = feats.binary_names.index(f"label={name}")
         assert feats.binary_kinds[col] == "label"
         np.testing.assert_array_equal(feats.binary[:, col].toarray().ravel(), labels == k)
     col = feats.binary_names.index("has_a")
-    np.testing.assert_array_equal(
-        feats.binary[:, col].toarray().ravel(), ["a" in t for t in texts]
-    )
+    np.testing.assert_array_equal(feats.binary[:, col].toarray().ravel(), ["a" in t for t in texts])
     np.testing.assert_allclose(feats.numeric["n_id_plus"], np.arange(12) + 0.5)
 
 
@@ -191,8 +193,14 @@ def test_numeric_row_by_hand():
     assert row["effect"] == pytest.approx(3.0 / pooled)
     assert row["p_value"] == pytest.approx(st.ttest_ind(w, r, equal_var=False).pvalue)
     assert row["summary"].startswith("wrong examples are 2.0x longer (6 vs 3 tokens")
-    slightly = compare_features(correct, features=feats._replace(numeric=pd.DataFrame(
-        {"digit_share": np.where(correct, 0.5, 0.45) + np.arange(10) * 1e-3})))
+    slightly = compare_features(
+        correct,
+        features=feats._replace(
+            numeric=pd.DataFrame(
+                {"digit_share": np.where(correct, 0.5, 0.45) + np.arange(10) * 1e-3}
+            )
+        ),
+    )
     expected = "wrong examples have 9% lower digit_share (0.458 vs 0.502"
     assert slightly.iloc[0]["summary"].startswith(expected)
     mw = compare_features(correct, features=feats, test="mannwhitney").iloc[0]

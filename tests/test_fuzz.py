@@ -45,8 +45,23 @@ PROB_TOL = 2e-3  # the pass's "rows sum to one" tolerance
 EPS32 = float(np.finfo(np.float32).eps)
 
 # Logits: mostly ordinary values, sometimes extreme ones.
-EXTREMES = [0.0, 1.0, -1.0, 0.5, 1e-38, -1e-45, 3e38, -3e38, 1e10, -1e10, 88.0, -104.0,
-            np.inf, -np.inf, np.nan]
+EXTREMES = [
+    0.0,
+    1.0,
+    -1.0,
+    0.5,
+    1e-38,
+    -1e-45,
+    3e38,
+    -3e38,
+    1e10,
+    -1e10,
+    88.0,
+    -104.0,
+    np.inf,
+    -np.inf,
+    np.nan,
+]
 LOGIT = st.one_of(
     st.floats(-30, 30, width=32), st.floats(-30, 30, width=32), st.sampled_from(EXTREMES)
 )
@@ -148,8 +163,16 @@ def assert_close(actual, expected, scale, what):
 
 
 # What each generated case stresses; "plain" cases still hold random extreme logits.
-SCENARIOS = ["plain", "plain", "plain", "empty_batch", "bad_label", "fractional",
-             "probabilities", "no_data"]
+SCENARIOS = [
+    "plain",
+    "plain",
+    "plain",
+    "empty_batch",
+    "bad_label",
+    "fractional",
+    "probabilities",
+    "no_data",
+]
 
 
 def softmax_rows(logits):
@@ -186,8 +209,12 @@ def classification_case(draw):
     if label_dtype == "uint8" and (labels.min(initial=0) < 0 or labels.max(initial=0) > 255):
         label_dtype = "int64"
     return dict(
-        logits=logits, labels=labels, sizes=sizes, dtype=draw(st.sampled_from(FLOAT_DTYPES)),
-        label_dtype=label_dtype, fractional=fractional,
+        logits=logits,
+        labels=labels,
+        sizes=sizes,
+        dtype=draw(st.sampled_from(FLOAT_DTYPES)),
+        label_dtype=label_dtype,
+        fractional=fractional,
     )
 
 
@@ -211,7 +238,7 @@ def test_classification_pass_is_right_or_refuses_clearly(case):
         empty=len(labels) == 0,
         bad_labels=bool(np.any((labels < 0) | (labels >= classes))),
         fractional=case["fractional"],
-        first_rows=prob_like_rows(z[first[0]:first[1]]) if first else None,
+        first_rows=prob_like_rows(z[first[0] : first[1]]) if first else None,
     ):
         return
 
@@ -242,8 +269,7 @@ def test_classification_pass_is_right_or_refuses_clearly(case):
 
 @st.composite
 def sequence_case(draw):
-    scenario = draw(st.sampled_from(SCENARIOS[:5] + ["probabilities", "no_data"]),
-                    label="scenario")
+    scenario = draw(st.sampled_from(SCENARIOS[:5] + ["probabilities", "no_data"]), label="scenario")
     classes = draw(st.integers(2, 5))
     batches = []
     sizes = [draw(st.integers(1, 3)) for _ in range(draw(st.integers(1, 3)))]
@@ -258,7 +284,7 @@ def sequence_case(draw):
             logits = softmax_rows(logits)
         labels = draw(hnp.arrays(np.int64, (n, width), elements=st.integers(0, classes - 1)))
         for row in range(n):  # padding (-1 = ignored) after each row's length, maybe all
-            labels[row, draw(st.integers(0, width)):] = -1
+            labels[row, draw(st.integers(0, width)) :] = -1
         batches.append((logits, labels))
     if scenario == "bad_label":
         logits, labels = batches[-1]
@@ -282,8 +308,9 @@ def test_sequence_pass_with_ragged_ignored_tokens_is_right_or_refuses_clearly(ca
     if not expect_outcome(
         error,
         empty=sum(len(y) for _, y in views) == 0,
-        bad_labels=any(np.any(c & ((y < 0) | (y >= classes))) for (_, y), c in
-                       zip(views, counted_all)),
+        bad_labels=any(
+            np.any(c & ((y < 0) | (y >= classes))) for (_, y), c in zip(views, counted_all)
+        ),
         fractional=False,
         # every position's row is checked, padding included (the model sees it)
         first_rows=prob_like_rows(first[0]) if first else None,
@@ -327,8 +354,16 @@ def test_sequence_pass_with_ragged_ignored_tokens_is_right_or_refuses_clearly(ca
 
 
 def test_extreme_batch_gives_the_same_numbers_with_and_without_xla():
-    z = np.array([[3e38, -3e38, 0.0], [1e-38, 0.0, -1e-45], [np.nan, 1.0, 2.0],
-                  [-np.inf, 5.0, 5.0], [88.0, -104.0, 0.0]], "float32")
+    z = np.array(
+        [
+            [3e38, -3e38, 0.0],
+            [1e-38, 0.0, -1e-45],
+            [np.nan, 1.0, 2.0],
+            [-np.inf, 5.0, 5.0],
+            [88.0, -104.0, 0.0],
+        ],
+        "float32",
+    )
     y = np.array([1, 0, 2, 0, 1])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = identity_model(2, "float32")
@@ -339,8 +374,9 @@ def test_extreme_batch_gives_the_same_numbers_with_and_without_xla():
     assert plain.nonfinite.tolist() == xla.nonfinite.tolist() == [True, False, True, True, False]
     finite = np.all(np.isfinite(z), axis=1)
     for column in ("loss", "true_prob", "margin", "confidence", "prediction", "correct"):
-        np.testing.assert_allclose(getattr(plain, column)[finite], getattr(xla, column)[finite],
-                                   rtol=1e-6, err_msg=column)
+        np.testing.assert_allclose(
+            getattr(plain, column)[finite], getattr(xla, column)[finite], rtol=1e-6, err_msg=column
+        )
     np.testing.assert_array_equal(plain.loss[3], xla.loss[3])  # -inf logit of the label: inf
     for report in (plain, xla):
         # The NaN row has no prediction and is never right, with or without XLA (argmax
@@ -352,8 +388,16 @@ def test_extreme_batch_gives_the_same_numbers_with_and_without_xla():
 
 
 def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right():
-    z = np.array([[np.nan, 1.0, 2.0], [1.0, 2.0, np.nan], [np.inf, 1.0, 2.0],
-                  [-np.inf, -np.inf, -np.inf], [0.0, 5.0, 1.0]], "float32")
+    z = np.array(
+        [
+            [np.nan, 1.0, 2.0],
+            [1.0, 2.0, np.nan],
+            [np.inf, 1.0, 2.0],
+            [-np.inf, -np.inf, -np.inf],
+            [0.0, 5.0, 1.0],
+        ],
+        "float32",
+    )
     y = np.array([1, 0, 0, 0, 1])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = identity_model(2, "float32")
@@ -385,14 +429,19 @@ def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right(
         # XLA's min and max skip NaN: the sequence's margin and a probability row with a lone
         # NaN must still come out undefined.
         report = compute_losses(
-            identity_model(3, "float32"), (tokens, np.ones((2, 3), "int64")), loss=loss,
-            verbose=0, jit_compile=jit_compile,
+            identity_model(3, "float32"),
+            (tokens, np.ones((2, 3), "int64")),
+            loss=loss,
+            verbose=0,
+            jit_compile=jit_compile,
         )
         assert np.isfinite(report.margin[0]) and np.isnan(report.margin[1])
         probs = np.array([[0.6, np.nan, 0.4], [0.2, 0.8, 0.0]], "float32")
         report = compute_losses(
-            identity_model(2, "float32"), (probs, np.array([0, 1])),
-            loss=keras.losses.SparseCategoricalCrossentropy(), verbose=0,
+            identity_model(2, "float32"),
+            (probs, np.array([0, 1])),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            verbose=0,
             jit_compile=jit_compile,
         )
         assert report.prediction.tolist() == [-1, 1] and report.correct.tolist() == [False, True]
@@ -405,8 +454,9 @@ def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right(
 HOSTILE = st.text(
     st.one_of(
         st.characters(codec="utf-8", exclude_categories=["Cs"]),
-        st.sampled_from(list("\x00\x07\x1b\r\n\t\x85\u2028\u2029\u202e\u200d\u0301\ufeff"
-                             '",;=<>&|\\\ud800\udfff')),
+        st.sampled_from(
+            list('\x00\x07\x1b\r\n\t\x85\u2028\u2029\u202e\u200d\u0301\ufeff",;=<>&|\\\ud800\udfff')
+        ),
     ),
     max_size=6,
 )
@@ -418,8 +468,11 @@ def visible(token):
 
 
 @FAST_SETTINGS
-@given(tokens=st.lists(HOSTILE, max_size=12), ids=st.lists(st.integers(-3, 20), max_size=10),
-       sep=st.sampled_from(["", " ", "\u2063", "|"]))
+@given(
+    tokens=st.lists(HOSTILE, max_size=12),
+    ids=st.lists(st.integers(-3, 20), max_size=10),
+    sep=st.sampled_from(["", " ", "\u2063", "|"]),
+)
 def test_vocabulary_decodes_exactly_and_round_trips_through_json(tokens, ids, sep):
     vocab = Vocabulary(tokens, sep=sep)
     words = [visible(tokens[i]) if 0 <= i < len(tokens) else f"<{i}>" for i in ids]
@@ -451,9 +504,7 @@ def test_hostile_label_names_survive_the_run_folder(names):
         # string, so a reader must not split on them (str.splitlines would).
         text = (Path(folder) / "epoch_0001" / "hardest.jsonl").read_text("utf-8")
         lines = text.rstrip("\n").split("\n")
-        assert [json.loads(line)["label_text"] for line in lines] == expected[
-            "label_text"
-        ].tolist()
+        assert [json.loads(line)["label_text"] for line in lines] == expected["label_text"].tolist()
 
 
 # -- load_run on corrupted folders ----------------------------------------------------------
@@ -470,18 +521,25 @@ def pristine_run(tmp_path_factory):
         mask = rng.random((n, width)) > 0.2
         token_loss *= mask
         report = LossReport(
-            task="sequence", num_classes=5, example_id=np.arange(n, dtype="int64"),
-            loss=token_loss.sum(1), loss_sum=token_loss.sum(1), loss_mean=token_loss.mean(1),
+            task="sequence",
+            num_classes=5,
+            example_id=np.arange(n, dtype="int64"),
+            loss=token_loss.sum(1),
+            loss_sum=token_loss.sum(1),
+            loss_mean=token_loss.mean(1),
             label=rng.integers(0, 5, (n, width)).astype("int32"),
             prediction=rng.integers(0, 5, (n, width)).astype("int32"),
             confidence=rng.random(n).astype("float32"),
             true_prob=rng.random(n).astype("float32"),
-            margin=rng.uniform(-1, 1, n).astype("float32"), correct=rng.random(n) > 0.5,
+            margin=rng.uniform(-1, 1, n).astype("float32"),
+            correct=rng.random(n) > 0.5,
             token_accuracy=rng.random(n).astype("float32"),
-            n_tokens=mask.sum(1).astype("int32"), token_loss=token_loss,
+            n_tokens=mask.sum(1).astype("int32"),
+            token_loss=token_loss,
             token_confidence=rng.random((n, width)).astype("float32"),
             token_true_prob=rng.random((n, width)).astype("float32"),
-            token_margin=rng.uniform(-1, 1, (n, width)).astype("float32"), token_mask=mask,
+            token_margin=rng.uniform(-1, 1, (n, width)).astype("float32"),
+            token_mask=mask,
             inputs={"tokens": rng.integers(0, 5, (n, width)).astype("int32")},
             extra={"attention_entropy": rng.random(n).astype("float32")},
         )
@@ -498,8 +556,18 @@ def read_everything(folder, *, verify):
         report = run.report(epoch)
         for name in ("task", "num_classes", "reduction"):
             seen[f"{epoch}/{name}"] = getattr(report, name)
-        for column in ("example_id", "loss", "loss_sum", "label", "prediction", "margin",
-                       "correct", "n_tokens", "token_loss", "token_mask"):
+        for column in (
+            "example_id",
+            "loss",
+            "loss_sum",
+            "label",
+            "prediction",
+            "margin",
+            "correct",
+            "n_tokens",
+            "token_loss",
+            "token_mask",
+        ):
             seen[f"{epoch}/{column}"] = np.array(getattr(report, column))
         seen[f"{epoch}/inputs"] = {k: np.array(v) for k, v in report.inputs.items()}
         seen[f"{epoch}/extra"] = {k: np.array(v) for k, v in report.extra.items()}
@@ -551,11 +619,20 @@ def test_corrupted_run_folder_gives_a_named_error_or_exact_data(pristine_run, da
         elif how == "garbage":
             target.write_bytes(data.draw(st.binary(max_size=64), label="garbage"))
         else:
-            target.write_text(json.dumps(data.draw(
-                st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=4),
-                             lambda kids: st.lists(kids, max_size=3)
-                             | st.dictionaries(st.text(max_size=6), kids, max_size=3)),
-                label="json")))
+            target.write_text(
+                json.dumps(
+                    data.draw(
+                        st.recursive(
+                            st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+                            lambda kids: (
+                                st.lists(kids, max_size=3)
+                                | st.dictionaries(st.text(max_size=6), kids, max_size=3)
+                            ),
+                        ),
+                        label="json",
+                    )
+                )
+            )
         # Byte flips inside array data are only caught by the checksums (verify=True);
         # every other corruption must be caught by the default, cheap checks.
         verify = how == "flip"

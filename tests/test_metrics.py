@@ -95,7 +95,10 @@ def test_confusion_pairs_for_sequences_from_a_report():
     preds = np.array([[1, 1, 1, 1], [2, 1, 1, 2], [1, 1, 1, 1]])
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=bool)
     report = SimpleNamespace(
-        label=labels, prediction=preds, token_mask=mask, example_id=np.array([7, 8, 9]),
+        label=labels,
+        prediction=preds,
+        token_mask=mask,
+        example_id=np.array([7, 8, 9]),
         num_classes=3,
     )
     pairs = confusion_pairs(report)
@@ -162,7 +165,10 @@ def test_teacher_forced_metrics_agree_with_report():
     preds = np.array([[3, 5, 5, 1], [3, 3, 4, 4]])
     mask = labels > 0
     report = SimpleNamespace(
-        is_sequence=True, label=labels, prediction=preds, token_mask=mask,
+        is_sequence=True,
+        label=labels,
+        prediction=preds,
+        token_mask=mask,
         example_id=np.array([1, 2]),
     )
     table = teacher_forced_metrics(report, bleu=False)
@@ -184,12 +190,16 @@ def test_free_running_metrics_batches_and_checks():
         out[0, 0] = 9  # the first example of each batch is wrong
         return np.concatenate([out, np.full((len(out), 2), 2)], axis=1)
 
-    result = free_running_metrics(
-        decode_fn, inputs, references, batch_size=3, end_id=2, bleu=False
-    )
+    result = free_running_metrics(decode_fn, inputs, references, batch_size=3, end_id=2, bleu=False)
     assert calls == [3, 3, 1]
     assert list(result.per_example["free_exact_match"]) == [
-        False, True, True, False, True, True, False,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
     ]
     assert result.corpus["exact_match"] == pytest.approx(4 / 7)
     assert result.corpus["token_error_rate"] == pytest.approx(3 / 21)

@@ -61,8 +61,13 @@ def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_pa
     direct = attention_diagnostics(model, (tokens, labels), batch_size=16).diagnostics
     options = ["--chunk-size", "32", "--batch-size", "16", "--attention", "--jit", "off", "-q"]
     single = an.main(
-        [str(tmp_path / "model.keras"), str(tmp_path / "data.npz"),
-         "-o", str(tmp_path / "single"), *options]
+        [
+            str(tmp_path / "model.keras"),
+            str(tmp_path / "data.npz"),
+            "-o",
+            str(tmp_path / "single"),
+            *options,
+        ]
     )
     assert single == 0
 
@@ -78,14 +83,24 @@ def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_pa
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}
             )
             command = [
-                sys.executable, "-m", "keras_erranalysis.cli", "analyze",
-                str(tmp_path / "model.keras"), str(tmp_path / "data.npz"),
-                "-o", str(tmp_path / f"run{index}"), *options,
+                sys.executable,
+                "-m",
+                "keras_erranalysis.cli",
+                "analyze",
+                str(tmp_path / "model.keras"),
+                str(tmp_path / "data.npz"),
+                "-o",
+                str(tmp_path / f"run{index}"),
+                *options,
             ]
             workers.append(
                 subprocess.Popen(
-                    command, cwd=workdir, env=env, text=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    command,
+                    cwd=workdir,
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
             )
         outputs = [worker.communicate(timeout=TIMEOUT) for worker in workers]

@@ -33,6 +33,7 @@ SEQUENCE_DATA = (_tokens, RNG.integers(0, 50, (120, 9)))
 @pytest.fixture
 def policy():
     """Sets a global dtype policy for the test and always restores float32."""
+
     def set_policy(name):
         keras.mixed_precision.set_global_policy(name)
 
@@ -44,8 +45,11 @@ def policy():
 
 def classifier(activation):
     return keras.Sequential(
-        [keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
-         keras.layers.Dense(10, activation=activation)]
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation=activation),
+        ]
     )
 
 
@@ -70,8 +74,7 @@ def softmax64(values):
 def test_mixed_precision_losses_are_float32_and_match_a_float32_model(
     policy, mixed, activation, kind
 ):
-    build, data = (classifier, CLASSIFIER_DATA) if kind == "classifier" else (
-        tagger, SEQUENCE_DATA)
+    build, data = (classifier, CLASSIFIER_DATA) if kind == "classifier" else (tagger, SEQUENCE_DATA)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=activation is None)
     full = build(activation)
     full.set_weights([w * 2 for w in full.get_weights()])  # sharper outputs than at init
@@ -138,19 +141,33 @@ def test_logits_and_probabilities_are_told_apart_under_mixed_precision(policy, m
 
     # 16-bit softmax rows still count as probabilities (50 classes, sums off by ~1e-3).
     with pytest.raises(ValueError, match="look like probabilities.*from_logits=False"):
-        compute_losses(softmax_model, (x, y), verbose=0, jit_compile=False,
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        compute_losses(
+            softmax_model,
+            (x, y),
+            verbose=0,
+            jit_compile=False,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
     with pytest.raises(ValueError, match="are not probabilities.*from_logits=True"):
-        compute_losses(logits_model, (x, y), verbose=0, jit_compile=False,
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False))
+        compute_losses(
+            logits_model,
+            (x, y),
+            verbose=0,
+            jit_compile=False,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
+        )
 
     # A callable loss without a from_logits flag: the pass infers which it is.
     def plain_loss(y_true, y_pred):
         return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
 
-    inferred = compute_losses(softmax_model, (x, y), loss=plain_loss, verbose=0,
-                              jit_compile=False)
-    explicit = compute_losses(softmax_model, (x, y), verbose=0, jit_compile=False,
-                              loss=keras.losses.SparseCategoricalCrossentropy())
+    inferred = compute_losses(softmax_model, (x, y), loss=plain_loss, verbose=0, jit_compile=False)
+    explicit = compute_losses(
+        softmax_model,
+        (x, y),
+        verbose=0,
+        jit_compile=False,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+    )
     np.testing.assert_allclose(inferred.true_prob, explicit.true_prob, rtol=1e-6)
     np.testing.assert_allclose(inferred.loss, explicit.loss, rtol=1e-5)

@@ -89,9 +89,18 @@ def start_child(tmp_path, mode, epochs, seed=0):
     stderr = open(tmp_path / f"child-{mode}-{time.time_ns()}.err", "w")  # noqa: SIM115
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "run"), str(side), mode, str(epochs),
-         str(seed)],
-        stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "run"),
+            str(side),
+            mode,
+            str(epochs),
+            str(seed),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env=env,
     )
     proc.stderr_file = stderr.name
     return proc
@@ -226,7 +235,8 @@ def test_kill_at_random_moments_never_leaves_a_bad_epoch(tmp_path):
         with open(errors, "w") as stderr:
             child = subprocess.Popen(
                 [sys.executable, str(script), str(log_dir), str(side), "5"],
-                stdout=subprocess.DEVNULL, stderr=stderr,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
         child.stderr_file = errors
         wait_for(child, "writing_*", side, timeout=120)
@@ -255,13 +265,17 @@ def test_kill_at_random_moments_never_leaves_a_bad_epoch(tmp_path):
 def test_two_live_writers_are_refused_with_a_clear_message(tmp_path):
     holder_ready = tmp_path / "ready"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from keras_erranalysis.run import RunWriter
-            RunWriter({str(tmp_path / 'run')!r}).acquire_lock()
+            RunWriter({str(tmp_path / "run")!r}).acquire_lock()
             open({str(holder_ready)!r}, "w").close()
             time.sleep(300)
-        """)],
+        """),
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -269,8 +283,11 @@ def test_two_live_writers_are_refused_with_a_clear_message(tmp_path):
         model, x, y = classifier()
         before = [w.copy() for w in model.get_weights()]
         callback = ErrorAnalysis((x, y), log_dir=tmp_path / "run", verbose=0, jit_compile=False)
-        with pytest.raises(RunLockedError, match=rf"Another process \(pid {holder.pid} .*is "
-                           r"writing to .*run'\. Use another log_dir"):
+        with pytest.raises(
+            RunLockedError,
+            match=rf"Another process \(pid {holder.pid} .*is "
+            r"writing to .*run'\. Use another log_dir",
+        ):
             model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
         for old, new in zip(before, model.get_weights()):
             np.testing.assert_array_equal(old, new)  # refused before any training
@@ -340,8 +357,9 @@ def test_disk_full_with_on_error_warn_trains_on_with_analysis_off(tmp_path, monk
         return real_rename(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "rename", rename)
-    callback = ErrorAnalysis((x, y), log_dir=tmp_path, verbose=0, on_error="warn",
-                             jit_compile=False)
+    callback = ErrorAnalysis(
+        (x, y), log_dir=tmp_path, verbose=0, on_error="warn", jit_compile=False
+    )
     with pytest.warns(RuntimeWarning, match=r"failed at epoch 2 .*No space left.*Training goes on"):
         history = model.fit(x, y, epochs=4, verbose=0, callbacks=[callback])
     assert len(history.history["loss"]) == 4  # every epoch trained
@@ -370,8 +388,7 @@ def test_unwritable_log_dir_raise_or_warn(tmp_path, where):
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(old, new)
 
-    callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0, on_error="warn",
-                             jit_compile=False)
+    callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0, on_error="warn", jit_compile=False)
     with pytest.warns(RuntimeWarning, match=rf"Cannot write to log_dir {named}"):
         history = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
     assert len(history.history["loss"]) == 2
@@ -382,8 +399,9 @@ def test_on_error_warn_also_covers_a_failing_pass(tmp_path):
     model, x, y = classifier()
     bad_y = y.copy()
     bad_y[3] = 7  # outside the 3 classes
-    callback = ErrorAnalysis((x, bad_y), log_dir=tmp_path, verbose=0, on_error="warn",
-                             jit_compile=False)
+    callback = ErrorAnalysis(
+        (x, bad_y), log_dir=tmp_path, verbose=0, on_error="warn", jit_compile=False
+    )
     with pytest.warns(RuntimeWarning, match=r"Labels \[7\] are outside"):
         history = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
     assert len(history.history["loss"]) == 2
@@ -440,8 +458,11 @@ def test_callback_only_observes_a_sequence_model(tmp_path):
     script = tmp_path / "observer.py"
     script.write_text(OBSERVER)
     result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
-        timeout=CHILD_TIMEOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [sys.executable, str(script), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "same moved [1, 2, 3]", result.stdout

@@ -29,9 +29,23 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 # Modules that (de)serialise code or reach the network.
 FORBIDDEN_IMPORTS = {
-    "pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal",
-    "requests", "httpx", "aiohttp", "urllib.request", "http.client", "ftplib", "smtplib",
-    "telnetlib", "xmlrpc.client",
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "shelve",
+    "marshal",
+    "requests",
+    "httpx",
+    "aiohttp",
+    "urllib.request",
+    "http.client",
+    "ftplib",
+    "smtplib",
+    "telnetlib",
+    "xmlrpc.client",
 }
 ALLOWED_SOCKET_CALLS = {"gethostname"}  # the run lock records the host name
 
@@ -61,7 +75,10 @@ def _problems(path):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name in FORBIDDEN_IMPORTS or alias.name.split(".")[0] in {
-                    "pickle", "dill", "joblib", "requests"
+                    "pickle",
+                    "dill",
+                    "joblib",
+                    "requests",
                 }:
                     problems.append(f"{where}: import {alias.name}")
         elif isinstance(node, ast.ImportFrom):
@@ -102,8 +119,10 @@ def test_package_source_has_no_pickle_eval_or_network_calls():
     assert problems == []
     # The scan itself catches what it must (so an empty list means something).
     bad = PACKAGE.parent / "_scan_probe.py"
-    sample = ("import pickle\nimport numpy as np\nnp.load('x.npy')\neval('1')\n"
-              "import socket\nsocket.create_connection(('a', 1))\n")
+    sample = (
+        "import pickle\nimport numpy as np\nnp.load('x.npy')\neval('1')\n"
+        "import socket\nsocket.create_connection(('a', 1))\n"
+    )
     try:
         bad.write_text(sample)
         found = _problems(bad)
@@ -175,8 +194,13 @@ def _split_row(row):
     return parts
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(cells=st.lists(TEXT, min_size=1, max_size=4))
 def test_markdown_table_keeps_any_text_literal_and_the_table_whole(cells):
     from keras_erranalysis import tensorboard as tb
