@@ -61,7 +61,8 @@ MISLABEL_METHODS = {
         "low area under the margin, as 'aum' (flagged: aum < threshold, default -0.2, or among "
         "the lowest AUMs up to estimate_num_label_errors(dyn), the confident-learning count of "
         "label errors; where one other class holds >= 10% of a class, that cell's rows with "
-        "aum < 0; needs the label column, else the AUM cut alone)"
+        "aum < 0; needs integer class ids in the label column and predictions, else the AUM "
+        "cut alone)"
     ),
     "aum": (
         "low area under the margin (flagged: aum < threshold, default -0.2: on average "
@@ -98,7 +99,7 @@ CONCENTRATED_CELL_SHARE = 0.1
 # Within a concentrated cell most rows are flipped (the prior odds of a wrong label are high),
 # so a row is flagged as soon as the other class wins on average: aum < 0, not the global
 # -0.2 made for rare flips. Dev F1 (dev_mislabeled_rules.py) is flat for cuts from -0.1 to
-# 0.05 (pairs 0.922-0.927, mixed 0.932-0.935) and falls at 0.1 (0.916, 0.930); 0 is the
+# 0.05 (pairs 0.921-0.927, mixed 0.932-0.935) and falls at 0.1 (0.916, 0.930); 0 is the
 # natural point, not a fitted one. Picking the cell's estimated count instead (cleanlab's
 # prune_by_noise_rate) was worse: the count is 5-10% low under pair noise (pairs 0.909).
 CONCENTRATED_CELL_AUM_THRESHOLD = 0.0
@@ -819,14 +820,17 @@ def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series
         aum = dyn["aum"].to_numpy(dtype=np.float64)
         flags = flagged.to_numpy(dtype=bool, copy=True)
         # Concentrated cells (systematic flips from one class to another): most of the cell
-        # is flipped, so the cut moves to where the other class wins on average.
+        # is flipped, so the cut moves to where the other class wins on average (the cut
+        # above already flags every row below a higher threshold=).
         concentrated = _concentrated_rows(dyn, joint)
         with np.errstate(invalid="ignore"):
-            flags |= concentrated & (aum < max(cut, CONCENTRATED_CELL_AUM_THRESHOLD))
-        # The rest of the count: down the AUM ranking, outside the concentrated cells, among
-        # rows with a given label.
-        rest = ~flags & ~concentrated & (dyn["label"].to_numpy() >= 0)
-        flags |= _lowest(aum, rest, joint.num_errors - int(flags.sum()))
+            flags |= concentrated & (aum < CONCENTRATED_CELL_AUM_THRESHOLD)
+        # The other cells' count: down the AUM ranking, outside the concentrated cells, among
+        # rows with a given label (a concentrated cell's count is never spent elsewhere).
+        outside = ~concentrated & (dyn["label"].to_numpy() >= 0)
+        dense = joint.share >= CONCENTRATED_CELL_SHARE
+        budget = round(float(joint.counts[~dense].sum())) - int((flags & outside).sum())
+        flags |= _lowest(aum, outside & ~flags, budget)
         return pd.Series(flags, index=dyn.index)
     if method == "aum":
         return dyn["aum"] < (DEFAULT_AUM_THRESHOLD if threshold is None else threshold)
@@ -858,9 +862,10 @@ def likely_mislabeled(
     class ``j``) holds at least ``CONCENTRATED_CELL_SHARE`` (10%) of class ``i``, most rows
     of that cell are flipped labels, so each of them is flagged as soon as the other class
     wins on average: ``aum < 0`` (``CONCENTRATED_CELL_AUM_THRESHOLD``) instead of -0.2. The
-    rest of the count goes down the AUM ranking outside such cells. So the flagged rows are
-    not always the lowest AUMs overall. Without a ``label`` column (e.g.
-    ``InFlightRecorder.dynamics()`` without ``label=``) it reduces to the AUM cut-off. The
+    count of the other cells goes down the AUM ranking outside such cells. So the flagged
+    rows are not always the lowest AUMs overall. Without integer labels in a ``label``
+    column (e.g. ``InFlightRecorder.dynamics()`` without ``label=``, or class names) or
+    without predictions (``suggested_label``) it reduces to the AUM cut-off. The
     count and the cut in concentrated cells were chosen on dev data
     (``benchmarks/dev_mislabeled_rules.py``), not on the benchmark's seeds; ``method="aum"``
     is the cut-off alone.

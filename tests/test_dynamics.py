@@ -315,20 +315,48 @@ def test_confident_learning_count_matches_values_computed_by_hand():
 
 def test_aum_cl_flags_down_the_aum_ranking_to_the_estimated_count():
     assert DEFAULT_METHOD == "aum_cl"
-    # aum < -0.2 flags ex3 (-0.5) and ex7 (-0.35); the count (3) extends the flags to the
-    # third-lowest AUM, ex6 (-0.2).
-    assert likely_mislabeled(CL_FRAME).index.tolist() == [3, 7, 6]
-    assert likely_mislabeled(CL_FRAME, method="aum").index.tolist() == [3, 7]
+
+    def rows(n, label, confidence, aum, suggested):
+        return pd.DataFrame(
+            {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
+            index=range(n),
+        )
+
+    # Three classes of 30; clean rows at confidence 0.6, other probability 0.3.
+    dyn = pd.concat(
+        [
+            rows(28, 0, 0.6, 0.3, -1),
+            rows(1, 0, 0.20, -0.60, 1),  # row 28: off-diagonal, below the cut
+            rows(1, 0, 0.44, -0.18, 2),  # row 29: off-diagonal (0.62 >= t_2), above the cut
+            rows(29, 1, 0.6, 0.3, -1),
+            rows(1, 1, 0.38, -0.22, 0),  # row 59: off-diagonal, below the cut
+            rows(29, 2, 0.6, 0.3, -1),
+            # Row 89: not counted (other 0.49 < t_0 = 0.581, own 0.3 < t_2 = 0.59), but its
+            # AUM is lower than row 29's.
+            rows(1, 2, 0.30, -0.19, 0),
+        ],
+        ignore_index=True,
+    )
+    # Every row of classes 0 and 1 is counted: 2 + 1 errors; each cell holds 1 of 30 (< 10%,
+    # not concentrated).
+    assert estimate_num_label_errors(dyn) == 3
+    # aum < -0.2 flags rows 28 and 59; the count (3) goes one further down the AUM ranking:
+    # row 89 (-0.19), not the counted row 29 (-0.18).
+    assert likely_mislabeled(dyn).index.tolist() == [28, 59, 89]
+    assert likely_mislabeled(dyn, method="aum").index.tolist() == [28, 59]
     # The threshold moves the AUM part only; the count still reaches three.
-    assert likely_mislabeled(CL_FRAME, threshold=-0.4).index.tolist() == [3, 7, 6]
+    assert likely_mislabeled(dyn, threshold=-0.4).index.tolist() == [28, 59, 89]
     # ... and when the cut-off flags more than the count, the cut-off wins.
-    assert likely_mislabeled(CL_FRAME, threshold=0.06).index.tolist() == [3, 7, 6, 5]
+    assert likely_mislabeled(dyn, threshold=-0.17).index.tolist() == [28, 59, 89, 29]
     # Same ranking as "aum".
     pd.testing.assert_series_equal(
-        mislabel_score(CL_FRAME, method="aum_cl"), mislabel_score(CL_FRAME, method="aum")
+        mislabel_score(dyn, method="aum_cl"), mislabel_score(dyn, method="aum")
     )
     # Without given labels (e.g. recorder.dynamics() without label=): the AUM cut-off alone.
-    assert likely_mislabeled(CL_FRAME.drop(columns="label")).index.tolist() == [3, 7]
+    assert likely_mislabeled(dyn.drop(columns="label")).index.tolist() == [28, 59]
+    # In the 8-row frame both off-diagonal cells are concentrated (1 of 4 rows each): their
+    # rows below aum 0 are flagged, and their count (2.67 -> 3) is not spent elsewhere.
+    assert likely_mislabeled(CL_FRAME).index.tolist() == [3, 7]
 
 
 def test_planted_class_pair_flips_dominate_the_top_and_the_count_is_close():
@@ -488,10 +516,15 @@ def test_margin_histogram_shades_what_the_default_rule_flags():
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert [line.get_xdata()[0] for line in dotted] == [0.0]
     assert dotted[0].get_label() == "aum < 0 in concentrated cells (60 rows)"
-    # Without a concentrated cell (the same rows, spread over other classes) no dotted line.
-    spread = dyn.assign(label=np.arange(n) % 40, suggested_label=-1)
+    # The same flips spread over the three other classes: off-diagonal cells of about 5% of
+    # a class, none concentrated, so no dotted line; the count still flags all 60.
+    spread = dyn.assign(
+        suggested_label=np.r_[(label[:60] + 1 + np.arange(60) % 3) % 4, dyn["suggested_label"][60:]]
+    )
+    assert len(likely_mislabeled(spread)) == 60
     plain = plot_margin_histogram(spread).axes[0]
     assert not [line for line in plain.get_lines() if line.get_linestyle() == ":"]
+    assert _flagged_bars(plain, "flagged: 60")
     # By position: a repeated index label (concatenated frames) marks only the flagged row.
     twice = pd.concat([dyn, dyn.assign(aum=0.9, confidence=0.9, suggested_label=-1)])
     n_flagged = len(likely_mislabeled(twice))
@@ -553,6 +586,34 @@ def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
     assert estimate_num_label_errors(diluted) == 4  # 4 * 52 / 50 = 4.16; 4.16 < 0.1 * 52
     # The 4 lowest AUMs: the 3 hard ones, then the -0.10 ties (all 4 flips, ties included).
     assert sorted(likely_mislabeled(diluted).index) == sorted(flips + hard)
+
+
+def test_a_concentrated_cell_keeps_its_count_and_its_cut_is_strict():
+    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+
+    def rows(n, label, confidence, aum, suggested):
+        return pd.DataFrame(
+            {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
+            index=range(n),
+        )
+
+    dyn = pd.concat(
+        [
+            rows(16, 0, 0.9, 0.85, -1),
+            # 6 labelled 0 that confident learning puts in the cell (0, 1) (other probability
+            # >= t_1 = 0.45), but the given label wins on average in 4 and ties in 1.
+            rows(4, 0, 0.5, 0.02, 1),
+            rows(1, 0, 0.5, 0.0, 1),
+            rows(1, 0, 0.5, -0.01, 1),  # row 21
+            rows(20, 1, 0.45, 0.3, -1),
+            rows(20, 2, 0.9, 0.8, -1),
+        ],
+        ignore_index=True,
+    )
+    assert estimate_num_label_errors(dyn) == 6  # all in the concentrated cell (6 of 22)
+    # Only aum < 0 in the cell: the tie at 0 is not flagged, and the cell's count is not
+    # spent on the next-lowest AUMs elsewhere (class 1's twenty rows at 0.3).
+    assert likely_mislabeled(dyn).index.tolist() == [21]
 
 
 def test_class_names_as_labels_fall_back_to_the_aum_cut_with_a_clear_count_error():
