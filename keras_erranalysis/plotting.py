@@ -831,8 +831,11 @@ def plot_margin_histogram(
     else:
         fig = ax.figure
     shown = scores[finite] if finite.any() else np.array([-1.0, 1.0])
-    low = min(float(shown.min()), threshold)
-    high = max(float(shown.max()), threshold)
+    # Rows in concentrated cells of the confident joint have their own cut (drawn dotted).
+    in_cells = int(_concentrated_rows(dyn).sum()) if default_rule else 0
+    cuts = [threshold, CONCENTRATED_CELL_AUM_THRESHOLD] if in_cells else [threshold]
+    low = min(float(shown.min()), *cuts)
+    high = max(float(shown.max()), *cuts)
     if high <= low:
         high = low + 1.0
     edges = np.linspace(low, high, bins + 1)
@@ -860,7 +863,6 @@ def plot_margin_histogram(
         ax.axvline(
             threshold, color="#c44e52", linestyle="--", linewidth=1, label=f"aum < {threshold:g}"
         )
-        in_cells = int(_concentrated_rows(dyn).sum())
         if in_cells:
             cell_cut = CONCENTRATED_CELL_AUM_THRESHOLD
             ax.axvline(
@@ -868,7 +870,7 @@ def plot_margin_histogram(
                 color="#c44e52",
                 linestyle=":",
                 linewidth=1,
-                label=f"aum < {cell_cut:g} in concentrated cells ({in_cells:,} rows)",
+                label=f"aum < {cell_cut:g} in concentrated cells ({in_cells:,} rows in them)",
             )
         title = f"{_text_label(column, 30)} (flagged by the default rule)"
     else:

@@ -515,7 +515,10 @@ def test_margin_histogram_shades_what_the_default_rule_flags():
     # Each flipped class (about 15 of 100) is a concentrated cell: its cut at 0 is drawn.
     dotted = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert [line.get_xdata()[0] for line in dotted] == [0.0]
-    assert dotted[0].get_label() == "aum < 0 in concentrated cells (60 rows)"
+    assert dotted[0].get_label() == "aum < 0 in concentrated cells (60 rows in them)"
+    # Even when every AUM is below 0, the dotted cut stays in view.
+    low_ax = plot_margin_histogram(dyn.assign(aum=np.minimum(dyn["aum"], -0.05))).axes[0]
+    assert low_ax.get_xlim()[1] >= 0.0
     # The same flips spread over the three other classes: off-diagonal cells of about 5% of
     # a class, none concentrated, so no dotted line; the count still flags all 60.
     spread = dyn.assign(
