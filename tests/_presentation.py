@@ -27,10 +27,12 @@ def classification_report(n: int = 12, *, seed: int = 0, num_classes: int = 3) -
     label = rng.integers(0, num_classes, n).astype(np.int32)
     prediction = label.copy()
     wrong = rng.random(n) < 0.4
+    wrong[-1] = True  # the last example: confidently wrong in every epoch (likely mislabeled)
     prediction[wrong] = (label[wrong] + 1) % num_classes
     loss = rng.gamma(2.0, 0.5, n).astype(np.float32)
     loss[wrong] += 1.0
     confidence = rng.uniform(0.34, 1.0, n).astype(np.float32)
+    confidence[-1] = 0.9
     true_prob = np.where(wrong, 1 - confidence, confidence).astype(np.float32)
     margin = np.where(wrong, -confidence / 2, confidence / 2).astype(np.float32)
     texts = [HOSTILE[i] if i < len(HOSTILE) else f"example text {i}" for i in range(n)]
