@@ -1021,22 +1021,7 @@ def _numeric_table(
                 p,
             )
         )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "feature",
-            "kind",
-            "test",
-            "support",
-            "n_wrong",
-            "wrong_value",
-            "right_value",
-            "difference",
-            "ratio",
-            "effect",
-            "p_value",
-        ],
-    )
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS[: COMPARE_COLUMNS.index("p_value") + 1])
 
 
 def _binary_table(features: Features, wrong: np.ndarray) -> pd.DataFrame:

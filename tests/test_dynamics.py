@@ -313,27 +313,29 @@ def test_confident_learning_count_matches_values_computed_by_hand():
         estimate_num_label_errors(CL_FRAME.drop(columns="label"))
 
 
+def _cl_rows(n, label, confidence, aum, suggested):
+    """``n`` identical rows of a dynamics frame with what the confident joint reads."""
+    return pd.DataFrame(
+        {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
+        index=range(n),
+    )
+
+
 def test_aum_cl_flags_down_the_aum_ranking_to_the_estimated_count():
     assert DEFAULT_METHOD == "aum_cl"
-
-    def rows(n, label, confidence, aum, suggested):
-        return pd.DataFrame(
-            {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
-            index=range(n),
-        )
 
     # Three classes of 30; clean rows at confidence 0.6, other probability 0.3.
     dyn = pd.concat(
         [
-            rows(28, 0, 0.6, 0.3, -1),
-            rows(1, 0, 0.20, -0.60, 1),  # row 28: off-diagonal, below the cut
-            rows(1, 0, 0.44, -0.18, 2),  # row 29: off-diagonal (0.62 >= t_2), above the cut
-            rows(29, 1, 0.6, 0.3, -1),
-            rows(1, 1, 0.38, -0.22, 0),  # row 59: off-diagonal, below the cut
-            rows(29, 2, 0.6, 0.3, -1),
+            _cl_rows(28, 0, 0.6, 0.3, -1),
+            _cl_rows(1, 0, 0.20, -0.60, 1),  # row 28: off-diagonal, below the cut
+            _cl_rows(1, 0, 0.44, -0.18, 2),  # row 29: off-diagonal (0.62 >= t_2), above the cut
+            _cl_rows(29, 1, 0.6, 0.3, -1),
+            _cl_rows(1, 1, 0.38, -0.22, 0),  # row 59: off-diagonal, below the cut
+            _cl_rows(29, 2, 0.6, 0.3, -1),
             # Row 89: not counted (other 0.49 < t_0 = 0.581, own 0.3 < t_2 = 0.59), but its
             # AUM is lower than row 29's.
-            rows(1, 2, 0.30, -0.19, 0),
+            _cl_rows(1, 2, 0.30, -0.19, 0),
         ],
         ignore_index=True,
     )
@@ -546,28 +548,22 @@ def _flagged_bars(ax, label):
 def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
     from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
 
-    def rows(n, label, confidence, aum, suggested):
-        return pd.DataFrame(
-            {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
-            index=range(n),
-        )
-
     dyn = pd.concat(
         [
-            rows(16, 0, 0.9, 0.85, -1),
+            _cl_rows(16, 0, 0.9, 0.85, -1),
             # 4 labelled 0 that the model keeps calling 1: their other probability 0.52
             # reaches t_1 = 0.5 and they are below t_0 = (16*0.9 + 4*0.42 + 0.46 + 0.5) / 22.
-            rows(4, 0, 0.42, -0.10, 1),
+            _cl_rows(4, 0, 0.42, -0.10, 1),
             # Two more in the same cell that confident learning does not count (other
             # probability 0.48 and 0.45 < t_1): one where class 1 wins on average (aum < 0),
             # one where the given label wins.
-            rows(1, 0, 0.46, -0.02, 1),
-            rows(1, 0, 0.50, 0.05, 1),
-            rows(20, 1, 0.5, 0.3, -1),
-            rows(17, 2, 0.9, 0.85, -1),
+            _cl_rows(1, 0, 0.46, -0.02, 1),
+            _cl_rows(1, 0, 0.50, 0.05, 1),
+            _cl_rows(20, 1, 0.5, 0.3, -1),
+            _cl_rows(17, 2, 0.9, 0.85, -1),
             # 3 hard ones labelled 2: lower AUM, but their other probability (0.55) is below
             # t_0, so confident learning does not count them.
-            rows(3, 2, 0.40, -0.15, 0),
+            _cl_rows(3, 2, 0.40, -0.15, 0),
         ],
         ignore_index=True,
     )
@@ -585,7 +581,7 @@ def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
     assert sorted(likely_mislabeled(dyn, threshold=-0.4).index) == flips + [late]
     assert sorted(likely_mislabeled(dyn, threshold=0.06).index) == flips + [late, learned] + hard
     # A cell below 10% of its class is not concentrated: the count goes down the ranking.
-    diluted = pd.concat([dyn, rows(30, 0, 0.9, 0.85, -1)], ignore_index=True)
+    diluted = pd.concat([dyn, _cl_rows(30, 0, 0.9, 0.85, -1)], ignore_index=True)
     assert estimate_num_label_errors(diluted) == 4  # 4 * 52 / 50 = 4.16; 4.16 < 0.1 * 52
     # The 4 lowest AUMs: the 3 hard ones, then the -0.10 ties (all 4 flips, ties included).
     assert sorted(likely_mislabeled(diluted).index) == sorted(flips + hard)
@@ -594,22 +590,16 @@ def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
 def test_a_concentrated_cell_keeps_its_count_and_its_cut_is_strict():
     from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
 
-    def rows(n, label, confidence, aum, suggested):
-        return pd.DataFrame(
-            {"label": label, "confidence": confidence, "aum": aum, "suggested_label": suggested},
-            index=range(n),
-        )
-
     dyn = pd.concat(
         [
-            rows(16, 0, 0.9, 0.85, -1),
+            _cl_rows(16, 0, 0.9, 0.85, -1),
             # 6 labelled 0 that confident learning puts in the cell (0, 1) (other probability
             # >= t_1 = 0.45), but the given label wins on average in 4 and ties in 1.
-            rows(4, 0, 0.5, 0.02, 1),
-            rows(1, 0, 0.5, 0.0, 1),
-            rows(1, 0, 0.5, -0.01, 1),  # row 21
-            rows(20, 1, 0.45, 0.3, -1),
-            rows(20, 2, 0.9, 0.8, -1),
+            _cl_rows(4, 0, 0.5, 0.02, 1),
+            _cl_rows(1, 0, 0.5, 0.0, 1),
+            _cl_rows(1, 0, 0.5, -0.01, 1),  # row 21
+            _cl_rows(20, 1, 0.45, 0.3, -1),
+            _cl_rows(20, 2, 0.9, 0.8, -1),
         ],
         ignore_index=True,
     )
