@@ -798,40 +798,36 @@ def _has_class_ids(dyn: pd.DataFrame) -> bool:
     return dyn["label"].to_numpy().dtype.kind in "iu"
 
 
-def _concentrated_rows(dyn: pd.DataFrame, joint: _Joint | None = None) -> np.ndarray:
-    """Rows in a concentrated cell of the calibrated confident joint (see ``aum_cl``).
+def _aum_cl_flags(dyn: pd.DataFrame, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``"aum_cl"`` flags at ``cut``, and which rows lie in a concentrated cell.
 
-    All False when ``dyn`` has no integer labels (the rule is then the AUM cut alone).
+    Without integer labels or predictions: the AUM cut alone, and no concentrated rows.
     """
-    if joint is None:
-        if not _has_class_ids(dyn):
-            return np.zeros(len(dyn), bool)
-        joint = _confident_joint(dyn)
-    return np.isin(joint.row_cell, joint.cells[joint.share >= CONCENTRATED_CELL_SHARE])
+    aum = dyn["aum"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        flags = aum < cut
+    if not _has_class_ids(dyn):
+        return flags, np.zeros(len(dyn), bool)
+    joint = _confident_joint(dyn)
+    # Concentrated cells (systematic flips from one class to another): most of the cell is
+    # flipped, so the cut moves to where the other class wins on average (``flags`` already
+    # holds every row below a higher threshold=).
+    dense = joint.share >= CONCENTRATED_CELL_SHARE
+    concentrated = np.isin(joint.row_cell, joint.cells[dense])
+    with np.errstate(invalid="ignore"):
+        flags |= concentrated & (aum < CONCENTRATED_CELL_AUM_THRESHOLD)
+    # The other cells' count: down the AUM ranking, outside the concentrated cells, among rows
+    # with a given label (a concentrated cell's count is never spent elsewhere).
+    outside = ~concentrated & (dyn["label"].to_numpy() >= 0)
+    budget = round(float(joint.counts[~dense].sum())) - int((flags & outside).sum())
+    flags |= _lowest(aum, outside & ~flags, budget)
+    return flags, concentrated
 
 
 def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series:
     if method == "aum_cl":
         cut = DEFAULT_AUM_THRESHOLD if threshold is None else threshold
-        flagged = dyn["aum"] < cut
-        if not _has_class_ids(dyn):
-            return flagged  # no labels, class names or no predictions: the AUM cut alone
-        joint = _confident_joint(dyn)
-        aum = dyn["aum"].to_numpy(dtype=np.float64)
-        flags = flagged.to_numpy(dtype=bool, copy=True)
-        # Concentrated cells (systematic flips from one class to another): most of the cell
-        # is flipped, so the cut moves to where the other class wins on average (the cut
-        # above already flags every row below a higher threshold=).
-        concentrated = _concentrated_rows(dyn, joint)
-        with np.errstate(invalid="ignore"):
-            flags |= concentrated & (aum < CONCENTRATED_CELL_AUM_THRESHOLD)
-        # The other cells' count: down the AUM ranking, outside the concentrated cells, among
-        # rows with a given label (a concentrated cell's count is never spent elsewhere).
-        outside = ~concentrated & (dyn["label"].to_numpy() >= 0)
-        dense = joint.share >= CONCENTRATED_CELL_SHARE
-        budget = round(float(joint.counts[~dense].sum())) - int((flags & outside).sum())
-        flags |= _lowest(aum, outside & ~flags, budget)
-        return pd.Series(flags, index=dyn.index)
+        return pd.Series(_aum_cl_flags(dyn, cut)[0], index=dyn.index)
     if method == "aum":
         return dyn["aum"] < (DEFAULT_AUM_THRESHOLD if threshold is None else threshold)
     if method == "confidence":

@@ -808,8 +808,7 @@ def plot_margin_histogram(
     from keras_erranalysis.dynamics import (
         CONCENTRATED_CELL_AUM_THRESHOLD,
         DEFAULT_AUM_THRESHOLD,
-        _concentrated_rows,
-        default_flags,
+        _aum_cl_flags,
     )
 
     if column not in dyn:
@@ -818,10 +817,13 @@ def plot_margin_histogram(
     default_rule = threshold is None and column == "aum"
     if threshold is None:
         threshold = DEFAULT_AUM_THRESHOLD
+    in_cells = 0
     if default_rule:
         # Exactly what the default rule flags (not always a prefix of the AUM ranking), by
-        # position: an index may repeat labels.
-        flagged_mask = default_flags(dyn).to_numpy(dtype=bool)
+        # position: an index may repeat labels; rows in concentrated cells of the confident
+        # joint have their own cut (drawn dotted). One confident joint for both.
+        flagged_mask, concentrated = _aum_cl_flags(dyn, threshold)
+        in_cells = int(concentrated.sum())
     else:
         flagged_mask = scores < threshold
     finite = np.isfinite(scores)
@@ -831,8 +833,6 @@ def plot_margin_histogram(
     else:
         fig = ax.figure
     shown = scores[finite] if finite.any() else np.array([-1.0, 1.0])
-    # Rows in concentrated cells of the confident joint have their own cut (drawn dotted).
-    in_cells = int(_concentrated_rows(dyn).sum()) if default_rule else 0
     cuts = [threshold, CONCENTRATED_CELL_AUM_THRESHOLD] if in_cells else [threshold]
     low = min(float(shown.min()), *cuts)
     high = max(float(shown.max()), *cuts)
