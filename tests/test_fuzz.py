@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from keras_erranalysis import compute_losses, load_run
-from keras_erranalysis.analysis import log_views
 from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.analysis import log_views
 from keras_erranalysis.decoding import Vocabulary
 from keras_erranalysis.run._files import RunFormatError
 from keras_erranalysis.run._writer import RunWriter
