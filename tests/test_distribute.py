@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from keras_erranalysis import ErrorAnalysis, compute_losses, load_run
+    from keras_erranalysis import ErrorAnalysis, PassOptions, compute_losses, load_run
     from keras_erranalysis.compute._inflight import InFlightRecorder
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -116,8 +116,8 @@ CHILD = textwrap.dedent(
     with strategy.scope():
         trained = classifier()
     keep = KeepWeights()
-    callback = ErrorAnalysis((x, y), log_dir=log_dir, batch_size=8, verbose=0,
-                             jit_compile=False)
+    callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0,
+                             pass_options=PassOptions(batch_size=8, jit_compile=False))
     trained.fit(x_train, y_train, epochs=2, batch_size=16, verbose=0,
                 callbacks=[callback, keep])
     run = load_run(log_dir, verify=True)

@@ -36,9 +36,9 @@ CHILD = textwrap.dedent(
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np
     import keras
-    from keras_erranalysis import ErrorAnalysis
+    from keras_erranalysis import ErrorAnalysis, PassOptions
     from keras_erranalysis.run import RunWriter
-    from keras_erranalysis.run._writer import _save_array
+    from keras_erranalysis.run import _writer as writer_module
 
     log_dir, side_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     epochs, seed = int(sys.argv[4]), int(sys.argv[5])
@@ -59,7 +59,7 @@ CHILD = textwrap.dedent(
         open(os.path.join(side_dir, f"writing_{{epoch}}"), "w").close()
         return write_epoch(self, epoch, report, **options)
 
-    save_array = _save_array
+    save_array = writer_module._save_array
 
     def slow_save_array(folder, stem, value):
         entry = save_array(folder, stem, value)
@@ -71,8 +71,10 @@ CHILD = textwrap.dedent(
         return entry
 
     RunWriter.write_epoch = recording_write_epoch
-    _save_array = slow_save_array
-    callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0, jit_compile=False)
+    writer_module._save_array = slow_save_array
+    callback = ErrorAnalysis(
+        (x, y), log_dir=log_dir, verbose=0, pass_options=PassOptions(jit_compile=False)
+    )
     model.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[callback])
     """
 ).format(columns=COLUMNS)
@@ -186,17 +188,17 @@ WRITER_CHILD = textwrap.dedent(
     import numpy as np
     from keras_erranalysis.analysis import log_views
     from keras_erranalysis.run import RunWriter
-    from keras_erranalysis.run._writer import _save_array
+    from keras_erranalysis.run import _writer as writer_module
     from keras_erranalysis._loss_report import LossReport
 
     log_dir, side_dir, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    save_array = _save_array
+    save_array = writer_module._save_array
 
     def slow_save_array(folder, stem, value):
         time.sleep(0.01)
         return save_array(folder, stem, value)
 
-    _save_array = slow_save_array
+    writer_module._save_array = slow_save_array
     writer = RunWriter(log_dir)
     writer.acquire_lock()
     for _ in range(epochs):
@@ -442,7 +444,7 @@ OBSERVER = textwrap.dedent(
     import numpy as np
     import keras
     import tensorflow as tf
-    from keras_erranalysis import ErrorAnalysis, load_run
+    from keras_erranalysis import ErrorAnalysis, PassOptions, load_run
 
     tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(0)
@@ -463,7 +465,7 @@ OBSERVER = textwrap.dedent(
         callbacks = []
         if with_callback:
             callbacks = [ErrorAnalysis((x, y), log_dir=sys.argv[1], verbose=0,
-                                       jit_compile=False)]
+                                       pass_options=PassOptions(jit_compile=False))]
         model.fit(x, y, epochs=3, batch_size=16, shuffle=True, verbose=0, callbacks=callbacks)
         weights.append(model.get_weights())
         keras.backend.clear_session()

@@ -317,14 +317,13 @@ def save_heatmaps(
     Returns:
         The files written, hardest first.
     """
-    from keras_erranalysis.analysis._ranking import rank_examples
     from keras_erranalysis.compute._attention import attention_diagnostics
     from keras_erranalysis.decoding import Vocabulary
+    from keras_erranalysis.pipeline import heatmap_rows
     from keras_erranalysis.present._figures import figure_png
     from keras_erranalysis.present._heatmaps import example_heatmaps
 
-    table = report.scalars().assign(position=np.arange(len(report)))
-    hardest = rank_examples(table, by="loss", k=n)["position"].tolist()
+    hardest, _, _ = heatmap_rows(report, n, watch=[])  # the callback's choice of hardest
     right = pick_right_examples(report, data, hardest)
     rows = hardest + right
     names = [f"hardest{i + 1}_{data.words[r]}" for i, r in enumerate(hardest)]
