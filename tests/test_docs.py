@@ -1,0 +1,103 @@
+"""The documentation builds, and what the README promises holds.
+
+- ``mkdocs build --strict`` (material theme, mkdocstrings' API reference from the docstrings)
+  succeeds offline, and the API page carries the callback's docstring.
+- The README's relative links point at files that exist.
+- The README's test command is the one CI runs (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "keras_erranalysis"
+TEST_COMMAND = (
+    'python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev]" && .venv/bin/python -m pytest'
+)
+DEMO_COMMAND = (
+    'python3 -m venv .venv && .venv/bin/pip install -e ".[demo]" '
+    "&& .venv/bin/keras-erranalysis demo"
+)
+
+
+def _class_summary(name: str) -> str:
+    """First docstring line of the class ``name`` defined somewhere in the package (by AST)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == name:
+                doc = ast.get_docstring(node)
+                assert doc, f"{name} in {path} has no docstring"
+                return doc.splitlines()[0].strip()
+    raise AssertionError(f"class {name} not found under {PACKAGE}")
+
+
+def _text(page: Path) -> str:
+    """Visible text of an HTML page, tags dropped and entities unescaped, spaces collapsed."""
+    raw = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))
+    return " ".join(html.unescape(raw).split())
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("mkdocs", reason='mkdocs is in the "docs" and "dev" extras')
+    pytest.importorskip("material", reason='mkdocs-material is in the "docs" and "dev" extras')
+    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings-python is missing")
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def test_docs_build_strict_with_api_reference(site: Path) -> None:
+    api = site / "reference" / "api" / "index.html"
+    assert api.is_file()
+    text = _text(api)
+    summary = _class_summary("ErrorAnalysis")
+    assert summary in text, f"API page lacks the ErrorAnalysis summary {summary!r}"
+    assert "compute_losses" in text and "load_run" in text
+    for page in ("benchmarks", "mislabeled-rule", "format", "reliability", "getting-started"):
+        assert (site / page / "index.html").is_file(), page
+
+
+def test_docs_need_no_network(site: Path) -> None:
+    # The material theme loads Google Fonts unless `theme.font: false`; nothing may point
+    # at a font CDN, so the site reads offline.
+    for page in site.rglob("*.html"):
+        assert "fonts.googleapis.com" not in page.read_text(encoding="utf-8"), page
+
+
+def test_readme_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    targets += re.findall(r'src="([^"]+)"', readme)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert local, "the README links into docs/"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+
+
+def test_readme_two_commands_match_ci() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert TEST_COMMAND in readme
+    assert DEMO_COMMAND in readme
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert TEST_COMMAND in ci.splitlines()
+    assert len(readme.splitlines()) <= 220, "the README is a guide; the reference lives in docs/"
