@@ -96,10 +96,12 @@ def _child(args: argparse.Namespace) -> None:
         )
         n = result.n_examples
     else:
-        from keras_erranalysis import ranking
-        from keras_erranalysis.analyze import load_model, open_source, plan_columns
-        from keras_erranalysis.losses import compute_losses
-        from keras_erranalysis.run import RunWriter
+        from keras_erranalysis.analysis import log_views
+        from keras_erranalysis.analyze import plan_columns
+        from keras_erranalysis.compute._losses import compute_losses
+        from keras_erranalysis.compute._model import load_model
+        from keras_erranalysis.run._sources import open_source
+        from keras_erranalysis.run._writer import RunWriter
 
         model = load_model(args.model)
         source = open_source(args.data)
@@ -110,7 +112,7 @@ def _child(args: argparse.Namespace) -> None:
         report = compute_losses(
             model, (x.astype(np.float32), chunk[plan.label]), batch_size=args.batch_size, verbose=0
         )
-        tables = {"hardest": ranking.log_views(report.to_frame(), k=20)}
+        tables = {"hardest": log_views(report.to_frame(), k=20)}
         RunWriter(args.out).write_epoch(1, report, tables=tables)
         n = len(report)
     seconds = time.perf_counter() - start

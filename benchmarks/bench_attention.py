@@ -82,11 +82,8 @@ def speed(n: int, length: int, rounds: int) -> dict:
 def speed_one(model, x, batches, *, jit: bool, rounds: int) -> dict:
     import tensorflow as tf
 
-    from keras_erranalysis.attention import (
-        attention_diagnostics,
-        extract_attention,
-        recording_attention,
-    )
+    from keras_erranalysis.compute._attention import attention_diagnostics, extract_attention
+    from keras_erranalysis.compute._attention_hooks import recording_attention
 
     forward = tf.function(lambda b: model(b, training=False), jit_compile=jit)
 
@@ -150,7 +147,7 @@ def speed_one(model, x, batches, *, jit: bool, rounds: int) -> dict:
 def memory(mode: str, n: int, length: int) -> dict:
     import numpy as np
 
-    from keras_erranalysis.attention import attention_diagnostics, extract_attention
+    from keras_erranalysis.compute._attention import attention_diagnostics, extract_attention
 
     model = build_model(length)
     x = make_inputs(n, length)

@@ -89,7 +89,7 @@ def write_inputs(folder: Path, n: int, e: int, dtype: str) -> None:
 
 
 def child(folder: Path, layout: str, e: int) -> dict:
-    from keras_erranalysis.dynamics import compute_dynamics
+    from keras_erranalysis.analysis._dynamics import compute_dynamics
 
     names = ("true_prob", "margin", "correct", "loss", "prediction")
     if layout == "stacked":

@@ -89,7 +89,8 @@ def run_sklearn(texts: list[str], wrong: np.ndarray, min_df: int) -> dict:
 
 
 def run_ours(texts: list[str], correct: np.ndarray, min_df: int) -> dict:
-    from keras_erranalysis.features import compare_features, extract_features
+    from keras_erranalysis.analysis._feature_stats import compare_features
+    from keras_erranalysis.analysis._features import extract_features
 
     t0 = time.perf_counter()
     feats = extract_features(texts, ngram_range=(1, 3), min_support=min_df, pos=False)

@@ -40,7 +40,7 @@ import keras  # noqa: E402
 from models import transformer_seq2seq  # noqa: E402  (benchmarks/models.py)
 from timing import EpochTimer  # noqa: E402  (benchmarks/timing.py)
 
-from keras_erranalysis.inflight import InFlightRecorder, with_example_ids  # noqa: E402
+from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids  # noqa: E402
 
 N, FEATURES, CLASSES, BATCH, EPOCHS, ROUNDS = 50_000, 64, 10, 256, 4, 5
 SEQ_N, SEQ_VOCAB, SEQ_LENGTH, SEQ_BATCH = 8_000, 1_000, 32, 64

@@ -43,8 +43,8 @@ from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from timing import EpochTimer  # noqa: E402  (benchmarks/timing.py)
 
 from keras_erranalysis import ErrorAnalysis, load_run  # noqa: E402
-from keras_erranalysis.dynamics import DEFAULT_METHOD, likely_mislabeled  # noqa: E402
-from keras_erranalysis.inflight import InFlightRecorder, with_example_ids  # noqa: E402
+from keras_erranalysis.analysis._mislabeled import DEFAULT_METHOD, likely_mislabeled  # noqa: E402
+from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids  # noqa: E402
 
 PAIRS = {0: 6, 6: 0, 1: 7, 7: 1, 2: 3, 3: 2, 4: 9, 9: 4, 5: 8, 8: 5}
 SETTINGS = (("symmetric", 0.10), ("symmetric", 0.20), ("pairs", 0.20))

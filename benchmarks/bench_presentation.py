@@ -40,7 +40,7 @@ def _median_time(fn, repeat=5):
 
 
 def bench_similar(folder: Path, sizes=(100_000, 300_000, 1_000_000), dim=64) -> list[dict]:
-    from keras_erranalysis.embeddings import nearest
+    from keras_erranalysis.analysis._similarity import nearest
 
     rows = []
     rng = np.random.default_rng(0)
@@ -61,8 +61,9 @@ def bench_report(folder: Path, n: int, epochs: int) -> list[dict]:
     from _presentation import classification_report
 
     from keras_erranalysis import tensorboard
-    from keras_erranalysis.report import write_report
-    from keras_erranalysis.run import RunWriter, load_run
+    from keras_erranalysis.present._report import write_report
+    from keras_erranalysis.run._reader import load_run
+    from keras_erranalysis.run._writer import RunWriter
 
     writer = RunWriter(folder / "run", decoding={"label_names": ["a", "b", "c"]})
     for epoch in range(1, epochs + 1):
@@ -95,7 +96,7 @@ def bench_embeddings(n: int) -> list[dict]:
     import keras
 
     from keras_erranalysis import compute_losses
-    from keras_erranalysis.embeddings import compute_embeddings
+    from keras_erranalysis.compute._embeddings import compute_embeddings
 
     rng = np.random.default_rng(0)
     x = rng.integers(1, 1000, (n, 20)).astype("int32")

@@ -66,7 +66,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from dev_mislabeled_rules import EPOCHS, NOISE, add_noise, dynamics_of, load  # noqa: E402
 
-from keras_erranalysis.dynamics import (  # noqa: E402
+from keras_erranalysis.analysis._mislabeled import (  # noqa: E402
     estimate_num_label_errors,
     likely_mislabeled,
 )

@@ -103,7 +103,8 @@ warnings.filterwarnings("ignore", message=".*shuffle=True.*")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from keras_erranalysis.dynamics import compute_dynamics, likely_mislabeled  # noqa: E402
+from keras_erranalysis.analysis._dynamics import compute_dynamics  # noqa: E402
+from keras_erranalysis.analysis._mislabeled import likely_mislabeled  # noqa: E402
 
 PAIRS = {0: 6, 6: 0, 1: 7, 7: 1, 2: 3, 3: 2, 4: 9, 9: 4, 5: 8, 8: 5}
 NOISE = (("symmetric", 0.10), ("symmetric", 0.20), ("pairs", 0.20), ("mixed", 0.20))
@@ -302,7 +303,7 @@ def rule_cl_calibrated(dyn, per_cell=False):
 
 def rule_cl_global(dyn):
     """Top estimate_num_label_errors(dyn) of the AUM ranking (the count alone, no cut)."""
-    from keras_erranalysis.dynamics import estimate_num_label_errors
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors
 
     score = -dyn["aum"].to_numpy()
     out = np.zeros(len(score), bool)
@@ -315,7 +316,7 @@ def rule_cut_or_count(dyn):
 
     The package's "aum_cl" before the per-cell pick in concentrated cells was added.
     """
-    from keras_erranalysis.dynamics import estimate_num_label_errors
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors
 
     score, flagged = rule_aum(dyn)
     flagged[_top(score, np.arange(len(score)), estimate_num_label_errors(dyn))] = True
@@ -329,7 +330,11 @@ def rule_concentrated(dyn, cell_cut=None):
     prune_by_noise_rate; the package's "aum_cl" until 23 Nov 2026); a number: the cell's rows
     with ``aum < cell_cut`` (the package's "aum_cl" with 0).
     """
-    from keras_erranalysis.dynamics import CONCENTRATED_CELL_SHARE, _confident_joint, _lowest
+    from keras_erranalysis.analysis._mislabeled import (
+        CONCENTRATED_CELL_SHARE,
+        _confident_joint,
+        _lowest,
+    )
 
     score, flagged = rule_aum(dyn)
     aum = dyn["aum"].to_numpy()

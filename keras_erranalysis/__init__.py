@@ -15,32 +15,71 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (imported on first use)
 _PUBLIC = {
     "ErrorAnalysis": "keras_erranalysis.callback",
-    "compute_losses": "keras_erranalysis.losses",
-    "LossReport": "keras_erranalysis.losses",
+    "analyze": "keras_erranalysis.analyze",
+    "compute_losses": "keras_erranalysis.compute",
+    "extract_attention": "keras_erranalysis.compute",
+    "InFlightRecorder": "keras_erranalysis.compute",
+    "with_example_ids": "keras_erranalysis.compute",
+    "LossReport": "keras_erranalysis._loss_report",
+    "Vocabulary": "keras_erranalysis.decoding",
     "load_run": "keras_erranalysis.run",
     "Run": "keras_erranalysis.run",
-    "extract_attention": "keras_erranalysis.attention",
-    "compare_features": "keras_erranalysis.features",
+    "compare_features": "keras_erranalysis.analysis",
+    "confusion_pairs": "keras_erranalysis.analysis",
+    "free_running_metrics": "keras_erranalysis.analysis",
+    "teacher_forced_metrics": "keras_erranalysis.analysis",
+    "likely_mislabeled": "keras_erranalysis.analysis",
+    "MISLABEL_METHODS": "keras_erranalysis.analysis",
+    "plot_attention": "keras_erranalysis.present",
+    "plot_data_map": "keras_erranalysis.present",
+    "write_report": "keras_erranalysis.present",
 }
 
 __all__ = [
-    "ErrorAnalysis",
-    "LossReport",
-    "Run",
+    "analyze",
     "compare_features",
     "compute_losses",
+    "confusion_pairs",
+    "ErrorAnalysis",
     "extract_attention",
+    "free_running_metrics",
+    "InFlightRecorder",
+    "likely_mislabeled",
     "load_run",
+    "LossReport",
+    "MISLABEL_METHODS",
+    "plot_attention",
+    "plot_data_map",
+    "Run",
+    "teacher_forced_metrics",
+    "Vocabulary",
+    "with_example_ids",
+    "write_report",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_erranalysis.attention import extract_attention
+    from keras_erranalysis._loss_report import LossReport
+    from keras_erranalysis.analysis import (
+        MISLABEL_METHODS,
+        compare_features,
+        confusion_pairs,
+        free_running_metrics,
+        likely_mislabeled,
+        teacher_forced_metrics,
+    )
+    from keras_erranalysis.analyze import analyze
     from keras_erranalysis.callback import ErrorAnalysis
-    from keras_erranalysis.features import compare_features
-    from keras_erranalysis.losses import LossReport, compute_losses
+    from keras_erranalysis.compute import (
+        InFlightRecorder,
+        compute_losses,
+        extract_attention,
+        with_example_ids,
+    )
+    from keras_erranalysis.decoding import Vocabulary
+    from keras_erranalysis.present import plot_attention, plot_data_map, write_report
     from keras_erranalysis.run import Run, load_run
 
 

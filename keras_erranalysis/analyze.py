@@ -18,543 +18,41 @@ this pass does not use ``fit``: train however you train, then analyse with this.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import glob
-import json
 import math
 import os
 import shutil
-import sys
 import tempfile
-import warnings
-import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis import ranking
+from keras_erranalysis._columns import EXAMPLE_COLUMNS, TOKEN_COLUMNS
+from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.analysis._ranking import log_views
+from keras_erranalysis.compute._model import (
+    Cluster,
+    _InputSpec,
+    _model_inputs,
+    cluster_from_tf_config,
+    load_model,
+    make_strategy,
+)
 from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.losses import EXAMPLE_COLUMNS, TOKEN_COLUMNS, LossReport
+from keras_erranalysis.run._sources import (
+    LABEL_CANDIDATES,
+    AnalyzeError,
+    detect_format,
+    open_source,
+)
 
-FORMATS = ("tfrecord", "csv", "parquet", "npz")
 DEFAULT_CHUNK_SIZE = 50_000
-# Label column names tried, in order, when none is given.
-LABEL_CANDIDATES = ("label", "labels", "y", "target")
-_TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".record")
+
+
 _STAGING_PREFIX = ".analyze-staging-"
-
-
-class AnalyzeError(ValueError):
-    """The model and the data do not fit together, or the data cannot be read."""
-
-
-# --------------------------------------------------------------------------------------
-# The cluster
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Cluster:
-    """Where this process sits in a ``TF_CONFIG`` cluster.
-
-    Attributes:
-        num_workers: Processes in the cluster (``chief`` and ``worker`` tasks); 1 when
-            there is no ``TF_CONFIG``.
-        task_type: ``"chief"``, ``"worker"`` (or None without a cluster).
-        task_index: Index of this task within its type.
-        has_chief: Whether the cluster names a separate ``chief`` task.
-    """
-
-    num_workers: int = 1
-    task_type: str | None = None
-    task_index: int = 0
-    has_chief: bool = False
-
-    @property
-    def is_chief(self) -> bool:
-        """The chief writes: task ``chief`` or, when there is none, worker 0."""
-        if self.task_type in (None, "chief"):
-            return True
-        return self.task_type == "worker" and self.task_index == 0 and not self.has_chief
-
-
-def cluster_from_tf_config(tf_config: str | Mapping[str, Any] | None = None) -> Cluster:
-    """Reads this process's place in the cluster from ``TF_CONFIG``.
-
-    Args:
-        tf_config: The JSON text or dict; defaults to the ``TF_CONFIG`` environment
-            variable. Empty or missing means a single process.
-
-    Returns:
-        A :class:`Cluster`.
-
-    Raises:
-        AnalyzeError: For ``TF_CONFIG`` that is not JSON or misses its task.
-    """
-    if tf_config is None:
-        tf_config = os.environ.get("TF_CONFIG", "")
-    if isinstance(tf_config, str):
-        if not tf_config.strip():
-            return Cluster()
-        try:
-            tf_config = json.loads(tf_config)
-        except json.JSONDecodeError as error:
-            raise AnalyzeError(f"TF_CONFIG is not valid JSON ({error}).") from None
-    cluster = dict(tf_config.get("cluster") or {})
-    if not cluster:
-        return Cluster()
-    task = dict(tf_config.get("task") or {})
-    task_type, task_index = task.get("type"), task.get("index", 0)
-    roles = {role: len(addresses) for role, addresses in cluster.items()}
-    if task_type not in roles or not 0 <= int(task_index) < roles[task_type]:
-        raise AnalyzeError(
-            f"TF_CONFIG task {task!r} is not in its cluster {sorted(roles)}: set "
-            '"task": {"type": "worker", "index": i} with i below the number of workers.'
-        )
-    num_workers = roles.get("chief", 0) + roles.get("worker", 0)
-    return Cluster(
-        num_workers=num_workers,
-        task_type=str(task_type),
-        task_index=int(task_index),
-        has_chief="chief" in roles,
-    )
-
-
-def make_strategy(cluster: Cluster | None = None) -> Any:
-    """A ``MultiWorkerMirroredStrategy`` for a cluster of several workers, else None.
-
-    Create it at the start of the program, before other TensorFlow work: its collective
-    ops must be configured first.
-    """
-    cluster = cluster or cluster_from_tf_config()
-    if cluster.num_workers <= 1:
-        return None
-    import tensorflow as tf
-
-    return tf.distribute.MultiWorkerMirroredStrategy()
-
-
-# --------------------------------------------------------------------------------------
-# The model
-# --------------------------------------------------------------------------------------
-
-
-def load_model(path: str | os.PathLike, *, safe_mode: bool = True, strategy: Any = None) -> Any:
-    """Loads a saved Keras model (under ``strategy``'s scope when given).
-
-    Args:
-        path: A ``.keras`` file (or anything ``keras.models.load_model`` reads).
-        safe_mode: Refuse to deserialise Python lambdas (Keras' default, keep it on for
-            files you did not write).
-        strategy: A ``tf.distribute`` strategy to place the weights with.
-
-    Raises:
-        AnalyzeError: When the file is missing or Keras cannot load it.
-    """
-    import keras
-
-    path = Path(path)
-    if not path.exists():
-        raise AnalyzeError(f"Model file {str(path)!r} does not exist.")
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    try:
-        with scope, warnings.catch_warnings():
-            # The optimizer's state is never used by an analysis.
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return keras.models.load_model(path, safe_mode=safe_mode)
-    except (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile) as error:
-        detail = " ".join(str(error).split())[:300]
-        raise AnalyzeError(
-            f"Cannot load the model {str(path)!r} ({type(error).__name__}: {detail}). Pass "
-            "a model saved with model.save('model.keras'); custom layers must be importable "
-            "and registered (keras.saving.register_keras_serializable)."
-        ) from error
-
-
-@dataclasses.dataclass
-class _InputSpec:
-    name: str
-    shape: tuple[int | None, ...]  # without the batch axis; () when unknown rank
-    dtype: str
-    named: bool  # a name the user chose (not an automatic keras_tensor_N)
-
-
-def _model_inputs(model: Any) -> list[_InputSpec]:
-    struct = getattr(model, "_inputs_struct", None)
-    tensors = list(getattr(model, "inputs", None) or [])
-    keys = list(struct) if isinstance(struct, Mapping) else None
-    specs = []
-    for i, tensor in enumerate(tensors):
-        name = keys[i] if keys else str(getattr(tensor, "name", f"input_{i}"))
-        auto = name.startswith("keras_tensor") or name.startswith("input_layer")
-        shape = tuple(getattr(tensor, "shape", (None,)))[1:]
-        specs.append(_InputSpec(name, shape, str(getattr(tensor, "dtype", "float32")), not auto))
-    return specs
-
-
-# --------------------------------------------------------------------------------------
-# Reading data in chunks
-# --------------------------------------------------------------------------------------
-
-
-def detect_format(path: str | os.PathLike) -> str:
-    """Guesses the data format from a path: tfrecord, csv, parquet or npz."""
-    text = os.fspath(path)
-    lowered = text.lower().removesuffix(".gz")
-    if lowered.endswith(".npz"):
-        return "npz"
-    if lowered.endswith((".csv", ".tsv")):
-        return "csv"
-    if lowered.endswith((".parquet", ".pq")):
-        return "parquet"
-    if lowered.endswith(_TFRECORD_SUFFIXES) or os.path.isdir(text) or glob.has_magic(text):
-        return "tfrecord"
-    raise AnalyzeError(
-        f"Cannot tell the format of {text!r} from its name: pass format= one of {FORMATS} "
-        "(--format on the command line)."
-    )
-
-
-class _Source:
-    """A dataset file read in chunks of rows: ``columns`` and ``chunks(names, size)``."""
-
-    columns: list[str]
-    num_rows: int | None = None
-
-    def chunks(
-        self, names: Sequence[str], chunk_size: int, shapes: Mapping[str, Any]
-    ) -> Iterator[dict[str, np.ndarray]]:
-        raise NotImplementedError
-
-
-class _NpzSource(_Source):
-    """A ``.npz`` archive; each member is streamed from its ``.npy`` header on."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            archive = zipfile.ZipFile(path)
-        except (OSError, zipfile.BadZipFile) as error:
-            raise AnalyzeError(f"Cannot read {str(path)!r} as a .npz archive ({error}).") from None
-        with archive:
-            self._members = {
-                name[: -len(".npy")]: name for name in archive.namelist() if name.endswith(".npy")
-            }
-            self._headers = {}
-            for key, member in self._members.items():
-                with archive.open(member) as handle:
-                    self._headers[key] = _npy_header(handle, f"{path}:{member}")
-        self.columns = list(self._members)
-        lengths = {h[0][0] for h in self._headers.values() if h[0]}
-        self.num_rows = lengths.pop() if len(lengths) == 1 else None
-
-    def chunks(self, names, chunk_size, shapes):
-        del shapes
-        lengths = {
-            name: self._headers[name][0][0] if self._headers[name][0] else 0 for name in names
-        }
-        if len(set(lengths.values())) > 1:
-            raise AnalyzeError(
-                f"Arrays {lengths} in {str(self.path)!r} differ in length: features and "
-                "labels need one row per example."
-            )
-        n = next(iter(lengths.values()))
-        with zipfile.ZipFile(self.path) as archive, contextlib.ExitStack() as stack:
-            readers = {}
-            for name in names:
-                shape, fortran, dtype = self._headers[name]
-                handle = stack.enter_context(archive.open(self._members[name]))
-                _npy_header(handle, name)
-                if fortran and len(shape) > 1:
-                    # Fortran order cannot be read row by row: the one array not streamed.
-                    whole = np.lib.format.read_array(handle, allow_pickle=False)
-                    readers[name] = _ArrayRows(np.ascontiguousarray(whole))
-                else:
-                    readers[name] = _NpyRows(handle, shape, dtype)
-            for start in range(0, n, chunk_size):
-                rows = min(chunk_size, n - start)
-                yield {name: reader.read(rows) for name, reader in readers.items()}
-
-
-def _npy_header(handle: Any, what: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(handle)
-        else:
-            shape, fortran, dtype = fmt._read_array_header(handle, version)
-    except ValueError as error:
-        raise AnalyzeError(f"{what} is not a valid .npy array ({error}).") from None
-    if dtype.hasobject:
-        raise AnalyzeError(
-            f"{what} holds Python objects, which would need pickle to load (never allowed "
-            "here): save numbers or fixed-width strings (np.str_) instead."
-        )
-    return tuple(shape), bool(fortran), dtype
-
-
-class _NpyRows:
-    def __init__(self, handle: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.handle = handle
-        self.tail = shape[1:]
-        self.dtype = dtype
-        self.row_bytes = dtype.itemsize * math.prod(self.tail)
-
-    def read(self, rows: int) -> np.ndarray:
-        data = self.handle.read(rows * self.row_bytes)
-        if len(data) != rows * self.row_bytes:
-            raise AnalyzeError("A .npz member ended early: the file is truncated.")
-        return np.frombuffer(data, dtype=self.dtype).reshape((rows, *self.tail))
-
-
-class _ArrayRows:
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-        self.at = 0
-
-    def read(self, rows: int) -> np.ndarray:
-        part = self.array[self.at : self.at + rows]
-        self.at += rows
-        return part
-
-
-class _CsvSource(_Source):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sep = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
-        try:
-            header = pd.read_csv(path, sep=self.sep, nrows=0)
-        except (OSError, ValueError, UnicodeDecodeError) as error:
-            raise AnalyzeError(f"Cannot read {str(path)!r} as CSV ({error}).") from None
-        self.columns = [str(c) for c in header.columns]
-
-    def chunks(self, names, chunk_size, shapes):
-        del shapes
-        reader = pd.read_csv(self.path, sep=self.sep, usecols=list(names), chunksize=chunk_size)
-        with reader:
-            for frame in reader:
-                yield {name: _column_values(frame[name], name) for name in names}
-
-
-class _ParquetSource(_Source):
-    def __init__(self, path: Path) -> None:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ImportError(
-                "Reading Parquet needs pyarrow: pip install 'keras_erranalysis[parquet]'."
-            ) from None
-        self.path = path
-        try:
-            # pre_buffer would cache every row group read until the end: memory = file size
-            self.file = pq.ParquetFile(path, pre_buffer=False)
-        except (OSError, ValueError) as error:
-            raise AnalyzeError(f"Cannot read {str(path)!r} as Parquet ({error}).") from None
-        self.columns = list(self.file.schema_arrow.names)
-        self.num_rows = int(self.file.metadata.num_rows)
-
-    def chunks(self, names, chunk_size, shapes):
-        del shapes
-        for batch in self.file.iter_batches(batch_size=chunk_size, columns=list(names)):
-            yield {name: _arrow_values(batch.column(name), name) for name in names}
-
-
-def _column_values(series: pd.Series, name: str) -> np.ndarray:
-    if series.isna().any():
-        raise AnalyzeError(
-            f"Column {name!r} has missing values (row {int(np.flatnonzero(series.isna())[0])} "
-            "of its chunk): fill or drop them first."
-        )
-    values = series.to_numpy()
-    if values.dtype.kind == "O" or str(series.dtype) in ("string", "str"):
-        return values.astype(str)
-    return values
-
-
-def _arrow_values(array: Any, name: str) -> np.ndarray:
-    import pyarrow as pa
-
-    if array.null_count:
-        raise AnalyzeError(f"Column {name!r} has missing values: fill or drop them first.")
-    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
-        flat = _arrow_values(array.flatten(), name)
-        offsets = array.offsets.to_numpy()
-        lengths = np.diff(offsets)
-        return _pad_ragged(flat, offsets[:-1] - offsets[0], lengths)
-    if pa.types.is_fixed_size_list(array.type):
-        flat = _arrow_values(array.flatten(), name)
-        return flat.reshape(len(array), array.type.list_size, *flat.shape[1:])
-    values = array.to_numpy(zero_copy_only=False)
-    return values.astype(str) if values.dtype.kind == "O" else values
-
-
-def _pad_ragged(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Rows of different lengths as one array, padded at the end with 0 (or "")."""
-    width = int(lengths.max()) if len(lengths) else 0
-    out = np.zeros((len(lengths), width, *flat.shape[1:]), dtype=flat.dtype)
-    position = np.arange(width)
-    keep = position[None, :] < lengths[:, None]
-    out[keep] = flat[(starts[:, None] + position[None, :])[keep]]
-    return out
-
-
-class _TFRecordSource(_Source):
-    """``tf.train.Example`` records in one or more files (a path, folder or glob)."""
-
-    def __init__(self, path: str, feature_spec: Mapping[str, Any] | None) -> None:
-        import tensorflow as tf
-
-        self.files = _tfrecord_files(path)
-        self.compression = "GZIP" if all(f.endswith(".gz") for f in self.files) else ""
-        self.spec_given = _feature_spec(feature_spec) if feature_spec else {}
-        first = None
-        for raw in tf.data.TFRecordDataset(self.files[:1], self.compression).take(1):
-            first = raw.numpy()
-        if first is None:
-            raise AnalyzeError(f"{self.files[0]!r} holds no records.")
-        try:
-            example = tf.train.Example.FromString(first)
-        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError
-            raise AnalyzeError(
-                f"{self.files[0]!r} does not hold tf.train.Example records ({error})."
-            ) from None
-        self.first: dict[str, tuple[Any, int]] = {}
-        for name, feature in example.features.feature.items():
-            kind = feature.WhichOneof("kind")
-            dtype = {"float_list": tf.float32, "int64_list": tf.int64}.get(kind, tf.string)
-            self.first[name] = (dtype, len(getattr(feature, kind).value) if kind else 0)
-        self.columns = sorted(set(self.first) | set(self.spec_given))
-
-    def parse_spec(self, names: Sequence[str], shapes: Mapping[str, Any]) -> dict[str, Any]:
-        import tensorflow as tf
-
-        spec = {}
-        for name in names:
-            if name in self.spec_given:
-                spec[name] = self.spec_given[name]
-                continue
-            dtype, length = self.first[name]
-            shape = shapes.get(name)
-            if shape is not None and all(d is not None for d in shape):
-                spec[name] = tf.io.FixedLenFeature(shape, dtype)
-            elif length == 1 and (shape is None or len(shape) == 0):
-                spec[name] = tf.io.FixedLenFeature([], dtype)
-            else:
-                spec[name] = tf.io.VarLenFeature(dtype)
-        return spec
-
-    def chunks(self, names, chunk_size, shapes):
-        import tensorflow as tf
-
-        spec = self.parse_spec(names, shapes)
-        records = tf.data.TFRecordDataset(self.files, self.compression).batch(chunk_size)
-        for serialized in records:
-            try:
-                parsed = tf.io.parse_example(serialized, spec)
-            except tf.errors.InvalidArgumentError as error:
-                message = " ".join(str(error.message).split())[:300]
-                raise AnalyzeError(
-                    f"Cannot parse the TFRecord examples with {_describe_spec(spec)} "
-                    f"({message}). Pass feature_spec= (--feature-spec) to say each "
-                    "feature's dtype and shape."
-                ) from None
-            chunk = {}
-            for name in names:
-                value = parsed[name]
-                if isinstance(value, tf.sparse.SparseTensor):
-                    value = tf.sparse.to_dense(value)
-                array = value.numpy()
-                chunk[name] = array.astype(str) if array.dtype.kind == "O" else array
-            yield chunk
-
-
-def _tfrecord_files(path: str) -> list[str]:
-    if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, f)
-            for f in os.listdir(path)
-            if f.lower().removesuffix(".gz").endswith(_TFRECORD_SUFFIXES)
-        )
-    elif glob.has_magic(path):
-        files = sorted(glob.glob(path))
-    else:
-        files = [path] if os.path.exists(path) else []
-    if not files:
-        raise AnalyzeError(f"No TFRecord files at {path!r}.")
-    return files
-
-
-def _feature_spec(given: Mapping[str, Any] | str) -> dict[str, Any]:
-    """``{name: tf.io.*Feature | [dtype, shape or None]}`` (JSON text too) -> parse spec."""
-    import tensorflow as tf
-
-    if isinstance(given, str):
-        try:
-            given = json.loads(given)
-        except json.JSONDecodeError as error:
-            raise AnalyzeError(f"The feature spec is not valid JSON ({error}).") from None
-    spec = {}
-    for name, entry in dict(given).items():
-        if isinstance(entry, (tf.io.FixedLenFeature, tf.io.VarLenFeature)):
-            spec[name] = entry
-            continue
-        try:
-            dtype_name, shape = entry
-            dtype = tf.as_dtype(dtype_name)
-        except (TypeError, ValueError):
-            raise AnalyzeError(
-                f"Feature spec entry {name!r}: {entry!r} must be [dtype, shape] (e.g. "
-                '["float32", [4]], ["int64", []]) or [dtype, null] for variable length.'
-            ) from None
-        spec[name] = (
-            tf.io.VarLenFeature(dtype)
-            if shape is None
-            else tf.io.FixedLenFeature(list(shape), dtype)
-        )
-    return spec
-
-
-def _describe_spec(spec: Mapping[str, Any]) -> str:
-    parts = []
-    for name, feature in spec.items():
-        shape = getattr(feature, "shape", None)
-        parts.append(f"{name}: {feature.dtype.name}{list(shape) if shape is not None else '[var]'}")
-    return "{" + ", ".join(parts) + "}"
-
-
-def open_source(
-    data: str | os.PathLike,
-    *,
-    format: str | None = None,  # noqa: A002 - the user-facing name
-    feature_spec: Mapping[str, Any] | str | None = None,
-) -> _Source:
-    """Opens a dataset file for chunked reading (the format is guessed from the name)."""
-    fmt = format or detect_format(data)
-    if fmt not in FORMATS:
-        raise AnalyzeError(f"format must be one of {FORMATS}, got {fmt!r}.")
-    if fmt == "tfrecord":
-        return _TFRecordSource(os.fspath(data), feature_spec)
-    path = Path(data)
-    if not path.exists():
-        raise AnalyzeError(f"Data file {str(path)!r} does not exist.")
-    if fmt == "npz":
-        return _NpzSource(path)
-    if fmt == "csv":
-        return _CsvSource(path)
-    return _ParquetSource(path)
-
-
-# --------------------------------------------------------------------------------------
-# Columns -> model inputs
-# --------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -696,7 +194,7 @@ def _attention_columns(
     """Per-example attention diagnostics of one chunk, in data order."""
     import tensorflow as tf
 
-    from keras_erranalysis.attention import attention_diagnostics
+    from keras_erranalysis.compute._attention import attention_diagnostics
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).with_options(options)
     result = attention_diagnostics(
@@ -715,10 +213,6 @@ def _labels(chunk: Mapping[str, np.ndarray], column: str) -> np.ndarray:
     return values
 
 
-# --------------------------------------------------------------------------------------
-# Results in chunks -> one epoch
-# --------------------------------------------------------------------------------------
-
 _ARRAY_FIELDS = (*EXAMPLE_COLUMNS, "label", "prediction", *TOKEN_COLUMNS)
 
 
@@ -727,7 +221,7 @@ class ChunkedResults:
 
     Memory holds one chunk and the hardest-example candidates (``top_k`` rows per view
     per chunk), never every example. The hardest-example table equals the one a single
-    :func:`~keras_erranalysis.ranking.log_views` over all examples gives: each view's
+    :func:`~keras_erranalysis.log_views` over all examples gives: each view's
     top ``k`` is among the union of the chunks' top ``k``, and ties keep id order.
 
     Args:
@@ -767,7 +261,7 @@ class ChunkedResults:
             value = np.ascontiguousarray(value)
             np.save(self.folder / f"{stem}-{self.chunks:06d}.npy", value, allow_pickle=False)
             self.parts.setdefault(key, []).append((value.shape, value.dtype))
-        views = ranking.log_views(report.scalars(), k=self.top_k)
+        views = log_views(report.scalars(), k=self.top_k)
         rows = np.isin(report.example_id, views["example_id"].to_numpy())
         self.candidates.append(report.select(rows).to_frame(**self.decoding))
         self.count += len(report)
@@ -776,7 +270,7 @@ class ChunkedResults:
     def hardest(self) -> pd.DataFrame:
         """The hardest-example table over every chunk."""
         frame = pd.concat(self.candidates, ignore_index=True)
-        return ranking.log_views(frame, k=self.top_k)
+        return log_views(frame, k=self.top_k)
 
     def merge(self) -> LossReport:
         """Merges the chunk files into one ``.npy`` per column; returns them memory-mapped."""
@@ -832,11 +326,6 @@ def _pad_to(part: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
     pad = [(0, 0)] + [(0, t - s) for s, t in zip(part.shape[1:], tail)]
     fill: Any = False if part.dtype == bool else ("" if part.dtype.kind in "US" else 0)
     return np.pad(part, pad, constant_values=fill)
-
-
-# --------------------------------------------------------------------------------------
-# analyze
-# --------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -940,8 +429,8 @@ def analyze(
     """
     import tensorflow as tf
 
-    from keras_erranalysis.losses import compute_losses
-    from keras_erranalysis.run import RunWriter
+    from keras_erranalysis.compute._losses import compute_losses
+    from keras_erranalysis.run._writer import RunWriter
 
     if batch_size < 1 or chunk_size < 1:
         raise AnalyzeError(
@@ -1064,126 +553,3 @@ def analyze(
             results.close()
         if writer is not None:
             writer.release_lock()
-
-
-# --------------------------------------------------------------------------------------
-# Command line (``keras-erranalysis analyze``; also ``python -m keras_erranalysis.analyze``)
-# --------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``analyze`` options to an argument parser."""
-    parser.add_argument("model", help="saved Keras model (.keras)")
-    parser.add_argument("data", help="TFRecord file/folder/glob, .csv/.tsv, .parquet or .npz file")
-    parser.add_argument("-o", "--log-dir", required=True, help="run folder to write")
-    parser.add_argument("--label-column", help="column/key/feature with the labels")
-    parser.add_argument(
-        "--features", help="comma-separated feature columns, in the model's input order"
-    )
-    parser.add_argument("--format", choices=FORMATS, help="data format (default: from the name)")
-    parser.add_argument(
-        "--feature-spec",
-        help='TFRecord features as JSON, e.g. \'{"x": ["float32", [4]], "y": ["int64", []]}\'',
-    )
-    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
-    parser.add_argument(
-        "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="examples held at a time"
-    )
-    parser.add_argument(
-        "--epoch-label", type=int, help="run epoch number to write as (default: next one)"
-    )
-    parser.add_argument("--model-output", help="output to analyse in a multi-output model")
-    parser.add_argument("--reduction", choices=("mean", "sum"), default="mean")
-    parser.add_argument("--ignore-class", type=int, help="label id that does not count")
-    parser.add_argument("--top-k", type=int, default=20, help="rows per hardest-example view")
-    parser.add_argument("--label-names", help="comma-separated class names")
-    parser.add_argument(
-        "--attention", action="store_true", help="also per-example attention diagnostics"
-    )
-    parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA")
-    parser.add_argument(
-        "--unsafe-deserialization",
-        action="store_true",
-        help="load_model(safe_mode=False): only for model files you trust",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def run_args(args: argparse.Namespace) -> int:
-    """Runs ``analyze`` from parsed arguments and prints where it wrote.
-
-    Raises:
-        AnalyzeError: For every user mistake (bad data, model, folder, TF_CONFIG), with
-            a one-line message.
-    """
-    import tensorflow as tf
-
-    from keras_erranalysis.run import RunFormatError, RunLockedError
-
-    def listed(text: str | None) -> list[str] | None:
-        return [part.strip() for part in text.split(",") if part.strip()] if text else None
-
-    try:
-        result = analyze(
-            args.model,
-            args.data,
-            args.log_dir,
-            label_column=args.label_column,
-            features=listed(args.features),
-            format=args.format,
-            feature_spec=args.feature_spec,
-            batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
-            epoch=args.epoch_label,
-            output=args.model_output,
-            reduction=args.reduction,
-            ignore_class=args.ignore_class,
-            top_k=args.top_k,
-            label_names=listed(args.label_names),
-            attention=args.attention,
-            jit_compile={"auto": "auto", "on": True, "off": False}[args.jit],
-            safe_mode=not args.unsafe_deserialization,
-            verbose=0 if args.quiet else 1,
-        )
-    except (
-        ValueError,
-        TypeError,
-        KeyError,
-        OSError,
-        ImportError,
-        RunFormatError,
-        RunLockedError,
-        tf.errors.OpError,
-    ) as error:
-        message = getattr(error, "message", None) or str(error)
-        raise AnalyzeError(" ".join(str(message).split()) or type(error).__name__) from None
-    if result.is_chief:
-        print(
-            f"Analysed {result.n_examples} examples on {result.num_workers} worker(s): "
-            f"epoch {result.epoch} written to {result.epoch_dir}"
-        )
-    else:
-        print(f"Analysed {result.n_examples} examples; the chief writes the results.")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m keras_erranalysis.analyze MODEL DATA -o RUN_DIR [options]``.
-
-    Returns:
-        0 on success, 1 for a user mistake (one line on stderr), 2 for a bad command line.
-    """
-    parser = argparse.ArgumentParser(
-        prog="keras-erranalysis analyze",
-        description="Analyse a saved Keras model over a dataset; write one run epoch.",
-    )
-    add_arguments(parser)
-    try:
-        return run_args(parser.parse_args(argv))
-    except AnalyzeError as error:
-        print(f"keras-erranalysis analyze: error: {error}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,10 +11,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis import ranking
+from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.analysis._ranking import log_views, rank_examples
+from keras_erranalysis.compute._losses import compute_losses
 from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.losses import LossReport, compute_losses
-from keras_erranalysis.run import Run, RunWriter, load_run
+from keras_erranalysis.run._reader import Run, load_run
+from keras_erranalysis.run._writer import RunWriter
 
 
 class ErrorAnalysis(keras.callbacks.Callback):
@@ -159,7 +161,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
         self._fit_epochs = (self.params or {}).get("epochs")
         self.enabled = True  # on_error="warn" switches the analysis off for one fit only
         if self.attention:
-            from keras_erranalysis.attention import find_attention_layers
+            from keras_erranalysis.compute._attention_hooks import find_attention_layers
 
             find_attention_layers(self.model, self._attention_layers())  # clear error if none
         if self.log_dir is not None:
@@ -222,11 +224,12 @@ class ErrorAnalysis(keras.callbacks.Callback):
         self.last_report = report
         figures = self._attention_figures(report) if self.attention else {}
         frame = report.to_frame(**self.decoding)
-        tables = {"hardest": ranking.log_views(frame, k=self.top_k)}
+        tables = {"hardest": log_views(frame, k=self.top_k)}
         tables.update(self._analysis_tables(report))
         vectors = stored = None
         if self.embeddings:
-            from keras_erranalysis.embeddings import compute_embeddings, storage_array
+            from keras_erranalysis.analysis._similarity import storage_array
+            from keras_erranalysis.compute._embeddings import compute_embeddings
 
             layer = None if self.embeddings is True else self.embeddings
             vectors = compute_embeddings(
@@ -239,7 +242,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             self.last_embeddings = vectors
             stored = {"embedding": storage_array(vectors)}
         if self._writer is not None:
-            from keras_erranalysis.plotting import figure_png
+            from keras_erranalysis.present._figures import figure_png
 
             self._writer.write_epoch(
                 run_epoch,
@@ -268,7 +271,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
                 figures=figures,
             )
             if "features" in tables:
-                from keras_erranalysis.features import features_summary
+                from keras_erranalysis.analysis._feature_stats import features_summary
 
                 self._summaries.text(
                     "feature_summary",
@@ -290,11 +293,11 @@ class ErrorAnalysis(keras.callbacks.Callback):
 
     def _attention_figures(self, report: LossReport) -> dict[str, Any]:
         """Adds attention diagnostics to ``report.extra``; returns heatmaps to save."""
-        from keras_erranalysis.attention import attention_diagnostics
-        from keras_erranalysis.heatmaps import example_heatmaps
+        from keras_erranalysis.compute._attention import attention_diagnostics
+        from keras_erranalysis.present._heatmaps import example_heatmaps
 
         positions = report.scalars().assign(position=np.arange(len(report)))
-        hardest = ranking.rank_examples(positions, by="loss", k=self.heatmaps)
+        hardest = rank_examples(positions, by="loss", k=self.heatmaps)
         rows = hardest["position"].tolist()
         if self._watch is None:  # right examples fixed once, to follow across epochs
             right = np.flatnonzero(report.correct)
@@ -325,7 +328,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
 
     def _analysis_tables(self, report: LossReport) -> dict[str, pd.DataFrame]:
         """The per-class table and (when there is text) the feature comparison."""
-        from keras_erranalysis.metrics import per_class_metrics
+        from keras_erranalysis.analysis._metrics import per_class_metrics
 
         names = self.decoding["vocab" if report.is_sequence else "label_names"]
         tables = {"per_class": per_class_metrics(report, label_names=names).reset_index()}
@@ -335,13 +338,13 @@ class ErrorAnalysis(keras.callbacks.Callback):
             self._feature_set = self._extract_features(report)
         has_both = (~report.correct).any() and report.correct.any()
         if self._feature_set is not False and has_both:
-            from keras_erranalysis.features import compare_features
+            from keras_erranalysis.analysis._feature_stats import compare_features
 
             tables["features"] = compare_features(report, features=self._feature_set, top=200)
         return tables
 
     def _extract_features(self, report: LossReport) -> Any:
-        from keras_erranalysis.features import extract_features
+        from keras_erranalysis.analysis._features import extract_features
 
         source = self.decoding["input_vocab"]
         texts = self.texts
@@ -398,7 +401,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
     ) -> pd.DataFrame:
         """The hardest examples of an analysed epoch (``-1`` = last), with decoded text."""
         report = self.report(epoch)
-        return ranking.rank_examples(
+        return rank_examples(
             report.to_frame(**self.decoding), by=by, k=k or self.top_k, only_wrong=only_wrong
         )
 

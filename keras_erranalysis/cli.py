@@ -63,7 +63,7 @@ def _int(text: str) -> int:
 
 
 def _add_demo(subparsers: Any) -> None:
-    from keras_erranalysis.demo import DEFAULT_EPOCHS, DEFAULT_EXAMPLES, DEFAULT_OUT
+    from keras_erranalysis.demo._run import DEFAULT_EPOCHS, DEFAULT_EXAMPLES, DEFAULT_OUT
 
     parser = subparsers.add_parser(
         "demo",
@@ -107,7 +107,8 @@ def _add_demo(subparsers: Any) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from keras_erranalysis.demo import DemoError, format_summary, run_demo
+    from keras_erranalysis.demo._data import DemoError
+    from keras_erranalysis.demo._run import format_summary, run_demo
 
     _quiet_tensorflow()
     try:
@@ -139,7 +140,8 @@ def _quiet_tensorflow() -> None:
 
 
 def _add_analyze(subparsers: Any) -> None:
-    from keras_erranalysis.analyze import add_arguments
+    from keras_erranalysis.analyze import DEFAULT_CHUNK_SIZE
+    from keras_erranalysis.run._sources import FORMATS
 
     parser = subparsers.add_parser(
         "analyze",
@@ -153,19 +155,119 @@ def _add_analyze(subparsers: Any) -> None:
             '"keras_erranalysis[parquet]".'
         ),
     )
-    add_arguments(parser)
+    _analyze_arguments(parser, formats=FORMATS, chunk_size=DEFAULT_CHUNK_SIZE)
     parser.set_defaults(handler=_cmd_analyze)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from keras_erranalysis.analyze import AnalyzeError, run_args
+    from keras_erranalysis._errors import AnalyzeError
 
     _quiet_tensorflow()
     try:
-        return run_args(args)
+        return _run_analyze(args)
     except AnalyzeError as error:
         raise CommandError(str(error)) from None
+
+
+def _analyze_arguments(
+    parser: argparse.ArgumentParser, *, formats: Sequence[str], chunk_size: int
+) -> None:
+    """Adds the ``analyze`` options to an argument parser."""
+    parser.add_argument("model", help="saved Keras model (.keras)")
+    parser.add_argument("data", help="TFRecord file/folder/glob, .csv/.tsv, .parquet or .npz file")
+    parser.add_argument("-o", "--log-dir", required=True, help="run folder to write")
+    parser.add_argument("--label-column", help="column/key/feature with the labels")
+    parser.add_argument(
+        "--features", help="comma-separated feature columns, in the model's input order"
+    )
+    parser.add_argument("--format", choices=formats, help="data format (default: from the name)")
+    parser.add_argument(
+        "--feature-spec",
+        help='TFRecord features as JSON, e.g. \'{"x": ["float32", [4]], "y": ["int64", []]}\'',
+    )
+    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    parser.add_argument(
+        "--chunk-size", type=int, default=chunk_size, help="examples held at a time"
+    )
+    parser.add_argument(
+        "--epoch-label", type=int, help="run epoch number to write as (default: next one)"
+    )
+    parser.add_argument("--model-output", help="output to analyse in a multi-output model")
+    parser.add_argument("--reduction", choices=("mean", "sum"), default="mean")
+    parser.add_argument("--ignore-class", type=int, help="label id that does not count")
+    parser.add_argument("--top-k", type=int, default=20, help="rows per hardest-example view")
+    parser.add_argument("--label-names", help="comma-separated class names")
+    parser.add_argument(
+        "--attention", action="store_true", help="also per-example attention diagnostics"
+    )
+    parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA")
+    parser.add_argument(
+        "--unsafe-deserialization",
+        action="store_true",
+        help="load_model(safe_mode=False): only for model files you trust",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    """Runs ``analyze`` from parsed arguments and prints where it wrote.
+
+    Raises:
+        AnalyzeError: For every user mistake (bad data, model, folder, TF_CONFIG), with
+            a one-line message.
+    """
+    import tensorflow as tf
+
+    from keras_erranalysis._errors import AnalyzeError
+    from keras_erranalysis.analyze import analyze
+    from keras_erranalysis.run import RunFormatError, RunLockedError
+
+    def listed(text: str | None) -> list[str] | None:
+        return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+    try:
+        result = analyze(
+            args.model,
+            args.data,
+            args.log_dir,
+            label_column=args.label_column,
+            features=listed(args.features),
+            format=args.format,
+            feature_spec=args.feature_spec,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            epoch=args.epoch_label,
+            output=args.model_output,
+            reduction=args.reduction,
+            ignore_class=args.ignore_class,
+            top_k=args.top_k,
+            label_names=listed(args.label_names),
+            attention=args.attention,
+            jit_compile={"auto": "auto", "on": True, "off": False}[args.jit],
+            safe_mode=not args.unsafe_deserialization,
+            verbose=0 if args.quiet else 1,
+        )
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        OSError,
+        ImportError,
+        RunFormatError,
+        RunLockedError,
+        tf.errors.OpError,
+    ) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise AnalyzeError(" ".join(str(message).split()) or type(error).__name__) from None
+    if result.is_chief:
+        print(
+            f"Analysed {result.n_examples} examples on {result.num_workers} worker(s): "
+            f"epoch {result.epoch} written to {result.epoch_dir}"
+        )
+    else:
+        print(f"Analysed {result.n_examples} examples; the chief writes the results.")
+    return 0
 
 
 # --------------------------------------------------------------------------------------
@@ -190,7 +292,7 @@ def _rich_table(frame: Any, columns: Sequence[str], *, title: str, max_chars: in
     from rich.table import Table
     from rich.text import Text
 
-    from keras_erranalysis.tensorboard import one_line
+    from keras_erranalysis.present._text import one_line
 
     names = [c for c in columns if c in frame.columns]
     table = Table(title=title, title_justify="left", show_lines=False)
@@ -222,7 +324,7 @@ def _console() -> Any:
 
 
 def _add_show(subparsers: Any) -> None:
-    from keras_erranalysis.ranking import RANKINGS
+    from keras_erranalysis.analysis._ranking import RANKINGS
 
     parser = subparsers.add_parser(
         "show",
@@ -262,7 +364,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from keras_erranalysis.run import load_run
+    from keras_erranalysis.run._reader import load_run
 
     run = load_run(args.log_dir)
     epoch = run.meta(args.epoch)["epoch"]
@@ -343,7 +445,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from keras_erranalysis.report import write_report
+    from keras_erranalysis.present._report import write_report
 
     path = write_report(args.log_dir, args.output, k=args.k)
     print(f"Wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -378,7 +480,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from keras_erranalysis.report import compare_runs
+    from keras_erranalysis.present._report import compare_runs
 
     table = compare_runs(args.log_dir_a, args.log_dir_b, epoch_a=args.epoch_a, epoch_b=args.epoch_b)
     if table.empty:
@@ -454,7 +556,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         IsADirectoryError,
     ]
     if "keras_erranalysis.run" in sys.modules:  # a bad run folder, if one was read
-        from keras_erranalysis.run import RunFormatError, RunLockedError
+        from keras_erranalysis.run._files import RunFormatError, RunLockedError
 
         errors += [RunFormatError, RunLockedError]
     return tuple(errors)

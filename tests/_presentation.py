@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis.losses import LossReport
-from keras_erranalysis.run import RunWriter
+from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.run._writer import RunWriter
 
 HOSTILE = [
     "<script>window.__pwned = 1; document.title = 'PWNED'</script>",

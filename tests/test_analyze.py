@@ -7,9 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from keras_erranalysis import analyze as an
-from keras_erranalysis import ranking
-from keras_erranalysis.run import load_run
+from keras_erranalysis._errors import AnalyzeError
+from keras_erranalysis.analysis import log_views
+from keras_erranalysis.analyze import analyze
+from keras_erranalysis.cli import main as cli_main
+from keras_erranalysis.compute import Cluster, cluster_from_tf_config, load_model
+from keras_erranalysis.run import open_source
+from keras_erranalysis.run._reader import load_run
 
 N = 230
 CHUNK = 70  # 4 chunks, the last one of 20 examples
@@ -65,14 +69,14 @@ def saved(tmp_path_factory):
 def _reference(folder):
     from keras_erranalysis import compute_losses
 
-    model = an.load_model(folder / "model.keras")
+    model = load_model(folder / "model.keras")
     x, y = _classifier_data()
     return compute_losses(model, (x, y), batch_size=32, verbose=0)
 
 
 @pytest.mark.parametrize("data", ["data.npz", "data.csv", "data.parquet", "data-*.tfrecord"])
 def test_each_format_equals_an_in_memory_pass(saved, tmp_path, data):
-    result = an.analyze(
+    result = analyze(
         saved / "model.keras",
         str(saved / data),
         tmp_path / "run",
@@ -93,7 +97,7 @@ def test_each_format_equals_an_in_memory_pass(saved, tmp_path, data):
     np.testing.assert_array_equal(report.prediction, ref.prediction)
     # the hardest table from per-chunk candidates equals one ranking over all examples
     hardest = run.table("hardest")
-    expected = ranking.log_views(ref.to_frame(), k=7)
+    expected = log_views(ref.to_frame(), k=7)
     assert hardest["view"].tolist() == expected["view"].tolist()
     assert hardest["example_id"].tolist() == expected["example_id"].tolist()
     assert run.meta()["info"]["source"] == "analyze"
@@ -104,12 +108,12 @@ def test_each_format_equals_an_in_memory_pass(saved, tmp_path, data):
 def test_epochs_append_and_epoch_label(saved, tmp_path):
     log_dir = tmp_path / "run"
     kwargs = {"chunk_size": 1000, "verbose": 0}
-    an.analyze(saved / "model.keras", saved / "data.npz", log_dir, **kwargs)
-    an.analyze(saved / "model.keras", saved / "data.npz", log_dir, **kwargs)
-    an.analyze(saved / "model.keras", saved / "data.npz", log_dir, epoch=7, **kwargs)
+    analyze(saved / "model.keras", saved / "data.npz", log_dir, **kwargs)
+    analyze(saved / "model.keras", saved / "data.npz", log_dir, **kwargs)
+    analyze(saved / "model.keras", saved / "data.npz", log_dir, epoch=7, **kwargs)
     assert load_run(log_dir).epochs == [1, 2, 7]
-    with pytest.raises(an.AnalyzeError, match="Epoch 7 already exists"):
-        an.analyze(saved / "model.keras", saved / "data.npz", log_dir, epoch=7, **kwargs)
+    with pytest.raises(AnalyzeError, match="Epoch 7 already exists"):
+        analyze(saved / "model.keras", saved / "data.npz", log_dir, epoch=7, **kwargs)
 
 
 def test_sequence_model_ragged_parquet_chunks_pad_and_match(tmp_path):
@@ -129,7 +133,7 @@ def test_sequence_model_ragged_parquet_chunks_pad_and_match(tmp_path):
     model.save(tmp_path / "tagger.keras")
     pd.DataFrame({"tokens": tokens, "tags": tags}).to_parquet(tmp_path / "tags.parquet")
 
-    an.analyze(
+    analyze(
         tmp_path / "tagger.keras",
         tmp_path / "tags.parquet",
         tmp_path / "run",
@@ -156,7 +160,7 @@ def test_sequence_model_ragged_parquet_chunks_pad_and_match(tmp_path):
 def test_attention_diagnostics_become_extra_columns(tmp_path):
     import keras
 
-    from keras_erranalysis.attention import attention_diagnostics
+    from keras_erranalysis.compute._attention import attention_diagnostics
 
     rng = np.random.RandomState(4)
     tokens = rng.randint(1, 20, (45, 5)).astype("int32")
@@ -170,7 +174,7 @@ def test_attention_diagnostics_become_extra_columns(tmp_path):
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.save(tmp_path / "m.keras")
     np.savez(tmp_path / "d.npz", tokens=tokens, label=labels)
-    an.analyze(
+    analyze(
         tmp_path / "m.keras",
         tmp_path / "d.npz",
         tmp_path / "run",
@@ -201,20 +205,20 @@ def test_named_inputs_matched_by_name_mismatch_and_text_labels(tmp_path):
     model.save(tmp_path / "m.keras")
     age, pos, y = rng.rand(30, 1), rng.rand(30, 2), rng.randint(0, 2, 30)
     np.savez(tmp_path / "d.npz", pos=pos, age=age, y=y)  # keys in another order
-    an.analyze(tmp_path / "m.keras", tmp_path / "d.npz", tmp_path / "ok", verbose=0)
+    analyze(tmp_path / "m.keras", tmp_path / "d.npz", tmp_path / "ok", verbose=0)
     ref = compute_losses(model, ({"age": age, "pos": pos}, y), verbose=0)
     np.testing.assert_allclose(load_run(tmp_path / "ok").report().loss, ref.loss, atol=1e-6)
 
     # 'pos' is one CSV column but the model wants 2 numbers per example
     frame = pd.DataFrame({"age": age[:, 0], "pos": pos[:, 0], "y": y})
     frame.to_csv(tmp_path / "d.csv", index=False)
-    with pytest.raises(an.AnalyzeError, match=r"input 'pos' expects examples of shape \(2,\)"):
-        an.analyze(tmp_path / "m.keras", tmp_path / "d.csv", tmp_path / "r", verbose=0)
+    with pytest.raises(AnalyzeError, match=r"input 'pos' expects examples of shape \(2,\)"):
+        analyze(tmp_path / "m.keras", tmp_path / "d.csv", tmp_path / "r", verbose=0)
     assert not (tmp_path / "r" / "epoch_0001").exists()
 
     np.savez(tmp_path / "t.npz", pos=pos, age=age, y=np.where(y > 0, "cat", "dog"))
-    with pytest.raises(an.AnalyzeError, match="holds text"):
-        an.analyze(tmp_path / "m.keras", tmp_path / "t.npz", tmp_path / "r2", verbose=0)
+    with pytest.raises(AnalyzeError, match="holds text"):
+        analyze(tmp_path / "m.keras", tmp_path / "t.npz", tmp_path / "r2", verbose=0)
 
 
 def test_cli_errors_are_one_line_with_nonzero_exit(saved, tmp_path, capsys):
@@ -225,15 +229,19 @@ def test_cli_errors_are_one_line_with_nonzero_exit(saved, tmp_path, capsys):
         (["--features", "a,zz"], "Feature column(s) ['zz'] are not in the data"),
     ]
     for extra, message in cases:
-        code = an.main([model, str(saved / "data.csv"), "-o", str(tmp_path / "r"), *extra])
+        code = cli_main(
+            ["analyze", model, str(saved / "data.csv"), "-o", str(tmp_path / "r"), *extra]
+        )
         err = capsys.readouterr().err
         assert code == 1
         assert message in err
         assert err.count("\n") == 1 and err.startswith("keras-erranalysis analyze: error:")
-    code = an.main(["missing.keras", str(saved / "data.csv"), "-o", str(tmp_path / "r")])
+    code = cli_main(
+        ["analyze", "missing.keras", str(saved / "data.csv"), "-o", str(tmp_path / "r")]
+    )
     assert code == 1 and "does not exist" in capsys.readouterr().err
     # and a good run prints where it wrote
-    code = an.main([model, str(saved / "data.npz"), "-o", str(tmp_path / "ok"), "-q"])
+    code = cli_main(["analyze", model, str(saved / "data.npz"), "-o", str(tmp_path / "ok"), "-q"])
     assert code == 0 and "epoch 1 written to" in capsys.readouterr().out
 
 
@@ -273,7 +281,7 @@ def test_keras_erranalysis_analyze_command(saved, tmp_path, capsys):
 def test_npz_named_keys_streamed_and_pickle_refused(saved, tmp_path):
     x, y = _classifier_data()
     np.savez_compressed(tmp_path / "named.npz", f1=x[:, :2], f2=x[:, 2:], target=y)
-    an.analyze(
+    analyze(
         saved / "model.keras",
         tmp_path / "named.npz",
         tmp_path / "run",
@@ -285,13 +293,13 @@ def test_npz_named_keys_streamed_and_pickle_refused(saved, tmp_path):
     np.testing.assert_allclose(report.loss, _reference(saved).loss, atol=1e-6, rtol=0)
 
     np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}] * 3, dtype=object), y=np.zeros(3))
-    with pytest.raises(an.AnalyzeError, match="need pickle"):
-        an.analyze(saved / "model.keras", tmp_path / "objects.npz", tmp_path / "r2", verbose=0)
+    with pytest.raises(AnalyzeError, match="need pickle"):
+        analyze(saved / "model.keras", tmp_path / "objects.npz", tmp_path / "r2", verbose=0)
 
 
 def test_tfrecord_feature_spec_json_and_parse_error(saved, tmp_path):
     spec = json.dumps({"features": ["float32", [4]], "label": ["int64", []]})
-    an.analyze(
+    analyze(
         saved / "model.keras",
         str(saved / "data-*.tfrecord"),
         tmp_path / "run",
@@ -300,8 +308,8 @@ def test_tfrecord_feature_spec_json_and_parse_error(saved, tmp_path):
     )
     assert len(load_run(tmp_path / "run").report()) == N
     wrong = json.dumps({"features": ["float32", [5]], "label": ["int64", []]})
-    with pytest.raises(an.AnalyzeError, match="Cannot parse the TFRecord examples"):
-        an.analyze(
+    with pytest.raises(AnalyzeError, match="Cannot parse the TFRecord examples"):
+        analyze(
             saved / "model.keras",
             str(saved / "data-*.tfrecord"),
             tmp_path / "r2",
@@ -313,7 +321,7 @@ def test_tfrecord_feature_spec_json_and_parse_error(saved, tmp_path):
 def test_parquet_without_pyarrow_names_the_extra(saved, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match=r"keras_erranalysis\[parquet\]"):
-        an.open_source(saved / "data.parquet")
+        open_source(saved / "data.parquet")
 
 
 def test_cluster_from_tf_config_roles():
@@ -323,15 +331,15 @@ def test_cluster_from_tf_config_roles():
             cluster["chief"] = ["h:0"]
         return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
 
-    assert an.cluster_from_tf_config("") == an.Cluster()
-    assert an.Cluster().is_chief
-    worker0 = an.cluster_from_tf_config(config("worker", 0))
+    assert cluster_from_tf_config("") == Cluster()
+    assert Cluster().is_chief
+    worker0 = cluster_from_tf_config(config("worker", 0))
     assert (worker0.num_workers, worker0.is_chief) == (2, True)
-    assert not an.cluster_from_tf_config(config("worker", 1)).is_chief
-    with_chief = an.cluster_from_tf_config(config("worker", 0, chief=True))
+    assert not cluster_from_tf_config(config("worker", 1)).is_chief
+    with_chief = cluster_from_tf_config(config("worker", 0, chief=True))
     assert (with_chief.num_workers, with_chief.is_chief) == (3, False)
-    assert an.cluster_from_tf_config(config("chief", 0, chief=True)).is_chief
-    with pytest.raises(an.AnalyzeError, match="not in its cluster"):
-        an.cluster_from_tf_config(config("worker", 2))
-    with pytest.raises(an.AnalyzeError, match="not valid JSON"):
-        an.cluster_from_tf_config("{oops")
+    assert cluster_from_tf_config(config("chief", 0, chief=True)).is_chief
+    with pytest.raises(AnalyzeError, match="not in its cluster"):
+        cluster_from_tf_config(config("worker", 2))
+    with pytest.raises(AnalyzeError, match="not valid JSON"):
+        cluster_from_tf_config("{oops")

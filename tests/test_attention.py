@@ -14,10 +14,9 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from keras_erranalysis.attention import (
-    attention_diagnostics,
-    attention_diagnostics_tensors,
-    extract_attention,
+from keras_erranalysis.compute._attention import attention_diagnostics, extract_attention
+from keras_erranalysis.compute._attention_diagnostics import attention_diagnostics_tensors
+from keras_erranalysis.compute._attention_hooks import (
     find_attention_layers,
     recording_attention,
     register_attention_layer,
@@ -532,7 +531,7 @@ DISTRIBUTED = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from keras import layers
-    from keras_erranalysis.attention import extract_attention, attention_diagnostics
+    from keras_erranalysis.compute._attention import extract_attention, attention_diagnostics
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         keras.utils.set_random_seed(0)

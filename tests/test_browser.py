@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from _presentation import HOSTILE, make_run
 
-from keras_erranalysis.report import write_report
+from keras_erranalysis.present._report import write_report
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None

@@ -8,7 +8,8 @@ import pytest
 from _presentation import classification_report, make_run
 
 from keras_erranalysis.cli import main
-from keras_erranalysis.run import RunWriter, load_run
+from keras_erranalysis.run._reader import load_run
+from keras_erranalysis.run._writer import RunWriter
 
 
 @pytest.fixture()
@@ -80,7 +81,7 @@ def test_report_and_compare(run_dir, tmp_path, capsys, wide):
     make_run(tmp_path / "other", epochs=1, n=12, tables=False)
     assert main(["compare", str(tmp_path / "other"), str(run_dir), "-k", "3"]) == 0
     out = capsys.readouterr().out
-    from keras_erranalysis.report import compare_runs
+    from keras_erranalysis.present._report import compare_runs
 
     table = compare_runs(tmp_path / "other", run_dir)
     fixed = int((table["change"] == "fixed").sum())

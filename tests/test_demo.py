@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_erranalysis import demo
-from keras_erranalysis.run import load_run
+from keras_erranalysis.run._reader import load_run
 
 TINY = dict(examples=300, epochs=1, embed_dim=8, units=16, batch_size=32, n_heatmaps=2, top_k=5)
 

@@ -25,7 +25,7 @@ CHILD = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from keras_erranalysis import ErrorAnalysis, compute_losses, load_run
-    from keras_erranalysis.inflight import InFlightRecorder
+    from keras_erranalysis.compute._inflight import InFlightRecorder
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
@@ -132,7 +132,7 @@ CHILD = textwrap.dedent(
     # -- in-flight recording under the strategy. (1) In the data order of one device (not
     # shuffled: a shuffled dataset is iterated in another order under the strategy), what
     # the replicas record equals a single-device fit, and recording leaves the weights alone.
-    from keras_erranalysis.inflight import with_example_ids
+    from keras_erranalysis.compute._inflight import with_example_ids
 
     def plain(learning_rate=1e-3):
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),

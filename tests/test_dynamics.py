@@ -5,14 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from keras_erranalysis.dynamics import (
+from keras_erranalysis.analysis._dynamics import compute_dynamics, compute_token_dynamics
+from keras_erranalysis.analysis._mislabeled import (
     DEFAULT_METHOD,
-    compute_dynamics,
-    compute_token_dynamics,
     estimate_num_label_errors,
     likely_mislabeled,
     mislabel_score,
-    run_dynamics,
 )
 
 # A hand-made history: 4 epochs (rows) x 4 examples (columns).
@@ -400,8 +398,9 @@ def test_planted_class_pair_flips_dominate_the_top_and_the_count_is_close():
 
 
 def test_run_dynamics_reads_a_run_folder(tmp_path):
-    from keras_erranalysis.losses import LossReport
-    from keras_erranalysis.run import RunWriter, load_run
+    from keras_erranalysis._loss_report import LossReport
+    from keras_erranalysis.run._reader import load_run
+    from keras_erranalysis.run._writer import RunWriter
 
     writer = RunWriter(tmp_path / "run")
     n = TRUE_PROB.shape[1]
@@ -427,7 +426,7 @@ def test_run_dynamics_reads_a_run_folder(tmp_path):
     dyn = run.dynamics(hard_k=2)
     expected = hand_made(hard_k=2, example_id=np.arange(100, 100 + n))
     pd.testing.assert_frame_equal(dyn, expected, check_exact=False, atol=1e-6, check_dtype=False)
-    pd.testing.assert_frame_equal(run_dynamics(run, hard_k=2, epochs=[1, 2, 3, 4]), dyn)
+    pd.testing.assert_frame_equal(run.dynamics(hard_k=2, epochs=[1, 2, 3, 4]), dyn)
     assert run.likely_mislabeled().index.tolist() == [102]
     assert run.likely_mislabeled(k=2, method="correctness").index.tolist() == [102, 103]
     with pytest.raises(ValueError, match="sequence run"):
@@ -435,7 +434,7 @@ def test_run_dynamics_reads_a_run_folder(tmp_path):
 
 
 def test_data_map_draws_every_example_at_its_variability_and_confidence():
-    from keras_erranalysis.plotting import plot_data_map
+    from keras_erranalysis.present._figures import plot_data_map
 
     dyn = hand_made()
     fig = plot_data_map(dyn)
@@ -453,7 +452,7 @@ def test_data_map_draws_every_example_at_its_variability_and_confidence():
 
 
 def test_loss_trajectories_follow_the_chosen_examples(tmp_path):
-    from keras_erranalysis.plotting import plot_loss_trajectories
+    from keras_erranalysis.present._figures import plot_loss_trajectories
 
     ids = np.array([100, 101, 102, 103])
     fig = plot_loss_trajectories(list(LOSS), [102, 100], example_id=ids, labels=["a$b", "c"])
@@ -470,7 +469,7 @@ def test_loss_trajectories_follow_the_chosen_examples(tmp_path):
 
 
 def test_margin_histogram_marks_the_flagged_region():
-    from keras_erranalysis.plotting import plot_margin_histogram
+    from keras_erranalysis.present._figures import plot_margin_histogram
 
     dyn = hand_made()
     ax = plot_margin_histogram(dyn, highlight=[False, False, True, False]).axes[0]
@@ -489,8 +488,8 @@ def test_margin_histogram_marks_the_flagged_region():
 
 
 def test_margin_histogram_shades_what_the_default_rule_flags():
-    from keras_erranalysis.dynamics import likely_mislabeled
-    from keras_erranalysis.plotting import plot_margin_histogram
+    from keras_erranalysis.analysis._mislabeled import likely_mislabeled
+    from keras_erranalysis.present._figures import plot_margin_histogram
 
     rng = np.random.default_rng(0)
     n = 400
@@ -546,7 +545,7 @@ def _flagged_bars(ax, label):
 
 
 def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
-    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors, likely_mislabeled
 
     dyn = pd.concat(
         [
@@ -588,7 +587,7 @@ def test_a_concentrated_cell_is_flagged_at_aum_below_zero_not_by_global_rank():
 
 
 def test_a_concentrated_cell_keeps_its_count_and_its_cut_is_strict():
-    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors, likely_mislabeled
 
     dyn = pd.concat(
         [
@@ -610,7 +609,7 @@ def test_a_concentrated_cell_keeps_its_count_and_its_cut_is_strict():
 
 
 def test_class_names_as_labels_fall_back_to_the_aum_cut_with_a_clear_count_error():
-    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors, likely_mislabeled
 
     dyn = pd.DataFrame(
         {
@@ -626,7 +625,7 @@ def test_class_names_as_labels_fall_back_to_the_aum_cut_with_a_clear_count_error
 
 
 def test_a_vocabulary_sized_label_set_keeps_the_joint_sparse():
-    from keras_erranalysis.dynamics import estimate_num_label_errors, likely_mislabeled
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors, likely_mislabeled
 
     # 200,000 classes (token dynamics of a large vocabulary): a dense C x C joint would
     # need 320 GB. Every class has 2 rows; in classes 0-999 the second row keeps being
@@ -650,11 +649,8 @@ def test_a_vocabulary_sized_label_set_keeps_the_joint_sparse():
 
 
 def test_no_prediction_is_never_right_and_negative_labels_stay_out_of_the_count():
-    from keras_erranalysis.dynamics import (
-        compute_token_dynamics,
-        estimate_num_label_errors,
-        likely_mislabeled,
-    )
+    from keras_erranalysis.analysis._dynamics import compute_token_dynamics
+    from keras_erranalysis.analysis._mislabeled import estimate_num_label_errors, likely_mislabeled
 
     # One sequence, two counted tokens over 3 epochs; the second has label -1 (padding
     # counted without ignore_class) and no prediction (-1: NaN output) in every epoch.
@@ -689,7 +685,7 @@ def test_no_prediction_is_never_right_and_negative_labels_stay_out_of_the_count(
 def test_mode_rows_dense_and_sparse_paths_match_a_per_column_count(num_classes):
     from collections import Counter
 
-    from keras_erranalysis.dynamics import _mode_rows
+    from keras_erranalysis.analysis._dynamics import _mode_rows
 
     rng = np.random.default_rng(num_classes)
     # 3,000,000 classes: a dense 40 x 3M table would be 960 MB; the sparse path is taken.

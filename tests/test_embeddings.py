@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 from _presentation import classification_report
 
-from keras_erranalysis import embeddings as emb
-from keras_erranalysis.run import RunWriter, load_run
+from keras_erranalysis.analysis import nearest, pool_numpy, storage_array
+from keras_erranalysis.compute import compute_embeddings, default_layer
+from keras_erranalysis.run._reader import load_run
+from keras_erranalysis.run._writer import RunWriter
 
 
 def _masked_classifier():
@@ -24,23 +26,23 @@ TOKENS = np.array([[1, 2, 0, 0, 0], [3, 0, 0, 0, 0], [4, 5, 6, 7, 8], [9, 9, 9, 
 def test_pool_numpy_by_hand():
     values = np.array([[[1, 2], [3, 4], [100, 100]], [[5, 5], [6, 6], [7, 7]]], np.float32)
     mask = np.array([[True, True, False], [False, False, False]])
-    np.testing.assert_array_equal(emb.pool_numpy(values, mask, "mean"), [[2, 3], [0, 0]])
-    np.testing.assert_array_equal(emb.pool_numpy(values, mask, "max"), [[3, 4], [0, 0]])
-    np.testing.assert_array_equal(emb.pool_numpy(values, mask, "first"), [[1, 2], [0, 0]])
-    np.testing.assert_array_equal(emb.pool_numpy(values, mask, "last"), [[3, 4], [0, 0]])
-    np.testing.assert_array_equal(emb.pool_numpy(values, None, "last"), [[100, 100], [7, 7]])
+    np.testing.assert_array_equal(pool_numpy(values, mask, "mean"), [[2, 3], [0, 0]])
+    np.testing.assert_array_equal(pool_numpy(values, mask, "max"), [[3, 4], [0, 0]])
+    np.testing.assert_array_equal(pool_numpy(values, mask, "first"), [[1, 2], [0, 0]])
+    np.testing.assert_array_equal(pool_numpy(values, mask, "last"), [[3, 4], [0, 0]])
+    np.testing.assert_array_equal(pool_numpy(values, None, "last"), [[100, 100], [7, 7]])
     with pytest.raises(ValueError, match="pooling must be one of"):
-        emb.pool_numpy(values, mask, "median")
+        pool_numpy(values, mask, "median")
 
 
 def test_default_layer_skips_output_and_logits_and_needs_a_graph():
     import keras
 
-    assert emb.default_layer(_masked_classifier()).name == "pooled"  # logits: output's shape
+    assert default_layer(_masked_classifier()).name == "pooled"  # logits: output's shape
     sequential = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(2)]
     )
-    assert emb.default_layer(sequential).name == "hidden"
+    assert default_layer(sequential).name == "hidden"
 
     class Subclassed(keras.Model):
         def __init__(self):
@@ -53,9 +55,9 @@ def test_default_layer_skips_output_and_logits_and_needs_a_graph():
     model = Subclassed()
     model(np.zeros((1, 3), np.float32))
     with pytest.raises(ValueError, match="subclassed"):
-        emb.compute_embeddings(model, np.zeros((2, 3), np.float32))
+        compute_embeddings(model, np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="No layer named 'nope'.*states"):
-        emb.compute_embeddings(_masked_classifier(), TOKENS, layer="nope")
+        compute_embeddings(_masked_classifier(), TOKENS, layer="nope")
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max", "first", "last"])
@@ -64,14 +66,14 @@ def test_compute_embeddings_pools_over_the_mask_only(pooling):
 
     model = _masked_classifier()
     labels = np.array([0, 1, 0, 1])
-    vectors = emb.compute_embeddings(
+    vectors = compute_embeddings(
         model, (TOKENS, labels), layer="states", pooling=pooling, batch_size=3
     )
     states = keras.Model(model.inputs, model.get_layer("states").output).predict(TOKENS, verbose=0)
-    expected = emb.pool_numpy(states, TOKENS != 0, pooling)
+    expected = pool_numpy(states, TOKENS != 0, pooling)
     np.testing.assert_allclose(vectors, expected, rtol=1e-5, atol=1e-6)
     # Padding really is excluded: the padded positions' states differ from the counted ones.
-    unmasked = emb.pool_numpy(states, None, pooling)
+    unmasked = pool_numpy(states, None, pooling)
     if pooling != "first":
         assert not np.allclose(unmasked[:2], expected[:2])
 
@@ -82,7 +84,7 @@ def test_default_embedding_equals_the_pooled_layer_output():
 
     model = _masked_classifier()
     data = tf.data.Dataset.from_tensor_slices((TOKENS, np.zeros(4, "int32"))).batch(2)
-    vectors = emb.compute_embeddings(model, data)
+    vectors = compute_embeddings(model, data)
     pooled = keras.Model(model.inputs, model.get_layer("pooled").output).predict(TOKENS, verbose=0)
     assert vectors.shape == (4, 3) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, pooled, rtol=1e-5, atol=1e-6)
@@ -93,21 +95,21 @@ def test_nearest_is_exact_across_chunks():
     vectors = rng.normal(size=(103, 8)).astype(np.float32)
     vectors[17] = 0.0  # a zero vector has similarity 0
     query = vectors[5]
-    rows, sims = emb.nearest(vectors, query, 10, exclude=5, chunk_rows=7)
+    rows, sims = nearest(vectors, query, 10, exclude=5, chunk_rows=7)
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
     brute = unit @ (query / np.linalg.norm(query))
     brute[5] = -np.inf
     np.testing.assert_array_equal(rows, np.argsort(-brute, kind="stable")[:10])
     np.testing.assert_allclose(sims, brute[rows], rtol=1e-5)
     assert 5 not in rows
-    rows, sims = emb.nearest(vectors, -vectors[17] + 1, 103, chunk_rows=10)
+    rows, sims = nearest(vectors, -vectors[17] + 1, 103, chunk_rows=10)
     assert sims[list(rows).index(17)] == 0.0
-    assert len(emb.nearest(vectors, query, 0)[0]) == 0
+    assert len(nearest(vectors, query, 0)[0]) == 0
 
 
 def test_storage_array_halves_unless_it_would_overflow():
-    assert emb.storage_array(np.ones((2, 3), np.float32)).dtype == np.float16
-    assert emb.storage_array(np.full((2, 3), 1e6, np.float32)).dtype == np.float32
+    assert storage_array(np.ones((2, 3), np.float32)).dtype == np.float16
+    assert storage_array(np.full((2, 3), 1e6, np.float32)).dtype == np.float32
 
 
 def test_run_similar_returns_planted_neighbours_with_their_numbers(tmp_path):
@@ -118,7 +120,7 @@ def test_run_similar_returns_planted_neighbours_with_their_numbers(tmp_path):
     vectors[7] = [-1.0, 0.0, 0.0]  # opposite: last
     writer = RunWriter(tmp_path / "run", decoding={"label_names": ["cat", "dog", "bird"]})
     writer.write_epoch(1, report)  # an epoch without embeddings
-    writer.write_epoch(2, report, vectors={"embedding": emb.storage_array(vectors)})
+    writer.write_epoch(2, report, vectors={"embedding": storage_array(vectors)})
     run = load_run(tmp_path / "run")
     table = run.similar(100, k=4)
     assert table["example_id"].tolist() == [101, 102, 103, 104]

@@ -5,18 +5,18 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import scipy.stats as st
 
-from keras_erranalysis import features as F
-from keras_erranalysis.features import (
-    Features,
+from keras_erranalysis.analysis import _features as features_module
+from keras_erranalysis.analysis import features_summary
+from keras_erranalysis.analysis._feature_stats import (
+    COMPARE_COLUMNS,
     binary_tests,
     compare_features,
-    error_rate_by_bins,
-    extract_features,
-    find_slices,
-    slice_examples,
 )
+from keras_erranalysis.analysis._features import _WORD_RE, Features, extract_features
+from keras_erranalysis.analysis._slices import error_rate_by_bins, find_slices, slice_examples
 
 WORDS = [f"w{i}" for i in range(150)]
 
@@ -78,7 +78,7 @@ def test_ngram_presence_matches_naive_count():
 def test_one_pass_tokeniser_matches_text_by_text():
     texts = ["Hello, World!", "", "a.b  c", "x\x00y", "Ünï 3.5%", "x"]
     fast = extract_features(texts, min_support=1, pos=False)
-    slow = extract_features(texts, min_support=1, pos=False, tokenizer=F._WORD_RE.findall)
+    slow = extract_features(texts, min_support=1, pos=False, tokenizer=_WORD_RE.findall)
     assert fast.binary_names == slow.binary_names
     assert (fast.binary != slow.binary).nnz == 0
     pd.testing.assert_frame_equal(fast.numeric, slow.numeric)
@@ -128,7 +128,7 @@ def test_labels_and_user_extractors():
 
 
 def test_pos_missing_warns_once_and_works(monkeypatch):
-    monkeypatch.setattr(F, "_pos_tagger", lambda: None)
+    monkeypatch.setattr(features_module, "_pos_tagger", lambda: None)
     with pytest.warns(UserWarning, match="part-of-speech"):
         feats = extract_features(["a dog runs"] * 3, min_support=1)
     assert not any(c.startswith("pos_") for c in feats.numeric)
@@ -141,7 +141,7 @@ def test_pos_shares_with_a_tagger(monkeypatch):
     def fake_tagger(sents):
         return [[(t, "NN" if t[0].isupper() else "VBZ") for t in s] for s in sents]
 
-    monkeypatch.setattr(F, "_pos_tagger", lambda: fake_tagger)
+    monkeypatch.setattr(features_module, "_pos_tagger", lambda: fake_tagger)
     feats = extract_features(["Dog runs", "Cat Dog eats x"], min_support=1)
     np.testing.assert_allclose(feats.numeric["pos_noun"], [0.5, 0.5])
     np.testing.assert_allclose(feats.numeric["pos_verb"], [0.5, 0.5])
@@ -181,7 +181,7 @@ def test_numeric_row_by_hand():
     correct = np.array([True] * 6 + [False] * 4)
     length = np.array([2, 3, 4, 3, 2, 4, 6, 7, 6, 5], dtype=float)
     feats = Features(
-        pd.DataFrame({"n_tokens": length}), F.sp.csr_matrix((10, 0), dtype=np.int32), [], []
+        pd.DataFrame({"n_tokens": length}), sp.csr_matrix((10, 0), dtype=np.int32), [], []
     )
     table = compare_features(correct, features=feats)
     row = table.iloc[0]
@@ -280,13 +280,13 @@ def test_report_input_and_columns():
     assert table.iloc[0]["kind"] == "report"
     assert "confidence" in set(table["feature"])
     assert {"label=0", "label=1", "label=2"} <= set(table["feature"])
-    assert list(table.columns) == F.COMPARE_COLUMNS
+    assert list(table.columns) == COMPARE_COLUMNS
 
 
 def test_no_errors_gives_empty_table():
     table = compare_features(np.ones(5, dtype=bool), ["a b"] * 5, pos=False)
-    assert table.empty and list(table.columns) == F.COMPARE_COLUMNS
-    assert F.features_summary(table).startswith("No comparison")
+    assert table.empty and list(table.columns) == COMPARE_COLUMNS
+    assert features_summary(table).startswith("No comparison")
 
 
 def test_features_summary_lists_significant_features():
@@ -294,12 +294,12 @@ def test_features_summary_lists_significant_features():
     texts, lengths = random_texts(rng, 300)
     correct = lengths < 15
     table = compare_features(correct, texts, pos=False)
-    text = F.features_summary(table, top=2)
+    text = features_summary(table, top=2)
     lines = text.splitlines()
     assert lines[0] == "- " + table["summary"][0]
     assert len(lines) == 3 and lines[2].startswith("- ... and ")
     null = compare_features(rng.random(300) < 0.5, texts, pos=False)
-    assert F.features_summary(null).startswith("No feature separates")
+    assert features_summary(null).startswith("No feature separates")
 
 
 # ---------------------------------------------------------------------------- bins and slices
@@ -344,7 +344,7 @@ def test_find_slices_finds_planted_conjunction():
 
 
 def test_plot_error_rate_by_bins_draws_the_table():
-    from keras_erranalysis.plotting import plot_error_rate_by_bins
+    from keras_erranalysis.present._figures import plot_error_rate_by_bins
 
     values = np.arange(20, dtype=float)
     correct = values < 14

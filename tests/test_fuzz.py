@@ -22,10 +22,12 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from keras_erranalysis import compute_losses, load_run, ranking
+from keras_erranalysis import compute_losses, load_run
+from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.analysis import log_views
 from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.losses import LossReport
-from keras_erranalysis.run import RunFormatError, RunWriter
+from keras_erranalysis.run._files import RunFormatError
+from keras_erranalysis.run._writer import RunWriter
 
 PASS_SETTINGS = settings(
     max_examples=30,
@@ -408,7 +410,11 @@ def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right(
         assert np.isnan(report.confidence[:4]).all() and np.isnan(report.margin[:4]).all()
         assert report.nonfinite.tolist() == [True, True, True, True, False]
     # Metrics count a row without a prediction as an error of its class, in no cell or pair.
-    from keras_erranalysis.metrics import confusion_matrix, confusion_pairs, per_class_metrics
+    from keras_erranalysis.analysis._metrics import (
+        confusion_matrix,
+        confusion_pairs,
+        per_class_metrics,
+    )
 
     cm = confusion_matrix(report)
     assert cm.sum() == 1 and cm[1, 1] == 1
@@ -493,11 +499,11 @@ def test_hostile_label_names_survive_the_run_folder(names):
     with tempfile.TemporaryDirectory() as folder:
         writer = RunWriter(folder, decoding={"label_names": names})
         frame = report.to_frame(label_names=names)
-        writer.write_epoch(1, report, tables={"hardest": ranking.log_views(frame, k=3)})
+        writer.write_epoch(1, report, tables={"hardest": log_views(frame, k=3)})
         run = load_run(folder, verify=True)
         assert run.vocabulary("label_names").tokens == [visible(n) for n in names]
         table = run.table("hardest", 1)
-        expected = ranking.log_views(frame, k=3)
+        expected = log_views(frame, k=3)
         assert table["label_text"].tolist() == expected["label_text"].tolist()
         assert run.frame(1)["prediction_text"].tolist() == frame["prediction_text"].tolist()
         # JSON lines are separated by "\n" only; U+0085 and U+2028 may stand raw inside a
@@ -544,7 +550,7 @@ def pristine_run(tmp_path_factory):
             extra={"attention_entropy": rng.random(n).astype("float32")},
         )
         frame = report.to_frame(vocab=["", "a", "b", "c", "d"])
-        writer.write_epoch(epoch, report, tables={"hardest": ranking.log_views(frame, k=3)})
+        writer.write_epoch(epoch, report, tables={"hardest": log_views(frame, k=3)})
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     return folder, files, read_everything(folder, verify=True)
 

@@ -7,8 +7,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_erranalysis.inflight import InFlightRecorder, with_example_ids  # noqa: E402
-from keras_erranalysis.losses import compute_losses  # noqa: E402
+from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids  # noqa: E402
+from keras_erranalysis.compute._losses import compute_losses  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_sequence_outputs_record_per_sequence_summaries(jit_compile):
 
 
 def test_summed_replica_buffers_turn_back_into_values_by_hand():
-    from keras_erranalysis.inflight import _from_sums
+    from keras_erranalysis.compute._inflight import _from_sums
 
     # Rows: seen once, never seen, seen twice (right once, wrong once), seen three times.
     floats = np.array([[0.5, 0.25, -0.5], [0, 0, 0], [3.0, 1.0, 0.5], [3.0, 1.5, 0.0]])

@@ -403,7 +403,7 @@ def test_custom_callable_loss_without_logits_flag_infers_from_outputs():
 
 
 def test_arrays_are_batched_in_slices_exactly_like_from_tensor_slices(monkeypatch):
-    from keras_erranalysis import _pass
+    from keras_erranalysis.compute import _pass
 
     rng = np.random.default_rng(3)
     n = 23
@@ -431,7 +431,7 @@ def test_arrays_given_to_the_pass_are_not_kept_alive_after_it_returns():
     import gc
     import weakref
 
-    from keras_erranalysis import _pass
+    from keras_erranalysis.compute import _pass
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -448,7 +448,7 @@ def test_arrays_given_to_the_pass_are_not_kept_alive_after_it_returns():
 
 
 def test_object_arrays_of_strings_slice_by_their_text_and_numbers_are_refused():
-    from keras_erranalysis import _pass
+    from keras_erranalysis.compute import _pass
 
     text = np.array(["a" * 100, "b" * 300], dtype=object)
     assert _pass._row_bytes(text) == 200  # the mean length, not an 8-byte pointer

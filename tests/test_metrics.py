@@ -7,13 +7,11 @@ from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_b
 from nltk.translate.chrf_score import sentence_chrf
 from sklearn.metrics import precision_recall_fscore_support
 
-from keras_erranalysis.metrics import (
-    confusion_matrix,
-    confusion_pairs,
+from keras_erranalysis.analysis._metrics import confusion_matrix, confusion_pairs, per_class_metrics
+from keras_erranalysis.analysis._sequence_metrics import (
     corpus_metrics,
     edit_distance,
     free_running_metrics,
-    per_class_metrics,
     sequence_metrics,
     teacher_forced_metrics,
 )
@@ -209,7 +207,7 @@ def test_free_running_metrics_batches_and_checks():
 
 
 def test_plots_show_the_numbers():
-    from keras_erranalysis.plotting import plot_class_frequency, plot_confusion_matrix
+    from keras_erranalysis.present._figures import plot_class_frequency, plot_confusion_matrix
 
     table = per_class_metrics(Y, P, label_names=["neg", "pos", "mix"])
     ax = plot_class_frequency(table).axes[0]

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_erranalysis import analyze as an
-from keras_erranalysis.run import load_run
+from keras_erranalysis.cli import main as cli_main
+from keras_erranalysis.run._reader import load_run
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +55,14 @@ def _saved_model_and_data(folder):
 
 
 def test_two_loopback_workers_equal_one_process_and_only_the_chief_writes(tmp_path):
-    from keras_erranalysis.attention import attention_diagnostics
+    from keras_erranalysis.compute._attention import attention_diagnostics
 
     model, tokens, labels = _saved_model_and_data(tmp_path)
     direct = attention_diagnostics(model, (tokens, labels), batch_size=16).diagnostics
     options = ["--chunk-size", "32", "--batch-size", "16", "--attention", "--jit", "off", "-q"]
-    single = an.main(
+    single = cli_main(
         [
+            "analyze",
             str(tmp_path / "model.keras"),
             str(tmp_path / "data.npz"),
             "-o",

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from keras_erranalysis.plotting import plot_attention, plot_attention_overview  # noqa: E402
+from keras_erranalysis.present._attention_plots import plot_attention, plot_attention_overview  # noqa: E402
 
 
 def _diagonal(heads: int, t_q: int, t_kv: int, *, pad_q: int = 0, pad_kv: int = 0):

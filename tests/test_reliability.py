@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from keras_erranalysis import ErrorAnalysis, load_run
-from keras_erranalysis.run import RunLockedError
+from keras_erranalysis.run._files import RunLockedError
 
 COLUMNS = ("loss", "margin", "correct", "prediction", "true_prob")
 
@@ -37,7 +37,8 @@ CHILD = textwrap.dedent(
     import numpy as np
     import keras
     from keras_erranalysis import ErrorAnalysis
-    from keras_erranalysis import run as run_module
+    from keras_erranalysis.run import RunWriter
+    from keras_erranalysis.run._writer import _save_array
 
     log_dir, side_dir, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     epochs, seed = int(sys.argv[4]), int(sys.argv[5])
@@ -50,7 +51,7 @@ CHILD = textwrap.dedent(
     model.compile(optimizer="adam",
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
-    write_epoch = run_module.RunWriter.write_epoch
+    write_epoch = RunWriter.write_epoch
 
     def recording_write_epoch(self, epoch, report, **options):
         for column in {columns!r}:
@@ -58,7 +59,7 @@ CHILD = textwrap.dedent(
         open(os.path.join(side_dir, f"writing_{{epoch}}"), "w").close()
         return write_epoch(self, epoch, report, **options)
 
-    save_array = run_module._save_array
+    save_array = _save_array
 
     def slow_save_array(folder, stem, value):
         entry = save_array(folder, stem, value)
@@ -69,8 +70,8 @@ CHILD = textwrap.dedent(
             time.sleep(0.02)
         return entry
 
-    run_module.RunWriter.write_epoch = recording_write_epoch
-    run_module._save_array = slow_save_array
+    RunWriter.write_epoch = recording_write_epoch
+    _save_array = slow_save_array
     callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0, jit_compile=False)
     model.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[callback])
     """
@@ -183,19 +184,20 @@ WRITER_CHILD = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np
-    from keras_erranalysis import ranking
-    from keras_erranalysis import run as run_module
-    from keras_erranalysis.losses import LossReport
+    from keras_erranalysis.analysis import log_views
+    from keras_erranalysis.run import RunWriter
+    from keras_erranalysis.run._writer import _save_array
+    from keras_erranalysis._loss_report import LossReport
 
     log_dir, side_dir, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    save_array = run_module._save_array
+    save_array = _save_array
 
     def slow_save_array(folder, stem, value):
         time.sleep(0.01)
         return save_array(folder, stem, value)
 
-    run_module._save_array = slow_save_array
-    writer = run_module.RunWriter(log_dir)
+    _save_array = slow_save_array
+    writer = RunWriter(log_dir)
     writer.acquire_lock()
     for _ in range(epochs):
         epoch = writer.last_epoch() + 1
@@ -214,7 +216,7 @@ WRITER_CHILD = textwrap.dedent(
         for column in {columns!r}:
             np.save(os.path.join(side_dir, f"{{column}}_{{epoch}}.npy"), getattr(report, column))
         open(os.path.join(side_dir, f"writing_{{epoch}}"), "w").close()
-        tables = {{"hardest": ranking.log_views(report.to_frame(), k=5)}}
+        tables = {{"hardest": log_views(report.to_frame(), k=5)}}
         writer.write_epoch(epoch, report, tables=tables)
     writer.release_lock()
     """
@@ -270,7 +272,7 @@ def test_two_live_writers_are_refused_with_a_clear_message(tmp_path):
             "-c",
             textwrap.dedent(f"""
             import time
-            from keras_erranalysis.run import RunWriter
+            from keras_erranalysis.run._writer import RunWriter
             RunWriter({str(tmp_path / "run")!r}).acquire_lock()
             open({str(holder_ready)!r}, "w").close()
             time.sleep(300)

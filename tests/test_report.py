@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from _presentation import CLASSES, HOSTILE, classification_report, make_run
 
-from keras_erranalysis import ranking
-from keras_erranalysis import report as report_module
-from keras_erranalysis.report import compare_runs, write_report
-from keras_erranalysis.run import RunFormatError, RunWriter, load_run
+from keras_erranalysis.analysis import rank_examples
+from keras_erranalysis.present import _report as report_module
+from keras_erranalysis.present._report import compare_runs, write_report
+from keras_erranalysis.run._files import RunFormatError
+from keras_erranalysis.run._reader import load_run
+from keras_erranalysis.run._writer import RunWriter
 
 # A 1x1 PNG.
 PNG = base64.b64decode(
@@ -100,7 +102,7 @@ def test_hardest_table_rows_filters_and_other_tables(hostile_run, tmp_path):
     page = _page(out)
     run = load_run(hostile_run)
     for epoch in (1, 2):
-        expected = ranking.rank_examples(run.frame(epoch), by="loss", k=5)
+        expected = rank_examples(run.frame(epoch), by="loss", k=5)
         table = page.tables[f"hardest-{epoch}"]
         header = table[0]["cells"]
         assert header[:3] == ["rank", "example_id", "loss"] and "token_accuracy" not in header

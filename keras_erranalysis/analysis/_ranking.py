@@ -1,4 +1,4 @@
-"""Analyse: rank examples (hardest, confidently wrong, least confident) in a per-example table."""
+"""Ranking examples: the hardest, the confidently wrong, the least confident."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ RANKINGS: dict[str, tuple[str, bool, bool]] = {
     "true_prob": ("true_prob", True, False),
     "confidently_wrong": ("confidence", False, True),
 }
+
 
 # The views written to the per-epoch hardest-example log: view name -> ranking.
 LOG_VIEWS = {

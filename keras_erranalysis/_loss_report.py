@@ -1,40 +1,17 @@
-"""Compute: one compiled, unreduced loss pass that yields per-example (and per-token) results.
-
-The pass runs the model in inference mode inside a ``tf.function`` (with XLA where it
-compiles), reduces everything on the device to a few numbers per example and per token, and
-concatenates those once on the host. The full logits tensor never reaches the host.
-"""
+"""LossReport: every example's numbers from one pass, as arrays (numpy and pandas only)."""
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis import ranking
+from keras_erranalysis._columns import EXAMPLE_COLUMNS
 from keras_erranalysis.decoding import Vocabulary
 
 Reduction = Literal["mean", "sum"]
-
-# Scalar per-example columns, in the order they appear in tables and on disk.
-EXAMPLE_COLUMNS = (
-    "example_id",
-    "loss",
-    "loss_sum",
-    "loss_mean",
-    "confidence",
-    "true_prob",
-    "margin",
-    "correct",
-    "token_accuracy",
-    "n_tokens",
-)
-# Per-token (N, T) columns, only for sequence outputs.
-TOKEN_COLUMNS = ("token_loss", "token_confidence", "token_true_prob", "token_margin", "token_mask")
 
 
 @dataclasses.dataclass
@@ -206,7 +183,9 @@ class LossReport:
         Returns:
             A DataFrame of at most ``k`` rows with a ``rank`` column starting at 1.
         """
-        return ranking.rank_examples(self.to_frame(**decoding), by=by, k=k, only_wrong=only_wrong)
+        from keras_erranalysis.analysis._ranking import rank_examples
+
+        return rank_examples(self.to_frame(**decoding), by=by, k=k, only_wrong=only_wrong)
 
     def tokens(self, i: int, vocab: Any = None, *, by_id: bool = False) -> pd.DataFrame:
         """Returns the per-token table of one example of a sequence output.
@@ -275,228 +254,3 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
-
-
-# --------------------------------------------------------------------------------------
-# The pass
-# --------------------------------------------------------------------------------------
-
-
-def compute_losses(
-    model: Any,
-    data: Any,
-    *,
-    loss: Any = None,
-    output: str | int | None = None,
-    batch_size: int = 32,
-    reduction: Reduction = "mean",
-    ignore_class: int | None = None,
-    from_logits: bool | None = None,
-    ids: np.ndarray | None = None,
-    keep_inputs: bool = True,
-    jit_compile: bool | Literal["auto"] = "auto",
-    verbose: int = 1,
-) -> LossReport:
-    """Runs one compiled, unreduced loss pass and returns per-example results.
-
-    Args:
-        model: A built Keras 3 model (TensorFlow backend).
-        data: A batched ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)``, or
-            such a tuple of numpy arrays / dicts of arrays (batched here by ``batch_size``).
-            A dataset of ``(x, y, sample_weight, ids)`` (``sample_weight`` may be None)
-            carries example ids with each batch: results come back sorted by id, which
-            keeps them in order under ``MultiWorkerMirroredStrategy`` sharding.
-        loss: A Keras loss (object, name) or a callable ``(y_true, y_pred)`` returning
-            unreduced losses. Defaults to the model's compiled loss, re-made unreduced.
-        output: Name or index of the output to analyse, for multi-output models.
-        batch_size: Batch size for numpy input (ignored for a dataset).
-        reduction: How ``loss`` summarises a sequence: ``"mean"`` or ``"sum"`` over its
-            counted tokens. Both are always kept as ``loss_mean`` and ``loss_sum``.
-        ignore_class: Label id that does not count (e.g. ``-100`` for NER sub-tokens).
-            Defaults to the loss's own ``ignore_class``.
-        from_logits: Whether the output is logits. Defaults to the loss's own setting.
-        ids: Stable example ids, one per example in data order (default ``0..N-1``, or
-            the ids the batches carry).
-        keep_inputs: Keep integer/string inputs (token ids) so examples can be decoded.
-        jit_compile: ``True`` for XLA, ``False`` for none, ``"auto"`` to try XLA and fall
-            back cleanly when the model does not compile with it.
-        verbose: 0 for silence, 1 for a progress bar.
-
-    Returns:
-        A :class:`LossReport`.
-
-    Raises:
-        ValueError: For an unbuilt model, empty data, labels that do not fit the output,
-            float labels for a sparse loss, probabilities given where logits are expected
-            (or the reverse), or a multi-output model without ``output``.
-
-    Example:
-        >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
-        >>> report.hardest(5)  # doctest: +SKIP
-    """
-    import tensorflow as tf
-
-    from keras_erranalysis import _pass
-
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
-    _pass.check_model(model)
-    dataset = _pass.as_dataset(data, batch_size)
-    spec = _pass.resolve_loss(
-        model, loss, output, ignore_class=ignore_class, from_logits=from_logits
-    )
-    first = _pass.first_batch(dataset)
-    probe = _pass.probe(model, spec, first)
-    strategy = _pass.model_strategy(model)
-    if strategy.num_replicas_in_sync > 1:
-        batches = strategy.experimental_distribute_dataset(dataset)
-    else:
-        batches = dataset
-
-    if jit_compile and strategy.num_replicas_in_sync > 1:
-        # One XLA program would reach the other replicas' variables on their devices
-        # (InvalidArgumentError), and has no kernel for the cross-worker gather.
-        if jit_compile is True:
-            warnings.warn(
-                "jit_compile=True is ignored under a multi-replica tf.distribute strategy: "
-                "the pass runs without XLA.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        jit_compile = False
-    compiled = _pass.compiled_step(model, spec, probe, strategy, jit_compile)
-    total = _pass.cardinality(dataset)
-    progress = _pass.progress_bar(total, verbose)
-    chunks: list[dict[str, Any]] = []
-    seen = 0
-    for batch in batches:
-        x, y, sample_weight, batch_ids = _pass.unpack(batch, with_ids=True)
-        try:
-            result = compiled(x, y, sample_weight, batch_ids)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if compiled.jit and jit_compile == "auto":
-                warnings.warn(
-                    f"XLA could not compile the loss pass ({type(error).__name__}); "
-                    "running without XLA. Pass jit_compile=False to skip the attempt.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                compiled.disable_xla()
-                result = compiled(x, y, sample_weight, batch_ids)
-            else:
-                raise
-        host = {key: _to_numpy(value) for key, value in result.items()}
-        _pass.check_batch(host, spec, probe)
-        if keep_inputs:
-            host["inputs"] = _pass.kept_inputs(x, strategy)
-        chunks.append(host)
-        seen += host["loss_sum"].shape[0]
-        if progress is not None:
-            progress.update(len(chunks))
-    if not chunks or seen == 0:
-        raise ValueError(
-            "The data holds no examples: compute_losses needs at least one batch. Check "
-            "that the dataset is not exhausted (a one-shot iterator) or filtered to nothing."
-        )
-    return _assemble(chunks, spec, probe, ids=ids, reduction=reduction)
-
-
-def _to_numpy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _to_numpy(v) for k, v in value.items()}
-    return value.numpy()
-
-
-def _assemble(
-    chunks: list[dict[str, Any]],
-    spec: Any,
-    probe: Any,
-    *,
-    ids: np.ndarray | None,
-    reduction: str,
-) -> LossReport:
-    n = sum(c["loss_sum"].shape[0] for c in chunks)
-    carried = "example_id" in chunks[0]
-    if carried and ids is not None:
-        raise ValueError(
-            "The batches carry ids (x, y, sample_weight, ids) and ids= was given too: "
-            "pass only one of them."
-        )
-    if carried:
-        example_id = np.concatenate([c.pop("example_id") for c in chunks]).astype(np.int64)
-        if len(np.unique(example_id)) != n:
-            raise ValueError("The ids the batches carry must be unique, one per example.")
-        order = np.argsort(example_id, kind="stable")
-        example_id = example_id[order]
-    elif ids is None:
-        example_id = np.arange(n, dtype=np.int64)
-    else:
-        example_id = np.asarray(ids).reshape(-1)
-        if example_id.shape[0] != n:
-            raise ValueError(
-                f"ids has {example_id.shape[0]} entries but the data holds {n} examples: "
-                "pass one id per example, in data order."
-            )
-        if len(np.unique(example_id)) != n:
-            raise ValueError("ids must be unique: each example needs its own id.")
-    # Column by column, each popped from the chunks as it is joined (and put in id order),
-    # so the peak is the chunks plus one column, not two copies of everything.
-    columns: dict[str, np.ndarray] = {}
-    for key in [k for k in chunks[0] if k != "inputs"]:
-        columns[key] = _concat([c.pop(key) for c in chunks])
-        if carried:  # results in id order, whatever order the workers' shards came back in
-            columns[key] = columns[key][order]
-    inputs: dict[str, np.ndarray] = {}
-    for name in chunks[0].get("inputs", {}):
-        inputs[name] = _concat([c["inputs"][name] for c in chunks])
-        if inputs[name].dtype.kind in "SO":
-            inputs[name] = np.array([_text(v) for v in inputs[name].reshape(-1)]).reshape(
-                inputs[name].shape
-            )
-    if carried:
-        inputs = {key: value[order] for key, value in inputs.items()}
-    loss_sum = columns["loss_sum"].astype(np.float32, copy=False)
-    n_tokens = columns["n_tokens"].astype(np.int32, copy=False)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        loss_mean = np.where(n_tokens > 0, loss_sum / np.maximum(n_tokens, 1), 0.0)
-    loss_mean = loss_mean.astype(np.float32)
-    sequence = probe.sequence
-    report = LossReport(
-        task="sequence" if sequence else "classification",
-        num_classes=probe.num_classes,
-        example_id=example_id,
-        loss=loss_mean if reduction == "mean" else loss_sum,
-        loss_sum=loss_sum,
-        loss_mean=loss_mean,
-        label=columns["label"].astype(np.int32, copy=False),
-        prediction=columns["prediction"].astype(np.int32, copy=False),
-        confidence=columns["confidence"].astype(np.float32, copy=False),
-        true_prob=columns["true_prob"].astype(np.float32, copy=False),
-        margin=columns["margin"].astype(np.float32, copy=False),
-        correct=columns["correct"].astype(bool, copy=False),
-        token_accuracy=columns["token_accuracy"].astype(np.float32, copy=False),
-        n_tokens=n_tokens,
-        inputs=inputs,
-        reduction=reduction,
-    )
-    if sequence:
-        report.token_loss = columns["token_loss"].astype(np.float32, copy=False)
-        report.token_confidence = columns["token_confidence"].astype(np.float32, copy=False)
-        report.token_true_prob = columns["token_true_prob"].astype(np.float32, copy=False)
-        report.token_margin = columns["token_margin"].astype(np.float32, copy=False)
-        report.token_mask = columns["token_mask"].astype(bool, copy=False)
-    return report
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenates along axis 0, padding axis 1 when batches differ in length."""
-    if parts[0].ndim < 2 or len({p.shape[1:] for p in parts}) == 1:
-        return np.concatenate(parts, axis=0)
-    width = max(p.shape[1] for p in parts)
-    padded = []
-    for part in parts:
-        pad = [(0, 0)] * part.ndim
-        pad[1] = (0, width - part.shape[1])
-        fill: Any = False if part.dtype == bool else ("" if part.dtype.kind in "US" else 0)
-        padded.append(np.pad(part, pad, constant_values=fill))
-    return np.concatenate(padded, axis=0)

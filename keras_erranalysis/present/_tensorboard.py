@@ -26,196 +26,36 @@ Example:
 
 from __future__ import annotations
 
-import html
-import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis import ranking
-from keras_erranalysis.plotting import figure_png
+from keras_erranalysis._columns import HARDEST_COLUMNS, PROJECTOR_COLUMNS
+from keras_erranalysis.analysis._ranking import rank_examples
+from keras_erranalysis.present._figures import figure_png
+from keras_erranalysis.present._text import _tsv_rows, markdown_cell, markdown_table, tsv_cell
 
 PREFIX = "erranalysis"
+
+
 PROJECTOR_CONFIG = "projector_config.pbtxt"
+
+
 CHECKPOINT_STATE = "checkpoint"
+
+
 _CKPT_PREFIX = "projector-"
+
+
 _META_PREFIX = "projector_metadata-"
+
+
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-# Markdown's backslash-escapable characters (Python-Markdown with tables, as TensorBoard
-# renders); "<", ">", "&" and quotes become HTML entities instead.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
-_LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-# The columns of the hardest-example table, in order (shown when present).
-HARDEST_COLUMNS = (
-    "rank",
-    "example_id",
-    "loss",
-    "confidence",
-    "margin",
-    "correct",
-    "label_text",
-    "prediction_text",
-    "label",
-    "prediction",
-    "input_text",
-)
-
-# Columns of the projector's metadata TSV, in order (shown when present).
-PROJECTOR_COLUMNS = (
-    "example_id",
-    "input_text",
-    "label_text",
-    "prediction_text",
-    "label",
-    "prediction",
-    "loss",
-    "correct",
-    "region",
-)
-
-
-# --------------------------------------------------------------------------------------
-# Text: markdown and TSV escaping
-# --------------------------------------------------------------------------------------
-
-
-def _format_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            return "nan"
-        return f"{float(value):.4g}"
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def one_line(value: Any, max_chars: int | None = None) -> str:
-    """A value as one line of plain text, safe for a terminal, a TSV file or a table cell.
-
-    Line breaks become a visible ``↵``, tabs a space, other control characters (NUL, ESC,
-    which could recolour or rewrite a terminal) a replacement character ``�``.
-
-    Args:
-        value: Any value (floats with 4 significant digits, booleans as yes/no).
-        max_chars: Longer text is cut and ends with ``…`` (None: no limit).
-
-    Returns:
-        The text.
-    """
-    return _one_line(_format_value(value), max_chars)
-
-
-def _one_line(text: str, max_chars: int | None) -> str:
-    text = _LINE_BREAKS.sub(" \u21b5 ", text).replace("\t", " ")
-    # Other control characters (NUL, ESC, ...) could confuse viewers: show a placeholder.
-    text = _CONTROL.sub("\ufffd", text)
-    if max_chars is not None and len(text) > max_chars:
-        text = text[: max_chars - 1] + "\u2026"
-    return text
-
-
-def markdown_cell(value: Any, *, max_chars: int | None = 200) -> str:
-    r"""Renders one value as the text of a markdown table cell, safely.
-
-    Line breaks become a visible ``↵``, control characters a replacement character; every
-    markdown special character (``|``, backticks, ``*``, brackets, ...) is backslash-escaped
-    and ``<``, ``>``, ``&`` and quotes become HTML entities, so the cell renders as the
-    literal text in any markdown viewer and can neither break the table nor inject markup.
-
-    Args:
-        value: Any value; floats are shown with 4 significant digits, booleans as yes/no.
-        max_chars: Longer text is cut and ends with ``…`` (None: no limit).
-
-    Returns:
-        The escaped cell text.
-
-    Example:
-        >>> markdown_cell("a|b <i>")
-        'a\\|b &lt;i&gt;'
-    """
-    if isinstance(value, (int, float, np.integer, np.floating, bool, np.bool_)):
-        return _format_value(value)  # digits, "-", ".", "e", "nan", "inf", "yes"/"no"
-    text = _one_line(_format_value(value), max_chars)
-    # Backslash-escape first, then turn HTML specials into entities: an entity's own "#"
-    # must not be backslash-escaped.
-    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-    return html.escape(text, quote=True)
-
-
-def markdown_table(
-    frame: pd.DataFrame,
-    columns: Sequence[str] | None = None,
-    *,
-    max_chars: int | None = 200,
-) -> str:
-    """Renders a DataFrame as a GitHub-flavoured markdown table with every cell escaped.
-
-    Args:
-        frame: The table.
-        columns: Columns to show, in order (default: all); missing ones are skipped.
-        max_chars: Maximum characters per cell (see :func:`markdown_cell`).
-
-    Returns:
-        The markdown text (header, separator, one line per row).
-    """
-    names = [c for c in (columns or frame.columns) if c in frame.columns]
-    if not names:
-        raise ValueError("markdown_table needs at least one column that exists in the frame.")
-    lines = [
-        "| " + " | ".join(markdown_cell(name, max_chars=max_chars) for name in names) + " |",
-        "|" + "|".join("---" for _ in names) + "|",
-    ]
-    for row in frame[names].itertuples(index=False, name=None):
-        lines.append(
-            "| " + " | ".join(markdown_cell(v, max_chars=max_chars) or " " for v in row) + " |"
-        )
-    return "\n".join(lines)
-
-
-def tsv_cell(value: Any, *, max_chars: int | None = 500) -> str:
-    """Renders one value for a TSV file: no tab, no line break, no control character."""
-    return _one_line(_format_value(value), max_chars)
-
-
-def _tsv_column(series: pd.Series, max_chars: int = 500) -> pd.Series:
-    """:func:`tsv_cell` over a whole column, vectorised (the projector's metadata can be big)."""
-    values = series.to_numpy()
-    if series.dtype.kind == "b":
-        return pd.Series(np.where(values, "yes", "no"), dtype=object)
-    if series.dtype.kind in "iu":
-        return pd.Series(values.astype(str), dtype=object)
-    if series.dtype.kind == "f":
-        return pd.Series([f"{v:.4g}" for v in values.tolist()], dtype=object)
-    text = pd.Series([_format_value(v) for v in values.tolist()], dtype=object)
-    text = text.str.replace(_LINE_BREAKS, " \u21b5 ", regex=True).str.replace("\t", " ")
-    text = text.str.replace(_CONTROL, "\ufffd", regex=True)
-    long = text.str.len() > max_chars
-    if long.any():
-        text[long] = text[long].str.slice(0, max_chars - 1) + "\u2026"
-    return text
-
-
-def _tsv_rows(frame: pd.DataFrame) -> str:
-    """Every row of ``frame`` as a TSV line (no header), each ending with a newline."""
-    columns = [_tsv_column(frame[name]) for name in frame.columns]
-    joined = columns[0].str.cat(columns[1:], sep="\t") if len(columns) > 1 else columns[0]
-    return "".join(line + "\n" for line in joined.tolist())
-
-
-# --------------------------------------------------------------------------------------
-# Numbers of one epoch
-# --------------------------------------------------------------------------------------
 
 
 def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict[str, float]:
@@ -247,11 +87,6 @@ def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict
     if likely_mislabeled is not None:
         values["likely_mislabeled"] = float(likely_mislabeled)
     return values
-
-
-# --------------------------------------------------------------------------------------
-# The writer
-# --------------------------------------------------------------------------------------
 
 
 class SummaryWriter:
@@ -386,7 +221,7 @@ class SummaryWriter:
             step: The epoch number shown on TensorBoard's x axis.
             frame: ``report.to_frame(...)`` with decoded text (default: undecoded).
             k: Rows of the hardest-example table.
-            by: Ranking of that table (see :func:`~keras_erranalysis.ranking.rank_examples`).
+            by: Ranking of that table (see :func:`~keras_erranalysis.rank_examples`).
             likely_mislabeled: Number of likely mislabeled examples, written as a scalar.
             figures: Name -> matplotlib figure, written as images (closed afterwards).
             subset: Subset folder (default: the writer's).
@@ -406,7 +241,7 @@ class SummaryWriter:
             subset=subset,
         )
         table = frame if frame is not None else report.to_frame()
-        hardest = ranking.rank_examples(table, by=by, k=k)
+        hardest = rank_examples(table, by=by, k=k)
         title = f"**{len(hardest)} hardest examples by {markdown_cell(by)}** (epoch {step})\n\n"
         self.text(
             "hardest",
@@ -458,11 +293,6 @@ def _check_name(name: str) -> str:
             f"Summary name {name!r} must use letters, digits, '_', '-', '.' or '/' only."
         )
     return name
-
-
-# --------------------------------------------------------------------------------------
-# The embedding projector
-# --------------------------------------------------------------------------------------
 
 
 def projector_metadata(frame: pd.DataFrame, *, regions: Any = None) -> pd.DataFrame:
@@ -526,7 +356,7 @@ def write_projector(
     from google.protobuf import text_format
     from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-    from keras_erranalysis.run import write_bytes_atomic
+    from keras_erranalysis.run._files import write_bytes_atomic
 
     values = np.asarray(vectors, dtype=np.float32)
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
@@ -575,11 +405,6 @@ def write_projector(
     return folder / PROJECTOR_CONFIG
 
 
-# --------------------------------------------------------------------------------------
-# One analysed epoch of a run (what the callback calls)
-# --------------------------------------------------------------------------------------
-
-
 def log_epoch(
     writer: SummaryWriter,
     step: int,
@@ -608,7 +433,7 @@ def log_epoch(
     Returns:
         The scalars written.
     """
-    from keras_erranalysis.dynamics import likely_mislabeled, run_dynamics
+    from keras_erranalysis.analysis._mislabeled import likely_mislabeled, run_dynamics
 
     table = frame if frame is not None else report.to_frame()
     images = dict(figures or {})
@@ -619,9 +444,9 @@ def log_epoch(
         if np.array_equal(dyn.index.to_numpy(), np.asarray(report.example_id)):
             flagged = int(len(likely_mislabeled(dyn)))
             regions = dyn["region"].to_numpy()
-            from keras_erranalysis.report import data_map_figure
+            from keras_erranalysis.present._figures import plot_data_map
 
-            images["data_map"] = data_map_figure(dyn)
+            images["data_map"] = plot_data_map(dyn)
     values = writer.log_report(
         report, step, frame=table, k=k, likely_mislabeled=flagged, figures=images
     )

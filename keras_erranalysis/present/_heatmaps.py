@@ -112,7 +112,7 @@ def example_heatmaps(
     Returns:
         ``{"<name>_<layer>": Figure}``, names safe as file names.
     """
-    from keras_erranalysis.plotting import plot_attention
+    from keras_erranalysis.present._attention_plots import plot_attention
 
     target_vocab = Vocabulary.from_any(vocab)
     source_vocab = Vocabulary.from_any(input_vocab)

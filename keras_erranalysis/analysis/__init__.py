@@ -1,0 +1,78 @@
+"""Analysis: numpy, pandas and scipy over the pass's arrays; no Keras, no TensorFlow.
+
+Ranking the hardest examples, metrics per class and per sequence, training dynamics and
+likely label errors, wrong-vs-right feature statistics and slices, nearest neighbours in
+embedding space. Every function takes arrays or DataFrames and returns arrays or
+DataFrames, so each can be called by hand in a notebook with the same result the callback
+writes.
+"""
+
+from keras_erranalysis.analysis._dynamics import (
+    REGIONS,
+    compute_dynamics,
+    compute_token_dynamics,
+)
+from keras_erranalysis.analysis._feature_stats import (
+    binary_tests,
+    compare_features,
+    features_summary,
+)
+from keras_erranalysis.analysis._features import Example, Features, extract_features
+from keras_erranalysis.analysis._metrics import (
+    confusion_matrix,
+    confusion_pairs,
+    per_class_metrics,
+)
+from keras_erranalysis.analysis._mislabeled import (
+    DEFAULT_METHOD,
+    MISLABEL_METHODS,
+    estimate_num_label_errors,
+    likely_mislabeled,
+    mislabel_score,
+)
+from keras_erranalysis.analysis._ranking import RANKINGS, log_views, rank_examples
+from keras_erranalysis.analysis._sequence_metrics import (
+    FreeRunningMetrics,
+    corpus_metrics,
+    edit_distance,
+    free_running_metrics,
+    sequence_metrics,
+    teacher_forced_metrics,
+)
+from keras_erranalysis.analysis._similarity import nearest, pool_numpy, storage_array
+from keras_erranalysis.analysis._slices import error_rate_by_bins, find_slices, slice_examples
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "MISLABEL_METHODS",
+    "RANKINGS",
+    "REGIONS",
+    "Example",
+    "Features",
+    "FreeRunningMetrics",
+    "binary_tests",
+    "compare_features",
+    "compute_dynamics",
+    "compute_token_dynamics",
+    "confusion_matrix",
+    "confusion_pairs",
+    "corpus_metrics",
+    "edit_distance",
+    "error_rate_by_bins",
+    "estimate_num_label_errors",
+    "extract_features",
+    "features_summary",
+    "find_slices",
+    "free_running_metrics",
+    "likely_mislabeled",
+    "log_views",
+    "mislabel_score",
+    "nearest",
+    "per_class_metrics",
+    "pool_numpy",
+    "rank_examples",
+    "sequence_metrics",
+    "slice_examples",
+    "storage_array",
+    "teacher_forced_metrics",
+]

@@ -1,0 +1,362 @@
+"""Likely label errors from training dynamics: scores, the estimated count and the flag rule."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+#: Scores understood by :func:`likely_mislabeled`: name -> what it ranks and flags.
+MISLABEL_METHODS = {
+    "aum_cl": (
+        "low area under the margin, as 'aum' (flagged: aum < threshold, default -0.2, or among "
+        "the lowest AUMs up to estimate_num_label_errors(dyn), the confident-learning count of "
+        "label errors; where one other class holds >= 10% of a class, that cell's rows with "
+        "aum < 0; needs integer class ids in the label column and predictions, else the AUM "
+        "cut alone)"
+    ),
+    "aum": (
+        "low area under the margin (flagged: aum < threshold, default -0.2: on average "
+        "another class beats the given label by 0.2 in probability)"
+    ),
+    "confidence": "low mean probability of the given label (flagged: confidence < 0.5)",
+    "correctness": "share of epochs wrong, ties broken by AUM (flagged: correctness < 0.5)",
+    "hard_to_learn": (
+        "low confidence and low variability, the cartography paper's hard-to-learn corner: "
+        "score = 1 - confidence - variability (flagged: region == 'hard-to-learn')"
+    ),
+}
+
+
+# Chosen on dev data only (benchmarks/dev_mislabeled_rules.py: digits with noise seeds
+# 10-14 and make_classification, 10%/20% symmetric and 20% class-pair noise), never on the
+# benchmark's seeds: on those 30 runs "aum_cl" flagged exactly what "aum" flags under
+# symmetric 10% noise, and raised F1 under 20% class-pair noise (0.888 -> 0.897, 9 of 10
+# runs better, none worse) and 20% symmetric noise (0.945 -> 0.946).
+# The per-cell pick in concentrated cells was added on the same dev protocol with seeds
+# 10-19 (benchmarks/dev_mislabeled_rules.py): under 20% class-pair noise F1 0.896 -> 0.909
+# (17 of 20 runs better), under symmetric noise the flag sets are unchanged; under a mixed
+# noise checked afterwards (half pair flips, half random) F1 0.931 -> 0.927 (12 of 20 worse).
+# That pick was then replaced by the cut at 0 within concentrated cells (same protocol, same
+# 80 runs): pairs 0.909 -> 0.927 (20 of 20 runs better), mixed 0.927 -> 0.934 (17 better,
+# 2 worse), symmetric flag sets unchanged; no concentrated cell on 10 noise-free runs.
+DEFAULT_METHOD = "aum_cl"
+
+
+# A cell (given class i, suggested class j) of the calibrated confident joint whose count
+# reaches this share of class i is "concentrated": its rows are flagged at aum < 0.
+# Symmetric 20% noise over 10 classes puts about 2% of a class in each cell, a class-pair
+# flip puts its whole rate in one; dev F1 was the same for any share in 0.075-0.15.
+CONCENTRATED_CELL_SHARE = 0.1
+
+
+# Within a concentrated cell most rows are flipped (the prior odds of a wrong label are high),
+# so a row is flagged as soon as the other class wins on average: aum < 0, not the global
+# -0.2 made for rare flips. Dev F1 (dev_mislabeled_rules.py) is flat for cuts from -0.1 to
+# 0.05 (pairs 0.921-0.927, mixed 0.932-0.935) and falls at 0.1 (0.916, 0.930); 0 is the
+# natural point, not a fitted one. Picking the cell's estimated count instead (cleanlab's
+# prune_by_noise_rate) was worse: the count is 5-10% low under pair noise (pairs 0.909).
+CONCENTRATED_CELL_AUM_THRESHOLD = 0.0
+
+
+# First chosen on the benchmark's digits runs (benchmarks/bench_mislabeled.py, two seeds,
+# before the dev protocol existed): mean F1 of the flagged set peaked at -0.2; aum < 0 also
+# flags clean examples that are merely learned late (recall 0.99, precision 0.73-0.84).
+# Rechecked on dev data only (dev_mislabeled_rules.py, seeds 10-19, 60 runs, with "aum_cl"):
+# mean F1 0.921 at -0.2, 0.923 at -0.3, 0.921 at -0.25, 0.915 at -0.15; -0.3 is better under
+# 10% symmetric noise (16 of 20 runs), worse under 20% (11 of 20) and even under class
+# pairs, so the value was kept.
+DEFAULT_AUM_THRESHOLD = -0.2
+
+
+def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Series:
+    """Score how likely each example's label is wrong (higher = more likely).
+
+    Args:
+        dyn: Output of :func:`compute_dynamics` or :func:`compute_token_dynamics`.
+        method: One of ``MISLABEL_METHODS`` (``"aum_cl"``, ``"aum"``, ``"confidence"``,
+            ``"correctness"``, ``"hard_to_learn"``). ``"aum_cl"`` and ``"aum"`` rank by the
+            same score; they differ in the flag rule only.
+
+    Returns:
+        Series aligned with ``dyn``.
+    """
+    if method not in MISLABEL_METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {sorted(MISLABEL_METHODS)}.")
+    needed = {"aum": ["aum"], "confidence": ["confidence"], "correctness": ["correctness", "aum"]}
+    needed["hard_to_learn"] = ["confidence", "variability"]
+    needed["aum_cl"] = ["aum"]
+    missing = [c for c in needed[method] if c not in dyn.columns]
+    if missing:
+        raise ValueError(
+            f"dyn lacks column(s) {missing} needed by method={method!r}; pass the output of "
+            "compute_dynamics() (or run.dynamics())."
+        )
+    if method in ("aum", "aum_cl"):
+        score = -dyn["aum"]
+    elif method == "confidence":
+        score = 1.0 - dyn["confidence"]
+    elif method == "correctness":
+        # AUM in [-1, 1] scaled below one correctness step breaks ties.
+        score = (1.0 - dyn["correctness"]) - dyn["aum"] * 1e-3
+    else:
+        score = 1.0 - dyn["confidence"] - dyn["variability"]
+    return score.rename("mislabel_score")
+
+
+def estimate_num_label_errors(dyn: pd.DataFrame) -> int:
+    """Estimate how many given labels are wrong: confident learning on training dynamics.
+
+    Confident learning (Northcutt, Jiang and Chuang, 2021, "Confident Learning: Estimating
+    Uncertainty in Dataset Labels", JAIR 70) counts an example labelled ``i`` in the cell
+    ``(i, j)`` of the *confident joint* when its probability of ``j`` reaches the per-class
+    threshold ``t_j`` = the mean probability of ``j`` over the examples labelled ``j``; the
+    rows are then calibrated to the class sizes, and the off-diagonal sum estimates the
+    number of label errors. cleanlab computes it on out-of-sample probabilities from
+    cross-validation (K trainings). Here the probabilities averaged over the training epochs
+    of one run stand in for them, read from the dynamics frame:
+
+    - ``t_j`` = mean ``confidence`` (epoch-averaged probability of the given label) of the
+      examples labelled ``j``;
+    - an example labelled ``i`` is off-diagonal when the model ever predicted another class
+      (``suggested_label`` ``j >= 0``), its epoch-averaged largest other probability
+      (``confidence - aum``) reaches ``t_j``, and the given class does not win: its own
+      ``confidence`` is below ``t_i`` or below that other probability. Only the given and
+      the largest other probability are recorded, so the other class is the one the model
+      keeps predicting instead (``suggested_label``);
+    - it is on the diagonal when ``confidence >= t_i`` and it is not off-diagonal; examples
+      in neither are not counted, and each row ``i`` is scaled by
+      ``n_i / (counted examples labelled i)`` (the calibration step).
+    - rows with a negative label (ignored positions, examples never seen) are left out.
+
+    Args:
+        dyn: Output of :func:`compute_dynamics` (or :func:`compute_token_dynamics`) with the
+            ``label`` column (``compute_dynamics(..., label=y)``, ``run.dynamics()``,
+            ``recorder.dynamics()``) and predictions recorded.
+
+    Returns:
+        The estimated number of wrong labels (rounded), between 0 and ``len(dyn)``.
+
+    Example:
+        >>> import pandas as pd
+        >>> dyn = pd.DataFrame({
+        ...     "label": [0, 0, 0, 1, 1, 1],
+        ...     "confidence": [0.9, 0.9, 0.3, 0.8, 0.8, 0.2],
+        ...     "aum": [0.8, 0.8, -0.4, 0.6, 0.6, -0.6],
+        ...     "suggested_label": [-1, -1, 1, -1, -1, 0],
+        ... })
+        >>> estimate_num_label_errors(dyn)  # t = [0.7, 0.6]; rows 2 and 5 are off-diagonal
+        2
+    """
+    return _confident_joint(dyn).num_errors
+
+
+class _Joint(NamedTuple):
+    """The off-diagonal of the calibrated confident joint, kept sparse (C can be a vocabulary).
+
+    ``row_cell`` (N,) is each row's cell key ``given * C + suggested`` (-1: no suggested
+    class that anybody carries as a given label); ``cells`` the sorted keys of the non-empty
+    off-diagonal cells, ``counts`` their calibrated counts and ``share`` each count over the
+    size of its given class.
+    """
+
+    row_cell: np.ndarray
+    cells: np.ndarray
+    counts: np.ndarray
+    share: np.ndarray
+    num_rows: int
+
+    @property
+    def num_errors(self) -> int:
+        return int(min(round(float(self.counts.sum())), self.num_rows))
+
+
+def _confident_joint(dyn: pd.DataFrame) -> _Joint:
+    """The calibrated confident joint of :func:`estimate_num_label_errors`, cell by cell."""
+    missing = [c for c in ("label", "confidence", "aum", "suggested_label") if c not in dyn.columns]
+    if missing:
+        raise ValueError(
+            f"dyn lacks column(s) {missing} needed to estimate the number of label errors; "
+            "pass label= (and predictions) to compute_dynamics, or use run.dynamics() / "
+            "InFlightRecorder.dynamics()."
+        )
+    label = dyn["label"].to_numpy()
+    if label.dtype.kind not in "iu":
+        raise ValueError(
+            f"The label column must hold integer class ids without gaps, got dtype "
+            f"{dyn['label'].dtype}: map class names to ids (and drop rows without a label) "
+            "before estimating the number of label errors."
+        )
+    labelled = label >= 0  # negative labels are ignored positions (or unseen examples)
+    num_rows = len(dyn)
+    confidence = dyn["confidence"].to_numpy(dtype=np.float64)[labelled]
+    other = confidence - dyn["aum"].to_numpy(dtype=np.float64)[labelled]
+    suggested_label = dyn["suggested_label"].to_numpy()[labelled]
+    classes, given = np.unique(label[labelled], return_inverse=True)
+    num_classes = len(classes)
+    if num_classes == 0:
+        empty = np.zeros(0)
+        row_cell = np.full(num_rows, -1, np.int64)
+        return _Joint(row_cell, empty.astype(np.int64), empty, empty, num_rows)
+    per_class = np.bincount(given, minlength=num_classes)
+    finite = np.isfinite(confidence)
+    sums = np.bincount(given[finite], weights=confidence[finite], minlength=num_classes)
+    counts = np.bincount(given[finite], minlength=num_classes)
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    # Suggested labels that nobody carries as a given label have no threshold: not counted.
+    position = np.minimum(np.searchsorted(classes, suggested_label), num_classes - 1)
+    known = (suggested_label >= 0) & (classes[position] == suggested_label)
+    row_cell = np.full(num_rows, -1, np.int64)
+    row_cell[labelled] = np.where(known, given.astype(np.int64) * num_classes + position, -1)
+    t_other = np.where(known, thresholds[position], np.inf)
+    t_given = thresholds[given]
+    with np.errstate(invalid="ignore"):
+        off = known & (other >= t_other) & ((confidence < t_given) | (other > confidence))
+        counted = off | (confidence >= t_given)
+    cells, in_cell = np.unique(row_cell[labelled][off], return_counts=True)
+    counted_rows = np.bincount(given[counted], minlength=num_classes)
+    scale = np.where(counted_rows > 0, per_class / np.maximum(counted_rows, 1), 0.0)
+    row_of_cell = cells // num_classes
+    counts = in_cell * scale[row_of_cell]
+    return _Joint(row_cell, cells, counts, counts / per_class[row_of_cell], num_rows)
+
+
+def _lowest(values: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+    """Mask of the ``k`` lowest finite ``values`` where ``among`` (ties at the boundary in)."""
+    candidates = among & np.isfinite(values)
+    pool = values[candidates]
+    if k <= 0 or pool.size == 0:
+        return np.zeros(len(values), bool)
+    boundary = np.partition(pool, min(k, pool.size) - 1)[min(k, pool.size) - 1]
+    return candidates & (values <= boundary)
+
+
+def default_flags(dyn: pd.DataFrame) -> pd.Series:
+    """What :func:`likely_mislabeled` flags by default, as a boolean Series aligned with ``dyn``.
+
+    Args:
+        dyn: Output of :func:`compute_dynamics` / :func:`compute_token_dynamics`.
+
+    Returns:
+        True for the rows the default rule (``method=DEFAULT_METHOD``) flags, in ``dyn``'s
+        row order (by position, so a repeated index label is no problem).
+    """
+    mislabel_score(dyn, method=DEFAULT_METHOD)  # the same column checks
+    return _flags(dyn, DEFAULT_METHOD, None)
+
+
+def _has_class_ids(dyn: pd.DataFrame) -> bool:
+    """Whether ``dyn`` has what the confident joint needs: rows, integer labels, predictions."""
+    needed = ("label", "confidence", "suggested_label", "aum")
+    if not all(c in dyn.columns for c in needed) or len(dyn) == 0:
+        return False
+    return dyn["label"].to_numpy().dtype.kind in "iu"
+
+
+def _aum_cl_flags(dyn: pd.DataFrame, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``"aum_cl"`` flags at ``cut``, and which rows lie in a concentrated cell.
+
+    Without integer labels or predictions: the AUM cut alone, and no concentrated rows.
+    """
+    aum = dyn["aum"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        flags = aum < cut
+    if not _has_class_ids(dyn):
+        return flags, np.zeros(len(dyn), bool)
+    joint = _confident_joint(dyn)
+    # Concentrated cells (systematic flips from one class to another): most of the cell is
+    # flipped, so the cut moves to where the other class wins on average (``flags`` already
+    # holds every row below a higher threshold=).
+    dense = joint.share >= CONCENTRATED_CELL_SHARE
+    concentrated = np.isin(joint.row_cell, joint.cells[dense])
+    with np.errstate(invalid="ignore"):
+        flags |= concentrated & (aum < CONCENTRATED_CELL_AUM_THRESHOLD)
+    # The other cells' count: down the AUM ranking, outside the concentrated cells, among rows
+    # with a given label (a concentrated cell's count is never spent elsewhere).
+    outside = ~concentrated & (dyn["label"].to_numpy() >= 0)
+    budget = round(float(joint.counts[~dense].sum())) - int((flags & outside).sum())
+    flags |= _lowest(aum, outside & ~flags, budget)
+    return flags, concentrated
+
+
+def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series:
+    if method == "aum_cl":
+        cut = DEFAULT_AUM_THRESHOLD if threshold is None else threshold
+        return pd.Series(_aum_cl_flags(dyn, cut)[0], index=dyn.index)
+    if method == "aum":
+        return dyn["aum"] < (DEFAULT_AUM_THRESHOLD if threshold is None else threshold)
+    if method == "confidence":
+        return dyn["confidence"] < (0.5 if threshold is None else threshold)
+    if method == "correctness":
+        return dyn["correctness"] < (0.5 if threshold is None else threshold)
+    if threshold is not None:
+        return mislabel_score(dyn, method=method) > threshold
+    return dyn["region"] == "hard-to-learn"
+
+
+def likely_mislabeled(
+    dyn: pd.DataFrame,
+    k: int | None = None,
+    *,
+    method: str = DEFAULT_METHOD,
+    threshold: float | None = None,
+) -> pd.DataFrame:
+    """Rank examples (or tokens) whose given label the model keeps contradicting.
+
+    The default ``method="aum_cl"`` ranks by area under the margin (Pleiss et al., 2020) and
+    flags every example with ``aum < -0.2`` and, when confident learning (Northcutt et al.,
+    2021; :func:`estimate_num_label_errors`) estimates more label errors than that cut-off
+    catches, more up to the estimated count. The fixed cut-off under-flags when the noise is
+    concentrated in class pairs (the model partly learns the systematic flips, so their
+    margins are less negative); the class-conditional count of confident learning adapts to
+    that. Where one cell of the calibrated confident joint (given class ``i``, suggested
+    class ``j``) holds at least ``CONCENTRATED_CELL_SHARE`` (10%) of class ``i``, most rows
+    of that cell are flipped labels, so each of them is flagged as soon as the other class
+    wins on average: ``aum < 0`` (``CONCENTRATED_CELL_AUM_THRESHOLD``) instead of -0.2. The
+    count of the other cells goes down the AUM ranking outside such cells. So the flagged
+    rows are not always the lowest AUMs overall. Without integer labels in a ``label``
+    column (e.g. ``InFlightRecorder.dynamics()`` without ``label=``, or class names) or
+    without predictions (``suggested_label``) it reduces to the AUM cut-off. The
+    count and the cut in concentrated cells were chosen on dev data
+    (``benchmarks/dev_mislabeled_rules.py``), not on the benchmark's seeds; ``method="aum"``
+    is the cut-off alone.
+
+    Args:
+        dyn: Output of :func:`compute_dynamics` / :func:`compute_token_dynamics`.
+        k: Return the ``k`` highest-scoring rows whether flagged or not. Default ``None``:
+            return every flagged row (the method's flag rule, see ``MISLABEL_METHODS``).
+        method: Score to rank by, one of ``MISLABEL_METHODS``.
+        threshold: Override the flag rule's cut-off (e.g. ``aum < threshold``; for
+            ``"aum_cl"`` the AUM part of the rule: ``aum < threshold`` outside concentrated
+            cells, ``aum < max(threshold, 0)`` inside them).
+
+    Returns:
+        ``dyn`` rows sorted by ``mislabel_score`` (descending), with the columns
+        ``mislabel_score`` and ``flagged`` first, then ``label`` / ``suggested_label`` /
+        ``suggested_label_share`` (the label the model keeps predicting instead, when
+        predictions were recorded), then the other dynamics.
+    """
+    if k is not None and k < 0:
+        raise ValueError(f"k must be >= 0 or None, got {k}.")
+    score = mislabel_score(dyn, method=method)
+    flagged = _flags(dyn, method, threshold)
+    table = dyn.assign(mislabel_score=score, flagged=flagged.to_numpy())
+    first = [
+        c
+        for c in (
+            "example_id",
+            "position",
+            "mislabel_score",
+            "flagged",
+            "label",
+            "suggested_label",
+            "suggested_label_share",
+        )
+        if c in table.columns
+    ]
+    table = table[first + [c for c in table.columns if c not in first]]
+    table = table.sort_values("mislabel_score", ascending=False, kind="stable")
+    if k is None:
+        return table[table["flagged"]]
+    return table.head(k)

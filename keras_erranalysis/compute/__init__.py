@@ -1,0 +1,50 @@
+"""Compute: everything that runs the model.
+
+The compiled, unreduced pass over the data (:func:`compute_losses`), attention weights
+recorded from the model's own layers, embeddings, the in-flight recorder that records
+during ``fit``, and loading a saved model for a cluster. Nothing here analyses or draws:
+the results are arrays (a :class:`~keras_erranalysis.LossReport`), for
+:mod:`keras_erranalysis.analysis` to read.
+"""
+
+from keras_erranalysis.compute._attention import (
+    AttentionDiagnostics,
+    attention_diagnostics,
+    extract_attention,
+)
+from keras_erranalysis.compute._attention_diagnostics import DIAGNOSTIC_NAMES
+from keras_erranalysis.compute._attention_hooks import (
+    find_attention_layers,
+    recording_attention,
+    register_attention_layer,
+    unregister_attention_layer,
+)
+from keras_erranalysis.compute._embeddings import compute_embeddings, default_layer
+from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids
+from keras_erranalysis.compute._losses import compute_losses
+from keras_erranalysis.compute._model import (
+    Cluster,
+    cluster_from_tf_config,
+    load_model,
+    make_strategy,
+)
+
+__all__ = [
+    "DIAGNOSTIC_NAMES",
+    "AttentionDiagnostics",
+    "Cluster",
+    "InFlightRecorder",
+    "attention_diagnostics",
+    "cluster_from_tf_config",
+    "compute_embeddings",
+    "compute_losses",
+    "default_layer",
+    "extract_attention",
+    "find_attention_layers",
+    "load_model",
+    "make_strategy",
+    "recording_attention",
+    "register_attention_layer",
+    "unregister_attention_layer",
+    "with_example_ids",
+]

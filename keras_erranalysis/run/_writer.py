@@ -1,0 +1,308 @@
+"""RunWriter: writes one epoch at a time into a run folder, atomically, under a lock."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.decoding import Vocabulary
+from keras_erranalysis.run._files import (
+    _ARRAY_COLUMNS,
+    _TMP_PREFIX,
+    FORMAT,
+    LOCK_FILE,
+    META_FILE,
+    RUN_FILE,
+    VERSION,
+    RunFormatError,
+    RunLockedError,
+    _complete_epochs,
+    _file_crc32,
+    _fsync_dir,
+    _json_checksum,
+    _pid_alive,
+    _read_lock,
+    _read_run_json,
+    _remove_tree,
+    _umask,
+    write_json_atomic,
+)
+
+
+class RunWriter:
+    """Writes epochs of one run folder; used by the callback, usable by hand.
+
+    Args:
+        log_dir: The run folder (created if missing).
+        decoding: Vocabularies to store so a later process can decode examples:
+            ``{"vocab": Vocabulary | None, "input_vocab": ..., "label_names": ...}``.
+
+    Raises:
+        OSError: When ``log_dir`` cannot be created or written, naming the folder.
+        RunFormatError: When ``log_dir`` holds something that is not a run of ours.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, *, decoding: Mapping[str, Any] | None = None):
+        self.log_dir = Path(log_dir)
+        self._locked = False
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.log_dir, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"Cannot write to log_dir {str(self.log_dir)!r} ({error.strerror or error}). "
+                "Pass a log_dir you can write to, or fix the folder's permissions.",
+            ) from error
+        run_file = self.log_dir / RUN_FILE
+        if run_file.exists():
+            self.run_meta = _read_run_json(run_file)
+        else:
+            foreign = [p.name for p in self.log_dir.iterdir() if not p.name.startswith(".")]
+            if foreign:
+                raise RunFormatError(
+                    f"log_dir {str(self.log_dir)!r} is not empty and holds no {RUN_FILE} "
+                    f"(found {foreign[:3]}): it is not a keras_erranalysis run. Pass an empty "
+                    "or new folder."
+                )
+            self.run_meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "created": time.time(),
+                "decoding": {
+                    key: (Vocabulary.from_any(value).to_json() if value is not None else None)
+                    for key, value in (decoding or {}).items()
+                },
+            }
+            checksum = _json_checksum(self.run_meta)
+            write_json_atomic(run_file, {**self.run_meta, "checksum": checksum})
+
+    # -- lock --------------------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        """Marks the folder as being written by this process; refuses a live other one."""
+        path = self.log_dir / LOCK_FILE
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                same_host = holder.get("host") == info["host"]
+                pid = int(holder.get("pid", -1))
+                if pid == os.getpid() and same_host:
+                    self._locked = True
+                    return
+                if same_host and pid > 0 and not _pid_alive(pid):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()  # stale: its writer is gone
+                    continue
+                raise RunLockedError(
+                    f"Another process (pid {pid} on {holder.get('host')}) is writing to "
+                    f"{str(self.log_dir)!r}. Use another log_dir, or stop that process; if it "
+                    f"is gone, delete {str(path)!r}."
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                json.dump(info, handle)
+            self._locked = True
+            # We hold the lock now, so temporary folders are leftovers of a killed writer.
+            for leftover in self.log_dir.glob(f"{_TMP_PREFIX}*"):
+                _remove_tree(leftover)
+            return
+        raise RunLockedError(f"Could not take the lock {str(path)!r}.")
+
+    def release_lock(self) -> None:
+        """Removes the lock if this writer holds it."""
+        if self._locked:
+            with contextlib.suppress(FileNotFoundError):
+                (self.log_dir / LOCK_FILE).unlink()
+            self._locked = False
+
+    # -- epochs ------------------------------------------------------------------------
+
+    def last_epoch(self) -> int:
+        """The highest complete epoch number in the folder (0 when none)."""
+        epochs = _complete_epochs(self.log_dir)
+        return max(epochs) if epochs else 0
+
+    def write_epoch(
+        self,
+        epoch: int,
+        report: LossReport,
+        *,
+        tables: Mapping[str, pd.DataFrame] | None = None,
+        info: Mapping[str, Any] | None = None,
+        vectors: Mapping[str, np.ndarray] | None = None,
+        files: Mapping[str, bytes] | None = None,
+    ) -> Path:
+        """Writes one epoch atomically and returns its folder.
+
+        Args:
+            epoch: The run's epoch number (1-based, unique in the folder).
+            report: The epoch's per-example results.
+            tables: Named tables written as ``<name>.csv`` (``hardest`` also as JSON lines).
+            info: Extra JSON-ready facts stored in ``meta.json`` (e.g. the Keras epoch).
+            vectors: Named per-example ``(N, ...)`` arrays (e.g. ``embedding``, ``(N, D)``)
+                saved as ``<name>.npy`` and read with ``Run.array(name)``.
+            files: Other named files (e.g. heatmap PNGs), name -> bytes, listed in
+                ``meta.json`` under ``files`` and read with ``Run.file_path(name)``.
+
+        Raises:
+            FileExistsError: When the epoch is already written.
+        """
+        final = self.log_dir / f"epoch_{epoch:04d}"
+        if final.exists():
+            raise FileExistsError(
+                f"Epoch {epoch} already exists in {str(self.log_dir)!r}; epochs are never "
+                "overwritten."
+            )
+        tmp = Path(tempfile.mkdtemp(dir=self.log_dir, prefix=f"{_TMP_PREFIX}{epoch:04d}-"))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            arrays: dict[str, dict[str, Any]] = {}
+            for column in _ARRAY_COLUMNS:
+                value = getattr(report, column)
+                if value is not None:
+                    arrays[column] = _save_array(tmp, column, value)
+            inputs = {}
+            for i, (name, value) in enumerate(report.inputs.items()):
+                inputs[name] = _save_array(tmp, f"input_{i:03d}", value)
+            extra = {}
+            for i, (name, value) in enumerate(report.extra.items()):
+                extra[name] = _save_array(tmp, f"extra_{i:03d}", np.asarray(value))
+            written_tables = {}
+            for name, table in (tables or {}).items():
+                if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+                    raise ValueError(f"Table name {name!r} must be letters, digits, _ or -.")
+                written_tables[name] = _save_table(tmp, name, table)
+            saved_vectors = {}
+            for name, value in (vectors or {}).items():
+                if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in _ARRAY_COLUMNS:
+                    raise ValueError(f"Vector name {name!r} must be a new lowercase name.")
+                if np.shape(value)[0] != len(report):
+                    raise ValueError(f"{name!r} has {np.shape(value)[0]} rows, not {len(report)}.")
+                saved_vectors[name] = _save_array(tmp, name, np.asarray(value))
+            saved_files = {}
+            for name, data in (files or {}).items():
+                if not re.fullmatch(r"[A-Za-z0-9_\-]+\.[a-z0-9]+", name) or (tmp / name).exists():
+                    raise ValueError(f"File name {name!r} must be a new plain name like a_b.png.")
+                (tmp / name).write_bytes(data)
+                saved_files[name] = {"bytes": len(data), "crc32": zlib.crc32(data)}
+            meta = {
+                "format": FORMAT,
+                "version": VERSION,
+                "epoch": epoch,
+                "written": time.time(),
+                "task": report.task,
+                "num_classes": report.num_classes,
+                "reduction": report.reduction,
+                "n_examples": len(report),
+                "arrays": arrays,
+                "inputs": inputs,
+                "extra": extra,
+                "tables": written_tables,
+                "vectors": saved_vectors,
+                "files": saved_files,
+                "info": dict(info or {}),
+            }
+            write_json_atomic(tmp / META_FILE, {**meta, "checksum": _json_checksum(meta)})
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+        except BaseException:
+            _remove_tree(tmp)
+            raise
+        _fsync_dir(self.log_dir)
+        return final
+
+
+def _save_array(folder: Path, stem: str, value: np.ndarray) -> dict[str, Any]:
+    source = _whole_npy_file(value)
+    array = value if source else np.ascontiguousarray(value)
+    if array.dtype.kind == "O":
+        raise TypeError(
+            f"Column {stem!r} holds Python objects; only numeric/text arrays are saved."
+        )
+    path = folder / f"{stem}.npy"
+    with open(path, "wb") as handle:
+        if source:
+            # A memory-mapped .npy column (a streamed analysis, a loaded run) is copied
+            # file to file: writing it needs no memory for its data.
+            with open(source, "rb") as original:
+                shutil.copyfileobj(original, handle, 1 << 20)
+        else:
+            np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    size, crc = _file_crc32(path)
+    return {
+        "file": path.name,
+        "bytes": size,
+        "crc32": crc,
+        "dtype": array.dtype.str,
+        "shape": list(array.shape),
+    }
+
+
+def _whole_npy_file(value: Any) -> str | None:
+    """The ``.npy`` file a read-only memory map covers whole and unchanged, else None."""
+    if not isinstance(value, np.memmap) or value.mode != "r" or not value.filename:
+        return None
+    try:
+        with open(value.filename, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                return None
+            read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+            shape, fortran, dtype = read_header(handle)
+            offset = handle.tell()
+        size = os.path.getsize(value.filename)
+    except (OSError, ValueError):
+        return None
+    whole = (
+        tuple(shape) == value.shape
+        and dtype == value.dtype
+        and not fortran
+        and value.flags.c_contiguous
+        and value.offset == offset
+        and size == offset + value.nbytes
+    )
+    return str(value.filename) if whole else None
+
+
+def _save_table(folder: Path, name: str, table: pd.DataFrame) -> dict[str, Any]:
+    csv_path = folder / f"{name}.csv"
+    # Text is always quoted, so a bare carriage return or "0" in a label stays text.
+    table.to_csv(csv_path, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    entry = {"csv": csv_path.name, "rows": len(table), "crc32": zlib.crc32(csv_path.read_bytes())}
+    # Text columns are read back as text: a label "007", "0" or "True" must not become a number.
+    entry["text_columns"] = [
+        str(c) for c in table.columns if pd.api.types.infer_dtype(table[c]) == "string"
+    ]
+    if name == "hardest":
+        jsonl_path = folder / f"{name}.jsonl"
+        jsonl_path.write_text(
+            table.to_json(orient="records", lines=True, force_ascii=False), encoding="utf-8"
+        )
+        entry["jsonl"] = jsonl_path.name
+    for file_name in (entry["csv"], entry.get("jsonl")):
+        if file_name:
+            with open(folder / file_name, "rb+") as handle:
+                os.fsync(handle.fileno())
+    return entry
