@@ -77,6 +77,33 @@ def test_docs_build_strict_with_api_reference(site: Path) -> None:
         assert (site / page / "index.html").is_file(), page
 
 
+def _declared(init: Path) -> list[str]:
+    """The names in ``__all__`` of a package's ``__init__.py`` (by AST, nothing imported)."""
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{init} declares no __all__")
+
+
+@pytest.mark.parametrize("package", ["", "compute", "analysis", "run", "present", "demo"])
+def test_api_reference_covers_all(site: Path, package: str) -> None:
+    # Every declared public name has its entry (an anchor griffe resolved), or at least a
+    # mention in code on its page (constants griffe cannot see, such as tuple assignments).
+    module = "keras_erranalysis" + (f".{package}" if package else "")
+    init = PACKAGE / package / "__init__.py" if package else PACKAGE / "__init__.py"
+    page = (site / "reference" / (package or "api") / "index.html").read_text(encoding="utf-8")
+    missing = [
+        name
+        for name in _declared(init)
+        if f'id="{module}.{name}"' not in page
+        and f'id="{module}.{name}.{name}"' not in page  # a function named as its module
+        and f"<code>{name}</code>" not in page
+    ]
+    assert not missing, f"{module}: no reference entry for {missing}"
+
+
 def test_docs_need_no_network(site: Path) -> None:
     # The material theme loads Google Fonts unless `theme.font: false`; nothing may point
     # at a font CDN, so the site reads offline.
