@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from keras_erranalysis import PassOptions
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
@@ -158,7 +160,9 @@ def run_setting(x, y, kind, rate, seed, epochs) -> list[dict]:
     # The callback run: exact per-epoch passes written to a run folder.
     with tempfile.TemporaryDirectory() as log_dir:
         model = make_model(seed)
-        callback = ErrorAnalysis((x, noisy), log_dir=log_dir, batch_size=256, verbose=0)
+        callback = ErrorAnalysis(
+            (x, noisy), log_dir=log_dir, verbose=0, pass_options=PassOptions(batch_size=256)
+        )
         start = time.perf_counter()
         model.fit(
             dataset().map(lambda a, b, i: (a, b)), epochs=epochs, verbose=0, callbacks=[callback]

@@ -1,6 +1,6 @@
 """Scale: a million examples through the pass and the callback; a 32k vocabulary at length 256.
 
-Part 1 (examples): a small classifier (32 features -> 32 -> 10 classes) analysed over
+Part 1 (examples): a small classifier (32 features -> 32 -> 10 classes) analyzed over
 250k, 500k and 1M examples, by ``compute_losses`` and by the ``ErrorAnalysis`` callback
 (pass + table + hardest views + the epoch written to disk). Reported: peak memory growth
 (MB per million examples, the slope between 250k and 1M), seconds, and the CPU-time ratios
@@ -35,6 +35,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from keras_erranalysis import PassOptions
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -146,23 +148,30 @@ def child_examples(mode: str, n: int) -> dict:
     train = (x[:4096], y[:4096])
     with tempfile.TemporaryDirectory() as folder:
         warm_cb = ErrorAnalysis(
-            warm, log_dir=Path(folder) / "warm", batch_size=ANALYSIS_BATCH, verbose=0
+            warm,
+            log_dir=Path(folder) / "warm",
+            verbose=0,
+            pass_options=PassOptions(batch_size=ANALYSIS_BATCH),
         )
         model.fit(*train, epochs=1, batch_size=256, verbose=0, callbacks=[warm_cb])
         callback = ErrorAnalysis(
-            (x, y), log_dir=Path(folder) / "run", top_k=20, batch_size=ANALYSIS_BATCH, verbose=0
+            (x, y),
+            log_dir=Path(folder) / "run",
+            top_k=20,
+            verbose=0,
+            pass_options=PassOptions(batch_size=ANALYSIS_BATCH),
         )
         timings = []
-        analyse = callback.analyse_epoch
+        analyze = callback.analyze_epoch
 
         def timed(*args, **kwargs):
             start, cpu = time.perf_counter(), time.process_time()
-            result = analyse(*args, **kwargs)
+            result = analyze(*args, **kwargs)
             timings.append((time.perf_counter() - start, time.process_time() - cpu))
             return result
 
-        callback.analyse_epoch = timed
-        _, _, peak = measure(  # three fits of one epoch: three analysed epochs
+        callback.analyze_epoch = timed
+        _, _, peak = measure(  # three fits of one epoch: three analyzed epochs
             lambda: model.fit(*train, epochs=1, batch_size=256, verbose=0, callbacks=[callback]),
             repeats=3,
         )

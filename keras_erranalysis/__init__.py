@@ -18,6 +18,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first use)
 _PUBLIC = {
     "ErrorAnalysis": "keras_erranalysis.callback",
+    "AttentionAnalysis": "keras_erranalysis.options",
+    "Decoding": "keras_erranalysis.options",
+    "EmbeddingAnalysis": "keras_erranalysis.options",
+    "FeatureAnalysis": "keras_erranalysis.options",
+    "PassOptions": "keras_erranalysis.options",
     "analyze": "keras_erranalysis.analyze",
     "compute_losses": "keras_erranalysis.compute",
     "extract_attention": "keras_erranalysis.compute",
@@ -40,17 +45,22 @@ _PUBLIC = {
 
 __all__ = [
     "analyze",
+    "AttentionAnalysis",
     "compare_features",
     "compute_losses",
     "confusion_pairs",
+    "Decoding",
+    "EmbeddingAnalysis",
     "ErrorAnalysis",
     "extract_attention",
+    "FeatureAnalysis",
     "free_running_metrics",
     "InFlightRecorder",
     "likely_mislabeled",
     "load_run",
     "LossReport",
     "MISLABEL_METHODS",
+    "PassOptions",
     "plot_attention",
     "plot_data_map",
     "Run",
@@ -79,6 +89,13 @@ if TYPE_CHECKING:  # pragma: no cover
         with_example_ids,
     )
     from keras_erranalysis.decoding import Vocabulary
+    from keras_erranalysis.options import (
+        AttentionAnalysis,
+        Decoding,
+        EmbeddingAnalysis,
+        FeatureAnalysis,
+        PassOptions,
+    )
     from keras_erranalysis.present import plot_attention, plot_data_map, write_report
     from keras_erranalysis.run import Run, load_run
 

@@ -5,11 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 # Scalar per-example columns, in the order they appear in tables and on disk.
-EXAMPLE_COLUMNS = (
-    "example_id",
-    "loss",
-    "loss_sum",
-    "loss_mean",
+_PER_EXAMPLE = (
     "confidence",
     "true_prob",
     "margin",
@@ -17,29 +13,16 @@ EXAMPLE_COLUMNS = (
     "token_accuracy",
     "n_tokens",
 )
-
+EXAMPLE_COLUMNS = ("example_id", "loss", "loss_sum", "loss_mean", *_PER_EXAMPLE)
 
 # Per-token (N, T) columns, only for sequence outputs.
 TOKEN_COLUMNS = ("token_loss", "token_confidence", "token_true_prob", "token_margin", "token_mask")
 
+# The decoded side of a table of examples, after the numbers.
+_TEXT = ("label_text", "prediction_text", "label", "prediction", "input_text")
 
-HARDEST_COLUMNS = (
-    "rank",
-    "example_id",
-    "loss",
-    "confidence",
-    "true_prob",
-    "margin",
-    "correct",
-    "token_accuracy",
-    "n_tokens",
-    "label_text",
-    "prediction_text",
-    "label",
-    "prediction",
-    "input_text",
-)
-
+# The hardest examples in full (HTML report): every number, then the text.
+HARDEST_COLUMNS = ("rank", "example_id", "loss", *_PER_EXAMPLE, *_TEXT)
 
 # Columns of the projector's metadata TSV, in order (shown when present).
 PROJECTOR_COLUMNS = (
@@ -54,6 +37,10 @@ PROJECTOR_COLUMNS = (
     "region",
 )
 
+
+# The hardest examples as text (TensorBoard markdown, the terminal): the numbers a reader
+# scans first, then the text.
+HARDEST_TEXT_COLUMNS = ("rank", "example_id", "loss", "confidence", "margin", "correct", *_TEXT)
 
 # Embeddings: the stored array's name in a run epoch (embedding.npy), and how a sequence's
 # vectors are pooled into one per example.

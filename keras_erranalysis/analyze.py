@@ -1,4 +1,4 @@
-"""Analyse a saved Keras model over data files, streamed, on one process or several workers.
+"""Analyze a saved Keras model over data files, streamed, on one process or several workers.
 
 :func:`analyze` loads a saved model (``.keras``), reads a dataset from TFRecord files, a
 CSV or Parquet file or a ``.npz`` archive in chunks, runs the compiled loss pass of
@@ -13,7 +13,7 @@ results are gathered back to every worker in id order; only the chief writes the
 folder, the other workers write nothing. The results equal a single-process run's.
 
 Keras 3 ``model.fit`` does not work under that strategy (keras-team/keras issue 20585);
-this pass does not use ``fit``: train however you train, then analyse with this.
+this pass does not use ``fit``: train however you train, then analyze with this.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from keras_erranalysis._columns import EXAMPLE_COLUMNS, TOKEN_COLUMNS
+from keras_erranalysis._errors import AnalyzeError
 from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.analysis._ranking import log_views
 from keras_erranalysis.compute._model import (
@@ -41,16 +42,14 @@ from keras_erranalysis.compute._model import (
     load_model,
     make_strategy,
 )
-from keras_erranalysis.decoding import Vocabulary
+from keras_erranalysis.options import Decoding
+from keras_erranalysis.pipeline import epoch_tables, text_features
 from keras_erranalysis.run._sources import (
+    DEFAULT_CHUNK_SIZE,
     LABEL_CANDIDATES,
-    AnalyzeError,
     detect_format,
     open_source,
 )
-
-DEFAULT_CHUNK_SIZE = 50_000
-
 
 _STAGING_PREFIX = ".analyze-staging-"
 
@@ -335,7 +334,7 @@ class AnalyzeResult:
     Attributes:
         log_dir: The run folder.
         epoch: The run epoch the results were written as.
-        n_examples: Examples analysed.
+        n_examples: Examples analyzed.
         epoch_dir: The written epoch folder (None on a non-chief worker, which writes
             nothing).
         num_workers: Processes that took part.
@@ -395,10 +394,10 @@ def analyze(
             record and the model's input shapes; variable-length features are padded
             with 0 per chunk.
         batch_size: Global batch size of the pass.
-        chunk_size: Examples read, analysed and written at a time (bounds the memory).
+        chunk_size: Examples read, analyzed and written at a time (bounds the memory).
         epoch: Run epoch number to write as (default: one after the last in ``log_dir``).
         loss: Loss (default: the saved model's compiled loss, unreduced).
-        output: Output to analyse in a multi-output model.
+        output: Output to analyze in a multi-output model.
         reduction: ``"mean"`` or ``"sum"`` over a sequence's tokens, for ranking.
         ignore_class: Label id that does not count.
         from_logits: Whether the output is logits (default: the loss's own setting).
@@ -446,11 +445,7 @@ def analyze(
         model = load_model(model, safe_mode=safe_mode, strategy=strategy)
     source = open_source(data, format=format, feature_spec=feature_spec)
     plan = plan_columns(model, source.columns, label_column=label_column, features=features)
-    decoding = {
-        "vocab": Vocabulary.from_any(vocab),
-        "input_vocab": Vocabulary.from_any(input_vocab),
-        "label_names": Vocabulary.from_any(label_names),
-    }
+    decoding = Decoding(vocab, input_vocab, label_names).as_dict()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
 
@@ -536,9 +531,17 @@ def analyze(
                 "features": [c for _, cols in plan.inputs for c in cols],
                 "num_workers": num_workers,
             }
-            epoch_dir = writer.write_epoch(
-                run_epoch, merged, tables={"hardest": results.hardest()}, info=info
+            features = text_features(
+                merged, texts=None, input_vocab=decoding["input_vocab"], required=False
             )
+            tables = epoch_tables(
+                merged,
+                decoding=decoding,
+                top_k=top_k,
+                features=features,
+                hardest=results.hardest(),
+            )
+            epoch_dir = writer.write_epoch(run_epoch, merged, tables=tables, info=info)
             del merged
         return AnalyzeResult(
             log_dir=Path(log_dir),

@@ -1,4 +1,4 @@
-"""ErrorAnalysis: the Keras callback. Wiring only: compute -> analyse -> write."""
+"""ErrorAnalysis: the Keras callback. Wiring only: each analyzed epoch is the pipeline's."""
 
 from __future__ import annotations
 
@@ -8,65 +8,58 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import keras
-import numpy as np
 import pandas as pd
 
 from keras_erranalysis._loss_report import LossReport
-from keras_erranalysis.analysis._ranking import log_views, rank_examples
-from keras_erranalysis.compute._losses import compute_losses
-from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.run._reader import Run, load_run
-from keras_erranalysis.run._writer import RunWriter
+from keras_erranalysis.analysis import rank_examples
+from keras_erranalysis.options import (
+    Analysis,
+    AttentionAnalysis,
+    Decoding,
+    EmbeddingAnalysis,
+    FeatureAnalysis,
+    PassOptions,
+    resolve_analyses,
+)
+from keras_erranalysis.pipeline import EpochPipeline, write_summaries
+from keras_erranalysis.run import Run, RunWriter, load_run
 
 
 class ErrorAnalysis(keras.callbacks.Callback):
-    """Finds the examples a model gets wrong, every analysed epoch, and logs them.
+    """Finds the examples a model gets wrong, every analyzed epoch, and logs them.
 
-    At the end of each analysed epoch the callback runs one compiled, unreduced loss pass
+    At the end of each analyzed epoch the callback runs one compiled, unreduced pass
     over ``data`` (see :func:`~keras_erranalysis.compute_losses`), keeps every example's
-    numbers, and writes the epoch to ``log_dir`` atomically: per-example arrays and the
-    hardest examples (highest loss, confidently wrong, least confident) with decoded text.
-    It only observes: it never changes the model's weights or the training logs.
+    numbers, and writes the epoch to ``log_dir`` atomically: per-example arrays, the
+    hardest examples (highest loss, confidently wrong, least confident) with decoded text,
+    per-class metrics and, when the inputs decode to text, the wrong-vs-right feature
+    comparison (:mod:`keras_erranalysis.pipeline`). It only observes: it never changes the
+    model's weights or the training logs.
 
     Args:
-        data: The examples to analyse: a batched ``tf.data.Dataset`` of ``(x, y)`` or
+        data: The examples to analyze: a batched ``tf.data.Dataset`` of ``(x, y)`` or
             ``(x, y, sample_weight)``, or such a tuple of arrays.
         log_dir: Run folder to write to (``None``: keep results in memory only).
             Appends to an existing run of ours.
-        top_k: Rows per view in the hardest-example log.
-        every_n_epochs: Analyse every n-th epoch.
         vocab: Decodes target tokens of sequence outputs (list, dict, lookup layer,
-            callable or :class:`~keras_erranalysis.decoding.Vocabulary`).
-        input_vocab: Decodes input tokens (source text).
+            callable or :class:`~keras_erranalysis.Vocabulary`).
         label_names: Class names of a classifier.
-        loss: Loss to use (default: the model's compiled loss, unreduced).
-        output: Output to analyse in a multi-output model.
-        reduction: ``"mean"`` or ``"sum"`` over a sequence's counted tokens for ranking.
-        ignore_class: Label id that does not count (e.g. -100).
-        ids: Stable example ids in data order (default: positions).
-        batch_size: Batch size when ``data`` is arrays.
-        jit_compile: XLA for the pass: ``True``, ``False`` or ``"auto"``.
+        top_k: Rows per view in the hardest-example log.
+        every_n_epochs: Analyze every n-th epoch.
+        tensorboard: Also write TensorBoard summaries (scalars, histograms, the hardest
+            examples as text, heatmaps, the data map, the embedding projector): ``True``
+            for ``log_dir/tensorboard/validation``, or a TensorBoard folder (e.g. the one
+            of Keras' own ``TensorBoard`` callback) to write under its ``validation`` run.
+        analyses: Extra analyses per epoch: :class:`~keras_erranalysis.AttentionAnalysis`,
+            :class:`~keras_erranalysis.EmbeddingAnalysis`,
+            :class:`~keras_erranalysis.FeatureAnalysis`, or their names
+            (``"attention"``, ``"embeddings"``, ``"features"``).
+        decoding: More decoding (:class:`~keras_erranalysis.Decoding`), e.g. the input
+            vocabulary; ``vocab`` and ``label_names`` above are shortcuts into it.
+        pass_options: How to run the pass (:class:`~keras_erranalysis.PassOptions`): the
+            loss, the output, the reduction, ignored labels, ids, batch size, XLA.
         on_error: ``"raise"`` stops training with the reason when the analysis fails;
             ``"warn"`` warns, switches the analysis off and lets training go on.
-        tensorboard: Also write TensorBoard summaries (scalars, histograms, the hardest
-            examples as text, the data map, the embedding projector): ``True`` for
-            ``log_dir/tensorboard/validation``, or a TensorBoard folder (e.g. the one of
-            Keras' own ``TensorBoard`` callback) to write under its ``validation`` run.
-        attention: Analyse attention: ``True`` for every attention layer of the model, or
-            a list of layer paths/names. Adds per-example diagnostics (entropy, uncovered
-            source share, diagonality, monotonicity) to the table and saves heatmaps of the
-            hardest examples and of a fixed watch list as PNG files in each epoch folder
-            (and as TensorBoard images). A model without attention layers is an error.
-        heatmaps: How many hardest examples get heatmaps each epoch (plus up to half as
-            many right examples, fixed at the first analysed epoch, as a watch list).
-        features: Compare wrong and right examples feature by feature each epoch
-            (:func:`~keras_erranalysis.features.compare_features`) and write the table as
-            ``features.csv``: ``"auto"`` does it when texts are given or token inputs can
-            be decoded with ``input_vocab``; ``False`` never.
-        texts: The examples' raw texts (in data order) for the feature comparison.
-        embeddings: Store each analysed example's embedding as ``embedding.npy`` per epoch
-            (for ``Run.similar`` and the projector): ``True`` for the default layer (see
-            :func:`~keras_erranalysis.embeddings.default_layer`) or a layer name.
         verbose: 0 silent, 1 progress bar during the pass and a one-line summary.
 
     Example:
@@ -80,25 +73,15 @@ class ErrorAnalysis(keras.callbacks.Callback):
         data: Any,
         *,
         log_dir: str | os.PathLike | None = "erranalysis",
+        vocab: Any = None,
+        label_names: Any = None,
         top_k: int = 20,
         every_n_epochs: int = 1,
-        vocab: Any = None,
-        input_vocab: Any = None,
-        label_names: Any = None,
-        loss: Any = None,
-        output: str | int | None = None,
-        reduction: Literal["mean", "sum"] = "mean",
-        ignore_class: int | None = None,
-        ids: Any = None,
-        batch_size: int = 32,
-        jit_compile: bool | Literal["auto"] = "auto",
-        on_error: Literal["raise", "warn"] = "raise",
         tensorboard: bool | str | os.PathLike = False,
-        embeddings: bool | str = False,
-        attention: bool | Sequence[str] = False,
-        heatmaps: int = 4,
-        features: bool | Literal["auto"] = "auto",
-        texts: Sequence[str] | None = None,
+        analyses: Sequence[Analysis | str] = (),
+        decoding: Decoding | None = None,
+        pass_options: PassOptions | None = None,
+        on_error: Literal["raise", "warn"] = "raise",
         verbose: int = 1,
     ) -> None:
         super().__init__()
@@ -108,27 +91,24 @@ class ErrorAnalysis(keras.callbacks.Callback):
             raise ValueError(f"top_k must be >= 1, got {top_k}.")
         if on_error not in ("raise", "warn"):
             raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}.")
+        if tensorboard is True and log_dir is None:
+            raise ValueError("tensorboard=True needs a log_dir, or pass a TensorBoard folder.")
+        decoding = decoding or Decoding()
+        for name, value in (("vocab", vocab), ("label_names", label_names)):
+            if value is not None and getattr(decoding, name) is not None:
+                raise ValueError(f"{name} is given twice: as {name}= and in decoding=.")
+        decoding = Decoding(
+            vocab=decoding.vocab if vocab is None else vocab,
+            input_vocab=decoding.input_vocab,
+            label_names=decoding.label_names if label_names is None else label_names,
+        )
+        chosen = resolve_analyses(analyses)
         self.data = data
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self.top_k = top_k
         self.every_n_epochs = every_n_epochs
-        self.decoding = {
-            "vocab": Vocabulary.from_any(vocab),
-            "input_vocab": Vocabulary.from_any(input_vocab),
-            "label_names": Vocabulary.from_any(label_names),
-        }
-        self.pass_options = {
-            "loss": loss,
-            "output": output,
-            "reduction": reduction,
-            "ignore_class": ignore_class,
-            "ids": ids,
-            "batch_size": batch_size,
-            "jit_compile": jit_compile,
-        }
+        self.decoding = decoding.as_dict()
         self.on_error = on_error
-        if tensorboard is True and log_dir is None:
-            raise ValueError("tensorboard=True needs a log_dir, or pass a TensorBoard folder.")
         self.tensorboard_dir = (
             None
             if tensorboard is False or tensorboard is None
@@ -136,34 +116,35 @@ class ErrorAnalysis(keras.callbacks.Callback):
             if tensorboard is True
             else os.fspath(tensorboard)
         )
-        self.embeddings = embeddings
-        self.last_embeddings = None
-        self.attention = attention
-        self.heatmaps = heatmaps
-        self.features = features
-        self.texts = None if texts is None else [str(t) for t in texts]
-        self._feature_set: Any = None
-        self._watch: list[int] | None = None
-        self._summaries = None
         self.verbose = verbose
+        self.pipeline = EpochPipeline(
+            data,
+            self.decoding,
+            top_k=top_k,
+            pass_options=(pass_options or PassOptions()).as_dict(),
+            attention=chosen.get(AttentionAnalysis),
+            embeddings=chosen.get(EmbeddingAnalysis),
+            features=chosen.get(FeatureAnalysis),
+            verbose=verbose,
+        )
         self.enabled = True
         self.last_report: LossReport | None = None
+        self.last_embeddings = None
+        self._summaries = None
         self._writer: RunWriter | None = None
         self._reports: dict[int, LossReport] = {}  # only without log_dir
         self._epoch_offset: int | None = None
-        self._fit_epochs: int | None = None
 
     # -- Keras hooks -------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         """Opens the run folder (checked writable, locked) before the first epoch."""
         self._epoch_offset = None
-        self._fit_epochs = (self.params or {}).get("epochs")
         self.enabled = True  # on_error="warn" switches the analysis off for one fit only
-        if self.attention:
-            from keras_erranalysis.compute._attention_hooks import find_attention_layers
+        if self.pipeline.attention is not None:
+            from keras_erranalysis.compute import find_attention_layers
 
-            find_attention_layers(self.model, self._attention_layers())  # clear error if none
+            find_attention_layers(self.model, self.pipeline.attention_layers())  # if none: error
         if self.log_dir is not None:
             try:
                 self._writer = RunWriter(self.log_dir, decoding=self.decoding)
@@ -198,7 +179,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             self.on_epoch_begin(epoch)
         run_epoch = epoch + 1 + self._epoch_offset
         try:
-            self.analyse_epoch(run_epoch, keras_epoch=epoch)
+            self.analyze_epoch(run_epoch, keras_epoch=epoch)
         except Exception as error:
             if self.on_error == "raise":
                 self._close()
@@ -218,153 +199,41 @@ class ErrorAnalysis(keras.callbacks.Callback):
 
     # -- the work ----------------------------------------------------------------------
 
-    def analyse_epoch(self, run_epoch: int, *, keras_epoch: int | None = None) -> LossReport:
-        """Runs the pass on the current model and records it as ``run_epoch``."""
-        report = compute_losses(self.model, self.data, verbose=self.verbose, **self.pass_options)
-        self.last_report = report
-        figures = self._attention_figures(report) if self.attention else {}
-        frame = report.to_frame(**self.decoding)
-        tables = {"hardest": log_views(frame, k=self.top_k)}
-        tables.update(self._analysis_tables(report))
-        vectors = stored = None
-        if self.embeddings:
-            from keras_erranalysis.analysis._similarity import storage_array
-            from keras_erranalysis.compute._embeddings import compute_embeddings
-
-            layer = None if self.embeddings is True else self.embeddings
-            vectors = compute_embeddings(
-                self.model,
-                self.data,
-                layer=layer,
-                batch_size=self.pass_options["batch_size"],
-                jit_compile=self.pass_options["jit_compile"],
-            )
-            self.last_embeddings = vectors
-            stored = {"embedding": storage_array(vectors)}
-        if self._writer is not None:
-            from keras_erranalysis.present._figures import figure_png
-
-            self._writer.write_epoch(
-                run_epoch,
-                report,
-                tables=tables,
-                info={"keras_epoch": keras_epoch},
-                vectors=stored,
-                files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
-            )
-        else:
-            self._reports[run_epoch] = report
+    def analyze_epoch(self, run_epoch: int, *, keras_epoch: int | None = None) -> LossReport:
+        """Runs the epoch pipeline on the current model and records it as ``run_epoch``."""
+        out = self.pipeline.run(
+            self.model, run_epoch, writer=self._writer, info={"keras_epoch": keras_epoch}
+        )
+        self.last_report, self.last_embeddings = out.report, out.vectors
+        if self._writer is None:
+            self._reports[run_epoch] = out.report
         if self.tensorboard_dir is not None:
-            from keras_erranalysis import tensorboard
+            self._write_summaries(run_epoch, out)
+        return out.report
 
-            if self._summaries is None:
-                self._summaries = tensorboard.SummaryWriter(self.tensorboard_dir)
-            run_folder = load_run(self.log_dir) if self._writer is not None else None
-            tensorboard.log_epoch(
+    def _write_summaries(self, run_epoch: int, out: Any) -> None:
+        from keras_erranalysis.present._tensorboard import SummaryWriter, log_epoch
+
+        if self._summaries is None:
+            self._summaries = SummaryWriter(self.tensorboard_dir)
+        if self._writer is not None:  # the run folder as written: the pipeline's own view
+            write_summaries(
                 self._summaries,
+                load_run(self.log_dir),
                 run_epoch,
-                report,
-                frame=frame,
-                run=run_folder,
-                vectors=vectors,
                 k=self.top_k,
-                figures=figures,
+                figures=out.figures,
             )
-            if "features" in tables:
-                from keras_erranalysis.analysis._feature_stats import features_summary
-
-                self._summaries.text(
-                    "feature_summary",
-                    tensorboard.markdown_cell(features_summary(tables["features"]), max_chars=None),
-                    run_epoch,
-                )
-        if self.verbose:
-            wrong = int((~report.correct).sum())
-            bad = int(report.nonfinite.sum())
-            note = f", {bad} with NaN/inf loss" if bad else ""
-            print(
-                f"ErrorAnalysis epoch {run_epoch}: {wrong}/{len(report)} examples wrong, "
-                f"mean loss {float(report.loss[~report.nonfinite].mean()):.4f}{note}"
-            )
-        return report
-
-    def _attention_layers(self) -> list[str] | None:
-        return None if self.attention is True else list(self.attention)
-
-    def _attention_figures(self, report: LossReport) -> dict[str, Any]:
-        """Adds attention diagnostics to ``report.extra``; returns heatmaps to save."""
-        from keras_erranalysis.compute._attention import attention_diagnostics
-        from keras_erranalysis.present._heatmaps import example_heatmaps
-
-        positions = report.scalars().assign(position=np.arange(len(report)))
-        hardest = rank_examples(positions, by="loss", k=self.heatmaps)
-        rows = hardest["position"].tolist()
-        if self._watch is None:  # right examples fixed once, to follow across epochs
-            right = np.flatnonzero(report.correct)
-            self._watch = right[: max(1, self.heatmaps // 2)].tolist()
-        watch = [r for r in self._watch if r not in rows]
-        result = attention_diagnostics(
-            self.model,
-            self.data,
-            layers=self._attention_layers(),
-            keep=rows + watch,
-            batch_size=self.pass_options["batch_size"],
-            jit_compile=self.pass_options["jit_compile"],
-        )
-        report.extra.update(result.diagnostics)
-        order = {int(p): j for j, p in enumerate(result.kept)}
-        names = [f"attention_hardest{i + 1}" for i in range(len(rows))]
-        names += [f"attention_watch{i + 1}" for i in range(len(watch))]
-        chosen = [(r, n) for r, n in zip(rows + watch, names) if r in order]
-        picks = [order[r] for r, _ in chosen]
-        return example_heatmaps(
-            report,
-            {path: w[picks] for path, w in result.weights.items()},
-            [r for r, _ in chosen],
-            names=[n for _, n in chosen],
-            vocab=self.decoding["vocab"],
-            input_vocab=self.decoding["input_vocab"],
-        )
-
-    def _analysis_tables(self, report: LossReport) -> dict[str, pd.DataFrame]:
-        """The per-class table and (when there is text) the feature comparison."""
-        from keras_erranalysis.analysis._metrics import per_class_metrics
-
-        names = self.decoding["vocab" if report.is_sequence else "label_names"]
-        tables = {"per_class": per_class_metrics(report, label_names=names).reset_index()}
-        if self.features is False:
-            return tables
-        if self._feature_set is None:
-            self._feature_set = self._extract_features(report)
-        has_both = (~report.correct).any() and report.correct.any()
-        if self._feature_set is not False and has_both:
-            from keras_erranalysis.analysis._feature_stats import compare_features
-
-            tables["features"] = compare_features(report, features=self._feature_set, top=200)
-        return tables
-
-    def _extract_features(self, report: LossReport) -> Any:
-        from keras_erranalysis.analysis._features import extract_features
-
-        source = self.decoding["input_vocab"]
-        texts = self.texts
-        if texts is None and source is not None:
-            texts = report.input_texts(source)
-        if texts is None:
-            if self.features is True:
-                raise ValueError(
-                    "features=True needs text: pass texts=[...] or input_vocab= so the inputs "
-                    "can be decoded."
-                )
-            return False
-        if len(texts) != len(report):
-            raise ValueError(f"texts has {len(texts)} entries but the data has {len(report)}.")
-        return extract_features(
-            texts=texts,
-            tokenizer="char" if source is not None and source.sep == "" else "word",
-            labels=None if report.is_sequence else report.label,
-            example_ids=report.example_id,
-            pos=False,
+            return
+        frame = out.report.to_frame(**self.decoding)
+        log_epoch(
+            self._summaries,
+            run_epoch,
+            out.report,
+            frame=frame,
+            vectors=out.vectors,
+            k=self.top_k,
+            figures=out.figures,
         )
 
     def _last_epoch(self) -> int:
@@ -388,18 +257,18 @@ class ErrorAnalysis(keras.callbacks.Callback):
         return load_run(self.log_dir)
 
     def report(self, epoch: int = -1) -> LossReport:
-        """The :class:`LossReport` of an analysed epoch (``-1`` = last)."""
+        """The :class:`LossReport` of an analyzed epoch (``-1`` = last)."""
         if self.log_dir is not None:
             return self.run().report(epoch)
         if not self._reports:
-            raise ValueError("No epoch analysed yet: train with this callback first.")
+            raise ValueError("No epoch analyzed yet: train with this callback first.")
         epochs = sorted(self._reports)
         return self._reports[epochs[epoch] if epoch < 0 else epoch]
 
     def hardest(
         self, epoch: int = -1, k: int | None = None, by: str = "loss", only_wrong: bool = False
     ) -> pd.DataFrame:
-        """The hardest examples of an analysed epoch (``-1`` = last), with decoded text."""
+        """The hardest examples of an analyzed epoch (``-1`` = last), with decoded text."""
         report = self.report(epoch)
         return rank_examples(
             report.to_frame(**self.decoding), by=by, k=k or self.top_k, only_wrong=only_wrong
@@ -407,7 +276,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
 
     @property
     def history(self) -> pd.DataFrame:
-        """Every analysed epoch's per-example numbers, one row per (epoch, example)."""
+        """Every analyzed epoch's per-example numbers, one row per (epoch, example)."""
         if self.log_dir is not None:
             return self.run().history
         parts = []

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from keras_erranalysis._columns import HARDEST_TEXT_COLUMNS
+
 PROG = "keras-erranalysis"
 
 
@@ -85,7 +87,7 @@ def _add_demo(subparsers: Any) -> None:
         "--epochs",
         type=_positive_int,
         default=DEFAULT_EPOCHS,
-        help=f"training epochs, each one analysed (default: {DEFAULT_EPOCHS})",
+        help=f"training epochs, each one analyzed (default: {DEFAULT_EPOCHS})",
     )
     parser.add_argument(
         "--examples",
@@ -107,8 +109,7 @@ def _add_demo(subparsers: Any) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from keras_erranalysis.demo._data import DemoError
-    from keras_erranalysis.demo._run import format_summary, run_demo
+    from keras_erranalysis.demo import DemoError, format_summary, run_demo
 
     _quiet_tensorflow()
     try:
@@ -140,12 +141,11 @@ def _quiet_tensorflow() -> None:
 
 
 def _add_analyze(subparsers: Any) -> None:
-    from keras_erranalysis.analyze import DEFAULT_CHUNK_SIZE
-    from keras_erranalysis.run._sources import FORMATS
+    from keras_erranalysis.run._sources import DEFAULT_CHUNK_SIZE, FORMATS
 
     parser = subparsers.add_parser(
         "analyze",
-        help="analyse a saved model (.keras) over TFRecord / CSV / Parquet / .npz data",
+        help="analyze a saved model (.keras) over TFRecord / CSV / Parquet / .npz data",
         description=(
             "Loads a saved Keras model and runs the per-example loss pass over a dataset "
             "read in chunks (memory stays flat as the data grows), writing one epoch of "
@@ -193,7 +193,7 @@ def _analyze_arguments(
     parser.add_argument(
         "--epoch-label", type=int, help="run epoch number to write as (default: next one)"
     )
-    parser.add_argument("--model-output", help="output to analyse in a multi-output model")
+    parser.add_argument("--model-output", help="output to analyze in a multi-output model")
     parser.add_argument("--reduction", choices=("mean", "sum"), default="mean")
     parser.add_argument("--ignore-class", type=int, help="label id that does not count")
     parser.add_argument("--top-k", type=int, default=20, help="rows per hardest-example view")
@@ -262,11 +262,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
         raise AnalyzeError(" ".join(str(message).split()) or type(error).__name__) from None
     if result.is_chief:
         print(
-            f"Analysed {result.n_examples} examples on {result.num_workers} worker(s): "
+            f"Analyzed {result.n_examples} examples on {result.num_workers} worker(s): "
             f"epoch {result.epoch} written to {result.epoch_dir}"
         )
     else:
-        print(f"Analysed {result.n_examples} examples; the chief writes the results.")
+        print(f"Analyzed {result.n_examples} examples; the chief writes the results.")
     return 0
 
 
@@ -274,17 +274,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
 # show / report / compare (presentation)
 # --------------------------------------------------------------------------------------
 
-_SHOW_COLUMNS = (
-    "rank",
-    "example_id",
-    "loss",
-    "confidence",
-    "margin",
-    "correct",
-    "label_text",
-    "prediction_text",
-    "input_text",
-)
+# The terminal shows decoded text; the ids are in the run folder.
+_SHOW_COLUMNS = tuple(c for c in HARDEST_TEXT_COLUMNS if c not in ("label", "prediction"))
 
 
 def _rich_table(frame: Any, columns: Sequence[str], *, title: str, max_chars: int = 60) -> Any:
@@ -330,7 +321,7 @@ def _add_show(subparsers: Any) -> None:
         "show",
         help="print the hardest examples of a run (or one example's tokens)",
         description=(
-            "Print the hardest examples of an analysed epoch as a table, or, with --example, "
+            "Print the hardest examples of an analyzed epoch as a table, or, with --example, "
             "one example's numbers and (for sequence outputs) the loss of each token."
         ),
     )
@@ -452,6 +443,46 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tensorboard(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "tensorboard",
+        help="write TensorBoard summaries of a finished run folder",
+        description=(
+            "Write the summaries the callback writes with tensorboard=True (scalars, "
+            "histograms, the hardest examples as text, heatmaps, the data map, the feature "
+            "summary, the embedding projector) from a run folder, for a run trained without "
+            "them. Then: tensorboard --logdir LOGDIR."
+        ),
+    )
+    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
+    parser.add_argument(
+        "-o",
+        "--logdir",
+        default=None,
+        help="TensorBoard folder to write (default: LOG_DIR/tensorboard); summaries go to "
+        "its 'validation' run",
+    )
+    parser.add_argument(
+        "-k", type=_positive_int, default=20, help="rows of the hardest-example text table"
+    )
+    parser.set_defaults(handler=_cmd_tensorboard)
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_erranalysis.pipeline import export_tensorboard
+
+    _quiet_tensorflow()
+    logdir = args.logdir or os.path.join(args.log_dir, "tensorboard")
+    try:
+        epochs = export_tensorboard(args.log_dir, logdir, k=args.k)
+    except (KeyError, IndexError, ValueError) as error:
+        raise CommandError(_user_message(error)) from None
+    print(f"Wrote TensorBoard summaries of epochs {epochs} to {logdir}/validation")
+    print(f"Open them with: tensorboard --logdir {logdir}")
+    return 0
+
+
 def _add_compare(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "compare",
@@ -525,6 +556,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_show,
     _add_report,
     _add_compare,
+    _add_tensorboard,
     _add_analyze,
 ]
 

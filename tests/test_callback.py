@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_erranalysis import ErrorAnalysis, load_run
+from keras_erranalysis import Decoding, ErrorAnalysis, load_run
 from keras_erranalysis.decoding import Vocabulary
 
 RNG = np.random.default_rng(1)
@@ -39,8 +39,8 @@ def test_fit_writes_every_epoch_with_decoded_hardest_examples(tmp_path):
         log_dir=tmp_path,
         top_k=4,
         vocab=TAGS,
-        input_vocab=Vocabulary(CHARS, sep=""),
         verbose=0,
+        decoding=Decoding(input_vocab=Vocabulary(CHARS, sep="")),
     )
     model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[cb])
 
@@ -153,7 +153,7 @@ def test_on_error_warn_keeps_training_and_written_epochs(tmp_path, monkeypatch):
     model = seq_model()
     cb = ErrorAnalysis((x, y), log_dir=tmp_path, on_error="warn", verbose=0)
     calls = {"n": 0}
-    real_write = cb.analyse_epoch
+    real_write = cb.analyze_epoch
 
     def fail_second(run_epoch, **kwargs):
         calls["n"] += 1
@@ -161,7 +161,7 @@ def test_on_error_warn_keeps_training_and_written_epochs(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         return real_write(run_epoch, **kwargs)
 
-    monkeypatch.setattr(cb, "analyse_epoch", fail_second)
+    monkeypatch.setattr(cb, "analyze_epoch", fail_second)
     with pytest.warns(RuntimeWarning, match="No space left.*Training goes on"):
         history = model.fit(x, y, epochs=3, verbose=0, callbacks=[cb])
     assert len(history.history["loss"]) == 3

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_erranalysis import ErrorAnalysis, load_run
+from keras_erranalysis import AttentionAnalysis, Decoding, ErrorAnalysis, PassOptions, load_run
 from keras_erranalysis.decoding import Vocabulary
 
 CHARS = ["", "a", "b", "c", "d", "e", "f"]
@@ -44,12 +44,11 @@ def test_attention_features_and_per_class_are_written_each_epoch(tmp_path):
     cb = ErrorAnalysis(
         (x, y),
         log_dir=tmp_path,
-        attention=True,
-        heatmaps=2,
         vocab=OUT,
-        input_vocab=Vocabulary(CHARS, sep=""),
         verbose=0,
-        batch_size=16,
+        pass_options=PassOptions(batch_size=16),
+        decoding=Decoding(input_vocab=Vocabulary(CHARS, sep="")),
+        analyses=[AttentionAnalysis(heatmaps=2)],
     )
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
     run = load_run(tmp_path)
@@ -97,8 +96,8 @@ def test_feature_table_finds_a_planted_cause(tmp_path):
         (ids, labels),
         log_dir=tmp_path,
         label_names=["plain", "has_z"],
-        input_vocab=Vocabulary(alphabet, sep=""),
         verbose=0,
+        decoding=Decoding(input_vocab=Vocabulary(alphabet, sep="")),
     )
     cb.set_model(model)
     cb.on_train_begin()
@@ -118,6 +117,6 @@ def test_attention_on_a_model_without_attention_is_a_clear_error(tmp_path):
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.zeros((8, 4), "float32")
     y = np.zeros(8, "int64")
-    cb = ErrorAnalysis((x, y), log_dir=tmp_path, attention=True, verbose=0)
+    cb = ErrorAnalysis((x, y), log_dir=tmp_path, verbose=0, analyses=[AttentionAnalysis()])
     with pytest.raises(ValueError, match="[Aa]ttention"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[cb])

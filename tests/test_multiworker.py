@@ -1,4 +1,4 @@
-"""Two worker processes on loopback ports (TF_CONFIG) analyse like one process does."""
+"""Two worker processes on loopback ports (TF_CONFIG) analyze like one process does."""
 
 import json
 import os

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_erranalysis import ErrorAnalysis, load_run
+from keras_erranalysis import ErrorAnalysis, PassOptions, load_run
 from keras_erranalysis.run._files import RunLockedError
 
 COLUMNS = ("loss", "margin", "correct", "prediction", "true_prob")
@@ -284,7 +284,9 @@ def test_two_live_writers_are_refused_with_a_clear_message(tmp_path):
         wait_for(holder, "ready", tmp_path, timeout=120)
         model, x, y = classifier()
         before = [w.copy() for w in model.get_weights()]
-        callback = ErrorAnalysis((x, y), log_dir=tmp_path / "run", verbose=0, jit_compile=False)
+        callback = ErrorAnalysis(
+            (x, y), log_dir=tmp_path / "run", verbose=0, pass_options=PassOptions(jit_compile=False)
+        )
         with pytest.raises(
             RunLockedError,
             match=rf"Another process \(pid {holder.pid} .*is "
@@ -336,7 +338,9 @@ def disk_full_on(monkeypatch, epoch_dir_part):
 def test_disk_full_with_on_error_raise_stops_and_keeps_written_epochs(tmp_path, monkeypatch):
     model, x, y = classifier()
     calls = disk_full_on(monkeypatch, ".tmp-epoch_0002-")
-    callback = ErrorAnalysis((x, y), log_dir=tmp_path, verbose=0, jit_compile=False)
+    callback = ErrorAnalysis(
+        (x, y), log_dir=tmp_path, verbose=0, pass_options=PassOptions(jit_compile=False)
+    )
     with pytest.raises(OSError, match="No space left") as error:
         model.fit(x, y, epochs=4, verbose=0, callbacks=[callback])
     assert error.value.errno == errno.ENOSPC and calls
@@ -360,7 +364,11 @@ def test_disk_full_with_on_error_warn_trains_on_with_analysis_off(tmp_path, monk
 
     monkeypatch.setattr(os, "rename", rename)
     callback = ErrorAnalysis(
-        (x, y), log_dir=tmp_path, verbose=0, on_error="warn", jit_compile=False
+        (x, y),
+        log_dir=tmp_path,
+        verbose=0,
+        on_error="warn",
+        pass_options=PassOptions(jit_compile=False),
     )
     with pytest.warns(RuntimeWarning, match=r"failed at epoch 2 .*No space left.*Training goes on"):
         history = model.fit(x, y, epochs=4, verbose=0, callbacks=[callback])
@@ -383,14 +391,22 @@ def test_unwritable_log_dir_raise_or_warn(tmp_path, where):
         log_dir = Path("/proc/keras_erranalysis_no_such_dir/run")
     model, x, y = classifier()
     before = [w.copy() for w in model.get_weights()]
-    callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0, jit_compile=False)
+    callback = ErrorAnalysis(
+        (x, y), log_dir=log_dir, verbose=0, pass_options=PassOptions(jit_compile=False)
+    )
     named = re.escape(repr(str(log_dir)))
     with pytest.raises(OSError, match=rf"Cannot write to log_dir {named}.*Pass a log_dir"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(old, new)
 
-    callback = ErrorAnalysis((x, y), log_dir=log_dir, verbose=0, on_error="warn", jit_compile=False)
+    callback = ErrorAnalysis(
+        (x, y),
+        log_dir=log_dir,
+        verbose=0,
+        on_error="warn",
+        pass_options=PassOptions(jit_compile=False),
+    )
     with pytest.warns(RuntimeWarning, match=rf"Cannot write to log_dir {named}"):
         history = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
     assert len(history.history["loss"]) == 2
@@ -402,7 +418,11 @@ def test_on_error_warn_also_covers_a_failing_pass(tmp_path):
     bad_y = y.copy()
     bad_y[3] = 7  # outside the 3 classes
     callback = ErrorAnalysis(
-        (x, bad_y), log_dir=tmp_path, verbose=0, on_error="warn", jit_compile=False
+        (x, bad_y),
+        log_dir=tmp_path,
+        verbose=0,
+        on_error="warn",
+        pass_options=PassOptions(jit_compile=False),
     )
     with pytest.warns(RuntimeWarning, match=r"Labels \[7\] are outside"):
         history = model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from _presentation import HOSTILE, classification_report, make_run, sequence_report
 
+from keras_erranalysis import EmbeddingAnalysis
 from keras_erranalysis.present._tensorboard import (
     SummaryWriter,
     log_epoch,
@@ -309,7 +310,11 @@ def test_callback_writes_summaries_and_projector(tmp_path):
     )
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callback = ErrorAnalysis(
-        (x[:32], y[:32]), log_dir=tmp_path / "run", tensorboard=True, embeddings=True, verbose=0
+        (x[:32], y[:32]),
+        log_dir=tmp_path / "run",
+        tensorboard=True,
+        verbose=0,
+        analyses=[EmbeddingAnalysis()],
     )
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
     assert callback._summaries is None  # closed at train end
@@ -323,3 +328,42 @@ def test_callback_writes_summaries_and_projector(tmp_path):
     assert run.array("embedding", 2).shape == (32, 6)
     assert (folder / "projector_metadata-0002.tsv").exists()
     assert not (folder / "projector_metadata-0001.tsv").exists()
+
+
+def test_tensorboard_verb_exports_a_finished_run_like_the_callback(tmp_path, capsys):
+    import keras
+
+    from keras_erranalysis import ErrorAnalysis
+    from keras_erranalysis.cli import main
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = ErrorAnalysis(
+        (x[:32], y[:32]),
+        log_dir=tmp_path / "run",
+        tensorboard=True,
+        verbose=0,
+        analyses=[EmbeddingAnalysis()],
+    )
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    assert main(["tensorboard", str(tmp_path / "run"), "-o", str(tmp_path / "later")]) == 0
+    assert "epochs [1, 2]" in capsys.readouterr().out
+    live = _tensors(tmp_path / "run/tensorboard/validation")
+    later = _tensors(tmp_path / "later/validation")
+    assert set(later.Tags()["tensors"]) == set(live.Tags()["tensors"])
+    assert "erranalysis/hardest" in later.Tags()["tensors"]
+    run = load_run(tmp_path / "run")
+    for epoch in (1, 2):
+        loss = np.asarray(run.array("loss", epoch), np.float64)
+        got = float(_value(later, "erranalysis/loss_mean", epoch))
+        assert got == pytest.approx(loss.mean())
+        assert got == pytest.approx(float(_value(live, "erranalysis/loss_mean", epoch)))
+    assert (tmp_path / "later/validation/projector_metadata-0002.tsv").exists()
+    # a folder that is not a run is one line, exit status 1
+    assert main(["tensorboard", str(tmp_path / "nothing")]) == 1
+    assert capsys.readouterr().err.count("\n") == 1

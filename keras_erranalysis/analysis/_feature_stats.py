@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.stats as st
 
 from keras_erranalysis.analysis._features import _PHRASES, Example, Features, extract_features
 
@@ -53,6 +52,8 @@ def binary_tests(
     Returns:
         ``(p_values, used_fisher)`` arrays of shape (F,).
     """
+    import scipy.stats as st  # imported when used: it costs ~0.5 s
+
     a = np.asarray(n_wrong_with, dtype=np.float64)
     s = np.asarray(support, dtype=np.float64)
     n = np.broadcast_to(np.asarray(n_total, dtype=np.float64), a.shape)
@@ -249,6 +250,8 @@ def compare_features(
     Raises:
         ValueError: For an unknown ``test`` or inputs of mismatched lengths.
     """
+    import scipy.stats as st  # imported when used: it costs ~0.5 s
+
     if test not in ("welch", "mannwhitney"):
         raise ValueError(f"test={test!r} is not supported: use 'welch' or 'mannwhitney'.")
     correct, report = _resolve_report(report_or_correct)
@@ -399,6 +402,8 @@ def _builtin_numeric() -> set[str]:
 def _numeric_table(
     numeric: Mapping[str, np.ndarray], kinds: Mapping[str, str], wrong: np.ndarray, test: str
 ) -> pd.DataFrame:
+    import scipy.stats as st  # imported when used: it costs ~0.5 s
+
     rows = []
     for name, values in numeric.items():
         ok = np.isfinite(values)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import scipy.stats as st
 
 from keras_erranalysis.analysis._feature_stats import _format_share, _resolve_report, binary_tests
 from keras_erranalysis.analysis._features import Features
@@ -188,6 +187,8 @@ def find_slices(
         p_adjusted, significant, p_gain, p_gain_adjusted, summary, example_ids`` (array of
         the slice's example ids; :func:`slice_examples` gives the same).
     """
+    import scipy.stats as st  # imported when used: it costs ~0.5 s
+
     correct, _ = _resolve_report(correct)
     matrix, texts, groups = _conditions(features, quantiles)
     if matrix.shape[0] != len(correct):

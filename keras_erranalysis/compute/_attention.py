@@ -346,7 +346,7 @@ class AttentionDiagnostics:
         weights: ``{path: float32 (len(kept), heads, T_q, T_kv)}`` for the kept examples,
             in the order of ``kept``; zero-padded where batches had different lengths.
         kept: Positions (in data order) of the examples whose weights were kept.
-        layer_paths: The layers analysed.
+        layer_paths: The layers analyzed.
         num_examples: N.
     """
 

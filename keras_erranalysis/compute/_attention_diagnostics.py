@@ -2,92 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_erranalysis.compute._attention_hooks import AttentionRecord
+    pass
 
 DIAGNOSTIC_NAMES = ("attn_entropy", "attn_uncovered", "attn_diagonality", "attn_monotonicity")
-
-
-def _mha_family(
-    layer: Any, call: Callable[..., Any], signature: inspect.Signature, args: tuple, kwargs: dict
-) -> tuple[Any, AttentionRecord]:
-    """MultiHeadAttention, its subclasses (keras-hub's CachedMultiHeadAttention) and GQA."""
-    import keras
-
-    bound = signature.bind(*args, **kwargs)
-    arguments = bound.arguments
-    wanted = bool(arguments.get("return_attention_scores", False))
-    # Read the masks before the call: MultiHeadAttention removes the Keras masks.
-    valid = _mha_valid(layer, signature, arguments, keras)
-    arguments["return_attention_scores"] = True
-    result = call(*bound.args, **bound.kwargs)
-    weights = result[1]
-    if wanted:
-        outputs = result
-    elif len(result) == 2:
-        outputs = result[0]
-    else:  # (output, scores, cache) -> (output, cache)
-        outputs = (result[0], *result[2:])
-    return outputs, AttentionRecord(weights, valid)
-
-
-def _mha_valid(
-    layer: Any, signature: inspect.Signature, arguments: Mapping[str, Any], keras: Any
-) -> Any:
-    attention_mask = arguments.get("attention_mask")
-    if "query_mask" not in signature.parameters or not hasattr(layer, "_compute_attention_mask"):
-        # e.g. CachedMultiHeadAttention: only the explicit attention_mask is applied.
-        return None if attention_mask is None else tf.cast(attention_mask, tf.bool)
-    query, value = arguments["query"], arguments["value"]
-    if isinstance(layer, keras.layers.MultiHeadAttention):
-        # MHA ignores a query_mask argument and reads the Keras mask of the query.
-        query_mask = getattr(query, "_keras_mask", None)
-    else:
-        query_mask = arguments.get("query_mask")
-    valid = layer._compute_attention_mask(
-        query,
-        value,
-        query_mask=query_mask,
-        value_mask=arguments.get("value_mask"),
-        key_mask=arguments.get("key_mask"),
-        attention_mask=attention_mask,
-        use_causal_mask=bool(arguments.get("use_causal_mask", False)),
-    )
-    return None if valid is None else tf.cast(valid, tf.bool)
-
-
-def _dot_family(
-    layer: Any, call: Callable[..., Any], signature: inspect.Signature, args: tuple, kwargs: dict
-) -> tuple[Any, AttentionRecord]:
-    """keras.layers.Attention and AdditiveAttention: (batch, T_q, T_kv) weights."""
-    bound = signature.bind(*args, **kwargs)
-    arguments = bound.arguments
-    wanted = bool(arguments.get("return_attention_scores", False))
-    inputs = arguments["inputs"]
-    mask = arguments.get("mask")
-    query_mask = mask[0] if mask else None
-    value_mask = mask[1] if mask else None
-    valid = None
-    if value_mask is not None:
-        valid = tf.cast(value_mask, tf.bool)[:, None, :]
-    if arguments.get("use_causal_mask", False):
-        t_q, t_kv = tf.shape(inputs[0])[1], tf.shape(inputs[1])[1]
-        rows = tf.range(t_q)[:, None]
-        cols = tf.range(t_kv)[None, :]
-        causal = (rows >= cols)[None]
-        valid = causal if valid is None else valid & causal
-    arguments["return_attention_scores"] = True
-    result = call(*bound.args, **bound.kwargs)
-    outputs = result if wanted else result[0]
-    query_valid = None if query_mask is None else tf.cast(query_mask, tf.bool)
-    return outputs, AttentionRecord(result[1], valid, query_valid)
 
 
 def attention_diagnostics_tensors(

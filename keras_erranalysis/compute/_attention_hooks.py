@@ -10,11 +10,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_erranalysis.compute._attention_diagnostics import (
-    _dot_family,
-    _mha_family,
-    attention_diagnostics_tensors,
-)
+from keras_erranalysis.compute._attention_diagnostics import attention_diagnostics_tensors
 
 # fn(layer, call, args, kwargs) -> (outputs, weights) or (outputs, weights, valid)
 AttentionFn = Callable[[Any, Callable[..., Any], tuple, dict], tuple]
@@ -353,3 +349,80 @@ def _as_4d(weights: Any, layer: Any, path: str) -> Any:
             "out with layers=[...]."
         )
     return weights
+
+
+def _call_with_scores(call: Callable[..., Any], bound: inspect.BoundArguments) -> tuple[bool, Any]:
+    """Calls the layer with ``return_attention_scores=True``; says if the caller asked too."""
+    wanted = bool(bound.arguments.get("return_attention_scores", False))
+    bound.arguments["return_attention_scores"] = True
+    return wanted, call(*bound.args, **bound.kwargs)
+
+
+def _mha_family(
+    layer: Any, call: Callable[..., Any], signature: inspect.Signature, args: tuple, kwargs: dict
+) -> tuple[Any, AttentionRecord]:
+    """MultiHeadAttention, its subclasses (keras-hub's CachedMultiHeadAttention) and GQA."""
+    import keras
+
+    bound = signature.bind(*args, **kwargs)
+    # Read the masks before the call: MultiHeadAttention removes the Keras masks.
+    valid = _mha_valid(layer, signature, bound.arguments, keras)
+    wanted, result = _call_with_scores(call, bound)
+    weights = result[1]
+    if wanted:
+        outputs = result
+    elif len(result) == 2:
+        outputs = result[0]
+    else:  # (output, scores, cache) -> (output, cache)
+        outputs = (result[0], *result[2:])
+    return outputs, AttentionRecord(weights, valid)
+
+
+def _mha_valid(
+    layer: Any, signature: inspect.Signature, arguments: Mapping[str, Any], keras: Any
+) -> Any:
+    attention_mask = arguments.get("attention_mask")
+    if "query_mask" not in signature.parameters or not hasattr(layer, "_compute_attention_mask"):
+        # e.g. CachedMultiHeadAttention: only the explicit attention_mask is applied.
+        return None if attention_mask is None else tf.cast(attention_mask, tf.bool)
+    query, value = arguments["query"], arguments["value"]
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        # MHA ignores a query_mask argument and reads the Keras mask of the query.
+        query_mask = getattr(query, "_keras_mask", None)
+    else:
+        query_mask = arguments.get("query_mask")
+    valid = layer._compute_attention_mask(
+        query,
+        value,
+        query_mask=query_mask,
+        value_mask=arguments.get("value_mask"),
+        key_mask=arguments.get("key_mask"),
+        attention_mask=attention_mask,
+        use_causal_mask=bool(arguments.get("use_causal_mask", False)),
+    )
+    return None if valid is None else tf.cast(valid, tf.bool)
+
+
+def _dot_family(
+    layer: Any, call: Callable[..., Any], signature: inspect.Signature, args: tuple, kwargs: dict
+) -> tuple[Any, AttentionRecord]:
+    """keras.layers.Attention and AdditiveAttention: (batch, T_q, T_kv) weights."""
+    bound = signature.bind(*args, **kwargs)
+    arguments = bound.arguments
+    inputs = arguments["inputs"]
+    mask = arguments.get("mask")
+    query_mask = mask[0] if mask else None
+    value_mask = mask[1] if mask else None
+    valid = None
+    if value_mask is not None:
+        valid = tf.cast(value_mask, tf.bool)[:, None, :]
+    if arguments.get("use_causal_mask", False):
+        t_q, t_kv = tf.shape(inputs[0])[1], tf.shape(inputs[1])[1]
+        rows = tf.range(t_q)[:, None]
+        cols = tf.range(t_kv)[None, :]
+        causal = (rows >= cols)[None]
+        valid = causal if valid is None else valid & causal
+    wanted, result = _call_with_scores(call, bound)
+    outputs = result if wanted else result[0]
+    query_valid = None if query_mask is None else tf.cast(query_mask, tf.bool)
+    return outputs, AttentionRecord(result[1], valid, query_valid)

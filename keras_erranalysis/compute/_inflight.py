@@ -55,8 +55,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_erranalysis.analysis._dynamics import compute_dynamics
-from keras_erranalysis.analysis._mislabeled import likely_mislabeled
 from keras_erranalysis.compute import _pass
 
 #: Per-example columns recorded each epoch.
@@ -286,6 +284,8 @@ class InFlightRecorder(keras.callbacks.Callback):
             self.stack("loss")  # raises the "nothing recorded" error
         if "label" not in kwargs:
             kwargs["label"] = None if (self._labels < 0).all() else self._labels.copy()
+        from keras_erranalysis.analysis._dynamics import compute_dynamics
+
         return compute_dynamics(
             self._history["true_prob"],
             self._history["margin"],
@@ -298,6 +298,8 @@ class InFlightRecorder(keras.callbacks.Callback):
 
     def likely_mislabeled(self, k: int | None = None, **kwargs: Any) -> Any:
         """Ranked likely label errors of the training data (see ``likely_mislabeled``)."""
+        from keras_erranalysis.analysis._mislabeled import likely_mislabeled
+
         return likely_mislabeled(self.dynamics(), k, **kwargs)
 
     # -- patching --------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def compute_losses(
             keeps them in order under ``MultiWorkerMirroredStrategy`` sharding.
         loss: A Keras loss (object, name) or a callable ``(y_true, y_pred)`` returning
             unreduced losses. Defaults to the model's compiled loss, re-made unreduced.
-        output: Name or index of the output to analyse, for multi-output models.
+        output: Name or index of the output to analyze, for multi-output models.
         batch_size: Batch size for numpy input (ignored for a dataset).
         reduction: How ``loss`` summarises a sequence: ``"mean"`` or ``"sum"`` over its
             counted tokens. Both are always kept as ``loss_mean`` and ``loss_sum``.

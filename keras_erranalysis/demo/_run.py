@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_erranalysis import AttentionAnalysis, Decoding, PassOptions
 from keras_erranalysis.demo._data import (
     EOS,
     DemoError,
@@ -51,7 +52,7 @@ class DemoResult:
         hardest: The hardest validation examples of the last epoch, decoded.
         history: Keras' training history (metric -> per-epoch values).
         n_train: Training examples.
-        n_val: Validation examples (the ones analysed).
+        n_val: Validation examples (the ones analyzed).
         seconds: Wall time of the whole demo.
         model: The trained model.
         data: The validation examples (:class:`G2PData`).
@@ -95,12 +96,12 @@ def run_demo(
 
     Args:
         out: Output folder (created; see the module docstring for its contents).
-        epochs: Training epochs (each one is analysed).
+        epochs: Training epochs (each one is analyzed).
         examples: Words drawn from CMUdict, training and validation together.
         seed: Seeds the word sample, the split, the weights and the shuffling; with the
             same seed, two runs give the same losses.
         verbose: 0 silent, 1 progress and one line per phase.
-        val_fraction: Share of ``examples`` held out and analysed.
+        val_fraction: Share of ``examples`` held out and analyzed.
         batch_size: Training batch size.
         embed_dim: Embedding width of the model.
         units: GRU width of the model.
@@ -154,15 +155,11 @@ def run_demo(
             log_dir=log_dir,
             top_k=top_k,
             vocab=Vocabulary(data.phones, sep=" "),
-            input_vocab=Vocabulary(data.chars, sep=""),
-            batch_size=256,
-            # XLA would compile the GRU loops for ~25 s to save ~1 s per pass here.
-            jit_compile=False,
-            attention=True,
-            heatmaps=min(n_heatmaps, 3),  # per epoch, in the run folder
-            # Under Keras' own TensorBoard folder, as its "validation" run.
             tensorboard=tensorboard_dir if tensorboard else False,
             verbose=verbose,
+            pass_options=PassOptions(batch_size=256, jit_compile=False),
+            decoding=Decoding(input_vocab=Vocabulary(data.chars, sep="")),
+            analyses=[AttentionAnalysis(heatmaps=min(n_heatmaps, 3))],
         )
         callbacks: list[Any] = [analysis]
         if tensorboard_dir is not None:
@@ -311,7 +308,7 @@ def save_heatmaps(
 
     Args:
         model: The trained model.
-        data: The analysed examples, in the report's order.
+        data: The analyzed examples, in the report's order.
         report: The :class:`~keras_erranalysis.losses.LossReport` of the last epoch.
         folder: Where to write the PNG files (created).
         n: How many of each kind.

@@ -30,6 +30,14 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _figure_and_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axes]:
+    """The given axes and their figure, or a new figure of that size with one axes."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = _new_figure(width, height)
+    return fig, fig.add_subplot()
+
+
 def plot_error_rate_by_bins(
     table: Any,
     *,
@@ -53,11 +61,7 @@ def plot_error_rate_by_bins(
         >>> fig = plot_error_rate_by_bins(error_rate_by_bins(lengths, report.correct),
         ...                               feature_name="length")  # doctest: +SKIP
     """
-    if ax is None:
-        fig = _new_figure(max(4.0, 0.9 * len(table) + 2), 3.2)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, max(4.0, 0.9 * len(table) + 2), 3.2)
     x = np.arange(len(table))
     rate = np.asarray(table["error_rate"], dtype=float)
     low = np.asarray(table["ci_low"], dtype=float)
@@ -111,11 +115,7 @@ def plot_class_frequency(
     """
     classes = per_class[per_class["class_id"] >= 0]
     table = classes.sort_values("support", ascending=False, kind="stable").head(top)
-    if ax is None:
-        fig = _new_figure(max(4.0, 0.35 * len(table) + 2), 3.2)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, max(4.0, 0.35 * len(table) + 2), 3.2)
     x = np.arange(len(table))
     ax.bar(x - 0.2, table["support"], width=0.4, label="true", color="#4c72b0")
     ax.bar(x + 0.2, table["predicted"], width=0.4, label="predicted", color="#dd8452")
@@ -166,12 +166,8 @@ def plot_confusion_matrix(
         with np.errstate(invalid="ignore", divide="ignore"):
             shown = np.nan_to_num(shown / shown.sum(axis=1, keepdims=True))
     k = len(keep)
-    if ax is None:
-        side = min(12.0, 1.5 + 0.4 * k)
-        fig = _new_figure(side + 1, side)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    side = min(12.0, 1.5 + 0.4 * k)
+    fig, ax = _figure_and_axes(ax, side + 1, side)
     image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, shrink=0.9, label="share of true class" if normalize else "count")
     labels = [_text_label(names[i]) for i in keep]
@@ -257,11 +253,7 @@ def plot_data_map(
             f"dyn lacks column(s) {missing}: pass the output of compute_dynamics() or "
             "run.dynamics()."
         )
-    if ax is None:
-        fig = _new_figure(5.6, 4.6)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, 5.6, 4.6)
     total = len(dyn)
     rows = np.arange(total)
     if total > max_points:
@@ -347,11 +339,7 @@ def plot_loss_trajectories(
         row = np.asarray(rows[t], dtype=np.float64)
         low[t], mid[t], high[t] = np.nanquantile(row, [0.1, 0.5, 0.9])
         picked[t] = row[columns]
-    if ax is None:
-        fig = _new_figure(6.0, 3.6)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, 6.0, 3.6)
     ax.fill_between(steps, low, high, color="0.85", label="all examples, 10-90%")
     ax.plot(steps, mid, color="0.5", linewidth=1.2, label="all examples, median")
     names = labels if labels is not None else [f"#{e}" for e in examples]
@@ -416,11 +404,7 @@ def plot_margin_histogram(
     else:
         flagged_mask = scores < threshold
     finite = np.isfinite(scores)
-    if ax is None:
-        fig = _new_figure(5.6, 3.4)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, 5.6, 3.4)
     shown = scores[finite] if finite.any() else np.array([-1.0, 1.0])
     cuts = [threshold, CONCENTRATED_CELL_AUM_THRESHOLD] if in_cells else [threshold]
     low = min(float(shown.min()), *cuts)

@@ -42,6 +42,7 @@ from keras_erranalysis.present._figures import (
     plot_data_map,
     plot_loss_trajectories,
 )
+from keras_erranalysis.present._text import format_value
 from keras_erranalysis.run._files import write_bytes_atomic
 from keras_erranalysis.run._reader import Run, load_run
 
@@ -198,18 +199,6 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return "nan" if math.isnan(value) else f"{float(value):.4g}"
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
 def _sort_key(value: Any, numeric: bool) -> str:
     if numeric:
         try:
@@ -217,7 +206,7 @@ def _sort_key(value: Any, numeric: bool) -> str:
         except (TypeError, ValueError):
             return ""
         return "" if math.isnan(number) else repr(number)
-    return _text(value).lower()
+    return format_value(value).lower()
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -248,7 +237,7 @@ def _table(
             attrs += row_attrs(shown.iloc[position])
         cells = "".join(
             f'<td data-v="{_esc(_sort_key(v, numeric[n]))}"'
-            f"{' class=num' if numeric[n] else ''}>{_esc(_text(v))}</td>"
+            f"{' class=num' if numeric[n] else ''}>{_esc(format_value(v))}</td>"
             for n, v in zip(names, row)
         )
         rows.append(f"<tr{attrs}>{cells}</tr>")
@@ -376,12 +365,10 @@ def _epoch_numbers(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def _dynamics(run: Run, epochs: Sequence[int]) -> pd.DataFrame | None:
-    from keras_erranalysis.analysis._mislabeled import run_dynamics
-
     try:
-        return run_dynamics(run, epochs=list(epochs))
+        return run.dynamics(epochs=list(epochs))
     except ValueError:
-        return None  # e.g. epochs that analysed different examples
+        return None  # e.g. epochs that analyzed different examples
 
 
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:
@@ -445,12 +432,12 @@ def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -
     def row_attrs(row: pd.Series) -> str:
         attrs = f' data-correct="{"yes" if bool(row["correct"]) else "no"}"'
         if has_class:
-            attrs += f' data-class="{_esc(_text(row[class_column]))}"'
+            attrs += f' data-class="{_esc(format_value(row[class_column]))}"'
         return attrs
 
     class_filter = ""
     if has_class:
-        classes = sorted({_text(v) for v in hardest[class_column]})
+        classes = sorted({format_value(v) for v in hardest[class_column]})
         options = "".join(f'<option value="{_esc(c)}">{_esc(c)}</option>' for c in classes)
         class_filter = (
             f'<label>class <select data-filter="class"><option value="">all</option>{options}'

@@ -1,6 +1,6 @@
 """Present: TensorBoard summaries and embedding-projector files of the error analysis.
 
-:class:`SummaryWriter` writes, per analysed epoch, under ``log_dir/<subset>`` (``train`` and
+:class:`SummaryWriter` writes, per analyzed epoch, under ``log_dir/<subset>`` (``train`` and
 ``validation`` kept apart, as Keras' own ``TensorBoard`` callback does):
 
 - scalars ``erranalysis/loss_mean``, ``loss_median``, ``error_rate``, ``exact_match_rate``
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis._columns import HARDEST_COLUMNS, PROJECTOR_COLUMNS
+from keras_erranalysis._columns import HARDEST_TEXT_COLUMNS, PROJECTOR_COLUMNS
 from keras_erranalysis.analysis._ranking import rank_examples
 from keras_erranalysis.present._figures import figure_png
 from keras_erranalysis.present._text import _tsv_rows, markdown_cell, markdown_table, tsv_cell
@@ -200,7 +200,7 @@ class SummaryWriter:
 
                     plt.close(figure)
 
-    # -- one analysed epoch ------------------------------------------------------------
+    # -- one analyzed epoch ------------------------------------------------------------
 
     def log_report(
         self,
@@ -214,7 +214,7 @@ class SummaryWriter:
         figures: Mapping[str, Any] | None = None,
         subset: str | None = None,
     ) -> dict[str, float]:
-        """Writes every summary of one analysed epoch and returns its scalars.
+        """Writes every summary of one analyzed epoch and returns its scalars.
 
         Args:
             report: The epoch's :class:`~keras_erranalysis.losses.LossReport`.
@@ -245,7 +245,7 @@ class SummaryWriter:
         title = f"**{len(hardest)} hardest examples by {markdown_cell(by)}** (epoch {step})\n\n"
         self.text(
             "hardest",
-            title + markdown_table(hardest, HARDEST_COLUMNS, max_chars=self.max_text_chars),
+            title + markdown_table(hardest, HARDEST_TEXT_COLUMNS, max_chars=self.max_text_chars),
             step,
             subset=subset,
         )
@@ -416,7 +416,7 @@ def log_epoch(
     k: int = 20,
     figures: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Writes one analysed epoch: summaries, the data map and the projector.
+    """Writes one analyzed epoch: summaries, the data map and the projector.
 
     Args:
         writer: Where to write.
@@ -433,14 +433,14 @@ def log_epoch(
     Returns:
         The scalars written.
     """
-    from keras_erranalysis.analysis._mislabeled import likely_mislabeled, run_dynamics
+    from keras_erranalysis.analysis._mislabeled import likely_mislabeled
 
     table = frame if frame is not None else report.to_frame()
     images = dict(figures or {})
     flagged = None
     regions = None
     if run is not None and run.epochs:
-        dyn = run_dynamics(run)
+        dyn = run.dynamics()
         if np.array_equal(dyn.index.to_numpy(), np.asarray(report.example_id)):
             flagged = int(len(likely_mislabeled(dyn)))
             regions = dyn["region"].to_numpy()

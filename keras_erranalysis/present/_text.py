@@ -22,7 +22,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A cell value as text: ``yes``/``no``, 4 significant digits, UTF-8 bytes decoded."""
     if value is None:
         return ""
     if isinstance(value, (bool, np.bool_)):
@@ -49,7 +50,7 @@ def one_line(value: Any, max_chars: int | None = None) -> str:
     Returns:
         The text.
     """
-    return _one_line(_format_value(value), max_chars)
+    return _one_line(format_value(value), max_chars)
 
 
 def _one_line(text: str, max_chars: int | None) -> str:
@@ -81,8 +82,8 @@ def markdown_cell(value: Any, *, max_chars: int | None = 200) -> str:
         'a\\|b &lt;i&gt;'
     """
     if isinstance(value, (int, float, np.integer, np.floating, bool, np.bool_)):
-        return _format_value(value)  # digits, "-", ".", "e", "nan", "inf", "yes"/"no"
-    text = _one_line(_format_value(value), max_chars)
+        return format_value(value)  # digits, "-", ".", "e", "nan", "inf", "yes"/"no"
+    text = _one_line(format_value(value), max_chars)
     # Backslash-escape first, then turn HTML specials into entities: an entity's own "#"
     # must not be backslash-escaped.
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
@@ -121,7 +122,7 @@ def markdown_table(
 
 def tsv_cell(value: Any, *, max_chars: int | None = 500) -> str:
     """Renders one value for a TSV file: no tab, no line break, no control character."""
-    return _one_line(_format_value(value), max_chars)
+    return _one_line(format_value(value), max_chars)
 
 
 def _tsv_column(series: pd.Series, max_chars: int = 500) -> pd.Series:
@@ -133,7 +134,7 @@ def _tsv_column(series: pd.Series, max_chars: int = 500) -> pd.Series:
         return pd.Series(values.astype(str), dtype=object)
     if series.dtype.kind == "f":
         return pd.Series([f"{v:.4g}" for v in values.tolist()], dtype=object)
-    text = pd.Series([_format_value(v) for v in values.tolist()], dtype=object)
+    text = pd.Series([format_value(v) for v in values.tolist()], dtype=object)
     text = text.str.replace(_LINE_BREAKS, " \u21b5 ", regex=True).str.replace("\t", " ")
     text = text.str.replace(_CONTROL, "\ufffd", regex=True)
     long = text.str.len() > max_chars

@@ -295,7 +295,7 @@ class Run:
         if first_ids.shape != ids.shape or not np.array_equal(first_ids, ids):
             raise ValueError(
                 f"Epochs {chosen[0]} and {last} of the run hold different examples; dynamics need "
-                "the same examples every epoch. Pass epochs=[...] that analysed the same data."
+                "the same examples every epoch. Pass epochs=[...] that analyzed the same data."
             )
 
         def columns(name: str) -> list[np.ndarray]:

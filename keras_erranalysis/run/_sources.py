@@ -17,6 +17,7 @@ import pandas as pd
 
 from keras_erranalysis._errors import AnalyzeError
 
+DEFAULT_CHUNK_SIZE = 50_000  # rows read (and held) at a time
 FORMATS = ("tfrecord", "csv", "parquet", "npz")
 
 

@@ -1,0 +1,159 @@
+"""Grouped options of :class:`~keras_erranalysis.ErrorAnalysis` and the epoch pipeline.
+
+The callback's flat options cover the common case. What is less common is grouped here:
+how to decode (:class:`Decoding`), how to run the pass (:class:`PassOptions`), and the
+extra analyses an epoch can add (:class:`AttentionAnalysis`, :class:`EmbeddingAnalysis`,
+:class:`FeatureAnalysis`), passed as a list::
+
+    ErrorAnalysis(
+        val_ds,
+        vocab=target_vocab,
+        decoding=Decoding(input_vocab=source_vocab),
+        analyses=[AttentionAnalysis(heatmaps=6), "embeddings"],
+    )
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from keras_erranalysis.decoding import Vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How ids become text in tables, reports and heatmaps.
+
+    Each entry is a list, dict, lookup layer, callable or
+    :class:`~keras_erranalysis.Vocabulary`; normalised to a ``Vocabulary`` on creation.
+
+    Attributes:
+        vocab: Decodes target tokens of sequence outputs.
+        input_vocab: Decodes input tokens (the source text; also gives the feature
+            comparison its text).
+        label_names: Class names of a classifier.
+    """
+
+    vocab: Any = None
+    input_vocab: Any = None
+    label_names: Any = None
+
+    def __post_init__(self) -> None:
+        for name in ("vocab", "input_vocab", "label_names"):
+            object.__setattr__(self, name, Vocabulary.from_any(getattr(self, name)))
+
+    def as_dict(self) -> dict[str, Vocabulary | None]:
+        """``{"vocab", "input_vocab", "label_names"}``, as the run folder stores them."""
+        return {
+            "vocab": self.vocab,
+            "input_vocab": self.input_vocab,
+            "label_names": self.label_names,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class PassOptions:
+    """Options of the compiled pass (see :func:`~keras_erranalysis.compute_losses`).
+
+    Attributes:
+        loss: Loss to use (default: the model's compiled loss, unreduced).
+        output: Output to analyze in a multi-output model (name or index).
+        reduction: ``"mean"`` or ``"sum"`` over a sequence's counted tokens.
+        ignore_class: Label id that does not count (e.g. -100, or 0 for padding).
+        ids: Stable example ids in data order (default: positions).
+        batch_size: Batch size of the pass when the data are arrays (``None``: chosen
+            from a memory budget).
+        jit_compile: XLA for the pass: ``True``, ``False`` or ``"auto"``.
+    """
+
+    loss: Any = None
+    output: str | int | None = None
+    reduction: Literal["mean", "sum"] = "mean"
+    ignore_class: int | None = None
+    ids: Any = None
+    batch_size: int | None = None
+    jit_compile: bool | Literal["auto"] = "auto"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options given (not ``None``) as keyword arguments of ``compute_losses``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionAnalysis:
+    """Attention diagnostics per example, and heatmaps of the hardest examples.
+
+    Adds entropy, uncovered source share, diagonality and monotonicity columns per
+    attention layer, and saves heatmaps of the ``heatmaps`` hardest examples and of a
+    fixed watch list of right ones (half as many) in each epoch folder. A model without
+    attention layers is an error at the start of training.
+
+    Attributes:
+        layers: Layer paths or names (``None``: every attention layer of the model).
+        heatmaps: Hardest examples drawn per epoch.
+    """
+
+    layers: Sequence[str] | None = None
+    heatmaps: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingAnalysis:
+    """Each example's embedding per epoch (``embedding.npy``) for ``Run.similar`` and projector.
+
+    Attributes:
+        layer: Layer name (``None``: the default layer, see
+            :func:`~keras_erranalysis.compute.default_layer`).
+    """
+
+    layer: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureAnalysis:
+    """Wrong vs right examples compared feature by feature (``features.csv``).
+
+    Without this in ``analyses`` the comparison still runs when the inputs can be decoded
+    to text (``Decoding(input_vocab=...)``); with it, missing text is an error.
+
+    Attributes:
+        texts: The examples' raw texts in data order (default: decoded inputs).
+        enabled: ``False`` switches the comparison off, even when text is available.
+    """
+
+    texts: Sequence[str] | None = None
+    enabled: bool = True
+
+
+Analysis = AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis
+_BY_NAME = {
+    "attention": AttentionAnalysis,
+    "embeddings": EmbeddingAnalysis,
+    "features": FeatureAnalysis,
+}
+
+
+def resolve_analyses(analyses: Iterable[Analysis | str]) -> dict[type, Analysis]:
+    """Analyses by type; names (``"attention"``, ``"embeddings"``, ``"features"``) allowed.
+
+    Raises:
+        ValueError: For an unknown name or object, or the same analysis twice.
+    """
+    found: dict[type, Analysis] = {}
+    for item in analyses:
+        if isinstance(item, str):
+            if item not in _BY_NAME:
+                raise ValueError(f"Unknown analysis {item!r}: choose from {sorted(_BY_NAME)}.")
+            item = _BY_NAME[item]()
+        if not isinstance(item, AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis):
+            raise ValueError(
+                f"analyses holds {item!r}: pass AttentionAnalysis(), EmbeddingAnalysis(), "
+                "FeatureAnalysis() or their names."
+            )
+        if type(item) in found:
+            raise ValueError(f"{type(item).__name__} is given twice in analyses.")
+        found[type(item)] = item
+    return found

@@ -1,0 +1,371 @@
+"""One analyzed epoch, the same whoever runs it: pass -> tables -> run folder (-> TensorBoard).
+
+The callback (every analyzed epoch), :func:`~keras_erranalysis.analyze` (a saved model over
+data files) and the command line all go through this module, so the same epoch gets the
+same tables, files and summaries whoever produced it:
+
+1. compute: :func:`~keras_erranalysis.compute_losses` (with attention diagnostics and
+   embeddings when asked for);
+2. analysis: :func:`epoch_tables` (hardest examples, per-class metrics, the feature
+   comparison) and the attention heatmaps of the hardest and of a fixed watch list;
+3. run folder: :meth:`~keras_erranalysis.run.RunWriter.write_epoch`, atomically;
+4. TensorBoard (optional): :func:`export_tensorboard` reads a finished run folder, so it
+   can also be added afterwards (``keras-erranalysis tensorboard RUN``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis.analysis import (
+    compare_features,
+    extract_features,
+    features_summary,
+    log_views,
+    per_class_metrics,
+    rank_examples,
+    storage_array,
+)
+from keras_erranalysis.decoding import Vocabulary
+from keras_erranalysis.options import AttentionAnalysis, EmbeddingAnalysis, FeatureAnalysis
+
+DECODING_KEYS = ("vocab", "input_vocab", "label_names")
+
+
+def epoch_tables(
+    report: LossReport,
+    *,
+    decoding: Mapping[str, Vocabulary | None],
+    top_k: int,
+    features: Any = None,
+    hardest: pd.DataFrame | None = None,
+) -> dict[str, pd.DataFrame]:
+    """The per-epoch tables every writer of a run folder writes.
+
+    Args:
+        report: The epoch's pass.
+        decoding: ``{"vocab", "input_vocab", "label_names"}`` (``Decoding(...).as_dict()``).
+        top_k: Rows per view of the hardest-example table.
+        features: Extracted :class:`~keras_erranalysis.analysis.Features` of the examples
+            (same order as the report) for the wrong-vs-right comparison, or ``None``.
+        hardest: The hardest-example table when the caller already has it (``analyze``
+            ranks chunk by chunk); default: ranked here.
+
+    Returns:
+        ``hardest`` (views stacked), ``per_class`` and, when features are given and the
+        epoch has both wrong and right examples, ``features``.
+    """
+    if hardest is None:
+        hardest = log_views(report.to_frame(**decoding), k=top_k)
+    names = decoding["vocab" if report.is_sequence else "label_names"]
+    tables = {
+        "hardest": hardest,
+        "per_class": per_class_metrics(report, label_names=names).reset_index(),
+    }
+    if features is not None and (~report.correct).any() and report.correct.any():
+        tables["features"] = compare_features(report, features=features, top=200)
+    return tables
+
+
+def text_features(
+    report: LossReport,
+    *,
+    texts: Sequence[str] | None,
+    input_vocab: Vocabulary | None,
+    required: bool,
+) -> Any:
+    """Features of the examples' texts for :func:`epoch_tables`, or ``None`` without text.
+
+    Args:
+        report: A pass over the examples (gives labels, ids and decodable inputs).
+        texts: The raw texts in data order, if the user gave them.
+        input_vocab: Decodes token inputs to text when ``texts`` is ``None``.
+        required: Raise when there is no text (the user asked for features).
+
+    Raises:
+        ValueError: When ``required`` and there is no text, or ``texts`` has the wrong length.
+    """
+    if texts is None and input_vocab is not None:
+        texts = report.input_texts(input_vocab)
+    if texts is None:
+        if required:
+            raise ValueError(
+                "features=True needs text: pass texts=[...] or input_vocab= so the inputs "
+                "can be decoded."
+            )
+        return None
+    if len(texts) != len(report):
+        raise ValueError(f"texts has {len(texts)} entries but the data has {len(report)}.")
+    return extract_features(
+        texts=list(texts),
+        tokenizer="char" if input_vocab is not None and input_vocab.sep == "" else "word",
+        labels=None if report.is_sequence else report.label,
+        example_ids=report.example_id,
+        pos=False,
+    )
+
+
+def heatmap_rows(
+    report: LossReport, n: int, watch: list[int] | None
+) -> tuple[list[int], list[int], list[int]]:
+    """Rows to draw: the ``n`` hardest by loss, then a fixed watch list of right examples.
+
+    Args:
+        report: The epoch's pass.
+        n: How many hardest examples.
+        watch: The watch list fixed at the first analyzed epoch (``None``: fix it now, up
+            to ``n // 2`` right examples, so the same examples are followed across epochs).
+
+    Returns:
+        ``(hardest, watched, watch)``: positions of the hardest examples, of the watch list
+        without those, and the watch list to keep for the next epochs.
+    """
+    positions = report.scalars().assign(position=np.arange(len(report)))
+    hardest = rank_examples(positions, by="loss", k=n)["position"].tolist()
+    if watch is None:
+        watch = np.flatnonzero(report.correct)[: max(1, n // 2)].tolist()
+    return hardest, [r for r in watch if r not in hardest], watch
+
+
+@dataclasses.dataclass
+class EpochOutput:
+    """What one analyzed epoch produced.
+
+    Attributes:
+        report: The pass (with attention diagnostics in ``report.extra`` when asked for).
+        tables: Per-epoch tables (:func:`epoch_tables`).
+        figures: Heatmaps, name -> matplotlib Figure.
+        vectors: ``(N, D)`` embeddings, or ``None``.
+    """
+
+    report: LossReport
+    tables: dict[str, pd.DataFrame]
+    figures: dict[str, Any]
+    vectors: np.ndarray | None
+
+
+@dataclasses.dataclass
+class EpochPipeline:
+    """The work of one analyzed epoch over fixed data, for a model that changes.
+
+    Holds what stays fixed across epochs: the data, the decodings, the extracted text
+    features and the watch list of heatmap rows. :meth:`run` does one epoch.
+
+    Attributes:
+        data: The examples (batched ``tf.data.Dataset`` or a tuple of arrays).
+        decoding: ``Decoding(...).as_dict()``.
+        top_k: Rows per view of the hardest-example table.
+        pass_options: Keyword options of :func:`~keras_erranalysis.compute_losses`.
+        attention: Attention diagnostics and heatmaps, or ``None``.
+        embeddings: Stored embeddings, or ``None``.
+        features: The feature comparison (``None``: only when the inputs decode to text).
+        verbose: 0 silent, 1 a progress bar and a one-line summary.
+    """
+
+    data: Any
+    decoding: dict[str, Vocabulary | None]
+    top_k: int = 20
+    pass_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attention: AttentionAnalysis | None = None
+    embeddings: EmbeddingAnalysis | None = None
+    features: FeatureAnalysis | None = None
+    verbose: int = 1
+    _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
+    _watch: list[int] | None = dataclasses.field(default=None, repr=False)
+
+    def attention_layers(self) -> list[str] | None:
+        """The attention layers asked for (``None``: all of them)."""
+        layers = None if self.attention is None else self.attention.layers
+        return None if layers is None else list(layers)
+
+    def run(
+        self,
+        model: Any,
+        epoch: int,
+        *,
+        writer: Any = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> EpochOutput:
+        """Runs the pass on ``model`` and records it as run epoch ``epoch``.
+
+        Args:
+            model: The Keras model as it is now.
+            epoch: The run's epoch number.
+            writer: A :class:`~keras_erranalysis.run.RunWriter` (``None``: write nothing).
+            info: Extra facts stored in the epoch's ``meta.json``.
+
+        Returns:
+            The epoch's :class:`EpochOutput`.
+        """
+        from keras_erranalysis.compute import compute_losses
+
+        report = compute_losses(model, self.data, verbose=self.verbose, **self.pass_options)
+        figures = self._attention(model, report) if self.attention is not None else {}
+        vectors = self._embeddings(model) if self.embeddings is not None else None
+        tables = epoch_tables(
+            report, decoding=self.decoding, top_k=self.top_k, features=self._features(report)
+        )
+        if writer is not None:
+            from keras_erranalysis.present import figure_png
+
+            writer.write_epoch(
+                epoch,
+                report,
+                tables=tables,
+                info=dict(info or {}),
+                vectors=None if vectors is None else {"embedding": storage_array(vectors)},
+                files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
+            )
+        if self.verbose:
+            print(summary_line(epoch, report))
+        return EpochOutput(report, tables, figures, vectors)
+
+    def _features(self, report: LossReport) -> Any:
+        if self.features is not None and not self.features.enabled:
+            return None
+        if self._feature_set is False:  # extracted once: the examples do not change
+            self._feature_set = text_features(
+                report,
+                texts=None if self.features is None else self.features.texts,
+                input_vocab=self.decoding["input_vocab"],
+                required=self.features is not None,
+            )
+        return self._feature_set
+
+    def _attention(self, model: Any, report: LossReport) -> dict[str, Any]:
+        """Adds attention diagnostics to ``report.extra``; returns the heatmaps to save."""
+        from keras_erranalysis.compute import attention_diagnostics
+        from keras_erranalysis.present import example_heatmaps
+
+        hardest, watched, self._watch = heatmap_rows(report, self.attention.heatmaps, self._watch)
+        rows = hardest + watched
+        result = attention_diagnostics(
+            model,
+            self.data,
+            layers=self.attention_layers(),
+            keep=rows,
+            **self._batching(),
+        )
+        report.extra.update(result.diagnostics)
+        kept = {int(p): j for j, p in enumerate(result.kept)}
+        names = [f"attention_hardest{i + 1}" for i in range(len(hardest))]
+        names += [f"attention_watch{i + 1}" for i in range(len(watched))]
+        chosen = [(r, name) for r, name in zip(rows, names) if r in kept]
+        picks = [kept[r] for r, _ in chosen]
+        return example_heatmaps(
+            report,
+            {path: w[picks] for path, w in result.weights.items()},
+            [r for r, _ in chosen],
+            names=[name for _, name in chosen],
+            vocab=self.decoding["vocab"],
+            input_vocab=self.decoding["input_vocab"],
+        )
+
+    def _embeddings(self, model: Any) -> np.ndarray:
+        from keras_erranalysis.compute import compute_embeddings
+
+        return compute_embeddings(
+            model,
+            self.data,
+            layer=self.embeddings.layer,
+            **self._batching(),
+        )
+
+    def _batching(self) -> dict[str, Any]:
+        """The pass's batch size and XLA choice, for the other passes over the data."""
+        return {k: v for k, v in self.pass_options.items() if k in ("batch_size", "jit_compile")}
+
+
+def summary_line(epoch: int, report: LossReport) -> str:
+    """One line for the console: how many examples are wrong, the mean loss, NaN counts."""
+    wrong = int((~report.correct).sum())
+    bad = int(report.nonfinite.sum())
+    note = f", {bad} with NaN/inf loss" if bad else ""
+    finite = report.loss[~report.nonfinite]
+    mean = f"{float(finite.mean()):.4f}" if finite.size else "nan"
+    return (
+        f"ErrorAnalysis epoch {epoch}: {wrong}/{len(report)} examples wrong, mean loss {mean}{note}"
+    )
+
+
+def export_tensorboard(
+    log_dir: str | os.PathLike,
+    tensorboard_dir: str | os.PathLike,
+    *,
+    epochs: Sequence[int] | None = None,
+    k: int = 20,
+    subset: str = "validation",
+) -> list[int]:
+    """Writes TensorBoard summaries of a finished run folder's epochs.
+
+    The same summaries the callback writes with ``tensorboard=``: scalars, histograms,
+    the hardest examples as text, the stored heatmaps, the data map, the feature summary
+    and (when embeddings are stored) the projector.
+
+    Args:
+        log_dir: The run folder (:func:`~keras_erranalysis.load_run`).
+        tensorboard_dir: TensorBoard log folder; summaries go to its ``subset`` run.
+        epochs: Run epochs to export (default: all).
+        k: Rows of the hardest-example text table.
+        subset: TensorBoard run name under ``tensorboard_dir``.
+
+    Returns:
+        The epochs written.
+
+    Example:
+        >>> export_tensorboard("runs/ea", "runs/ea/tensorboard")  # doctest: +SKIP
+        [1, 2, 3]
+    """
+    from keras_erranalysis.present._tensorboard import SummaryWriter
+    from keras_erranalysis.run import load_run
+
+    run = load_run(log_dir)
+    chosen = list(run.epochs if epochs is None else epochs)
+    summaries = SummaryWriter(tensorboard_dir, subset=subset)
+    try:
+        for epoch in chosen:
+            write_summaries(summaries, run, epoch, k=k)
+    finally:
+        summaries.close()
+    return chosen
+
+
+def write_summaries(
+    summaries: Any, run: Any, epoch: int, *, k: int = 20, figures: Mapping[str, Any] = ()
+) -> None:
+    """TensorBoard summaries of one recorded epoch of ``run`` (as far as it is written).
+
+    Args:
+        summaries: A :class:`~keras_erranalysis.present._tensorboard.SummaryWriter`.
+        run: The run folder, opened (its epochs up to ``epoch`` give the dynamics).
+        epoch: The run epoch.
+        k: Rows of the hardest-example text table.
+        figures: Heatmaps already in memory (name -> Figure); default: the epoch's PNGs.
+    """
+    from keras_erranalysis.present._tensorboard import log_epoch
+    from keras_erranalysis.present._text import markdown_cell
+
+    report = run.report(epoch)
+    frame = report.to_frame(**{key: run.vocabulary(key) for key in DECODING_KEYS})
+    images = dict(figures) or {
+        name.removesuffix(".png"): run.file_path(name, epoch).read_bytes()
+        for name in run.files(epoch)
+        if name.endswith(".png")
+    }
+    try:
+        vectors = np.asarray(run.array("embedding", epoch))
+    except KeyError:
+        vectors = None
+    # The data map needs the epochs up to this one: only the run's last epoch has them all.
+    upto = run if epoch == run.epochs[-1] else None
+    log_epoch(summaries, epoch, report, frame=frame, run=upto, vectors=vectors, k=k, figures=images)
+    if "features" in run.meta(epoch).get("tables", {}):
+        summary = features_summary(run.table("features", epoch))
+        summaries.text("feature_summary", markdown_cell(summary, max_chars=None), epoch)
