@@ -9,8 +9,8 @@ at module level or inside a function (a lazy import). The rules:
 - the run format (``run``) imports no analysis at module level (lazily inside a method is
   fine), and never compute, presentation or wiring;
 - ``present`` never runs the model: no compute, no Keras, no wiring;
-- the shared base (``decoding``, ``_columns``, ``_errors``, ``_loss_report``) imports only
-  the base at module level;
+- the shared base (``decoding``, ``options``, ``_columns``, ``_errors``, ``_loss_report``)
+  imports only the base at module level;
 - wiring (``pipeline``, ``callback``, ``analyze``, ``cli``, ``demo``) sits on top; only the
   command line and the demo may import the demo.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_erranalysis"
-BASE = {"decoding", "_columns", "_errors", "_loss_report"}
+BASE = {"decoding", "options", "_columns", "_errors", "_loss_report"}
 LAYERS = {"compute", "analysis", "run", "present", "demo"}
 WIRING = {"pipeline", "callback", "analyze", "cli"}
 FRAMEWORKS = {"keras", "tensorflow"}
