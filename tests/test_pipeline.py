@@ -1,0 +1,102 @@
+"""One analyzed epoch, the same whoever runs it: the callback, analyze, the pipeline by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from keras_erranalysis import ErrorAnalysis, PassOptions, analyze, load_run
+from keras_erranalysis.options import AttentionAnalysis, FeatureAnalysis, resolve_analyses
+from keras_erranalysis.pipeline import heatmap_rows
+
+
+def _trained(tmp_path):
+    import keras
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 4)).astype("float32")
+    y = ((x[:, 0] > 0).astype("int64") + (x[:, 1] > 1)).astype("int64")
+    y[:9] = 2 - y[:9]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,), name="features"), keras.layers.Dense(8, "relu"), keras.layers.Dense(3)]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = ErrorAnalysis(
+        (x, y),
+        log_dir=tmp_path / "callback",
+        label_names=["neg", "pos", "big"],
+        top_k=5,
+        pass_options=PassOptions(jit_compile=False),
+        verbose=0,
+    )
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    model.save(tmp_path / "model.keras")
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    return x, y
+
+
+def test_callback_and_analyze_write_the_same_tables(tmp_path):
+    _trained(tmp_path)
+    analyze(
+        str(tmp_path / "model.keras"),
+        str(tmp_path / "data.npz"),
+        tmp_path / "offline",
+        label_column="y",
+        label_names=["neg", "pos", "big"],
+        top_k=5,
+        chunk_size=50,  # three chunks: the hardest table is ranked chunk by chunk
+        jit_compile=False,
+        verbose=0,
+    )
+    live, offline = load_run(tmp_path / "callback"), load_run(tmp_path / "offline")
+    assert (
+        sorted(live.meta()["tables"])
+        == sorted(offline.meta()["tables"])
+        == [
+            "hardest",
+            "per_class",
+        ]
+    )
+    per_class = live.table("per_class")
+    assert list(per_class.iloc[:3, 0]) == ["neg", "pos", "big"]  # the index, reset
+    pd.testing.assert_frame_equal(per_class, offline.table("per_class"), atol=1e-5)
+    hardest_live, hardest_offline = live.table("hardest"), offline.table("hardest")
+    assert list(hardest_live["example_id"]) == list(hardest_offline["example_id"])
+    np.testing.assert_allclose(hardest_live["loss"], hardest_offline["loss"], atol=1e-5)
+
+
+def test_heatmap_rows_are_the_hardest_then_a_fixed_watch_list():
+    from _presentation import classification_report
+
+    report = classification_report(n=12, seed=0)
+    order = np.argsort(-report.loss, kind="stable")
+    hardest, watched, watch = heatmap_rows(report, 3, None)
+    assert hardest == order[:3].tolist()
+    right = np.flatnonzero(report.correct)
+    assert watch == right[:1].tolist()  # n // 2 = 1 right example, fixed now
+    assert watched == [r for r in watch if r not in hardest]
+    # the watch list stays when the model changes
+    report.loss = report.loss[::-1].copy()
+    again, _, kept = heatmap_rows(report, 3, watch)
+    assert kept == watch and again != hardest
+
+
+def test_analyses_by_name_and_object_and_their_mistakes():
+    found = resolve_analyses(["attention", FeatureAnalysis(texts=["a"])])
+    assert found[AttentionAnalysis] == AttentionAnalysis()
+    assert found[FeatureAnalysis].texts == ["a"]
+    with pytest.raises(ValueError, match="Unknown analysis 'atention'"):
+        resolve_analyses(["atention"])
+    with pytest.raises(ValueError, match="AttentionAnalysis is given twice"):
+        resolve_analyses(["attention", AttentionAnalysis(heatmaps=2)])
+    with pytest.raises(ValueError, match="pass AttentionAnalysis"):
+        resolve_analyses([3])
+
+
+def test_vocab_given_twice_is_an_error():
+    from keras_erranalysis import Decoding
+
+    with pytest.raises(ValueError, match="vocab is given twice"):
+        ErrorAnalysis(([0], [0]), vocab=["a"], decoding=Decoding(vocab=["b"]))
+    callback = ErrorAnalysis(([0], [0]), vocab=["a", "b"], log_dir=None)
+    assert callback.decoding["vocab"].decode([1]) == "b"
