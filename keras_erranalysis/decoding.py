@@ -25,6 +25,7 @@ class Vocabulary:
         fn: Instead of ``tokens``, a callable from a list of ids to a string.
 
     Example:
+        >>> from keras_erranalysis import Vocabulary
         >>> Vocabulary(["", "c", "a", "t"], sep="").decode([1, 2, 3, 0])
         'cat'
     """
@@ -55,6 +56,15 @@ class Vocabulary:
 
         Raises:
             TypeError: When ``obj`` is none of the accepted kinds.
+
+        Example:
+            >>> from keras_erranalysis import Vocabulary
+            >>> Vocabulary.from_any({"": 0, "hello": 1, "world": 2}).decode([1, 2, 0])
+            'hello world'
+            >>> Vocabulary.from_any(["", "a", "b"]).tokens
+            ['', 'a', 'b']
+            >>> Vocabulary.from_any(lambda ids: "-".join(map(str, ids))).decode([3, 4, -1])
+            '3-4'
         """
         if obj is None:
             return None
@@ -99,6 +109,12 @@ class Vocabulary:
 
         A negative id (-1: no prediction, e.g. a row of NaN logits) is never passed to a
         decoding function.
+
+        Example:
+            >>> from keras_erranalysis import Vocabulary
+            >>> vocab = Vocabulary(["", "yes", "no"])
+            >>> vocab.token(1), vocab.token(7), vocab.token(-1)
+            ('yes', '<7>', '<-1>')
         """
         index = int(index)
         if self.tokens is None:
@@ -112,6 +128,15 @@ class Vocabulary:
 
         Padding tokens (empty strings) are dropped; a decoding function never gets negative
         ids (-1: no prediction), which are left out of its text.
+
+        Example:
+            >>> from keras_erranalysis import Vocabulary
+            >>> import numpy as np
+            >>> vocab = Vocabulary(["", "c", "a", "t"], sep="")
+            >>> vocab.decode(np.array([1, 2, 3, 0, 0]))
+            'cat'
+            >>> vocab.decode([1, 2, 3], mask=[True, False, True])
+            'ct'
         """
         ids_array = np.asarray(ids).reshape(-1)
         if mask is not None:

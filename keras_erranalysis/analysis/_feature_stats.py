@@ -51,6 +51,14 @@ def binary_tests(
 
     Returns:
         ``(p_values, used_fisher)`` arrays of shape (F,).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import binary_tests
+        >>> # 50 of 200 examples are wrong; feature A: 40 of its 50 examples wrong, B: 3 of 10
+        >>> p, used_fisher = binary_tests(np.array([40, 3]), np.array([50, 10]), 50, 200)
+        >>> bool(p[0] < 1e-20), round(float(p[1]), 3), used_fisher.tolist()
+        (True, 0.713, [False, True])
     """
     import scipy.stats as st  # imported when used: it costs ~0.5 s
 
@@ -370,6 +378,16 @@ def features_summary(table: pd.DataFrame, *, top: int = 5) -> str:
     Returns:
         One line per significant feature, strongest first, or one line saying why there is
         none.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import compare_features, features_summary
+        >>> texts = ["a short one", "a much much longer text with many words"] * 20
+        >>> correct = np.array([True, False] * 20)
+        >>> print(features_summary(compare_features(correct, texts, pos=False), top=2))
+        - wrong examples are 3.5x longer (39 vs 11 characters, adj. p < 1e-300)
+        - wrong examples are 2.7x longer (8 vs 3 tokens, adj. p < 1e-300)
+        - ... and 24 more significant features
     """
     if table.empty:
         return "No comparison: every example is right, or every example is wrong."

@@ -14,6 +14,7 @@ Everything here is plain numpy / pandas / scipy (no Keras). The pipeline is
 
 Example:
     >>> import numpy as np
+    >>> from keras_erranalysis.analysis import compare_features
     >>> texts = ["a short one", "a much much longer text with many words"] * 20
     >>> correct = np.array([True, False] * 20)
     >>> table = compare_features(correct, texts, pos=False)

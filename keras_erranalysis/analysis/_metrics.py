@@ -89,6 +89,18 @@ def confusion_matrix(
 
     Returns:
         (K, K) array, int64 counts or float shares.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import confusion_matrix
+        >>> confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]))
+        array([[1, 1, 0],
+               [0, 1, 0],
+               [0, 1, 0]])
+        >>> confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), normalize="true")
+        array([[0.5, 0.5, 0. ],
+               [0. , 1. , 0. ],
+               [0. , 1. , 0. ]])
     """
     y, p, _, k, _ = _flat_pairs(labels, predictions, mask, num_classes)
     has = p >= 0  # rows without a prediction are in no cell
@@ -134,6 +146,20 @@ def per_class_metrics(
         DataFrame indexed by class name, plus rows ``"macro avg"`` and ``"weighted avg"``;
         columns ``class_id, support, predicted, correct, precision, recall, f1,
         error_rate`` (``1 - recall``), sorted by class id.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import per_class_metrics
+        >>> y = np.array([0, 0, 1, 1, 2])
+        >>> p = np.array([0, 1, 1, 1, 1])
+        >>> table = per_class_metrics(y, p, label_names=["cat", "dog", "fox"])
+        >>> table[["support", "precision", "recall", "f1"]].round(2)
+                      support  precision  recall    f1
+        cat                 2        1.0     0.5  0.67
+        dog                 2        0.5     1.0  0.67
+        fox                 1        0.0     0.0  0.00
+        macro avg           5        0.5     0.5  0.44
+        weighted avg        5        0.6     0.6  0.53
     """
     y, p, _, k, _ = _flat_pairs(labels, predictions, mask, num_classes)
     has = p >= 0  # rows without a prediction: errors of their class, predicted as nothing
@@ -211,6 +237,19 @@ def confusion_pairs(
         ``share_of_errors`` (count / errors of the true class), ``summary`` and
         ``example_ids`` (array of the examples showing this confusion: open them with
         ``report.to_frame().set_index("example_id").loc[ids]``).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import confusion_pairs
+        >>> y = np.array([0, 0, 1, 2, 2])
+        >>> p = np.array([0, 2, 1, 0, 0])
+        >>> pairs = confusion_pairs(y, p, example_ids=np.array([10, 11, 12, 13, 14]))
+        >>> pairs[["true", "predicted", "count", "example_ids"]]
+           true  predicted  count example_ids
+        0     2          0      2    [13, 14]
+        1     0          2      1        [11]
+        >>> pairs.loc[0, "summary"]
+        'class 2 is predicted as 0 in 100% of its errors (2 of 2; 100% of its 2 examples)'
     """
     if by not in ("count", "rate"):
         raise ValueError(f"by={by!r}: use 'count' or 'rate'.")

@@ -81,6 +81,13 @@ def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Ser
 
     Returns:
         Series aligned with ``dyn``.
+
+    Example:
+        >>> import pandas as pd
+        >>> from keras_erranalysis.analysis import mislabel_score
+        >>> dyn = pd.DataFrame({"aum": [0.7, -0.5, 0.1]})
+        >>> mislabel_score(dyn).tolist()
+        [-0.7, 0.5, -0.1]
     """
     if method not in MISLABEL_METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {sorted(MISLABEL_METHODS)}.")
@@ -336,6 +343,20 @@ def likely_mislabeled(
         ``mislabel_score`` and ``flagged`` first, then ``label`` / ``suggested_label`` /
         ``suggested_label_share`` (the label the model keeps predicting instead, when
         predictions were recorded), then the other dynamics.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import compute_dynamics, likely_mislabeled
+        >>> true_prob = np.array([[0.9, 0.2, 0.6], [0.95, 0.1, 0.7], [0.97, 0.1, 0.8]])
+        >>> other = np.array([[0.05, 0.7, 0.3], [0.03, 0.85, 0.2], [0.02, 0.9, 0.1]])
+        >>> dyn = compute_dynamics(true_prob, true_prob - other, true_prob > other,
+        ...                        label=np.array([0, 1, 2]))
+        >>> likely_mislabeled(dyn)[["mislabel_score", "flagged", "label"]].round(3)
+                    mislabel_score  flagged  label
+        example_id
+        1                    0.683     True      1
+        >>> likely_mislabeled(dyn, k=2).index.tolist()  # the k lowest AUMs, flagged or not
+        [1, 2]
     """
     if k is not None and k < 0:
         raise ValueError(f"k must be >= 0 or None, got {k}.")

@@ -107,6 +107,13 @@ def edit_distance(
 
     Returns:
         (N,) int64 distances.
+
+    Example:
+        >>> from keras_erranalysis.analysis import edit_distance
+        >>> edit_distance(["kitten", "abc"], ["sitting", "abc"])
+        array([3, 0])
+        >>> edit_distance([["B", "W", "AA"]], [["B", "OY", "OY", "S"]])
+        array([3])
     """
     if len(references) != len(hypotheses):
         raise ValueError(
@@ -193,6 +200,17 @@ def sequence_metrics(
 
     Returns:
         DataFrame with ``example_id`` and the metric columns (prefixed).
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import sequence_metrics
+        >>> refs = np.array([[5, 6, 7, 0], [3, 4, 0, 0]])  # 0 is padding
+        >>> hyps = np.array([[5, 8, 7, 0], [3, 4, 0, 0]])
+        >>> table = sequence_metrics(refs, hyps, bleu=False, chrf=False)
+        >>> table[["example_id", "token_accuracy", "exact_match", "edit_distance"]].round(3)
+           example_id  token_accuracy  exact_match  edit_distance
+        0           0           0.667        False              1
+        1           1           1.000         True              0
     """
     refs = _as_sequences(references, pad_id=pad_id, end_id=end_id, drop_ids=drop_ids)
     hyps = _as_sequences(hypotheses, pad_id=pad_id, end_id=end_id, drop_ids=drop_ids)
@@ -290,6 +308,12 @@ def corpus_metrics(
         ``n``, ``exact_match`` (share), ``token_accuracy`` (mean), ``token_error_rate`` and
         ``char_error_rate`` (total edits / total reference length), ``corpus_bleu`` (nltk,
         smoothing method 1), ``mean_bleu`` and ``chrf`` (nltk ``corpus_chrf``).
+
+    Example:
+        >>> from keras_erranalysis.analysis import corpus_metrics
+        >>> numbers = corpus_metrics(["the cat sat", "a dog"], ["the cat sat", "a cat"])
+        >>> {k: round(numbers[k], 3) for k in ("n", "exact_match", "token_error_rate")}
+        {'n': 2.0, 'exact_match': 0.5, 'token_error_rate': 0.2}
     """
     from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
     from nltk.translate.chrf_score import corpus_chrf

@@ -25,6 +25,15 @@ def pool_numpy(
 
     Returns:
         ``(N, D)`` float32 array.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import pool_numpy
+        >>> states = np.array([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])  # (1, 3, 2)
+        >>> pool_numpy(states, np.array([[True, True, False]]))  # the padded position is left out
+        array([[2., 3.]], dtype=float32)
+        >>> pool_numpy(states, np.array([[True, True, False]]), pooling="last")
+        array([[3., 4.]], dtype=float32)
     """
     check_pooling(pooling)
     values = np.asarray(values, dtype=np.float32)
@@ -51,7 +60,16 @@ def pool_numpy(
 
 
 def storage_array(vectors: np.ndarray) -> np.ndarray:
-    """The array to store: float16 (half the disk) unless a value would overflow it."""
+    """The array to store: float16 (half the disk) unless a value would overflow it.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import storage_array
+        >>> storage_array(np.ones((2, 3))).dtype
+        dtype('float16')
+        >>> storage_array(np.array([[1e5, 0.0]])).dtype  # would overflow float16
+        dtype('float32')
+    """
     values = np.asarray(vectors)
     if values.dtype == np.float16:
         return values
@@ -84,6 +102,14 @@ def nearest(
 
     Returns:
         ``(rows, similarities)``, most similar first.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import nearest
+        >>> vectors = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+        >>> rows, similarities = nearest(vectors, vectors[0], k=2, exclude=0)
+        >>> rows, similarities.round(3)
+        (array([1, 2]), array([0.994, 0.   ]))
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}.")

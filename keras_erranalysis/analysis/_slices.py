@@ -40,6 +40,17 @@ def error_rate_by_bins(
 
     Raises:
         ValueError: If the arrays have different lengths.
+
+    Example:
+        >>> import numpy as np
+        >>> from keras_erranalysis.analysis import error_rate_by_bins
+        >>> lengths = np.array([2, 3, 3, 4, 8, 9, 9, 12])
+        >>> correct = np.array([True, True, True, True, False, True, False, False])
+        >>> table = error_rate_by_bins(lengths, correct, bins=2)
+        >>> table[["bin", "n", "n_wrong", "error_rate"]]
+               bin  n  n_wrong  error_rate
+        0   [2, 6]  4        0        0.00
+        1  (6, 12]  4        3        0.75
     """
     correct, _ = _resolve_report(correct)
     values = np.asarray(values, dtype=np.float64)
@@ -186,6 +197,18 @@ def find_slices(
         error_rate, base_error_rate, lift, error_rate_a, error_rate_b, gain, p_value,
         p_adjusted, significant, p_gain, p_gain_adjusted, summary, example_ids`` (array of
         the slice's example ids; :func:`slice_examples` gives the same).
+
+    Example:
+        >>> import numpy as np
+        >>> import scipy.sparse as sp
+        >>> from keras_erranalysis.analysis import find_slices
+        >>> i = np.arange(200)
+        >>> long, rare = i % 2 == 0, i % 4 < 2
+        >>> wrong = (long & rare & (i % 8 == 0)) | (i % 10 == 1)
+        >>> flags = sp.csr_matrix(np.column_stack([long, rare]).astype(np.int32))
+        >>> slices = find_slices((flags, ["long", "rare"]), ~wrong, min_support=20)
+        >>> slices.loc[0, "summary"]
+        'rare and long: error rate 50% vs 22% overall and 35% for rare alone, 50 examples'
     """
     import scipy.stats as st  # imported when used: it costs ~0.5 s
 
@@ -321,6 +344,15 @@ def slice_examples(
 
     Raises:
         KeyError: For a condition that is not one of the features' conditions.
+
+    Example:
+        >>> import numpy as np
+        >>> import scipy.sparse as sp
+        >>> from keras_erranalysis.analysis import slice_examples
+        >>> i = np.arange(200)
+        >>> flags = sp.csr_matrix(np.column_stack([i % 2 == 0, i % 4 < 2]).astype(np.int32))
+        >>> slice_examples((flags, ["long", "rare"]), "long", "rare")[:4]
+        array([ 0,  4,  8, 12])
     """
     matrix, texts, _ = _conditions(features, quantiles)
     index = {t: k for k, t in enumerate(texts)}

@@ -57,7 +57,7 @@ def plot_error_rate_by_bins(
         The matplotlib Figure (``ax.figure`` when ``ax`` is given).
 
     Example:
-        >>> from keras_erranalysis.features import error_rate_by_bins
+        >>> from keras_erranalysis.analysis import error_rate_by_bins
         >>> fig = plot_error_rate_by_bins(error_rate_by_bins(lengths, report.correct),
         ...                               feature_name="length")  # doctest: +SKIP
     """
