@@ -406,7 +406,7 @@ def analyze(
         input_vocab: Decodes input tokens (stored in the run).
         label_names: Class names of a classifier (stored in the run).
         attention: Also compute per-example attention diagnostics of every attention
-            layer (:func:`~keras_erranalysis.attention.attention_diagnostics`), stored
+            layer (:func:`~keras_erranalysis.compute.attention_diagnostics`), stored
             as extra columns ``attn_entropy/<layer>``, ... .
         jit_compile: XLA for the pass (``"auto"`` = off under several workers, where the
             cross-worker gather has no XLA kernel).

@@ -239,20 +239,6 @@ def _lowest(values: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
     return candidates & (values <= boundary)
 
 
-def default_flags(dyn: pd.DataFrame) -> pd.Series:
-    """What :func:`likely_mislabeled` flags by default, as a boolean Series aligned with ``dyn``.
-
-    Args:
-        dyn: Output of :func:`compute_dynamics` / :func:`compute_token_dynamics`.
-
-    Returns:
-        True for the rows the default rule (``method=DEFAULT_METHOD``) flags, in ``dyn``'s
-        row order (by position, so a repeated index label is no problem).
-    """
-    mislabel_score(dyn, method=DEFAULT_METHOD)  # the same column checks
-    return _flags(dyn, DEFAULT_METHOD, None)
-
-
 def _has_class_ids(dyn: pd.DataFrame) -> bool:
     """Whether ``dyn`` has what the confident joint needs: rows, integer labels, predictions."""
     needed = ("label", "confidence", "suggested_label", "aum")

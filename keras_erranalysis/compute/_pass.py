@@ -1,6 +1,6 @@
 """Keras plumbing of the loss pass: data, loss resolution, checks and the compiled step.
 
-Private: :func:`keras_erranalysis.losses.compute_losses` is the public entry point.
+Private: :func:`keras_erranalysis.compute_losses` is the public entry point.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-PAD, BOS, EOS = "", "<s>", "</s>"
+PAD = ""  # padding token (id 0)
+BOS = "<s>"  # start of the decoder input
+EOS = "</s>"  # end of every target
 MAX_LETTERS = 12
 
 

@@ -309,7 +309,7 @@ def save_heatmaps(
     Args:
         model: The trained model.
         data: The analyzed examples, in the report's order.
-        report: The :class:`~keras_erranalysis.losses.LossReport` of the last epoch.
+        report: The :class:`~keras_erranalysis.LossReport` of the last epoch.
         folder: Where to write the PNG files (created).
         n: How many of each kind.
         verbose: 0 silent, 1 a progress bar during the attention pass.

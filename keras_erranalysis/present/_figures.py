@@ -48,7 +48,7 @@ def plot_error_rate_by_bins(
     """Bar chart of a ``features.error_rate_by_bins`` table with 95% Wilson intervals.
 
     Args:
-        table: DataFrame from :func:`keras_erranalysis.features.error_rate_by_bins`.
+        table: DataFrame from :func:`keras_erranalysis.analysis.error_rate_by_bins`.
         feature_name: Name of the binned feature, for the axis label and title.
         overall: Overall error rate drawn as a dashed line (default: from the table).
         ax: Axes to draw into; default a new figure.
@@ -106,7 +106,7 @@ def plot_class_frequency(
     """Each class's support next to how often it is predicted (imbalance at a glance).
 
     Args:
-        per_class: DataFrame from :func:`keras_erranalysis.metrics.per_class_metrics`.
+        per_class: DataFrame from :func:`keras_erranalysis.analysis.per_class_metrics`.
         top: Show the ``top`` most frequent classes.
         ax: Axes to draw into; default a new figure.
 
@@ -139,7 +139,7 @@ def plot_confusion_matrix(
     With more than ``max_classes`` classes only the most frequent true classes are shown.
 
     Args:
-        cm: (K, K) counts from :func:`keras_erranalysis.metrics.confusion_matrix`.
+        cm: (K, K) counts from :func:`keras_erranalysis.analysis.confusion_matrix`.
         label_names: Class names (a list or an ``{id: name}`` mapping).
         normalize: Show each row as shares of its true class.
         max_classes: Largest number of classes drawn.
@@ -232,7 +232,7 @@ def plot_data_map(
     """Data map of the cartography paper: variability (x) vs confidence (y), by correctness.
 
     Args:
-        dyn: DataFrame from :func:`keras_erranalysis.dynamics.compute_dynamics` (or
+        dyn: DataFrame from :func:`keras_erranalysis.analysis.compute_dynamics` (or
             ``run.dynamics()``), with ``confidence``, ``variability``, ``correctness``.
         max_points: Draw at most this many examples (a seeded random sample; the title
             says so), so a million-example map stays light.
@@ -365,10 +365,10 @@ def plot_margin_histogram(
     """Histogram of area under the margin (or another score) with the flagged region marked.
 
     Args:
-        dyn: DataFrame from :func:`keras_erranalysis.dynamics.compute_dynamics`.
+        dyn: DataFrame from :func:`keras_erranalysis.analysis.compute_dynamics`.
         column: Column to histogram (default ``"aum"``).
         threshold: Flag boundary, shaded to its left. Default: for ``"aum"``, what
-            :func:`keras_erranalysis.dynamics.likely_mislabeled` flags by default is drawn
+            :func:`keras_erranalysis.analysis.likely_mislabeled` flags by default is drawn
             as its own (red) histogram, with the ``aum < -0.2`` cut as a dashed line and,
             when some rows lie in a concentrated cell of the confident joint, their
             ``aum < 0`` cut as a dotted one (the default rule may flag more than the cut,

@@ -62,7 +62,7 @@ def axis_tokens(
     """The (query, key) tokens of one example for one layer's ``(T_q, T_kv)`` map.
 
     Args:
-        report: A :class:`~keras_erranalysis.losses.LossReport`.
+        report: A :class:`~keras_erranalysis.LossReport`.
         row: Position of the example in the report.
         layer_path: The attention layer's path.
         shape: ``(T_q, T_kv)`` of the layer's weights for this example.

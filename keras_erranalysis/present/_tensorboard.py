@@ -62,7 +62,7 @@ def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict
     """The per-epoch summary numbers written as TensorBoard scalars.
 
     Args:
-        report: A :class:`~keras_erranalysis.losses.LossReport`.
+        report: A :class:`~keras_erranalysis.LossReport`.
         likely_mislabeled: Number of examples flagged as likely mislabeled, if known.
 
     Returns:
@@ -217,7 +217,7 @@ class SummaryWriter:
         """Writes every summary of one analyzed epoch and returns its scalars.
 
         Args:
-            report: The epoch's :class:`~keras_erranalysis.losses.LossReport`.
+            report: The epoch's :class:`~keras_erranalysis.LossReport`.
             step: The epoch number shown on TensorBoard's x axis.
             frame: ``report.to_frame(...)`` with decoded text (default: undecoded).
             k: Rows of the hardest-example table.
@@ -421,7 +421,7 @@ def log_epoch(
     Args:
         writer: Where to write.
         step: The run's epoch number.
-        report: The epoch's :class:`~keras_erranalysis.losses.LossReport`.
+        report: The epoch's :class:`~keras_erranalysis.LossReport`.
         frame: ``report.to_frame(...)`` with decoded text.
         run: The run folder (:class:`~keras_erranalysis.run.Run`) holding this epoch and
             the earlier ones: gives the likely-mislabeled count, the data map and each
