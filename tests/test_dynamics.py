@@ -699,3 +699,36 @@ def test_mode_rows_dense_and_sparse_paths_match_a_per_column_count(num_classes):
         best = max(seen.values(), default=0)
         expected = min((v for v, c in seen.items() if c == best), default=-1)
         assert (mode[col], count[col]) == (expected, best), col
+
+
+def _diverged(n=20, epochs=4, bad_from=1, bad_rows=slice(None)):
+    rng = np.random.default_rng(0)
+    tp = rng.uniform(0.2, 0.9, (epochs, n))
+    tp[bad_from:, bad_rows] = np.nan  # every loss NaN from that epoch on
+    other = 1 - tp
+    return tp, tp - other, tp > other
+
+
+def test_a_diverged_run_is_an_error_not_an_empty_table():
+    tp, margin, correct = _diverged(bad_from=0)
+    dyn = compute_dynamics(tp, margin, correct, label=np.zeros(20, int), epochs=[1, 2, 3, 4])
+    assert (dyn["finite_epochs"] == 0).all() and (dyn["first_nonfinite_epoch"] == 1).all()
+    with pytest.raises(ValueError, match=r"20 of 20 examples never had a finite loss.*epoch 1"):
+        likely_mislabeled(dyn)
+
+
+def test_mostly_undefined_dynamics_warn_and_name_the_epoch():
+    tp, margin, correct = _diverged(bad_from=0, bad_rows=slice(0, 15))
+    dyn = compute_dynamics(tp, margin, correct, epochs=[3, 4, 5, 6])
+    with pytest.warns(RuntimeWarning, match=r"15 of 20 examples never had a finite loss.*epoch 3"):
+        likely_mislabeled(dyn)
+    # rows that turned NaN late keep their finite epochs, and the epoch is named
+    tp, margin, correct = _diverged(bad_from=2)
+    dyn = compute_dynamics(tp, margin, correct)
+    assert (dyn["finite_epochs"] == 2).all() and (dyn["first_nonfinite_epoch"] == 3).all()
+
+
+def test_a_few_nonfinite_rows_pass_without_a_warning(recwarn):
+    tp, margin, correct = _diverged(bad_from=0, bad_rows=slice(0, 2))
+    likely_mislabeled(compute_dynamics(tp, margin, correct))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

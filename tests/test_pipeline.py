@@ -100,3 +100,30 @@ def test_vocab_given_twice_is_an_error():
         ErrorAnalysis(([0], [0]), vocab=["a"], decoding=Decoding(vocab=["b"]))
     callback = ErrorAnalysis(([0], [0]), vocab=["a", "b"], log_dir=None)
     assert callback.decoding["vocab"].decode([1]) == "b"
+
+
+def test_a_diverged_run_is_named_not_silent(tmp_path):
+    import warnings
+
+    import keras
+
+    from keras_erranalysis import write_report
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    y = rng.integers(0, 2, 40)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.set_weights([np.full((3, 2), np.nan, "float32"), np.zeros(2, "float32")])
+    callback = ErrorAnalysis((x, y), log_dir=tmp_path / "run", tensorboard=True, verbose=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    numpy_warnings = [w for w in seen if "empty slice" in str(w.message)]
+    assert not numpy_warnings
+    run = load_run(tmp_path / "run")
+    assert run.epochs == [1, 2] and not np.isfinite(run.array("loss")).any()
+    with pytest.raises(ValueError, match="40 of 40 examples never had a finite loss"):
+        run.likely_mislabeled()
+    html = write_report(tmp_path / "run", tmp_path / "report.html").read_text()
+    assert "never had a finite loss" in html

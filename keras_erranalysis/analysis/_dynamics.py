@@ -203,6 +203,11 @@ def _block_stats(
         "never_learned": ~ever,
         "first_learned_epoch": first.astype(np.int64),
         "final_correct": correct[-1].copy(),
+        # Epochs whose numbers are defined: 0 for an example whose loss was never finite.
+        "finite_epochs": np.isfinite(tp).sum(axis=0).astype(np.int64),
+        "first_nonfinite_epoch": np.where(
+            np.isfinite(tp).all(axis=0), -1, (~np.isfinite(tp)).argmax(axis=0)
+        ).astype(np.int64),
     }
     if prediction is not None:
         mode, count = _mode_rows(prediction)
@@ -273,7 +278,9 @@ def compute_dynamics(
         DataFrame indexed by ``example_id``, one row per example, with columns
         ``confidence``, ``variability``, ``correctness``, ``region`` (categorical),
         ``aum``, ``forgetting_events``, ``never_learned``, ``first_learned_epoch`` (-1 if
-        never), ``final_correct``, ``hard_epochs``, ``hard_streak``, plus ``loss_mean``
+        never), ``final_correct``, ``hard_epochs``, ``hard_streak``, ``finite_epochs``
+        (epochs with a finite probability) and ``first_nonfinite_epoch`` (-1 if none), plus
+        ``loss_mean``
         when ``loss`` is given, the prediction columns when ``prediction`` is given, and
         ``label`` when given.
 
@@ -390,10 +397,11 @@ def _assemble(
     )
     if index.shape != (num_examples,):
         raise ValueError(f"example_id must have shape ({num_examples},), got {index.shape}.")
-    first = columns.get("first_learned_epoch")
-    if first is not None:
-        learned = first >= 0
-        first[learned] = epoch_numbers[first[learned]]
+    for name in ("first_learned_epoch", "first_nonfinite_epoch"):  # positions -> numbers
+        first = columns.get(name)
+        if first is not None:
+            seen = first >= 0
+            first[seen] = epoch_numbers[first[seen]]
     order = [
         "confidence",
         "variability",
@@ -406,6 +414,8 @@ def _assemble(
         "final_correct",
         "hard_epochs",
         "hard_streak",
+        "finite_epochs",
+        "first_nonfinite_epoch",
         "loss_mean",
         "predicted_label",
         "predicted_label_share",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -288,6 +289,33 @@ def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series
     return dyn["region"] == "hard-to-learn"
 
 
+def _check_defined(dyn: pd.DataFrame) -> None:
+    """Raises (none defined) or warns (most undefined) when the dynamics are not finite.
+
+    A diverged run (every loss NaN from some epoch on) has no margins to rank: an empty
+    table would read as "no label errors". Rows with some finite epochs keep the mean of
+    those epochs.
+    """
+    if "finite_epochs" not in dyn or len(dyn) == 0:
+        return
+    never = dyn["finite_epochs"].to_numpy() == 0
+    if not never.any():
+        return
+    first = dyn["first_nonfinite_epoch"].to_numpy()
+    what = (
+        f"{int(never.sum())} of {len(dyn)} examples never had a finite loss (NaN or inf from "
+        f"epoch {int(first[first >= 0].min())} on): training diverged or the model outputs "
+        "NaN for them"
+    )
+    if never.all():
+        raise ValueError(
+            f"{what}. There are no margins to rank, so no label errors can be named: fix the "
+            "non-finite losses first (see the report's nonfinite column)."
+        )
+    if never.mean() > 0.5:
+        warnings.warn(f"{what}; they are left out of the ranking.", RuntimeWarning, stacklevel=3)
+
+
 def likely_mislabeled(
     dyn: pd.DataFrame,
     k: int | None = None,
@@ -346,6 +374,7 @@ def likely_mislabeled(
     """
     if k is not None and k < 0:
         raise ValueError(f"k must be >= 0 or None, got {k}.")
+    _check_defined(dyn)
     score = mislabel_score(dyn, method=method)
     flagged = _flags(dyn, method, threshold)
     table = dyn.assign(mislabel_score=score, flagged=flagged.to_numpy())

@@ -374,7 +374,10 @@ def _dynamics(run: Run, epochs: Sequence[int]) -> pd.DataFrame | None:
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:
     from keras_erranalysis.analysis._mislabeled import DEFAULT_METHOD, likely_mislabeled
 
-    everything = likely_mislabeled(dyn, len(dyn), method=DEFAULT_METHOD)
+    try:
+        everything = likely_mislabeled(dyn, len(dyn), method=DEFAULT_METHOD)
+    except ValueError as error:  # no finite dynamics (a diverged run): say so, in its place
+        return f"<h3>Likely label errors</h3><p>{_esc(str(error))}</p>"
     flagged = everything[everything["flagged"].to_numpy(dtype=bool)]
     n_flagged = len(flagged)
     # The flagged ones (not always the highest scores: a concentrated cell of the confident

@@ -442,7 +442,10 @@ def log_epoch(
     if run is not None and run.epochs:
         dyn = run.dynamics()
         if np.array_equal(dyn.index.to_numpy(), np.asarray(report.example_id)):
-            flagged = int(len(likely_mislabeled(dyn)))
+            try:
+                flagged = int(len(likely_mislabeled(dyn)))
+            except ValueError:  # no finite dynamics (a diverged run): no count to give
+                flagged = None
             regions = dyn["region"].to_numpy()
             from keras_erranalysis.present._figures import plot_data_map
 
