@@ -160,6 +160,27 @@ class ErrorAnalysis(keras.callbacks.Callback):
                     RuntimeWarning,
                     stacklevel=2,
                 )
+        if self.enabled and getattr(self.model, "built", False):
+            self._preflight()
+
+    def _preflight(self) -> None:
+        """The pass on the initial weights: names examples that are NaN before training."""
+        try:
+            message = self.pipeline.preflight(self.model)
+        except Exception as error:
+            if self.on_error == "raise":
+                self._close()
+                raise
+            self.enabled = False
+            warnings.warn(
+                f"ErrorAnalysis cannot analyze this data and is off for this fit "
+                f"({type(error).__name__}: {error}). Training goes on.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Fixes the run's epoch numbering at the first epoch of each fit."""

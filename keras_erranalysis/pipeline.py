@@ -25,10 +25,12 @@ import pandas as pd
 
 from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.analysis import (
+    causes_summary,
     compare_features,
     extract_features,
     features_summary,
     log_views,
+    nonfinite_causes,
     per_class_metrics,
     rank_examples,
     storage_array,
@@ -179,6 +181,7 @@ class EpochPipeline:
     verbose: int = 1
     _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _watch: list[int] | None = dataclasses.field(default=None, repr=False)
+    _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
 
     def attention_layers(self) -> list[str] | None:
         """The attention layers asked for (``None``: all of them)."""
@@ -207,6 +210,8 @@ class EpochPipeline:
         from keras_erranalysis.compute import compute_losses
 
         report = compute_losses(model, self.data, verbose=self.verbose, **self.pass_options)
+        if report.nonfinite.any():
+            report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
         figures = self._attention(model, report) if self.attention is not None else {}
         vectors = self._embeddings(model) if self.embeddings is not None else None
         tables = epoch_tables(
@@ -226,6 +231,42 @@ class EpochPipeline:
         if self.verbose:
             print(summary_line(epoch, report))
         return EpochOutput(report, tables, figures, vectors)
+
+    def nonfinite_causes(self, model: Any, report: LossReport) -> np.ndarray:
+        """Why each non-finite loss of ``report`` is so (see ``analysis.nonfinite_causes``)."""
+        from keras_erranalysis.compute import finite_input_rows, weights_are_finite
+
+        if self._input_finite is False:  # read once: the examples do not change
+            self._input_finite = finite_input_rows(self.data)
+        return nonfinite_causes(
+            report,
+            weights_finite=weights_are_finite(model),
+            input_finite=self._input_finite,
+            ignore_class=self.pass_options.get("ignore_class"),
+        )
+
+    def preflight(self, model: Any) -> str | None:
+        """One pass on the model as it is (before training): a warning text, or ``None``.
+
+        Examples whose loss is already NaN or inf with the initial weights spread NaN into
+        the weights at the first training step. Naming them (and why) before training
+        starts is the one chance to see the cause instead of a diverged run. The pass also
+        compiles, so the first analyzed epoch is not slower than the next.
+        """
+        from keras_erranalysis.compute import compute_losses
+
+        report = compute_losses(model, self.data, verbose=0, **self.pass_options)
+        if not report.nonfinite.any():
+            return None
+        causes = self.nonfinite_causes(model, report)
+        ids = report.example_id[report.nonfinite][:10].tolist()
+        return (
+            f"ErrorAnalysis pre-flight: {int(report.nonfinite.sum())} of {len(report)} examples "
+            f"give a NaN/inf loss with the initial weights ({causes_summary(causes)}); "
+            f"example ids {ids}{' ...' if report.nonfinite.sum() > 10 else ''}. Training on such "
+            "examples spreads NaN into the weights at the first step: fix the data or mask "
+            "the loss."
+        )
 
     def _features(self, report: LossReport) -> Any:
         if self.features is not None and not self.features.enabled:
@@ -287,7 +328,9 @@ def summary_line(epoch: int, report: LossReport) -> str:
     """One line for the console: how many examples are wrong, the mean loss, NaN counts."""
     wrong = int((~report.correct).sum())
     bad = int(report.nonfinite.sum())
-    note = f", {bad} with NaN/inf loss" if bad else ""
+    causes = report.extra.get("nonfinite_cause")
+    why = f" ({causes_summary(causes)})" if bad and causes is not None else ""
+    note = f", {bad} with NaN/inf loss{why}" if bad else ""
     finite = report.loss[~report.nonfinite]
     mean = f"{float(finite.mean()):.4f}" if finite.size else "nan"
     return (

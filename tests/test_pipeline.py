@@ -127,3 +127,59 @@ def test_a_diverged_run_is_named_not_silent(tmp_path):
         run.likely_mislabeled()
     html = write_report(tmp_path / "run", tmp_path / "report.html").read_text()
     assert "never had a finite loss" in html
+
+
+def _empty_input_model():
+    import keras
+
+    inp = keras.Input((6,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 4, mask_zero=True)(inp)
+    pooled = keras.layers.GlobalAveragePooling1D()(embedded)  # 0/0 for an all-padding row
+    model = keras.Model(inp, keras.layers.Dense(2)(pooled))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_empty_inputs_are_named_before_training_and_in_every_epoch(tmp_path, capsys):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(1, 20, (32, 6)).astype("int32")
+    x[[3, 17]] = 0  # two empty inputs: every position is padding
+    y = rng.integers(0, 2, 32)
+    model = _empty_input_model()
+    callback = ErrorAnalysis((x, y), log_dir=tmp_path / "run", verbose=1)
+    with pytest.warns(RuntimeWarning, match=r"pre-flight: 2 of 32 .*empty input.*ids \[3, 17\]"):
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    out = capsys.readouterr().out
+    assert "with NaN/inf loss (" in out  # the epoch line names the cause
+    run = load_run(tmp_path / "run")
+    causes = np.asarray(run.report().extra["nonfinite_cause"])
+    loss = np.asarray(run.array("loss"))
+    assert not np.isfinite(loss[[3, 17]]).any()
+    assert all("empty input" in c or "diverged" in c for c in causes[[3, 17]])
+    assert all(c == "" or "diverged" in c for i, c in enumerate(causes) if i not in (3, 17))
+
+
+def test_nonfinite_causes_in_order():
+    from _presentation import classification_report
+
+    from keras_erranalysis.analysis import CAUSES, nonfinite_causes
+
+    report = classification_report(n=6, seed=1)
+    report.loss = np.array([0.2, np.nan, np.inf, np.nan, np.nan, 0.1])
+    report.n_tokens = np.array([1, 0, 1, 1, 1, 1])
+    report.label = np.array([0, 0, 7, 1, 1, 0])
+    report.inputs = {}
+    causes = nonfinite_causes(report, input_finite=np.array([1, 1, 1, 0, 1, 1], bool))
+    assert causes.tolist() == [
+        "",
+        CAUSES["no_counted"],
+        CAUSES["label_range"],
+        CAUSES["input_values"],
+        CAUSES["output"],
+        "",
+    ]
+    weights = nonfinite_causes(report, weights_finite=False)
+    assert set(weights[[1, 2, 3, 4]]) == {CAUSES["weights"]} and weights[0] == ""

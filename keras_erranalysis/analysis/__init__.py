@@ -30,6 +30,7 @@ from keras_erranalysis.analysis._mislabeled import (
     likely_mislabeled,
     mislabel_score,
 )
+from keras_erranalysis.analysis._nonfinite import CAUSES, causes_summary, nonfinite_causes
 from keras_erranalysis.analysis._ranking import RANKINGS, log_views, rank_examples
 from keras_erranalysis.analysis._sequence_metrics import (
     FreeRunningMetrics,
@@ -43,6 +44,9 @@ from keras_erranalysis.analysis._similarity import nearest, pool_numpy, storage_
 from keras_erranalysis.analysis._slices import error_rate_by_bins, find_slices, slice_examples
 
 __all__ = [
+    "CAUSES",
+    "causes_summary",
+    "nonfinite_causes",
     "DEFAULT_METHOD",
     "MISLABEL_METHODS",
     "RANKINGS",

@@ -306,7 +306,8 @@ def compare_features(
             values = getattr(report, c, None)
             if values is None:
                 values = (getattr(report, "extra", None) or {}).get(c)
-            if values is not None and np.ndim(values) == 1 and len(values) == n:
+            numeric_column = values is not None and np.asarray(values).dtype.kind in "biuf"
+            if numeric_column and np.ndim(values) == 1 and len(values) == n:
                 numeric[c] = np.asarray(values, dtype=np.float64)
                 kinds[c] = "report"
     if extra is not None:

@@ -19,6 +19,7 @@ from keras_erranalysis.compute._attention_hooks import (
     register_attention_layer,
     unregister_attention_layer,
 )
+from keras_erranalysis.compute._checks import finite_input_rows, weights_are_finite
 from keras_erranalysis.compute._embeddings import compute_embeddings, default_layer
 from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids
 from keras_erranalysis.compute._losses import compute_losses
@@ -40,11 +41,13 @@ __all__ = [
     "compute_losses",
     "default_layer",
     "extract_attention",
+    "finite_input_rows",
     "find_attention_layers",
     "load_model",
     "make_strategy",
     "recording_attention",
     "register_attention_layer",
     "unregister_attention_layer",
+    "weights_are_finite",
     "with_example_ids",
 ]
