@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -344,6 +345,58 @@ def _rich_table(frame: Any, columns: Sequence[str], *, title: str, max_chars: in
     return table
 
 
+def _check_run_folder(path: str) -> None:
+    """Raises a CommandError that names the fix when ``path`` is not a run folder.
+
+    A missing folder is left to :func:`~keras_erranalysis.run.load_run` ("does not exist").
+    A file, or a folder that holds a run in a subfolder (``erranalysis-demo`` holds
+    ``erranalysis-demo/run``), gets a message that says so.
+    """
+    from keras_erranalysis.run._files import RUN_FILE
+
+    folder = os.path.normpath(path)
+    if os.path.isfile(folder):
+        parent = os.path.dirname(folder) or "."
+        hint = (
+            f": the run folder is {parent!r}"
+            if os.path.isfile(os.path.join(parent, RUN_FILE))
+            else f": pass the folder that holds {RUN_FILE}"
+        )
+        raise CommandError(f"{path!r} is a file, not a run folder{hint}.")
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, RUN_FILE)):
+        return
+    found = sorted(
+        os.path.join(folder, *parts)
+        for parts in _subfolders(folder, depth=2)
+        if os.path.isfile(os.path.join(folder, *parts, RUN_FILE))
+    )
+    if found:
+        listed = ", ".join(repr(f) for f in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise CommandError(
+            f"{path!r} is not a run folder ({RUN_FILE} is missing) but holds "
+            f"{'one' if len(found) == 1 else 'runs'} in a subfolder: pass {listed}."
+        )
+
+
+def _subfolders(folder: str, *, depth: int) -> list[tuple[str, ...]]:
+    """Relative paths (as parts) of the visible subfolders of ``folder``, ``depth`` deep."""
+    out: list[tuple[str, ...]] = []
+    level: list[tuple[str, ...]] = [()]
+    for _ in range(depth):
+        deeper = []
+        for parts in level:
+            try:
+                entries = sorted(os.scandir(os.path.join(folder, *parts)), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                    deeper.append((*parts, entry.name))
+        out.extend(deeper)
+        level = deeper[:200]  # a huge tree: look no further than a few hundred folders
+    return out
+
+
 def _user_message(error: BaseException) -> str:
     """The message of a KeyError/IndexError/ValueError without repr quotes."""
     if error.args and isinstance(error.args[0], str):
@@ -589,6 +642,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _show_warning(command: str) -> Callable[..., None]:
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"{PROG} {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns the exit status.
 
@@ -612,7 +672,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(handler(args) or 0)
+        for name in ("log_dir", "log_dir_a", "log_dir_b"):
+            if getattr(args, "reads_run", False) and getattr(args, name, None):
+                _check_run_folder(getattr(args, name))
+        with warnings.catch_warnings():
+            # A warning (e.g. a vocabulary shorter than the ids) is one line on stderr.
+            warnings.showwarning = _show_warning(args.command)
+            return int(handler(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -96,6 +96,12 @@ def write_report(
         RunFormatError: For a missing or foreign run folder, or one without epochs.
         KeyError: For an epoch the run does not hold.
     """
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"{str(out)!r} is a folder: pass the report's file name, e.g. "
+            f"{str(out / 'report.html')!r}."
+        )
     run = load_run(log_dir)
     chosen = [run.meta(e)["epoch"] for e in (run.epochs if epochs is None else epochs)]
     if not chosen:
@@ -105,7 +111,6 @@ def write_report(
             f"Run {str(run.log_dir)!r} holds no complete epoch yet: nothing to report."
         )
     document = render_report(run, epochs=chosen, k=k, max_rows=max_rows, images=images, title=title)
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, document.encode("utf-8"))
     return out
