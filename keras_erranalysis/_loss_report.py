@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis._columns import EXAMPLE_COLUMNS
+from keras_erranalysis._columns import CLASSIFIER_COLUMNS, EXAMPLE_COLUMNS
 from keras_erranalysis.decoding import Vocabulary
 
 Reduction = Literal["mean", "sum"]
@@ -116,9 +116,10 @@ class LossReport:
 
         Returns:
             A DataFrame with columns ``example_id, loss, loss_sum, loss_mean, label,
-            prediction, confidence, true_prob, margin, correct, token_accuracy, n_tokens,
-            nonfinite``, the ``extra`` columns, and ``input_text``, ``label_text``,
-            ``prediction_text`` when they can be decoded.
+            prediction, confidence, true_prob, margin, correct`` (sequences: also
+            ``token_accuracy, n_tokens``, and no ``label, prediction``), ``nonfinite``, the
+            ``extra`` columns, and ``input_text``, ``label_text``, ``prediction_text`` when
+            they can be decoded.
         """
         frame = self.scalars()
         frame["nonfinite"] = self.nonfinite
@@ -143,7 +144,9 @@ class LossReport:
 
     def scalars(self) -> pd.DataFrame:
         """The per-example numbers only (no text), one row per example."""
-        frame = pd.DataFrame({name: np.asarray(getattr(self, name)) for name in EXAMPLE_COLUMNS})
+        # A classifier's token_accuracy repeats correct and its n_tokens is 1: not shown.
+        names = EXAMPLE_COLUMNS if self.is_sequence else CLASSIFIER_COLUMNS
+        frame = pd.DataFrame({name: np.asarray(getattr(self, name)) for name in names})
         if not self.is_sequence:
             frame.insert(4, "label", np.asarray(self.label))
             frame.insert(5, "prediction", np.asarray(self.prediction))

@@ -449,7 +449,9 @@ def _add_show(subparsers: Any) -> None:
         "--wrong-only", action="store_true", help="only examples the model gets wrong"
     )
     parser.add_argument(
-        "--example", type=_int, metavar="ID", help="show one example (by example id) in detail"
+        "--example",
+        metavar="ID",
+        help="show one example (by example id: a number, or text for runs with text ids) in detail",
     )
 
 
@@ -468,22 +470,62 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_example(console: Any, run: Any, epoch: int, example_id: int) -> int:
+def _parse_id(text: str, ids: Any) -> Any:
+    """The example id ``text`` as the run's id type (ids are compared as stored)."""
+    import numpy as np
+
+    kind = np.asarray(ids).dtype.kind
+    try:
+        if kind in "iu":
+            return int(text)
+        if kind == "f":
+            return float(text)
+    except ValueError:
+        number = "whole numbers" if kind in "iu" else "numbers"
+        raise KeyError(f"The example ids of this run are {number}; got {text!r}.") from None
+    if kind == "S":
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _id_range(ids: Any) -> str:
+    import numpy as np
+
+    values = np.asarray(ids)
+    if values.dtype.kind in "iuf":
+        return f"ids run from {format_id(values.min())} to {format_id(values.max())}"
+    sample = ", ".join(repr(format_id(v)) for v in values[:3])
+    return f"ids are text, e.g. {sample}"
+
+
+def format_id(value: Any) -> str:
+    """An example id as the terminal shows it: text decoded, numbers as stored."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "item"):
+        value = value.item()
+    return str(value)
+
+
+def _show_example(console: Any, run: Any, epoch: int, example_id: str) -> int:
     import pandas as pd
 
     report = run.report(epoch)
-    rows = (report.example_id == example_id).nonzero()[0]
+    wanted = _parse_id(example_id, report.example_id)
+    rows = (report.example_id == wanted).nonzero()[0]
     if rows.size == 0:
         raise KeyError(
-            f"No example with id {example_id} in epoch {epoch} (ids run from "
-            f"{int(report.example_id.min())} to {int(report.example_id.max())})."
+            f"No example with id {example_id} in epoch {epoch} ({_id_range(report.example_id)})."
         )
     decoding = {key: run.vocabulary(key) for key in ("vocab", "input_vocab", "label_names")}
     frame = report.select(rows).to_frame(**decoding)
     details = pd.DataFrame({"field": frame.columns, "value": list(frame.iloc[0])})
     console.print(
         _rich_table(
-            details, ["field", "value"], title=f"Example {example_id}, epoch {epoch}", max_chars=200
+            details,
+            ["field", "value"],
+            title=f"Example {format_id(report.example_id[rows[0]])}, epoch {epoch}",
+            max_chars=200,
         )
     )
     if report.is_sequence:
@@ -563,8 +605,14 @@ def _compare(args: argparse.Namespace) -> int:
 
     table = compare_runs(args.log_dir_a, args.log_dir_b, epoch_a=args.epoch_a, epoch_b=args.epoch_b)
     if table.empty:
+        kinds = (table.attrs["id_kind_a"], table.attrs["id_kind_b"])
+        why = (
+            f" (run A's ids are {kinds[0]}, run B's {kinds[1]}: ids match only as stored)"
+            if kinds[0] != kinds[1]
+            else ""
+        )
         raise CommandError(
-            "The two runs share no example id: compare needs runs over the same examples."
+            f"The two runs share no example id{why}: compare needs runs over the same examples."
         )
     counts = table["change"].value_counts()
     console = _console()

@@ -178,6 +178,9 @@ def compare_runs(
     frame_a = run_a.report(epoch_a).scalars()[["example_id", "loss", "correct"]]
     frame_b = run_b.frame(epoch_b)
     text = [c for c in ("input_text", "label_text", "prediction_text") if c in frame_b.columns]
+    frame_a["example_id"], frame_b["example_id"] = _comparable_ids(
+        frame_a["example_id"], frame_b["example_id"]
+    )
     merged = frame_a.merge(
         frame_b[["example_id", "loss", "correct", *text]],
         on="example_id",
@@ -197,7 +200,40 @@ def compare_runs(
     merged.attrs["only_b"] = int(len(frame_b) - len(merged))
     merged.attrs["epoch_a"] = int(run_a.meta(epoch_a)["epoch"])
     merged.attrs["epoch_b"] = int(run_b.meta(epoch_b)["epoch"])
+    merged.attrs["id_kind_a"] = id_kind(frame_a["example_id"])
+    merged.attrs["id_kind_b"] = id_kind(frame_b["example_id"])
     return merged
+
+
+def id_kind(ids: Any) -> str:
+    """``"text"``, ``"numbers"`` or ``"mixed"``: what a run's example ids are."""
+    values = pd.Series(ids)
+    if values.dtype.kind in "iufb":
+        return "numbers"
+    kinds = {
+        "text" if isinstance(v, (str, bytes)) else "numbers" for v in values.head(1000).tolist()
+    }
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _comparable_ids(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Two id columns that ``merge`` can match: as stored (3 is not "3"; 3 is 3.0).
+
+    Bytes ids (a TFRecord's string feature) are decoded, so b"id3" matches "id3"; numbers
+    match numbers of any width; text never matches a number.
+    """
+    a, b = _decoded(a), _decoded(b)
+    if a.dtype.kind in "iuf" and b.dtype.kind in "iuf":
+        return a, b
+    return a.astype(object), b.astype(object)
+
+
+def _decoded(ids: pd.Series) -> pd.Series:
+    if ids.dtype.kind == "S" or (
+        ids.dtype == object and any(isinstance(v, bytes) for v in ids.head(1000).tolist())
+    ):
+        return ids.map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+    return ids
 
 
 def _esc(value: Any) -> str:
