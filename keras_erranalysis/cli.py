@@ -404,9 +404,17 @@ def _user_message(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+# Width of the console when standard output is not a terminal (a file, a pipe, a log):
+# every row on one line, for grep and diff, rather than folded at 80 columns.
+_REDIRECTED_WIDTH = 10_000
+
+
 def _console() -> Any:
     from rich.console import Console
 
+    redirected = not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
+    if redirected and not os.environ.get("COLUMNS"):
+        return Console(highlight=False, soft_wrap=False, width=_REDIRECTED_WIDTH)
     return Console(highlight=False, soft_wrap=False)
 
 

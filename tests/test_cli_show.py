@@ -187,3 +187,25 @@ def test_compare_text_ids_with_number_ids_says_why_none_match(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert "run A's ids are text, run B's numbers" in err and "Traceback" not in err
+
+
+def test_show_is_one_line_per_row_when_redirected(run_dir, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["show", str(run_dir), "-k", "6"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == 6  # no row folded over several lines
+    assert all(len(row) < 1000 for row in rows)  # as wide as the text, not the console
+    assert "6 hardest examples by loss, epoch 2 of" in out.splitlines()[0]
+    assert "\x1b" not in out
+
+
+def test_compare_is_one_line_per_row_when_redirected(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    make_run(tmp_path / "other", epochs=1, n=12, tables=False)
+    assert main(["compare", str(tmp_path / "other"), str(run_dir), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("12 examples in both runs") and "mean loss" in (
+        out.splitlines()[0]
+    )
+    assert len(_rows(out)) <= 6

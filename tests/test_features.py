@@ -428,3 +428,16 @@ def test_compare_features_frame_says_what_it_takes():
     frame = pd.DataFrame({"correct": [True, False] * 5})
     table = compare_features(frame, ["a b", "c"] * 5, pos=False)  # texts given by hand
     assert list(table.columns) == COMPARE_COLUMNS
+
+
+def test_a_huge_token_is_cut_in_the_features_table():
+    rng = np.random.default_rng(6)
+    huge = "y" * 100_000
+    texts, _ = random_texts(rng, 300)
+    texts = [t + " " + huge if i % 3 == 0 else t for i, t in enumerate(texts)]
+    correct = np.array([i % 3 != 0 or rng.random() < 0.2 for i in range(300)])
+    table = compare_features(correct, texts, pos=False)
+    assert table["feature"].str.len().max() <= 100
+    assert table["summary"].str.len().max() < 400
+    assert ("y" * 99 + "\u2026") in set(table["feature"])
+    assert len(table.to_csv()) < 200_000

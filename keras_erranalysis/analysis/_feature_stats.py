@@ -401,6 +401,9 @@ def compare_features(
     if top is not None:
         order = order[:top]
     table = table.iloc[order].reset_index(drop=True)
+    # A feature named after a 100 kB token would fill features.csv, the report and
+    # TensorBoard with it, once per row: names are cut (their start names them well enough).
+    table["feature"] = [_cut(f, FEATURE_CHARS) for f in table["feature"]]
     table["summary"] = [
         _numeric_summary(f, w, r, q, e, _format_p(p))
         if t in ("welch", "mannwhitney")
@@ -417,6 +420,15 @@ def compare_features(
         )
     ]
     return table[COMPARE_COLUMNS]
+
+
+# Longest feature name in compare_features' table (longer ones end with "…").
+FEATURE_CHARS = 100
+
+
+def _cut(text: str, max_chars: int) -> str:
+    text = str(text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "\u2026"
 
 
 def features_summary(table: pd.DataFrame, *, top: int = 5) -> str:

@@ -103,7 +103,8 @@ def write_report(
             f"{str(out / 'report.html')!r}."
         )
     run = load_run(log_dir)
-    chosen = [run.meta(e)["epoch"] for e in (run.epochs if epochs is None else epochs)]
+    # Every complete epoch by number: a damaged one gets a note in its section, not a traceback.
+    chosen = list(run.epochs) if epochs is None else [run.meta(e)["epoch"] for e in epochs]
     if not chosen:
         from keras_erranalysis.run._files import RunFormatError
 
@@ -127,11 +128,26 @@ def render_report(
 ) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     name = title or run.log_dir.resolve().name
-    sections = [_run_section(run, epochs, images=images, max_rows=max_rows)]
-    for epoch in epochs:
-        sections.append(
-            _epoch_section(run, epoch, k=k, max_rows=max_rows, last=epoch == epochs[-1])
+    sections = [
+        _or_note(
+            "the whole-run section",
+            lambda: _run_section(run, epochs, images=images, max_rows=max_rows),
         )
+    ]
+    for epoch in epochs:
+        last = epoch == epochs[-1]
+        section = _or_note(
+            f"epoch {epoch}",
+            lambda epoch=epoch, last=last: _epoch_section(
+                run, epoch, k=k, max_rows=max_rows, last=last
+            ),
+        )
+        if not section.startswith("<section"):  # the note: keep it selectable by epoch
+            section = (
+                f'<section class="epoch" data-epoch="{epoch}"{"" if last else " data-hidden"}>'
+                f"<h2>Epoch {epoch}</h2>{section}</section>"
+            )
+        sections.append(section)
     options = "".join(
         f'<option value="{e}"{" selected" if e == epochs[-1] else ""}>epoch {e}</option>'
         for e in epochs
@@ -240,6 +256,13 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+# Cells longer than this show their start; the rest is one click away (a <details>), up to
+# FULL_CHARS: a 100 kB token in 300 rows must not make a 30 MB page.
+CELL_CHARS = 200
+FULL_CHARS = 5000
+_SORT_CHARS = 100  # sorting text needs only its start
+
+
 def _sort_key(value: Any, numeric: bool) -> str:
     if numeric:
         try:
@@ -247,7 +270,24 @@ def _sort_key(value: Any, numeric: bool) -> str:
         except (TypeError, ValueError):
             return ""
         return "" if math.isnan(number) else repr(number)
-    return format_value(value).lower()
+    return format_value(value)[:_SORT_CHARS].lower()
+
+
+def _cell_html(value: Any) -> str:
+    """A cell's text, escaped; long text cut, its rest in a <details> (as text, never markup)."""
+    text = format_value(value)
+    if len(text) <= CELL_CHARS:
+        return _esc(text)
+    full = text[:FULL_CHARS]
+    note = (
+        f" [cut at {FULL_CHARS:,} of {len(text):,} characters; the run folder has it all]"
+        if len(text) > FULL_CHARS
+        else ""
+    )
+    return (
+        f"<details><summary>{_esc(text[: CELL_CHARS - 1])}\u2026 ({len(text):,} characters)"
+        f"</summary>{_esc(full[CELL_CHARS - 1 :])}{_esc(note)}</details>"
+    )
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -278,7 +318,7 @@ def _table(
             attrs += row_attrs(shown.iloc[position])
         cells = "".join(
             f'<td data-v="{_esc(_sort_key(v, numeric[n]))}"'
-            f"{' class=num' if numeric[n] else ''}>{_esc(format_value(v))}</td>"
+            f"{' class=num' if numeric[n] else ''}>{_cell_html(v)}</td>"
             for n, v in zip(names, row)
         )
         rows.append(f"<tr{attrs}>{cells}</tr>")
@@ -502,14 +542,36 @@ def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -
     for name in sorted(run.meta(epoch).get("tables", {})):
         if name == "hardest":
             continue
-        table = run.table(name, epoch)
         parts.append(f"<h3>Table {_esc(name)}</h3>")
-        parts.append(_table(table, table_id=f"{name}-{epoch}", max_rows=max_rows))
-    pictures = [_image_file(p) for p in _images_in(run.epoch_dir(epoch))]
+        parts.append(
+            _or_note(
+                f"table {name!r}",
+                lambda name=name: _table(
+                    run.table(name, epoch), table_id=f"{name}-{epoch}", max_rows=max_rows
+                ),
+            )
+        )
+    pictures = [
+        _or_note(f"image {p.name!r}", lambda p=p: _image_file(p))
+        for p in _images_in(run.epoch_dir(epoch))
+    ]
     if pictures:
         parts.append(f'<h3>Figures</h3><div class="figures">{"".join(pictures)}</div>')
     parts.append("</section>")
     return "\n".join(parts)
+
+
+# What a damaged run folder raises when one of its files is read.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+
+
+def _or_note(what: str, render: Any) -> str:
+    """``render()``, or a note naming what could not be shown and why (the rest still shows)."""
+    try:
+        return render()
+    except _UNREADABLE as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return f'<p class="note error">Cannot show {_esc(what)}: {_esc(reason)}</p>'
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -535,7 +597,8 @@ color:#1d1d1f;background:#fff}
 header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:.5em 0;
 z-index:2}
 h1{font-size:1.4em;margin:.3em 0}h2{font-size:1.2em;margin-top:1.5em}h3{font-size:1.05em}
-.meta,.note,.count{color:#666;font-size:.9em}
+.meta,.note,.count{color:#666;font-size:.9em}.note.error{color:#b00}
+summary{cursor:pointer}
 .scroll{overflow-x:auto;max-height:70vh;overflow-y:auto;border:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;width:100%}
 caption{text-align:left;font-weight:600;padding:.3em}
