@@ -205,7 +205,8 @@ def test_compare_is_one_line_per_row_when_redirected(run_dir, tmp_path, capsys, 
     make_run(tmp_path / "other", epochs=1, n=12, tables=False)
     assert main(["compare", str(tmp_path / "other"), str(run_dir), "-k", "3"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("12 examples in both runs") and "mean loss" in (
-        out.splitlines()[0]
+    assert (
+        out.splitlines()[0].startswith("12 examples in both runs")
+        and "mean loss" in (out.splitlines()[0])
     )
     assert len(_rows(out)) <= 6
