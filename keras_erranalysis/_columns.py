@@ -15,6 +15,10 @@ _PER_EXAMPLE = (
 )
 EXAMPLE_COLUMNS = ("example_id", "loss", "loss_sum", "loss_mean", *_PER_EXAMPLE)
 
+# A classifier's tables leave out the token columns (one "token" each: constant or = correct).
+TOKEN_ONLY = ("token_accuracy", "n_tokens")
+CLASSIFIER_COLUMNS = tuple(c for c in EXAMPLE_COLUMNS if c not in TOKEN_ONLY)
+
 # Per-token (N, T) columns, only for sequence outputs.
 TOKEN_COLUMNS = ("token_loss", "token_confidence", "token_true_prob", "token_margin", "token_mask")
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis._columns import EXAMPLE_COLUMNS
+from keras_erranalysis._columns import CLASSIFIER_COLUMNS, EXAMPLE_COLUMNS
 from keras_erranalysis.decoding import Vocabulary
 
 Reduction = Literal["mean", "sum"]
@@ -115,9 +116,10 @@ class LossReport:
 
         Returns:
             A DataFrame with columns ``example_id, loss, loss_sum, loss_mean, label,
-            prediction, confidence, true_prob, margin, correct, token_accuracy, n_tokens,
-            nonfinite``, the ``extra`` columns, and ``input_text``, ``label_text``,
-            ``prediction_text`` when they can be decoded.
+            prediction, confidence, true_prob, margin, correct`` (sequences: also
+            ``token_accuracy, n_tokens``, and no ``label, prediction``), ``nonfinite``, the
+            ``extra`` columns, and ``input_text``, ``label_text``, ``prediction_text`` when
+            they can be decoded.
         """
         frame = self.scalars()
         frame["nonfinite"] = self.nonfinite
@@ -126,15 +128,25 @@ class LossReport:
         input_text = self.input_texts(input_vocab, input_name=input_name)
         if input_text is not None:
             frame["input_text"] = input_text
+        if not self.is_sequence and vocab is not None and label_names is None:
+            warnings.warn(
+                "vocab= decodes sequence outputs; this report is for a classifier, so it is "
+                "ignored: pass label_names=[...] to name the classes.",
+                UserWarning,
+                stacklevel=2,
+            )
         target = Vocabulary.from_any(vocab if self.is_sequence else label_names)
         if target is not None:
+            self._warn_missing_ids(target, "vocab" if self.is_sequence else "label_names")
             frame["label_text"] = self._decode_targets(self.label, target)
             frame["prediction_text"] = self._decode_targets(self.prediction, target)
         return frame
 
     def scalars(self) -> pd.DataFrame:
         """The per-example numbers only (no text), one row per example."""
-        frame = pd.DataFrame({name: np.asarray(getattr(self, name)) for name in EXAMPLE_COLUMNS})
+        # A classifier's token_accuracy repeats correct and its n_tokens is 1: not shown.
+        names = EXAMPLE_COLUMNS if self.is_sequence else CLASSIFIER_COLUMNS
+        frame = pd.DataFrame({name: np.asarray(getattr(self, name)) for name in names})
         if not self.is_sequence:
             frame.insert(4, "label", np.asarray(self.label))
             frame.insert(5, "prediction", np.asarray(self.prediction))
@@ -154,7 +166,35 @@ class LossReport:
         if decoder is None:
             return None
         rows = values.reshape(len(values), -1)
+        if decoder.tokens and decoder.tokens[0].strip().lower() in _PADDING:
+            # Id 0 named as padding ("<pad>", "[PAD]"): not part of the text.
+            return [decoder.decode(row, row != 0) for row in rows]
         return [decoder.decode(row) for row in rows]
+
+    def _warn_missing_ids(self, decoder: Vocabulary, name: str) -> None:
+        """Warns (once per call) when ``decoder`` lacks ids the labels or predictions use."""
+        if decoder.tokens is None:
+            return
+        size = len(decoder.tokens)
+        if self.is_sequence:
+            mask = np.asarray(self.token_mask, dtype=bool)
+            used = np.union1d(np.asarray(self.label)[mask], np.asarray(self.prediction)[mask])
+            what = f"token ids up to {int(used.max()) if used.size else 0}"
+        else:
+            used = np.arange(self.num_classes)
+            what = f"{self.num_classes} classes"
+        missing = used[used >= size]
+        if missing.size == 0:
+            return
+        listed = ", ".join(str(int(i)) for i in missing[:10]) + (
+            f", ... ({missing.size} in all)" if missing.size > 10 else ""
+        )
+        warnings.warn(
+            f"{name} has {size} entries but the {what}: ids {listed} are missing and show "
+            f"as <id>; pass the full {name}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _decode_targets(self, ids: np.ndarray, decoder: Vocabulary) -> list[str]:
         if not self.is_sequence:
@@ -198,7 +238,8 @@ class LossReport:
         Returns:
             One row per position: ``position, label, prediction, label_token,
             prediction_token, loss, confidence, true_prob, margin, correct, counted``;
-            positions that do not count (padding, ignored labels) have ``counted=False``.
+            positions that do not count (padding, ignored labels) have ``counted=False``,
+            NaN numbers and blank tokens.
         """
         if not self.is_sequence:
             raise ValueError(
@@ -221,9 +262,12 @@ class LossReport:
                 "counted": counted,
             }
         )
+        # Positions that do not count have no numbers to show: blanks, not zeros or "<-100>".
+        for name in ("loss", "confidence", "true_prob", "margin"):
+            table[name] = table[name].astype(np.float64).where(counted)
         if decoder is not None:
-            table.insert(3, "label_token", [decoder.token(t) for t in self.label[row]])
-            table.insert(4, "prediction_token", [decoder.token(t) for t in self.prediction[row]])
+            table.insert(3, "label_token", _tokens(decoder, self.label[row], counted))
+            table.insert(4, "prediction_token", _tokens(decoder, self.prediction[row], counted))
         return table
 
     def _row(self, i: int, *, by_id: bool) -> int:
@@ -248,6 +292,14 @@ class LossReport:
                 value = {k: v[rows] for k, v in value.items()}
             fields[field.name] = value
         return LossReport(**fields)
+
+
+# Names of a padding token at id 0, lower-cased (the empty token is always padding).
+_PADDING = ("", "<pad>", "[pad]", "pad", "<padding>")
+
+
+def _tokens(decoder: Vocabulary, ids: np.ndarray, counted: np.ndarray) -> list[str]:
+    return [decoder.token(t) if keep else "" for t, keep in zip(ids, counted)]
 
 
 def _text(value: Any) -> str:

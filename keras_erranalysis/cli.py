@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -344,6 +345,58 @@ def _rich_table(frame: Any, columns: Sequence[str], *, title: str, max_chars: in
     return table
 
 
+def _check_run_folder(path: str) -> None:
+    """Raises a CommandError that names the fix when ``path`` is not a run folder.
+
+    A missing folder is left to :func:`~keras_erranalysis.run.load_run` ("does not exist").
+    A file, or a folder that holds a run in a subfolder (``erranalysis-demo`` holds
+    ``erranalysis-demo/run``), gets a message that says so.
+    """
+    from keras_erranalysis.run._files import RUN_FILE
+
+    folder = os.path.normpath(path)
+    if os.path.isfile(folder):
+        parent = os.path.dirname(folder) or "."
+        hint = (
+            f": the run folder is {parent!r}"
+            if os.path.isfile(os.path.join(parent, RUN_FILE))
+            else f": pass the folder that holds {RUN_FILE}"
+        )
+        raise CommandError(f"{path!r} is a file, not a run folder{hint}.")
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, RUN_FILE)):
+        return
+    found = sorted(
+        os.path.join(folder, *parts)
+        for parts in _subfolders(folder, depth=2)
+        if os.path.isfile(os.path.join(folder, *parts, RUN_FILE))
+    )
+    if found:
+        listed = ", ".join(repr(f) for f in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise CommandError(
+            f"{path!r} is not a run folder ({RUN_FILE} is missing) but holds "
+            f"{'one' if len(found) == 1 else 'runs'} in a subfolder: pass {listed}."
+        )
+
+
+def _subfolders(folder: str, *, depth: int) -> list[tuple[str, ...]]:
+    """Relative paths (as parts) of the visible subfolders of ``folder``, ``depth`` deep."""
+    out: list[tuple[str, ...]] = []
+    level: list[tuple[str, ...]] = [()]
+    for _ in range(depth):
+        deeper = []
+        for parts in level:
+            try:
+                entries = sorted(os.scandir(os.path.join(folder, *parts)), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                    deeper.append((*parts, entry.name))
+        out.extend(deeper)
+        level = deeper[:200]  # a huge tree: look no further than a few hundred folders
+    return out
+
+
 def _user_message(error: BaseException) -> str:
     """The message of a KeyError/IndexError/ValueError without repr quotes."""
     if error.args and isinstance(error.args[0], str):
@@ -351,9 +404,17 @@ def _user_message(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+# Width of the console when standard output is not a terminal (a file, a pipe, a log):
+# every row on one line, for grep and diff, rather than folded at 80 columns.
+_REDIRECTED_WIDTH = 10_000
+
+
 def _console() -> Any:
     from rich.console import Console
 
+    redirected = not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty())
+    if redirected and not os.environ.get("COLUMNS"):
+        return Console(highlight=False, soft_wrap=False, width=_REDIRECTED_WIDTH)
     return Console(highlight=False, soft_wrap=False)
 
 
@@ -396,7 +457,9 @@ def _add_show(subparsers: Any) -> None:
         "--wrong-only", action="store_true", help="only examples the model gets wrong"
     )
     parser.add_argument(
-        "--example", type=_int, metavar="ID", help="show one example (by example id) in detail"
+        "--example",
+        metavar="ID",
+        help="show one example (by example id: a number, or text for runs with text ids) in detail",
     )
 
 
@@ -415,22 +478,62 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_example(console: Any, run: Any, epoch: int, example_id: int) -> int:
+def _parse_id(text: str, ids: Any) -> Any:
+    """The example id ``text`` as the run's id type (ids are compared as stored)."""
+    import numpy as np
+
+    kind = np.asarray(ids).dtype.kind
+    try:
+        if kind in "iu":
+            return int(text)
+        if kind == "f":
+            return float(text)
+    except ValueError:
+        number = "whole numbers" if kind in "iu" else "numbers"
+        raise KeyError(f"The example ids of this run are {number}; got {text!r}.") from None
+    if kind == "S":
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _id_range(ids: Any) -> str:
+    import numpy as np
+
+    values = np.asarray(ids)
+    if values.dtype.kind in "iuf":
+        return f"ids run from {format_id(values.min())} to {format_id(values.max())}"
+    sample = ", ".join(repr(format_id(v)) for v in values[:3])
+    return f"ids are text, e.g. {sample}"
+
+
+def format_id(value: Any) -> str:
+    """An example id as the terminal shows it: text decoded, numbers as stored."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "item"):
+        value = value.item()
+    return str(value)
+
+
+def _show_example(console: Any, run: Any, epoch: int, example_id: str) -> int:
     import pandas as pd
 
     report = run.report(epoch)
-    rows = (report.example_id == example_id).nonzero()[0]
+    wanted = _parse_id(example_id, report.example_id)
+    rows = (report.example_id == wanted).nonzero()[0]
     if rows.size == 0:
         raise KeyError(
-            f"No example with id {example_id} in epoch {epoch} (ids run from "
-            f"{int(report.example_id.min())} to {int(report.example_id.max())})."
+            f"No example with id {example_id} in epoch {epoch} ({_id_range(report.example_id)})."
         )
     decoding = {key: run.vocabulary(key) for key in ("vocab", "input_vocab", "label_names")}
     frame = report.select(rows).to_frame(**decoding)
     details = pd.DataFrame({"field": frame.columns, "value": list(frame.iloc[0])})
     console.print(
         _rich_table(
-            details, ["field", "value"], title=f"Example {example_id}, epoch {epoch}", max_chars=200
+            details,
+            ["field", "value"],
+            title=f"Example {format_id(report.example_id[rows[0]])}, epoch {epoch}",
+            max_chars=200,
         )
     )
     if report.is_sequence:
@@ -510,8 +613,14 @@ def _compare(args: argparse.Namespace) -> int:
 
     table = compare_runs(args.log_dir_a, args.log_dir_b, epoch_a=args.epoch_a, epoch_b=args.epoch_b)
     if table.empty:
+        kinds = (table.attrs["id_kind_a"], table.attrs["id_kind_b"])
+        why = (
+            f" (run A's ids are {kinds[0]}, run B's {kinds[1]}: ids match only as stored)"
+            if kinds[0] != kinds[1]
+            else ""
+        )
         raise CommandError(
-            "The two runs share no example id: compare needs runs over the same examples."
+            f"The two runs share no example id{why}: compare needs runs over the same examples."
         )
     counts = table["change"].value_counts()
     console = _console()
@@ -589,6 +698,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _show_warning(command: str) -> Callable[..., None]:
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        print(f"{PROG} {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line and returns the exit status.
 
@@ -612,7 +728,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(handler(args) or 0)
+        for name in ("log_dir", "log_dir_a", "log_dir_b"):
+            if getattr(args, "reads_run", False) and getattr(args, name, None):
+                _check_run_folder(getattr(args, name))
+        with warnings.catch_warnings():
+            # A warning (e.g. a vocabulary shorter than the ids) is one line on stderr.
+            warnings.showwarning = _show_warning(args.command)
+            return int(handler(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -392,8 +392,7 @@ def write_summaries(
         k: Rows of the hardest-example text table.
         figures: Heatmaps already in memory (name -> Figure); default: the epoch's PNGs.
     """
-    from keras_erranalysis.present._tensorboard import log_epoch
-    from keras_erranalysis.present._text import markdown_cell
+    from keras_erranalysis.present._tensorboard import log_epoch, markdown_list, tensorboard_step
 
     report = run.report(epoch)
     frame = report.to_frame(**{key: run.vocabulary(key) for key in DECODING_KEYS})
@@ -408,7 +407,19 @@ def write_summaries(
         vectors = None
     # The data map needs the epochs up to this one: only the run's last epoch has them all.
     upto = run if epoch == run.epochs[-1] else None
-    log_epoch(summaries, epoch, report, frame=frame, run=upto, vectors=vectors, k=k, figures=images)
-    if "features" in run.meta(epoch).get("tables", {}):
+    meta = run.meta(epoch)
+    step = tensorboard_step(epoch, (meta.get("info") or {}).get("keras_epoch"))
+    log_epoch(
+        summaries,
+        epoch,
+        report,
+        frame=frame,
+        run=upto,
+        vectors=vectors,
+        k=k,
+        figures=images,
+        tensorboard_step=step,
+    )
+    if "features" in meta.get("tables", {}):
         summary = features_summary(run.table("features", epoch))
-        summaries.text("feature_summary", markdown_cell(summary, max_chars=None), epoch)
+        summaries.text("feature_summary", markdown_list(summary), step)

@@ -138,3 +138,75 @@ def test_subprocess_error_has_no_traceback(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _id_run(path, ids, seed=1):
+    report = classification_report(len(ids), seed=seed)
+    report.example_id = ids
+    RunWriter(path, decoding={"label_names": ["x", "y", "z"]}).write_epoch(1, report)
+
+
+@pytest.mark.parametrize(
+    "ids, wanted, shown",
+    [
+        (np.array([f"id{i}" for i in range(6)]), "id3", "id3"),
+        (np.array([f"id{i}".encode() for i in range(6)]), "id3", "id3"),
+        (np.arange(6) * 0.5, "1.5", "1.5"),
+        (np.arange(6, dtype=np.int64) + 100, "103", "103"),
+    ],
+)
+def test_show_example_parses_the_runs_id_type(tmp_path, capsys, wide, ids, wanted, shown):
+    _id_run(tmp_path / "run", ids)
+    assert main(["show", str(tmp_path / "run"), "--example", wanted]) == 0
+    assert f"Example {shown}, epoch 1" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "run"), "--example", "nope"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "No example with id nope" in err or "ids of this run are" in err
+
+
+@pytest.mark.parametrize(
+    "ids_a, ids_b",
+    [
+        ([f"id{i}" for i in range(6)], [f"id{i}" for i in range(6)]),
+        ([f"id{i}" for i in range(6)], [f"id{i}".encode() for i in range(6)]),
+        (list(np.arange(6) * 0.5), list(np.arange(6) * 0.5)),
+        (list(range(6)), [float(i) for i in range(6)]),
+    ],
+)
+def test_compare_matches_ids_of_any_type(tmp_path, capsys, wide, ids_a, ids_b):
+    _id_run(tmp_path / "a", np.array(ids_a), seed=1)
+    _id_run(tmp_path / "b", np.array(ids_b), seed=2)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "6 examples in both runs" in capsys.readouterr().out
+
+
+def test_compare_text_ids_with_number_ids_says_why_none_match(tmp_path, capsys):
+    _id_run(tmp_path / "a", np.array([str(i) for i in range(6)]))
+    _id_run(tmp_path / "b", np.arange(6))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "run A's ids are text, run B's numbers" in err and "Traceback" not in err
+
+
+def test_show_is_one_line_per_row_when_redirected(run_dir, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["show", str(run_dir), "-k", "6"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == 6  # no row folded over several lines
+    assert all(len(row) < 1000 for row in rows)  # as wide as the text, not the console
+    assert "6 hardest examples by loss, epoch 2 of" in out.splitlines()[0]
+    assert "\x1b" not in out
+
+
+def test_compare_is_one_line_per_row_when_redirected(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    make_run(tmp_path / "other", epochs=1, n=12, tables=False)
+    assert main(["compare", str(tmp_path / "other"), str(run_dir), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out.splitlines()[0].startswith("12 examples in both runs")
+        and "mean loss" in (out.splitlines()[0])
+    )
+    assert len(_rows(out)) <= 6

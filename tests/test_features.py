@@ -394,3 +394,50 @@ def test_extra_columns_and_top():
     assert table.iloc[0]["feature"] == "signal" and table.iloc[0]["kind"] == "extra"
     with pytest.raises(ValueError, match="one number per example"):
         compare_features(correct, texts, pos=False, extra={"bad": np.ones(3)})
+
+
+@pytest.mark.parametrize("form", ["correct", "label_prediction", "input_text"])
+def test_compare_features_takes_a_hand_built_frame(form):
+    rng = np.random.default_rng(5)
+    texts, lengths = random_texts(rng, 300)
+    correct = ~((lengths > 12) & (rng.random(300) < 0.6))
+    label = rng.integers(0, 3, 300)
+    prediction = np.where(correct, label, (label + 1) % 3)
+    loss = rng.random(300) + ~correct
+    ids = [f"ex{i}" for i in range(300)]
+    if form == "correct":
+        frame = pd.DataFrame({"text": texts, "correct": correct, "loss": loss}, index=ids)
+    elif form == "label_prediction":
+        frame = pd.DataFrame(
+            {"text": texts, "label": label, "prediction": prediction, "loss": loss}, index=ids
+        )
+    else:
+        frame = pd.DataFrame({"input_text": texts, "correct": correct.astype(int)}, index=ids)
+    table = compare_features(frame, pos=False)
+    labels = label if form == "label_prediction" else None
+    expected = compare_features(correct, texts, labels=labels, pos=False)
+    pd.testing.assert_frame_equal(table, expected)
+    assert table.iloc[0]["feature"] == "n_tokens"
+
+
+def test_compare_features_frame_says_what_it_takes():
+    with pytest.raises(ValueError, match=r"'correct' column \(or 'label' and 'prediction'.*"):
+        compare_features(pd.DataFrame({"text": ["a"], "loss": [1.0]}), pos=False)
+    with pytest.raises(ValueError, match=r"'text' or 'input_text' column.*texts="):
+        compare_features(pd.DataFrame({"correct": [True, False]}), pos=False)
+    frame = pd.DataFrame({"correct": [True, False] * 5})
+    table = compare_features(frame, ["a b", "c"] * 5, pos=False)  # texts given by hand
+    assert list(table.columns) == COMPARE_COLUMNS
+
+
+def test_a_huge_token_is_cut_in_the_features_table():
+    rng = np.random.default_rng(6)
+    huge = "y" * 100_000
+    texts, _ = random_texts(rng, 300)
+    texts = [t + " " + huge if i % 3 == 0 else t for i, t in enumerate(texts)]
+    correct = np.array([i % 3 != 0 or rng.random() < 0.2 for i in range(300)])
+    table = compare_features(correct, texts, pos=False)
+    assert table["feature"].str.len().max() <= 100
+    assert table["summary"].str.len().max() < 400
+    assert ("y" * 99 + "\u2026") in set(table["feature"])
+    assert len(table.to_csv()) < 200_000

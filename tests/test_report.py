@@ -4,6 +4,7 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 from _presentation import CLASSES, HOSTILE, classification_report, make_run
 
@@ -172,3 +173,52 @@ def test_compare_runs_finds_fixed_and_broken_examples(tmp_path):
     assert changes[101] == "fixed" and changes[100] == "broken" and changes[103] == "same"
     np.testing.assert_allclose(table["loss_change"], np.sort(after.loss - before.loss))
     assert table.attrs["only_a"] == 0 and table.attrs["only_b"] == 0
+
+
+def test_a_huge_token_does_not_blow_up_the_report(tmp_path):
+    token = "x" * 100_000
+    report = classification_report(300)
+    report.inputs = {"text": np.array([f"{token} example {i}" for i in range(300)])}
+    RunWriter(tmp_path / "run", decoding={"label_names": ["a", "b", "c"]}).write_epoch(
+        1, report, tables={"features": pd.DataFrame({"feature": [token], "p_value": [0.1]})}
+    )
+    out = write_report(tmp_path / "run", tmp_path / "r.html", k=300)
+    size = out.stat().st_size
+    assert size < 3e6, size  # was 35 MB
+    page = _page(out)
+    assert {"details", "summary"} <= set(page.tags)
+    text = out.read_text(encoding="utf-8")
+    assert re.search(r"100,0\d\d characters", text)
+    assert "the run folder has it all" in text
+
+
+def test_long_cells_stay_text_inside_details(tmp_path):
+    hostile = "<script>window.__pwned=1</script>" * 20
+    report = classification_report(3)
+    report.inputs = {"text": np.array([hostile, "short", "short"])}
+    RunWriter(tmp_path / "run", decoding={"label_names": ["a", "b", "c"]}).write_epoch(1, report)
+    out = write_report(tmp_path / "run", tmp_path / "r.html")
+    page = _page(out)
+    assert page.tags.count("script") == 1
+    row = next(r for r in page.tables["hardest-1"][1:] if "pwned" in r["cells"][-1])
+    assert row["cells"][-1].replace("\u2026 (660 characters)", "") == hostile
+
+
+def test_one_corrupt_table_does_not_abort_the_report(tmp_path):
+    make_run(tmp_path / "run", epochs=2, n=12)
+    (tmp_path / "run/epoch_0002/per_class.csv").write_text("garbage,\n\x00\x01")
+    out = write_report(tmp_path / "run", tmp_path / "r.html")
+    page = _page(out)
+    text = out.read_text(encoding="utf-8")
+    assert "Cannot show table &#x27;per_class&#x27;" in text and "per_class.csv" in text
+    assert "hardest-2" in page.tables and "features-2" in page.tables  # the rest is shown
+    assert "per_class-1" in page.tables
+
+
+def test_a_corrupt_epoch_is_named_and_the_others_shown(tmp_path):
+    make_run(tmp_path / "run", epochs=2, n=12, tables=False)
+    (tmp_path / "run/epoch_0001/loss.npy").write_bytes(b"\x93NUMPY garbage")
+    out = write_report(tmp_path / "run", tmp_path / "r.html")
+    text = out.read_text(encoding="utf-8")
+    assert "Cannot show epoch 1" in text and "loss.npy" in text
+    assert "hardest-2" in _page(out).tables

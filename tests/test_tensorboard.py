@@ -322,9 +322,10 @@ def test_callback_writes_summaries_and_projector(tmp_path):
     folder = tmp_path / "run/tensorboard/validation"
     assert sorted(p.name for p in (tmp_path / "run/tensorboard").iterdir()) == ["validation"]
     acc = _tensors(folder)
-    for epoch in (1, 2):
+    for epoch in (1, 2):  # at Keras' 0-based step, as its own epoch_* scalars
         loss = np.asarray(run.array("loss", epoch), np.float64)
-        assert float(_value(acc, "erranalysis/loss_mean", epoch)) == pytest.approx(loss.mean())
+        got = float(_value(acc, "erranalysis/loss_mean", epoch - 1))
+        assert got == pytest.approx(loss.mean())
     assert run.array("embedding", 2).shape == (32, 6)
     assert (folder / "projector_metadata-0002.tsv").exists()
     assert not (folder / "projector_metadata-0001.tsv").exists()
@@ -360,10 +361,63 @@ def test_tensorboard_verb_exports_a_finished_run_like_the_callback(tmp_path, cap
     run = load_run(tmp_path / "run")
     for epoch in (1, 2):
         loss = np.asarray(run.array("loss", epoch), np.float64)
-        got = float(_value(later, "erranalysis/loss_mean", epoch))
+        got = float(_value(later, "erranalysis/loss_mean", epoch - 1))
         assert got == pytest.approx(loss.mean())
-        assert got == pytest.approx(float(_value(live, "erranalysis/loss_mean", epoch)))
+        assert got == pytest.approx(float(_value(live, "erranalysis/loss_mean", epoch - 1)))
     assert (tmp_path / "later/validation/projector_metadata-0002.tsv").exists()
     # a folder that is not a run is one line, exit status 1
     assert main(["tensorboard", str(tmp_path / "nothing")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_steps_line_up_with_keras_own_epoch_scalars(tmp_path):
+    import keras
+
+    from keras_erranalysis import ErrorAnalysis
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(48, 5)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tb = tmp_path / "tb"
+    callbacks = [
+        keras.callbacks.TensorBoard(str(tb), write_graph=False),
+        ErrorAnalysis((x[:16], y[:16]), log_dir=tmp_path / "run", tensorboard=tb, verbose=0),
+    ]
+    model.fit(x, y, validation_data=(x[:16], y[:16]), epochs=3, verbose=0, callbacks=callbacks)
+    acc = _tensors(tb / "validation")
+    keras_steps = sorted(e.step for e in acc.Tensors("epoch_loss"))
+    ours = sorted(e.step for e in acc.Tensors("erranalysis/loss_mean"))
+    assert keras_steps == ours == [0, 1, 2]
+    text = _value(acc, "erranalysis/hardest", 0).item().decode()
+    assert "(epoch 1)" in text  # the text names the run's epoch
+
+
+def test_feature_summary_is_a_markdown_list_and_the_data_map_is_readable(tmp_path):
+    import tensorflow as tf
+
+    from keras_erranalysis.analysis import compare_features, features_summary
+    from keras_erranalysis.pipeline import export_tensorboard
+    from keras_erranalysis.run._writer import RunWriter
+
+    writer = RunWriter(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["w"] * int(n)) for n in rng.integers(1, 30, 60)]
+    for epoch in (1, 2):
+        report = classification_report(60, seed=epoch)
+        report.correct = np.array([len(t) < 30 for t in texts])
+        features = compare_features(report.correct, texts, pos=False)
+        writer.write_epoch(epoch, report, tables={"features": features})
+    export_tensorboard(tmp_path / "run", tmp_path / "tb")
+    acc = _tensors(tmp_path / "tb/validation")
+    run = load_run(tmp_path / "run")
+
+    lines = features_summary(run.table("features", 2)).splitlines()
+    assert len(lines) >= 2
+    text = _value(acc, "erranalysis/feature_summary", 1).item().decode()
+    assert "\u21b5" not in text
+    assert text.splitlines() == [f"- {markdown_cell(line)}" for line in lines]
+    image = _value(acc, "erranalysis/data_map", 1)
+    width = int(image[0])
+    assert tf.io.decode_png(image[2]).shape[1] == width >= 900

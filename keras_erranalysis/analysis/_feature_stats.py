@@ -145,6 +145,48 @@ def _binary_summary(name: str, kind: str, rw: float, rr: float, p: str) -> str:
     )
 
 
+_FRAME_HELP = (
+    "compare_features takes a LossReport, a boolean array (True = right), or a DataFrame "
+    "with a 'correct' column (or 'label' and 'prediction' columns), the example ids as its "
+    "index (or an 'example_id' column) and the text in a 'text' or 'input_text' column"
+)
+
+
+def _from_frame(
+    frame: pd.DataFrame, *, need_text: bool
+) -> tuple[np.ndarray, np.ndarray, list[str] | None, np.ndarray | None, dict[str, np.ndarray]]:
+    """``correct``, ids, texts, labels and numeric report columns of a hand-built frame."""
+    columns = list(frame.columns)
+    if "correct" in frame.columns:
+        correct = frame["correct"].to_numpy()
+        if correct.dtype != bool and not pd.Series(correct).isin([0, 1, True, False]).all():
+            raise ValueError(f"The 'correct' column must be boolean (True = right). {_FRAME_HELP}.")
+        correct = correct.astype(bool)
+    elif "label" in frame.columns and "prediction" in frame.columns:
+        correct = (frame["label"].to_numpy() == frame["prediction"].to_numpy()).astype(bool)
+    else:
+        raise ValueError(f"{_FRAME_HELP}; this frame has columns {columns}.")
+    ids = (
+        frame["example_id"].to_numpy() if "example_id" in frame.columns else frame.index.to_numpy()
+    )
+    text_column = next((c for c in ("text", "input_text") if c in frame.columns), None)
+    if need_text and text_column is None:
+        raise ValueError(
+            f"No text to take features from: {_FRAME_HELP} (or pass texts=); this frame has "
+            f"columns {columns}."
+        )
+    texts = None if text_column is None else [str(t) for t in frame[text_column].tolist()]
+    labels = None
+    if "label" in frame.columns and frame["label"].dtype.kind in "iub":
+        labels = frame["label"].to_numpy()
+    extra = {
+        c: frame[c].to_numpy(dtype=np.float64)
+        for c in ("confidence",)
+        if c in frame.columns and frame[c].dtype.kind in "iuf"
+    }
+    return correct, ids, texts, labels, extra
+
+
 def _resolve_report(report_or_correct: Any) -> tuple[np.ndarray, Any]:
     if hasattr(report_or_correct, "correct"):
         return np.asarray(report_or_correct.correct, dtype=bool), report_or_correct
@@ -223,8 +265,11 @@ def compare_features(
 
     Args:
         report_or_correct: A LossReport (uses ``correct``, ``example_id``, 1-D ``label``,
-            ``inputs`` when no text is given, ``confidence`` and ``extra`` columns) or a (N,)
-            boolean array, True where the model is right.
+            ``inputs`` when no text is given, ``confidence`` and ``extra`` columns), a (N,)
+            boolean array, True where the model is right, or a DataFrame with a ``correct``
+            column (or ``label`` and ``prediction`` columns), ids as its index (or an
+            ``example_id`` column), text in a ``text`` or ``input_text`` column and an
+            optional numeric ``confidence`` column.
         texts: N texts (see :func:`extract_features`).
         tokens: N token lists.
         token_ids: Padded token ids.
@@ -262,6 +307,15 @@ def compare_features(
 
     if test not in ("welch", "mannwhitney"):
         raise ValueError(f"test={test!r} is not supported: use 'welch' or 'mannwhitney'.")
+    if isinstance(report_or_correct, pd.DataFrame):
+        frame = report_or_correct
+        report_or_correct, frame_ids, frame_texts, frame_labels, frame_extra = _from_frame(
+            frame, need_text=texts is None and tokens is None and token_ids is None
+        )
+        example_ids = frame_ids if example_ids is None else example_ids
+        texts = frame_texts if texts is None and tokens is None and token_ids is None else texts
+        labels = frame_labels if labels is None else labels
+        extra = {**frame_extra, **dict(extra or {})} if frame_extra or extra is not None else None
     correct, report = _resolve_report(report_or_correct)
     n = len(correct)
     if report is not None:
@@ -348,6 +402,9 @@ def compare_features(
     if top is not None:
         order = order[:top]
     table = table.iloc[order].reset_index(drop=True)
+    # A feature named after a 100 kB token would fill features.csv, the report and
+    # TensorBoard with it, once per row: names are cut (their start names them well enough).
+    table["feature"] = [_cut(f, FEATURE_CHARS) for f in table["feature"]]
     table["summary"] = [
         _numeric_summary(f, w, r, q, e, _format_p(p))
         if t in ("welch", "mannwhitney")
@@ -364,6 +421,15 @@ def compare_features(
         )
     ]
     return table[COMPARE_COLUMNS]
+
+
+# Longest feature name in compare_features' table (longer ones end with "…").
+FEATURE_CHARS = 100
+
+
+def _cut(text: str, max_chars: int) -> str:
+    text = str(text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "\u2026"
 
 
 def features_summary(table: pd.DataFrame, *, top: int = 5) -> str:

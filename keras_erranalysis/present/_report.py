@@ -96,8 +96,15 @@ def write_report(
         RunFormatError: For a missing or foreign run folder, or one without epochs.
         KeyError: For an epoch the run does not hold.
     """
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"{str(out)!r} is a folder: pass the report's file name, e.g. "
+            f"{str(out / 'report.html')!r}."
+        )
     run = load_run(log_dir)
-    chosen = [run.meta(e)["epoch"] for e in (run.epochs if epochs is None else epochs)]
+    # Every complete epoch by number: a damaged one gets a note in its section, not a traceback.
+    chosen = list(run.epochs) if epochs is None else [run.meta(e)["epoch"] for e in epochs]
     if not chosen:
         from keras_erranalysis.run._files import RunFormatError
 
@@ -105,7 +112,6 @@ def write_report(
             f"Run {str(run.log_dir)!r} holds no complete epoch yet: nothing to report."
         )
     document = render_report(run, epochs=chosen, k=k, max_rows=max_rows, images=images, title=title)
-    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, document.encode("utf-8"))
     return out
@@ -122,11 +128,26 @@ def render_report(
 ) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     name = title or run.log_dir.resolve().name
-    sections = [_run_section(run, epochs, images=images, max_rows=max_rows)]
-    for epoch in epochs:
-        sections.append(
-            _epoch_section(run, epoch, k=k, max_rows=max_rows, last=epoch == epochs[-1])
+    sections = [
+        _or_note(
+            "the whole-run section",
+            lambda: _run_section(run, epochs, images=images, max_rows=max_rows),
         )
+    ]
+    for epoch in epochs:
+        last = epoch == epochs[-1]
+        section = _or_note(
+            f"epoch {epoch}",
+            lambda epoch=epoch, last=last: _epoch_section(
+                run, epoch, k=k, max_rows=max_rows, last=last
+            ),
+        )
+        if not section.startswith("<section"):  # the note: keep it selectable by epoch
+            section = (
+                f'<section class="epoch" data-epoch="{epoch}"{"" if last else " data-hidden"}>'
+                f"<h2>Epoch {epoch}</h2>{section}</section>"
+            )
+        sections.append(section)
     options = "".join(
         f'<option value="{e}"{" selected" if e == epochs[-1] else ""}>epoch {e}</option>'
         for e in epochs
@@ -173,6 +194,9 @@ def compare_runs(
     frame_a = run_a.report(epoch_a).scalars()[["example_id", "loss", "correct"]]
     frame_b = run_b.frame(epoch_b)
     text = [c for c in ("input_text", "label_text", "prediction_text") if c in frame_b.columns]
+    frame_a["example_id"], frame_b["example_id"] = _comparable_ids(
+        frame_a["example_id"], frame_b["example_id"]
+    )
     merged = frame_a.merge(
         frame_b[["example_id", "loss", "correct", *text]],
         on="example_id",
@@ -192,11 +216,51 @@ def compare_runs(
     merged.attrs["only_b"] = int(len(frame_b) - len(merged))
     merged.attrs["epoch_a"] = int(run_a.meta(epoch_a)["epoch"])
     merged.attrs["epoch_b"] = int(run_b.meta(epoch_b)["epoch"])
+    merged.attrs["id_kind_a"] = id_kind(frame_a["example_id"])
+    merged.attrs["id_kind_b"] = id_kind(frame_b["example_id"])
     return merged
+
+
+def id_kind(ids: Any) -> str:
+    """``"text"``, ``"numbers"`` or ``"mixed"``: what a run's example ids are."""
+    values = pd.Series(ids)
+    if values.dtype.kind in "iufb":
+        return "numbers"
+    kinds = {
+        "text" if isinstance(v, (str, bytes)) else "numbers" for v in values.head(1000).tolist()
+    }
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _comparable_ids(a: pd.Series, b: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Two id columns that ``merge`` can match: as stored (3 is not "3"; 3 is 3.0).
+
+    Bytes ids (a TFRecord's string feature) are decoded, so b"id3" matches "id3"; numbers
+    match numbers of any width; text never matches a number.
+    """
+    a, b = _decoded(a), _decoded(b)
+    if a.dtype.kind in "iuf" and b.dtype.kind in "iuf":
+        return a, b
+    return a.astype(object), b.astype(object)
+
+
+def _decoded(ids: pd.Series) -> pd.Series:
+    if ids.dtype.kind == "S" or (
+        ids.dtype == object and any(isinstance(v, bytes) for v in ids.head(1000).tolist())
+    ):
+        return ids.map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v)
+    return ids
 
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+# Cells longer than this show their start; the rest is one click away (a <details>), up to
+# FULL_CHARS: a 100 kB token in 300 rows must not make a 30 MB page.
+CELL_CHARS = 200
+FULL_CHARS = 5000
+_SORT_CHARS = 100  # sorting text needs only its start
 
 
 def _sort_key(value: Any, numeric: bool) -> str:
@@ -206,7 +270,24 @@ def _sort_key(value: Any, numeric: bool) -> str:
         except (TypeError, ValueError):
             return ""
         return "" if math.isnan(number) else repr(number)
-    return format_value(value).lower()
+    return format_value(value)[:_SORT_CHARS].lower()
+
+
+def _cell_html(value: Any) -> str:
+    """A cell's text, escaped; long text cut, its rest in a <details> (as text, never markup)."""
+    text = format_value(value)
+    if len(text) <= CELL_CHARS:
+        return _esc(text)
+    full = text[:FULL_CHARS]
+    note = (
+        f" [cut at {FULL_CHARS:,} of {len(text):,} characters; the run folder has it all]"
+        if len(text) > FULL_CHARS
+        else ""
+    )
+    return (
+        f"<details><summary>{_esc(text[: CELL_CHARS - 1])}\u2026 ({len(text):,} characters)"
+        f"</summary>{_esc(full[CELL_CHARS - 1 :])}{_esc(note)}</details>"
+    )
 
 
 def _is_numeric(series: pd.Series) -> bool:
@@ -237,7 +318,7 @@ def _table(
             attrs += row_attrs(shown.iloc[position])
         cells = "".join(
             f'<td data-v="{_esc(_sort_key(v, numeric[n]))}"'
-            f"{' class=num' if numeric[n] else ''}>{_esc(format_value(v))}</td>"
+            f"{' class=num' if numeric[n] else ''}>{_cell_html(v)}</td>"
             for n, v in zip(names, row)
         )
         rows.append(f"<tr{attrs}>{cells}</tr>")
@@ -464,14 +545,36 @@ def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -
     for name in sorted(run.meta(epoch).get("tables", {})):
         if name == "hardest":
             continue
-        table = run.table(name, epoch)
         parts.append(f"<h3>Table {_esc(name)}</h3>")
-        parts.append(_table(table, table_id=f"{name}-{epoch}", max_rows=max_rows))
-    pictures = [_image_file(p) for p in _images_in(run.epoch_dir(epoch))]
+        parts.append(
+            _or_note(
+                f"table {name!r}",
+                lambda name=name: _table(
+                    run.table(name, epoch), table_id=f"{name}-{epoch}", max_rows=max_rows
+                ),
+            )
+        )
+    pictures = [
+        _or_note(f"image {p.name!r}", lambda p=p: _image_file(p))
+        for p in _images_in(run.epoch_dir(epoch))
+    ]
     if pictures:
         parts.append(f'<h3>Figures</h3><div class="figures">{"".join(pictures)}</div>')
     parts.append("</section>")
     return "\n".join(parts)
+
+
+# What a damaged run folder raises when one of its files is read.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+
+
+def _or_note(what: str, render: Any) -> str:
+    """``render()``, or a note naming what could not be shown and why (the rest still shows)."""
+    try:
+        return render()
+    except _UNREADABLE as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        return f'<p class="note error">Cannot show {_esc(what)}: {_esc(reason)}</p>'
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -497,7 +600,8 @@ color:#1d1d1f;background:#fff}
 header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;padding:.5em 0;
 z-index:2}
 h1{font-size:1.4em;margin:.3em 0}h2{font-size:1.2em;margin-top:1.5em}h3{font-size:1.05em}
-.meta,.note,.count{color:#666;font-size:.9em}
+.meta,.note,.count{color:#666;font-size:.9em}.note.error{color:#b00}
+summary{cursor:pointer}
 .scroll{overflow-x:auto;max-height:70vh;overflow-y:auto;border:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;width:100%}
 caption{text-align:left;font-weight:600;padding:.3em}

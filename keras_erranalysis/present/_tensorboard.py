@@ -213,18 +213,21 @@ class SummaryWriter:
         likely_mislabeled: int | None = None,
         figures: Mapping[str, Any] | None = None,
         subset: str | None = None,
+        epoch: int | None = None,
     ) -> dict[str, float]:
         """Writes every summary of one analyzed epoch and returns its scalars.
 
         Args:
             report: The epoch's :class:`~keras_erranalysis.LossReport`.
-            step: The epoch number shown on TensorBoard's x axis.
+            step: TensorBoard's step (x axis): Keras' 0-based epoch index, as Keras' own
+                ``epoch_*`` scalars use.
             frame: ``report.to_frame(...)`` with decoded text (default: undecoded).
             k: Rows of the hardest-example table.
             by: Ranking of that table (see :func:`~keras_erranalysis.rank_examples`).
             likely_mislabeled: Number of likely mislabeled examples, written as a scalar.
             figures: Name -> matplotlib figure, written as images (closed afterwards).
             subset: Subset folder (default: the writer's).
+            epoch: The run's epoch number, named in the text (default: ``step``).
 
         Returns:
             The scalars written (see :func:`report_scalars`).
@@ -242,7 +245,8 @@ class SummaryWriter:
         )
         table = frame if frame is not None else report.to_frame()
         hardest = rank_examples(table, by=by, k=k)
-        title = f"**{len(hardest)} hardest examples by {markdown_cell(by)}** (epoch {step})\n\n"
+        shown = step if epoch is None else epoch
+        title = f"**{len(hardest)} hardest examples by {markdown_cell(by)}** (epoch {shown})\n\n"
         self.text(
             "hardest",
             title + markdown_table(hardest, HARDEST_TEXT_COLUMNS, max_chars=self.max_text_chars),
@@ -405,6 +409,31 @@ def write_projector(
     return folder / PROJECTOR_CONFIG
 
 
+# Resolution of the data map in TensorBoard (its default 100 dpi makes a small image).
+DATA_MAP_DPI = 170
+
+
+def tensorboard_step(epoch: int, keras_epoch: int | None = None) -> int:
+    """TensorBoard's step for a run epoch: Keras' 0-based epoch index.
+
+    Keras' ``TensorBoard`` callback writes ``epoch_loss`` & co. at step ``epoch`` (0 for
+    the first epoch), while a run counts epochs from 1: our summaries use Keras' step, so
+    both line up on one x axis. ``keras_epoch`` (stored by the callback) wins; without it,
+    ``epoch - 1``.
+    """
+    return int(keras_epoch) if keras_epoch is not None else int(epoch) - 1
+
+
+def markdown_list(text: str) -> str:
+    """Each line of ``text`` as an escaped markdown list item.
+
+    TensorBoard renders it as a list, where one escaped cell would be one paragraph with
+    ``↵`` between the lines.
+    """
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return "\n".join(f"- {markdown_cell(line, max_chars=None)}" for line in lines)
+
+
 def log_epoch(
     writer: SummaryWriter,
     step: int,
@@ -415,12 +444,13 @@ def log_epoch(
     vectors: np.ndarray | None = None,
     k: int = 20,
     figures: Mapping[str, Any] | None = None,
+    tensorboard_step: int | None = None,
 ) -> dict[str, float]:
     """Writes one analyzed epoch: summaries, the data map and the projector.
 
     Args:
         writer: Where to write.
-        step: The run's epoch number.
+        step: The run's epoch number (named in the text and the projector's files).
         report: The epoch's :class:`~keras_erranalysis.LossReport`.
         frame: ``report.to_frame(...)`` with decoded text.
         run: The run folder (:class:`~keras_erranalysis.run.Run`) holding this epoch and
@@ -429,6 +459,8 @@ def log_epoch(
         vectors: ``(N, D)`` embeddings of the report's examples, for the projector.
         k: Rows of the hardest-example table.
         figures: More figures to write (e.g. attention heatmaps), name -> Figure.
+        tensorboard_step: TensorBoard's x-axis step (default: ``step - 1``, Keras' epoch
+            index; see :func:`tensorboard_step`).
 
     Returns:
         The scalars written.
@@ -449,9 +481,17 @@ def log_epoch(
             regions = dyn["region"].to_numpy()
             from keras_erranalysis.present._figures import plot_data_map
 
-            images["data_map"] = plot_data_map(dyn)
+            data_map = plot_data_map(dyn)
+            data_map.set_dpi(DATA_MAP_DPI)
+            images["data_map"] = data_map
     values = writer.log_report(
-        report, step, frame=table, k=k, likely_mislabeled=flagged, figures=images
+        report,
+        step - 1 if tensorboard_step is None else tensorboard_step,
+        frame=table,
+        k=k,
+        likely_mislabeled=flagged,
+        figures=images,
+        epoch=step,
     )
     if vectors is not None:
         writer.projector(vectors, projector_metadata(table, regions=regions), step=step)

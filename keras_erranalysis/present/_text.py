@@ -16,7 +16,9 @@ import pandas as pd
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|])")
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+# Unicode category Cc, and the bidirectional controls (U+202E would show "exe.txt" as
+# "txt.exe" and reorder the cells after it).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 _LINE_BREAKS = re.compile(r"\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -41,7 +43,8 @@ def one_line(value: Any, max_chars: int | None = None) -> str:
     """A value as one line of plain text, safe for a terminal, a TSV file or a table cell.
 
     Line breaks become a visible ``↵``, tabs a space, other control characters (NUL, ESC,
-    which could recolour or rewrite a terminal) a replacement character ``�``.
+    which could recolour or rewrite a terminal) and bidirectional controls (U+202E, which
+    reverses the text after it) a replacement character ``�``.
 
     Args:
         value: Any value (floats with 4 significant digits, booleans as yes/no).

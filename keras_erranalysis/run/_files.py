@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -57,20 +58,76 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file and a rename."""
+# Errors of a full disk or quota, or a file-size limit: the user's fix is room, or elsewhere.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def write_error(
+    error: OSError, path: Path, log_dir: Path | None = None, *, shown_as: Path | None = None
+) -> OSError:
+    """``error`` with a message naming the file, the folder and the fix (same errno and type).
+
+    Args:
+        error: What ``open`` / ``write`` raised (or an error this function already named).
+        path: The file being written; a folder (e.g. an epoch being written) names its
+            newest file.
+        log_dir: The run folder, when ``path`` is inside one.
+        shown_as: The folder to name instead of ``path``'s temporary folder (an epoch's
+            final name rather than its temporary one).
+    """
+    original = getattr(error, "unnamed", error)
+    if original is not error and log_dir is None and shown_as is None:
+        return error
+    file = getattr(error, "path", None) or (
+        Path(original.filename) if original.filename else _newest_file(Path(path))
+    )
+    if shown_as is not None:
+        file = Path(shown_as) / Path(file).name
+    where = f"log_dir {str(log_dir)!r}" if log_dir is not None else "its folder"
+    fix = (
+        f"free space in {where} or pass another log_dir"
+        if original.errno in _NO_ROOM
+        else f"check that {where} can be written"
+    )
+    message = f"Cannot write {str(file)!r} ({original.strerror or original}): {fix}."
+    wrapped = type(original)(original.errno, message) if original.errno else OSError(message)
+    wrapped.unnamed = original  # type: ignore[attr-defined]
+    wrapped.path = file  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _newest_file(folder: Path) -> Path:
+    with contextlib.suppress(OSError):
+        if folder.is_dir():
+            files = [p for p in folder.iterdir() if p.is_file()]
+            if files:
+                return max(files, key=lambda p: p.stat().st_mtime_ns)
+    return folder
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, log_dir: Path | None = None) -> None:
+    """Writes ``data`` to ``path`` through a temporary file and a rename.
+
+    Raises:
+        OSError: Naming ``path`` (and ``log_dir``) and the fix, e.g. on a full disk.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as error:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(error, OSError):
+            error.filename = None  # name the file the user asked for, not the temporary one
+            raise write_error(error, path, log_dir) from error
         raise
     _fsync_dir(path.parent)
 

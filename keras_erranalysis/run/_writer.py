@@ -40,6 +40,7 @@ from keras_erranalysis.run._files import (
     _read_run_json,
     _remove_tree,
     _umask,
+    write_error,
     write_json_atomic,
 )
 
@@ -225,8 +226,15 @@ class RunWriter:
             write_json_atomic(tmp / META_FILE, {**meta, "checksum": _json_checksum(meta)})
             _fsync_dir(tmp)
             os.rename(tmp, final)
-        except BaseException:
+        except BaseException as error:
+            named = (
+                write_error(error, tmp, self.log_dir, shown_as=final)
+                if isinstance(error, OSError)
+                else error
+            )
             _remove_tree(tmp)
+            if named is not error:
+                raise named from error
             raise
         _fsync_dir(self.log_dir)
         return final

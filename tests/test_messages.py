@@ -1,0 +1,142 @@
+"""Messages that name the fix: a full disk, a file or a parent folder given as a run, a
+report written onto a folder, a vocabulary too short for the ids (issue 17, item 8)."""
+
+import errno
+import warnings
+
+import numpy as np
+import pytest
+from _presentation import classification_report, make_run, sequence_report
+
+from keras_erranalysis.cli import main
+from keras_erranalysis.run._writer import RunWriter
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_disk_full_names_the_file_the_log_dir_and_the_fix(tmp_path, monkeypatch, code):
+    writer = RunWriter(tmp_path / "run")
+    real_save = np.save
+
+    def full(handle, array, **kwargs):
+        if str(getattr(handle, "name", "")).endswith("confidence.npy"):
+            raise OSError(code, "File too large" if code == errno.EFBIG else "No space left")
+        real_save(handle, array, **kwargs)
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(OSError) as caught:
+        writer.write_epoch(1, classification_report(4))
+    message = str(caught.value)
+    assert caught.value.errno == code
+    assert "epoch_0001/confidence.npy" in message and ".tmp" not in message
+    assert f"log_dir {str(tmp_path / 'run')!r}" in message
+    assert "free space" in message and "another log_dir" in message
+    assert not list((tmp_path / "run").glob("epoch_*")) and not list(
+        (tmp_path / "run").glob(".tmp-*")
+    )
+
+
+def test_disk_full_in_meta_json_names_the_epoch_not_the_temporary_file(tmp_path, monkeypatch):
+    import keras_erranalysis.run._files as files
+
+    writer = RunWriter(tmp_path / "run")
+    real_fdopen = files.os.fdopen
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match=r"epoch_0001/meta\.json.*free space") as caught:
+        writer.write_epoch(1, classification_report(4))
+    assert ".tmp" not in str(caught.value)
+
+
+def test_report_onto_a_folder_names_the_folder(tmp_path, capsys):
+    make_run(tmp_path / "run", epochs=1, tables=False)
+    (tmp_path / "out").mkdir()
+    assert main(["report", str(tmp_path / "run"), "-o", str(tmp_path / "out")]) == 1
+    line = _one_error_line(capsys)
+    assert "is a folder" in line and str(tmp_path / "out" / "report.html") in line
+    assert ".tmp" not in line
+
+
+def test_show_a_file_says_it_is_a_file(tmp_path, capsys):
+    make_run(tmp_path / "run", epochs=1, tables=False)
+    for path in (tmp_path / "run" / "run.json", tmp_path / "notes.txt"):
+        path.touch()
+        assert main(["show", str(path)]) == 1
+        line = _one_error_line(capsys)
+        assert "is a file, not a run folder" in line and "does not exist" not in line
+    assert main(["show", str(tmp_path / "run" / "run.json")]) == 1
+    assert f"the run folder is {str(tmp_path / 'run')!r}" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["show", "report", "tensorboard"])
+def test_a_folder_holding_a_run_points_at_it(tmp_path, capsys, command):
+    make_run(tmp_path / "erranalysis-demo" / "run", epochs=1, tables=False)
+    (tmp_path / "erranalysis-demo" / "heatmaps").mkdir()
+    assert main([command, str(tmp_path / "erranalysis-demo")]) == 1
+    line = _one_error_line(capsys)
+    assert repr(str(tmp_path / "erranalysis-demo" / "run")) in line
+    assert "not a run folder" in line
+
+
+def test_compare_checks_both_folders(tmp_path, capsys):
+    make_run(tmp_path / "a" / "run", epochs=1, tables=False)
+    make_run(tmp_path / "b", epochs=1, tables=False)
+    assert main(["compare", str(tmp_path / "b"), str(tmp_path / "a")]) == 1
+    assert repr(str(tmp_path / "a" / "run")) in _one_error_line(capsys)
+
+
+def test_short_label_names_warn_once_naming_the_missing_ids():
+    report = classification_report(12, num_classes=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = report.to_frame(label_names=["cat"])
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "label_names has 1 entries" in message and "ids 1, 2 are missing" in message
+    assert set(frame["label_text"]) <= {"cat", "<1>", "<2>"}
+
+
+def test_short_sequence_vocab_warns_once_naming_the_missing_ids():
+    report = sequence_report(6)  # token ids 1..5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report.to_frame(vocab=["", "a", "b", "c"])
+    assert len(caught) == 1 and "ids 4, 5 are missing" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.to_frame(vocab=["", "a", "b", "c", "d", "e"])  # complete: no warning
+
+
+def test_vocab_on_a_classifier_warns_and_suggests_label_names():
+    report = classification_report(4)
+    with pytest.warns(UserWarning, match="classifier.*ignored.*label_names"):
+        frame = report.to_frame(vocab=["x", "y", "z"])
+    assert "label_text" not in frame.columns
+
+
+def test_cli_prints_a_short_vocabulary_warning_as_one_line(tmp_path, capsys):
+    writer = RunWriter(tmp_path / "run", decoding={"label_names": ["only"]})
+    writer.write_epoch(1, classification_report(6))
+    assert main(["show", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "keras-erranalysis show: warning: label_names has 1 entries" in err
+    assert "Traceback" not in err and "UserWarning" not in err
