@@ -60,7 +60,9 @@ class ErrorAnalysis(keras.callbacks.Callback):
             loss, the output, the reduction, ignored labels, ids, batch size, XLA.
         on_error: ``"raise"`` stops training with the reason when the analysis fails;
             ``"warn"`` warns, switches the analysis off and lets training go on.
-        verbose: 0 silent, 1 progress bar during the pass and a one-line summary.
+        verbose: 0 silent, 1 a progress bar during the pass and a one-line summary, 2 the
+            line only. ``None`` (default): as ``fit``'s own ``verbose``, so
+            ``fit(verbose=0)`` keeps the callback quiet too.
 
     Example:
         >>> cb = ErrorAnalysis((x_val, y_val), log_dir="runs/ea", top_k=10)  # doctest: +SKIP
@@ -82,7 +84,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
         decoding: Decoding | None = None,
         pass_options: PassOptions | None = None,
         on_error: Literal["raise", "warn"] = "raise",
-        verbose: int = 1,
+        verbose: int | None = None,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -125,7 +127,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             attention=chosen.get(AttentionAnalysis),
             embeddings=chosen.get(EmbeddingAnalysis),
             features=chosen.get(FeatureAnalysis),
-            verbose=verbose,
+            verbose=1 if verbose is None else verbose,
         )
         self.enabled = True
         self.last_report: LossReport | None = None
@@ -141,6 +143,8 @@ class ErrorAnalysis(keras.callbacks.Callback):
         """Opens the run folder (checked writable, locked) before the first epoch."""
         self._epoch_offset = None
         self.enabled = True  # on_error="warn" switches the analysis off for one fit only
+        if self.verbose is None:  # follow fit's verbosity
+            self.pipeline.verbose = int((self.params or {}).get("verbose", 1))
         if self.pipeline.attention is not None:
             from keras_erranalysis.compute import find_attention_layers
 

@@ -168,7 +168,7 @@ class EpochPipeline:
         attention: Attention diagnostics and heatmaps, or ``None``.
         embeddings: Stored embeddings, or ``None``.
         features: The feature comparison (``None``: only when the inputs decode to text).
-        verbose: 0 silent, 1 a progress bar and a one-line summary.
+        verbose: 0 silent, 1 a progress bar and a one-line summary, 2 the line only.
     """
 
     data: Any
@@ -209,7 +209,9 @@ class EpochPipeline:
         """
         from keras_erranalysis.compute import compute_losses
 
-        report = compute_losses(model, self.data, verbose=self.verbose, **self.pass_options)
+        report = compute_losses(
+            model, self.data, verbose=int(self.verbose == 1), **self.pass_options
+        )
         if report.nonfinite.any():
             report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
         figures = self._attention(model, report) if self.attention is not None else {}

@@ -183,3 +183,19 @@ def test_nonfinite_causes_in_order():
     ]
     weights = nonfinite_causes(report, weights_finite=False)
     assert set(weights[[1, 2, 3, 4]]) == {CAUSES["weights"]} and weights[0] == ""
+
+
+@pytest.mark.parametrize("fit_verbose", [0, 2])
+def test_the_callback_follows_fits_verbosity(tmp_path, capsys, fit_verbose):
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 3)).astype("float32")
+    y = rng.integers(0, 2, 24)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = ErrorAnalysis((x, y), log_dir=tmp_path / "run")  # verbose not given
+    model.fit(x, y, epochs=1, verbose=fit_verbose, callbacks=[callback])
+    out = capsys.readouterr().out
+    assert ("ErrorAnalysis epoch 1:" in out) == (fit_verbose > 0)
+    assert "batch" not in out  # no progress bar of the pass at verbose 0 or 2
