@@ -66,9 +66,7 @@ def token_ngrams(ids: np.ndarray, n: int = 3, *, pad: int = 0) -> tuple[np.ndarr
     return _ngram_codes(with_marks, lengths + 2, n)
 
 
-def _ngram_codes(
-    symbols: np.ndarray, lengths: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _ngram_codes(symbols: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n-gram codes within each segment of ``symbols`` (segments of ``lengths``)."""
     counts = np.maximum(lengths - n + 1, 0)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -297,35 +295,47 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def kth_neighbour_distance(
-    vectors: np.ndarray, k: int = 5, *, metric: str = "cosine", chunk_rows: int = 2048
+    vectors: np.ndarray,
+    k: int = 5,
+    *,
+    reference: np.ndarray | None = None,
+    metric: str = "cosine",
+    chunk_rows: int = 2048,
 ) -> np.ndarray:
     """Distance of each row to its ``k``-th nearest other row (exact, in row chunks).
 
     Args:
         vectors: ``(N, D)``.
         k: Which neighbour (1 = the nearest).
+        reference: ``(M, D)`` rows to search instead of ``vectors`` itself (e.g. the
+            training set for validation rows); default: the other rows of ``vectors``.
         metric: ``"cosine"`` (1 - cosine similarity) or ``"euclidean"``.
+        chunk_rows: Rows per block of the distance matrix.
 
     Returns:
         ``(N,)`` float64 (NaN when there are not ``k`` other rows).
     """
     values = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    own = reference is None
+    others = values if own else np.asarray(reference, np.float32).reshape(len(reference), -1)
     n = len(values)
     out = np.full(n, np.nan)
-    if n <= k:
+    if len(others) - own < k or n == 0:
         return out
     if metric == "cosine":
-        values = _unit_rows(values)
+        values, others = _unit_rows(values), _unit_rows(others)
     elif metric != "euclidean":
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}.")
     squared = (values.astype(np.float64) ** 2).sum(axis=1)
+    squared_others = (others.astype(np.float64) ** 2).sum(axis=1)
     for start in range(0, n, chunk_rows):
         block = values[start : start + chunk_rows]
         if metric == "cosine":
-            dist = 1.0 - block @ values.T
+            dist = 1.0 - block @ others.T
         else:
-            dist = squared[start : start + len(block), None] + squared[None, :]
-            dist = np.sqrt(np.maximum(dist - 2.0 * (block @ values.T), 0))
-        dist[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
+            dist = squared[start : start + len(block), None] + squared_others[None, :]
+            dist = np.sqrt(np.maximum(dist - 2.0 * (block @ others.T), 0))
+        if own:
+            dist[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf
         out[start : start + len(block)] = np.partition(dist, k - 1, axis=1)[:, k - 1]
     return np.maximum(out, 0.0)
