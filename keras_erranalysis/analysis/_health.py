@@ -757,7 +757,7 @@ def _class_balance(splits, label_names, min_train_count, min_eval_count):
         )
         if splits[n].predictions is not None:
             never = int(((table[f"{n}_predicted"] == 0) & (table[f"{n}_count"] > 0)).sum())
-            line += f"; the model predicts {never} of its classes never"
+            line += f"; {never} of its classes are never predicted"
         results.append(_result("class_balance", n, flag, count_col[y].astype(float), detail, line))
     return table, results
 
