@@ -236,3 +236,31 @@ def test_check_data_with_a_model_names_empty_inputs_and_nan_causes():
     details = health.issues.query("check == 'nonfinite'").detail.tolist()
     assert all(d.startswith("empty input") for d in details)
     assert "train_predicted" in health.class_balance
+
+
+def test_the_callback_writes_a_health_table_once(tmp_path):
+    keras = pytest.importorskip("keras")
+    from keras_erranalysis import ErrorAnalysis, PassOptions, load_run
+    from keras_erranalysis.options import DataHealth
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    x_val, y_val = x[:32].copy(), y[:32].copy()  # every validation row is in training
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, "relu"), keras.layers.Dense(2)]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = ErrorAnalysis(
+        (x_val, y_val),
+        log_dir=tmp_path / "run",
+        analyses=[DataHealth(train=(x, y))],
+        pass_options=PassOptions(jit_compile=False),
+        verbose=0,
+    )
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    run = load_run(tmp_path / "run")
+    health = run.table("health", 1)
+    leaks = health[(health.check == "leak") & (health.split == "validation")]
+    assert sorted(leaks.example_id) == list(range(32))
+    assert "health" not in run.meta(2).get("tables", {})
