@@ -264,3 +264,29 @@ def test_the_callback_writes_a_health_table_once(tmp_path):
     leaks = health[(health.check == "leak") & (health.split == "validation")]
     assert sorted(leaks.example_id) == list(range(32))
     assert "health" not in run.meta(2).get("tables", {})
+
+
+def test_the_check_command_reads_npz_and_prints_the_summary(tmp_path, capsys):
+    from keras_erranalysis.cli import main
+
+    words = np.array(["forthright", "abbreviate", "abbreviate", "zebra crossing"])
+    np.savez(tmp_path / "train.npz", texts=words, y=np.array([0, 1, 0, 1]))
+    np.savez(tmp_path / "val.npz", texts=np.array(["forthrigth"]), y=np.array([0]))
+    status = main(
+        [
+            "check",
+            str(tmp_path / "train.npz"),
+            "--validation",
+            str(tmp_path / "val.npz"),
+            "--texts",
+            "texts",
+            "--out",
+            str(tmp_path / "issues.csv"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "1 validation inputs also in training (100.0%; 0 exact, 1 near)" in out
+    assert "2 training inputs have a copy or near-copy with another label" in out
+    assert (tmp_path / "issues.csv").read_text().count("label_conflict") == 2
+    assert main(["check", str(tmp_path / "train.npz"), "--x", "nope"]) == 1
