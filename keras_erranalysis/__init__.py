@@ -24,6 +24,7 @@ _PUBLIC = {
     "FeatureAnalysis": "keras_erranalysis.options",
     "PassOptions": "keras_erranalysis.options",
     "analyze": "keras_erranalysis.analyze",
+    "check_data": "keras_erranalysis.health",
     "compute_losses": "keras_erranalysis.compute",
     "extract_attention": "keras_erranalysis.compute",
     "InFlightRecorder": "keras_erranalysis.compute",
@@ -46,6 +47,7 @@ _PUBLIC = {
 __all__ = [
     "analyze",
     "AttentionAnalysis",
+    "check_data",
     "compare_features",
     "compute_losses",
     "confusion_pairs",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover
         with_example_ids,
     )
     from keras_erranalysis.decoding import Vocabulary
+    from keras_erranalysis.health import check_data
     from keras_erranalysis.options import (
         AttentionAnalysis,
         Decoding,

@@ -15,6 +15,7 @@ from keras_erranalysis.analysis import rank_examples
 from keras_erranalysis.options import (
     Analysis,
     AttentionAnalysis,
+    DataHealth,
     Decoding,
     EmbeddingAnalysis,
     FeatureAnalysis,
@@ -52,8 +53,10 @@ class ErrorAnalysis(keras.callbacks.Callback):
             of Keras' own ``TensorBoard`` callback) to write under its ``validation`` run.
         analyses: Extra analyses per epoch: :class:`~keras_erranalysis.AttentionAnalysis`,
             :class:`~keras_erranalysis.EmbeddingAnalysis`,
-            :class:`~keras_erranalysis.FeatureAnalysis`, or their names
-            (``"attention"``, ``"embeddings"``, ``"features"``).
+            :class:`~keras_erranalysis.FeatureAnalysis`,
+            :class:`~keras_erranalysis.options.DataHealth` (the data-health checks once, as
+            the first analyzed epoch's ``health`` table), or their names
+            (``"attention"``, ``"embeddings"``, ``"features"``, ``"health"``).
         decoding: More decoding (:class:`~keras_erranalysis.Decoding`), e.g. the input
             vocabulary; ``vocab`` and ``label_names`` above are shortcuts into it.
         pass_options: How to run the pass (:class:`~keras_erranalysis.PassOptions`): the
@@ -127,6 +130,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             attention=chosen.get(AttentionAnalysis),
             embeddings=chosen.get(EmbeddingAnalysis),
             features=chosen.get(FeatureAnalysis),
+            health=chosen.get(DataHealth),
             verbose=1 if verbose is None else verbose,
         )
         self.enabled = True

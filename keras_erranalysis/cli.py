@@ -106,6 +106,15 @@ _TEXTS = {
             "figures, the data map and loss trajectories."
         ),
     ),
+    "check": (
+        "check the data itself: duplicates, leakage, label conflicts, balance, tokenisation",
+        (
+            "Runs check_data over .npz files (arrays --x and --y; --texts for raw texts): "
+            "exact and near duplicates, validation inputs found in training, the same input "
+            "with different labels, class balance, empty and cut rows, outliers. Prints one "
+            "line per check and the first flagged examples; --out writes every issue as CSV."
+        ),
+    ),
     "tensorboard": (
         "write TensorBoard summaries of a finished run folder",
         (
@@ -650,6 +659,60 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check(subparsers: Any) -> None:
+    parser = _parser(subparsers, "check")
+    parser.add_argument("train", help="training data: an .npz file")
+    parser.add_argument("--validation", help="validation data: an .npz file")
+    parser.add_argument("--x", default="x", help="the inputs' array name (default: x)")
+    parser.add_argument("--y", default="y", help="the labels' array name (default: y)")
+    parser.add_argument("--texts", help="array name of raw texts, compared instead of x")
+    parser.add_argument("--threshold", type=float, default=0.5, help="near-duplicate Jaccard")
+    parser.add_argument("--rows", type=_positive_int, default=20, help="issues to print")
+    parser.add_argument("--out", help="write every issue to this CSV file")
+    parser.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from keras_erranalysis.health import check_data
+
+    def read(path: str | None) -> tuple[Any, Any]:
+        if path is None:
+            return None, None
+        if not path.endswith(".npz"):
+            raise CommandError(f"{path}: keras-erranalysis check reads .npz files.")
+        with np.load(path, allow_pickle=False) as data:
+            names = set(data.files)
+            wanted = args.texts or args.x
+            if wanted not in names:
+                raise CommandError(f"{path} has no array {wanted!r} (it has {sorted(names)}).")
+            x = data[args.x] if args.x in names else None
+            y = data[args.y] if args.y in names else None
+            texts = data[args.texts].astype(str).tolist() if args.texts else None
+        return ((x, y) if args.texts is None else (None if y is None else (x, y))), texts
+
+    train, train_texts = read(args.train)
+    validation, val_texts = read(args.validation)
+    texts = None
+    if args.texts:
+        texts = {"train": train_texts}
+        if val_texts is not None:
+            texts["validation"] = val_texts
+    health = check_data(train, validation, texts=texts, threshold=args.threshold)
+    for line in health.summary:
+        print(line)
+    issues = health.issues
+    if len(issues):
+        columns = ["check", "split", "example_id", "score", "detail", "text"]
+        _console().print(
+            _rich_table(issues.head(args.rows), columns, title=f"{len(issues)} issues")
+        )
+    if args.out:
+        issues.to_csv(args.out, index=False)
+    return 0
+
+
 # --------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------
@@ -662,6 +725,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_compare,
     _add_tensorboard,
     _add_analyze,
+    _add_check,
 ]
 
 

@@ -128,11 +128,31 @@ class FeatureAnalysis:
     enabled: bool = True
 
 
-Analysis = AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis
+@dataclasses.dataclass(frozen=True)
+class DataHealth:
+    """The data-health checks once, at the first analyzed epoch (the ``health`` table).
+
+    Runs :func:`~keras_erranalysis.check_data` with the model as it is then. The
+    callback's data is the validation split; leakage and conflicting labels are measured
+    against ``train`` when it is given.
+
+    Attributes:
+        train: The training set ``(x, y)`` (``None``: checks within the analyzed data only).
+        texts: Raw texts: a list for the analyzed data, or ``{"train": ..., "validation": ...}``.
+        threshold: Near-duplicate cut on 3-gram Jaccard similarity.
+    """
+
+    train: Any = None
+    texts: Any = None
+    threshold: float = 0.5
+
+
+Analysis = AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis | DataHealth
 _BY_NAME = {
     "attention": AttentionAnalysis,
     "embeddings": EmbeddingAnalysis,
     "features": FeatureAnalysis,
+    "health": DataHealth,
 }
 
 
@@ -148,7 +168,9 @@ def resolve_analyses(analyses: Iterable[Analysis | str]) -> dict[type, Analysis]
             if item not in _BY_NAME:
                 raise ValueError(f"Unknown analysis {item!r}: choose from {sorted(_BY_NAME)}.")
             item = _BY_NAME[item]()
-        if not isinstance(item, AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis):
+        if not isinstance(
+            item, AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis | DataHealth
+        ):
             raise ValueError(
                 f"analyses holds {item!r}: pass AttentionAnalysis(), EmbeddingAnalysis(), "
                 "FeatureAnalysis() or their names."

@@ -36,7 +36,12 @@ from keras_erranalysis.analysis import (
     storage_array,
 )
 from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.options import AttentionAnalysis, EmbeddingAnalysis, FeatureAnalysis
+from keras_erranalysis.options import (
+    AttentionAnalysis,
+    DataHealth,
+    EmbeddingAnalysis,
+    FeatureAnalysis,
+)
 
 DECODING_KEYS = ("vocab", "input_vocab", "label_names")
 
@@ -168,6 +173,7 @@ class EpochPipeline:
         attention: Attention diagnostics and heatmaps, or ``None``.
         embeddings: Stored embeddings, or ``None``.
         features: The feature comparison (``None``: only when the inputs decode to text).
+        health: The data-health checks, run once at the first analyzed epoch (``None``: no).
         verbose: 0 silent, 1 a progress bar and a one-line summary, 2 the line only.
     """
 
@@ -178,10 +184,12 @@ class EpochPipeline:
     attention: AttentionAnalysis | None = None
     embeddings: EmbeddingAnalysis | None = None
     features: FeatureAnalysis | None = None
+    health: DataHealth | None = None
     verbose: int = 1
     _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _watch: list[int] | None = dataclasses.field(default=None, repr=False)
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
+    _health_done: bool = dataclasses.field(default=False, repr=False)
 
     def attention_layers(self) -> list[str] | None:
         """The attention layers asked for (``None``: all of them)."""
@@ -219,6 +227,8 @@ class EpochPipeline:
         tables = epoch_tables(
             report, decoding=self.decoding, top_k=self.top_k, features=self._features(report)
         )
+        if self.health is not None and not self._health_done:
+            tables["health"] = self._health_issues(model)
         if writer is not None:
             from keras_erranalysis.present import figure_png
 
@@ -269,6 +279,31 @@ class EpochPipeline:
             "examples spreads NaN into the weights at the first step: fix the data or mask "
             "the loss."
         )
+
+    def _health_issues(self, model: Any) -> pd.DataFrame:
+        """The data-health issues (``check_data``), once: the examples do not change."""
+        from keras_erranalysis.health import check_data
+
+        self._health_done = True
+        arrays = isinstance(self.data, tuple | list)
+        texts = self.health.texts
+        if texts is not None and not isinstance(texts, Mapping):
+            texts = {"validation" if self.health.train is not None else "train": texts}
+        found = check_data(
+            train=self.health.train if self.health.train is not None else self.data,
+            validation=self.data if self.health.train is not None and arrays else None,
+            model=model,
+            vocab=self.decoding.get("input_vocab"),
+            label_names=None
+            if self.decoding.get("label_names") is None
+            else self.decoding["label_names"].tokens,
+            texts=texts,
+            threshold=self.health.threshold,
+            pass_options={k: v for k, v in self.pass_options.items() if k != "ids"},
+        )
+        if self.verbose:
+            print("ErrorAnalysis data health:\n  " + "\n  ".join(found.summary))
+        return found.issues
 
     def _features(self, report: LossReport) -> Any:
         if self.features is not None and not self.features.enabled:

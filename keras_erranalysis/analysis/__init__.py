@@ -2,7 +2,8 @@
 
 Ranking the hardest examples, metrics per class and per sequence, training dynamics and
 likely label errors, wrong-vs-right feature statistics and slices, nearest neighbours in
-embedding space. Every function takes arrays or DataFrames and returns arrays or
+embedding space, data health (duplicates, leakage, label conflicts, class balance,
+tokenisation, outliers). Every function takes arrays or DataFrames and returns arrays or
 DataFrames, so each can be called by hand in a notebook with the same result the callback
 writes.
 """
@@ -18,6 +19,19 @@ from keras_erranalysis.analysis._feature_stats import (
     features_summary,
 )
 from keras_erranalysis.analysis._features import Example, Features, extract_features
+from keras_erranalysis.analysis._health import (
+    CheckResult,
+    HealthReport,
+    Split,
+    health_checks,
+    round_trip,
+)
+from keras_erranalysis.analysis._health_similarity import (
+    kth_neighbour_distance,
+    near_duplicate_pairs,
+    text_ngrams,
+    token_ngrams,
+)
 from keras_erranalysis.analysis._metrics import (
     confusion_matrix,
     confusion_pairs,
@@ -45,6 +59,15 @@ from keras_erranalysis.analysis._slices import error_rate_by_bins, find_slices, 
 
 __all__ = [
     "CAUSES",
+    "CheckResult",
+    "HealthReport",
+    "Split",
+    "health_checks",
+    "kth_neighbour_distance",
+    "near_duplicate_pairs",
+    "round_trip",
+    "text_ngrams",
+    "token_ngrams",
     "causes_summary",
     "nonfinite_causes",
     "DEFAULT_METHOD",
