@@ -22,7 +22,7 @@ from keras_erranalysis.options import (
     PassOptions,
     resolve_analyses,
 )
-from keras_erranalysis.pipeline import EpochPipeline, write_summaries
+from keras_erranalysis.pipeline import EpochPipeline, write_health_summary, write_summaries
 from keras_erranalysis.run import Run, RunWriter, load_run
 
 
@@ -241,7 +241,11 @@ class ErrorAnalysis(keras.callbacks.Callback):
         return out.report
 
     def _write_summaries(self, run_epoch: int, out: Any) -> None:
-        from keras_erranalysis.present._tensorboard import SummaryWriter, log_epoch
+        from keras_erranalysis.present._tensorboard import (
+            SummaryWriter,
+            log_epoch,
+            tensorboard_step,
+        )
 
         if self._summaries is None:
             self._summaries = SummaryWriter(self.tensorboard_dir)
@@ -264,6 +268,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             k=self.top_k,
             figures=out.figures,
         )
+        write_health_summary(self._summaries, out.tables, tensorboard_step(run_epoch))
 
     def _last_epoch(self) -> int:
         if self._writer is not None:

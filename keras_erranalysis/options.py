@@ -130,7 +130,10 @@ class FeatureAnalysis:
 
 @dataclasses.dataclass(frozen=True)
 class DataHealth:
-    """The data-health checks once, at the first analyzed epoch (the ``health`` table).
+    """The data-health checks once, at the first analyzed epoch.
+
+    Its tables: ``health`` (the issues), ``health_summary`` (the one-line summaries) and
+    ``health_balance`` (the class balance); the report and TensorBoard show them.
 
     Runs :func:`~keras_erranalysis.check_data` with the model as it is then. The
     callback's data is the validation split; leakage and conflicting labels are measured

@@ -35,6 +35,11 @@ from keras_erranalysis.analysis import (
     rank_examples,
     storage_array,
 )
+from keras_erranalysis.analysis._health import (
+    HEALTH_SUMMARY_TABLE,
+    HEALTH_TABLE,
+    health_summary_lines,
+)
 from keras_erranalysis.decoding import Vocabulary
 from keras_erranalysis.options import (
     AttentionAnalysis,
@@ -228,7 +233,7 @@ class EpochPipeline:
             report, decoding=self.decoding, top_k=self.top_k, features=self._features(report)
         )
         if self.health is not None and not self._health_done:
-            tables["health"] = self._health_issues(model)
+            tables.update(self._health_tables(model))
         if writer is not None:
             from keras_erranalysis.present import figure_png
 
@@ -280,8 +285,8 @@ class EpochPipeline:
             "the loss."
         )
 
-    def _health_issues(self, model: Any) -> pd.DataFrame:
-        """The data-health issues (``check_data``), once: the examples do not change."""
+    def _health_tables(self, model: Any) -> dict[str, pd.DataFrame]:
+        """The data-health tables (``check_data``), once: the examples do not change."""
         from keras_erranalysis.health import check_data
 
         self._health_done = True
@@ -303,7 +308,7 @@ class EpochPipeline:
         )
         if self.verbose:
             print("ErrorAnalysis data health:\n  " + "\n  ".join(found.summary))
-        return found.issues
+        return found.tables()
 
     def _features(self, report: LossReport) -> Any:
         if self.features is not None and not self.features.enabled:
@@ -460,3 +465,30 @@ def write_summaries(
     if "features" in meta.get("tables", {}):
         summary = features_summary(run.table("features", epoch))
         summaries.text("feature_summary", markdown_list(summary), step)
+    stored = meta.get("tables", {})
+    if HEALTH_TABLE in stored:  # the first analyzed epoch: the checks run once
+        write_health_summary(
+            summaries,
+            {
+                name: run.table(name, epoch)
+                for name in (HEALTH_TABLE, HEALTH_SUMMARY_TABLE)
+                if name in stored
+            },
+            step,
+        )
+
+
+def write_health_summary(summaries: Any, tables: Mapping[str, pd.DataFrame], step: int) -> None:
+    """The data-health summary lines as one TensorBoard text (``erranalysis/data_health``).
+
+    Args:
+        summaries: A :class:`~keras_erranalysis.present._tensorboard.SummaryWriter`.
+        tables: The epoch's tables (nothing is written without a ``health`` table).
+        step: TensorBoard's step.
+    """
+    from keras_erranalysis.present._tensorboard import markdown_list
+
+    if HEALTH_TABLE not in tables:
+        return
+    lines = health_summary_lines(tables[HEALTH_TABLE], tables.get(HEALTH_SUMMARY_TABLE))
+    summaries.text("data_health", markdown_list("\n".join(lines)) or "- no issues found", step)

@@ -222,3 +222,71 @@ def test_a_corrupt_epoch_is_named_and_the_others_shown(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert "Cannot show epoch 1" in text and "loss.npy" in text
     assert "hardest-2" in _page(out).tables
+
+
+def _health_run(path, *, summary_table=True):
+    """Two epochs; the first holds the data-health tables of hostile texts (one leaked)."""
+    from keras_erranalysis.analysis import Split, health_checks
+
+    long_text = "<b>long</b> " * 40  # 480 characters: cut like any long cell
+    train = [*HOSTILE, long_text, long_text, "", "plain words here"]
+    health = health_checks(
+        {
+            "train": Split(
+                texts=train, y=[0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0], predictions=[0] * 12
+            ),
+            "validation": Split(texts=[HOSTILE[0], "new text"], y=[0, 1], predictions=[0, 0]),
+        },
+        label_names=CLASSES,
+    )
+    tables = health.tables()
+    if not summary_table:
+        del tables["health_summary"]
+    writer = RunWriter(path, decoding={"label_names": CLASSES})
+    writer.write_epoch(1, classification_report(12, seed=1), tables=tables)
+    writer.write_epoch(2, classification_report(12, seed=2))
+    return health
+
+
+def test_data_health_section_shows_summaries_balance_and_escaped_issues(tmp_path):
+    health = _health_run(tmp_path / "run")
+    out = write_report(tmp_path / "run", tmp_path / "r.html")
+    text = out.read_text(encoding="utf-8")
+    page = _page(out)
+    assert page.tags.count("script") == 1 and "window.__pwned" not in page.scripts[0]
+    assert {name for name, _ in page.attrs} <= SAFE_ATTRIBUTES
+    assert '<section class="run health"><h2>Data health</h2>' in text
+    assert "run once at epoch 1" in text
+    for line in health.summary:
+        assert f"<li>{html.escape(line)}</li>" in text
+    assert "1 validation inputs also in training (50.0%; 1 exact, 0 near)" in health.summary
+    rows = page.tables["health-issues"]
+    header = rows[0]["cells"]
+    assert header == ["check", "split", "example_id", "score", "detail", "text"]
+    assert len(rows) - 1 == len(health.issues)
+    shown = {row["cells"][-1] for row in rows[1:]}
+    assert HOSTILE[0] in shown  # the leaked hostile text, as text
+    assert html.escape(HOSTILE[0]) in text
+    long_cell = next(r["cells"][-1] for r in rows[1:] if "long" in r["cells"][-1])
+    # cut like the other tables' cells: the start, then the rest (as text) in a <details>
+    assert long_cell.replace("\u2026 (480 characters)", "") == "<b>long</b> " * 40
+    assert html.escape("<b>long</b>") in text and "<b>long</b>" not in text
+    # one class-balance figure per split, with the predictions beside the labels
+    assert "Class balance of train: label counts and the model&#x27;s predictions" in text
+    assert "Class balance of validation" in text
+    # the health tables are not repeated in the epoch's generic tables
+    assert not {"health-1", "health_summary-1", "health_balance-1"} & set(page.tables)
+    assert "This epoch ran the data-health checks" in text
+
+
+def test_data_health_section_counts_issues_without_a_summary_table(tmp_path):
+    health = _health_run(tmp_path / "run", summary_table=False)
+    out = write_report(tmp_path / "run", tmp_path / "r.html", epochs=[2])
+    text = out.read_text(encoding="utf-8")
+    leaks = int((health.issues["check"] == "leak").sum())
+    assert f"<li>{leaks} leak issues in validation</li>" in text  # still shown for epoch 2 only
+
+
+def test_no_data_health_section_without_a_health_table(hostile_run, tmp_path):
+    text = write_report(hostile_run, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Data health" not in text

@@ -421,3 +421,59 @@ def test_feature_summary_is_a_markdown_list_and_the_data_map_is_readable(tmp_pat
     image = _value(acc, "erranalysis/data_map", 1)
     width = int(image[0])
     assert tf.io.decode_png(image[2]).shape[1] == width >= 900
+
+
+def test_data_health_summary_is_one_text_at_the_first_epoch(tmp_path):
+    from keras_erranalysis.analysis import Split, health_checks
+    from keras_erranalysis.pipeline import export_tensorboard
+    from keras_erranalysis.run._writer import RunWriter
+
+    health = health_checks(
+        {
+            "train": Split(texts=[*HOSTILE, HOSTILE[1]], y=[0, 1, 2, 0, 1, 2, 0, 1, 0]),
+            "validation": Split(texts=[HOSTILE[0], "new"], y=[0, 1]),
+        }
+    )
+    writer = RunWriter(tmp_path / "run")
+    writer.write_epoch(1, classification_report(12, seed=1), tables=health.tables())
+    writer.write_epoch(2, classification_report(12, seed=2))
+    export_tensorboard(tmp_path / "run", tmp_path / "tb")
+    acc = _tensors(tmp_path / "tb/validation")
+    events = acc.Tensors("erranalysis/data_health")
+    assert [e.step for e in events] == [0]  # once, at the first epoch's step
+    text = _value(acc, "erranalysis/data_health", 0).item().decode()
+    assert text.splitlines() == [f"- {markdown_cell(line)}" for line in health.summary]
+    leak = "1 validation inputs also in training (50.0%; 1 exact, 0 near)"
+    assert f"- {markdown_cell(leak)}" in text.splitlines()
+
+
+def test_callback_writes_the_data_health_summary(tmp_path):
+    import keras
+
+    from keras_erranalysis import ErrorAnalysis, PassOptions
+    from keras_erranalysis.options import DataHealth
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(48, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)]
+    )
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for log_dir in (tmp_path / "run", None):  # with a run folder, and without one
+        tb = tmp_path / ("tb" if log_dir else "tb-no-run")
+        callback = ErrorAnalysis(
+            (x[:16], y[:16]),
+            log_dir=log_dir,
+            tensorboard=tb,
+            analyses=[DataHealth(train=(x, y))],
+            pass_options=PassOptions(jit_compile=False),
+            verbose=0,
+        )
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+        acc = _tensors(tb / "validation")
+        events = acc.Tensors("erranalysis/data_health")
+        assert [e.step for e in events] == [0]
+        text = _value(acc, "erranalysis/data_health", 0).item().decode()
+        leak = "16 validation inputs also in training (100.0%; 16 exact, 0 near)"
+        assert f"- {markdown_cell(leak)}" in text.splitlines()

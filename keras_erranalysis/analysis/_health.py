@@ -55,6 +55,10 @@ OUTLIER_Z = 3.5
 OUTLIER_K = 5
 OUTLIER_MAX_ROWS = 100_000
 ISSUE_COLUMNS = ["check", "split", "example_id", "score", "detail", "text"]
+# The run folder's tables of the health checks (HealthReport.tables).
+HEALTH_TABLE = "health"
+HEALTH_SUMMARY_TABLE = "health_summary"
+HEALTH_BALANCE_TABLE = "health_balance"
 
 
 @dataclasses.dataclass
@@ -166,6 +170,23 @@ class HealthReport:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in ISSUE_COLUMNS})
         return pd.concat(parts, ignore_index=True)[ISSUE_COLUMNS]
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables a run folder stores of these findings.
+
+        ``health`` (the issues), ``health_summary`` (one row per summary line: check,
+        split, summary) and, with class labels, ``health_balance`` (:attr:`class_balance`).
+        """
+        out = {
+            HEALTH_TABLE: self.issues,
+            HEALTH_SUMMARY_TABLE: pd.DataFrame(
+                [(r.check, r.split, r.summary) for r in self.results if r.summary],
+                columns=["check", "split", "summary"],
+            ),
+        }
+        if self.class_balance is not None:
+            out[HEALTH_BALANCE_TABLE] = self.class_balance
+        return out
+
     def flags(self, split: str = "train") -> pd.DataFrame:
         """One row per example of ``split``: ``<check>`` flag and ``<check>_score`` columns."""
         frame = pd.DataFrame({"example_id": self.example_ids[split]})
@@ -177,6 +198,23 @@ class HealthReport:
 
     def __repr__(self) -> str:
         return "HealthReport(\n  " + "\n  ".join(self.summary) + "\n)"
+
+
+def health_summary_lines(issues: pd.DataFrame, summary: pd.DataFrame | None = None) -> list[str]:
+    """The one-line summaries from a run's stored tables.
+
+    Args:
+        issues: The ``health`` table.
+        summary: The ``health_summary`` table (``None``: count the issues per check and
+            split instead, for a run written without it).
+
+    Returns:
+        The lines, e.g. ``["12 validation inputs also in training (1.2%)", ...]``.
+    """
+    if summary is not None:
+        return [str(line) for line in summary["summary"] if str(line)]
+    counts = issues.groupby(["check", "split"], sort=False).size()
+    return [f"{n} {check} issues in {split}" for (check, split), n in counts.items()]
 
 
 def _share(count: int, n: int) -> str:

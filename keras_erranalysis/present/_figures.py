@@ -126,6 +126,46 @@ def plot_class_frequency(
     return fig
 
 
+def plot_class_balance(
+    balance: pd.DataFrame,
+    split: str,
+    *,
+    top: int = 40,
+    ax: Axes | None = None,
+) -> Figure:
+    """One split's label counts per class, with the model's predicted counts beside them.
+
+    Args:
+        balance: The data-health class-balance table (``HealthReport.class_balance``, the
+            run's ``health_balance`` table): ``name``, ``<split>_count`` and, with a model,
+            ``<split>_predicted``.
+        split: The split to draw (``"train"``, ``"validation"``).
+        top: Show the ``top`` most frequent classes.
+        ax: Axes to draw into; default a new figure.
+
+    Returns:
+        The matplotlib Figure (``ax.figure`` when ``ax`` is given).
+    """
+    count = f"{split}_count"
+    predicted = f"{split}_predicted"
+    table = balance.sort_values(count, ascending=False, kind="stable").head(top)
+    names = table["name"] if "name" in table else table.get("class", table.index)
+    fig, ax = _figure_and_axes(ax, max(4.0, 0.35 * len(table) + 2), 3.2)
+    x = np.arange(len(table))
+    both = predicted in table
+    width = 0.4 if both else 0.8
+    ax.bar(x - (0.2 if both else 0), table[count], width=width, label="labels", color="#4c72b0")
+    if both:
+        ax.bar(x + 0.2, table[predicted], width=width, label="predicted", color="#dd8452")
+    ax.set_xticks(x, [_text_label(c) for c in names], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("examples")
+    more = f", top {top} of {len(balance)}" if len(balance) > top else ""
+    ax.set_title(_text_label(f"Class balance: {split}{more}", max_chars=60))
+    if both:
+        ax.legend(frameon=False)
+    return fig
+
+
 def plot_confusion_matrix(
     cm: Any,
     *,

@@ -35,10 +35,17 @@ import numpy as np
 import pandas as pd
 
 from keras_erranalysis._columns import HARDEST_COLUMNS
+from keras_erranalysis.analysis._health import (
+    HEALTH_BALANCE_TABLE,
+    HEALTH_SUMMARY_TABLE,
+    HEALTH_TABLE,
+    health_summary_lines,
+)
 from keras_erranalysis.analysis._ranking import rank_examples
 from keras_erranalysis.present._figures import (
     _data_map_caption,
     figure_png,
+    plot_class_balance,
     plot_data_map,
     plot_loss_trajectories,
 )
@@ -134,6 +141,9 @@ def render_report(
             lambda: _run_section(run, epochs, images=images, max_rows=max_rows),
         )
     ]
+    health = _or_note("the data-health section", lambda: _health_section(run, max_rows=max_rows))
+    if health:
+        sections.append(health)
     for epoch in epochs:
         last = epoch == epochs[-1]
         section = _or_note(
@@ -429,6 +439,61 @@ def _run_section(
     return "\n".join(parts)
 
 
+_HEALTH_TABLES = (HEALTH_TABLE, HEALTH_SUMMARY_TABLE, HEALTH_BALANCE_TABLE)
+
+
+def _health_epoch(run: Run) -> int | None:
+    """The first run epoch holding the data-health table (the checks run once)."""
+    for epoch in run.epochs:
+        try:
+            if HEALTH_TABLE in run.meta(epoch).get("tables", {}):
+                return epoch
+        except _UNREADABLE:
+            continue  # a damaged epoch: its own section says so
+    return None
+
+
+def _health_section(run: Run, *, max_rows: int) -> str:
+    """The data-health checks: summary lines, class balance per split, the issues ("" if none)."""
+    epoch = _health_epoch(run)
+    if epoch is None:
+        return ""
+    stored = run.meta(epoch).get("tables", {})
+    issues = run.table(HEALTH_TABLE, epoch)
+    summary = run.table(HEALTH_SUMMARY_TABLE, epoch) if HEALTH_SUMMARY_TABLE in stored else None
+    lines = health_summary_lines(issues, summary)
+    parts = [
+        '<section class="run health"><h2>Data health</h2>',
+        f'<p class="note">The data-health checks, run once at epoch {epoch} '
+        "(see the data-health guide for each check and its threshold).</p>",
+    ]
+    if lines:
+        items = "".join(f"<li>{_esc(line)}</li>" for line in lines)
+        parts.append(f'<ul class="health-summary">{items}</ul>')
+    if HEALTH_BALANCE_TABLE in stored:
+        parts.append(_or_note("the class balance", lambda: _class_balance_figures(run, epoch)))
+    if len(issues):
+        parts.append(f"<h3>Issues ({len(issues)} flagged examples)</h3>")
+        parts.append(_table(issues, table_id="health-issues", max_rows=max_rows))
+    else:
+        parts.append("<p>No data-health issues found.</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _class_balance_figures(run: Run, epoch: int) -> str:
+    balance = run.table(HEALTH_BALANCE_TABLE, epoch)
+    splits = [c.removesuffix("_count") for c in balance.columns if c.endswith("_count")]
+    figures = []
+    for split in splits:
+        with_model = f"{split}_predicted" in balance
+        caption = f"Class balance of {split}" + (
+            ": label counts and the model's predictions" if with_model else ": label counts"
+        )
+        figures.append(_figure_html(figure_png(plot_class_balance(balance, split)), caption))
+    return f'<div class="figures">{"".join(figures)}</div>' if figures else ""
+
+
 def _epoch_numbers(run: Run, epoch: int) -> dict[str, Any]:
     report = run.report(epoch)
     loss = np.asarray(report.loss, dtype=np.float64)
@@ -542,8 +607,11 @@ def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -
         filters,
         _table(hardest, table_id=table_id, columns=columns, row_attrs=row_attrs),
     ]
-    for name in sorted(run.meta(epoch).get("tables", {})):
-        if name == "hardest":
+    stored = run.meta(epoch).get("tables", {})
+    if HEALTH_TABLE in stored:
+        parts.append('<p class="note">This epoch ran the data-health checks: see Data health.</p>')
+    for name in sorted(stored):
+        if name == "hardest" or name in _HEALTH_TABLES:
             continue
         parts.append(f"<h3>Table {_esc(name)}</h3>")
         parts.append(
