@@ -455,19 +455,21 @@ def _duplicates(splits, texts, empties, threshold, cosine_threshold, ngram, pad)
         if len(key_pairs):
             a, b = first_row[key_pairs[:, 0]], first_row[key_pairs[:, 1]]
             both = (a >= 0) & (b >= 0)
-            for ra, rb, sim in zip(a[both], b[both], sims[both]):
-                early, late = (ra, rb) if ra < rb else (rb, ra)
-                for r in (early, late):
-                    p = r - offsets[s]
-                    score[p] = np.nanmax([score[p], sim])
-                p = late - offsets[s]
-                if not near_flag[p]:
-                    near_flag[p] = True
-                    near_detail[p] = (
-                        f"Jaccard {sim:.2f} with {who(early)}"
-                        if kind != "numbers"
-                        else f"cosine {sim:.3f} with {who(early)}"
-                    )
+            a, b, pair_sims = a[both], b[both], sims[both]
+            early, late = np.minimum(a, b), np.maximum(a, b)
+            # score: each row's highest similarity in any pair (fmax: NaN until one)
+            np.fmax.at(score, early - offsets[s], pair_sims)
+            np.fmax.at(score, late - offsets[s], pair_sims)
+            # flag the later row of each pair; the detail names its first pair's partner
+            lates, first_pair = np.unique(late, return_index=True)
+            near_flag[lates - offsets[s]] = True
+            for r, q in zip(lates.tolist(), first_pair.tolist()):
+                sim = pair_sims[q]
+                near_detail[r - offsets[s]] = (
+                    f"Jaccard {sim:.2f} with {who(early[q])}"
+                    if kind != "numbers"
+                    else f"cosine {sim:.3f} with {who(early[q])}"
+                )
         count = int(near_flag.sum())
         results.append(
             _result(

@@ -150,7 +150,12 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
         ``(P, 2)`` int64 array, unique rows.
     """
     n = len(signatures)
-    found = []
+    # Pairs as one int64 each (i * n + j), deduplicated as the bands go: a close pair is
+    # found by most bands, and keeping every band's copy until the end would cost ~bands
+    # times the memory of the answer.
+    merged = np.empty(0, dtype=np.int64)
+    found: list[np.ndarray] = []
+    pending = 0
     for band in range(bands):
         part = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
         key = np.zeros(n, dtype=np.uint64)
@@ -165,14 +170,18 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
         multi = sizes > 1
         if not multi.any():
             continue
-        found.append(_bucket_pairs(order, starts[multi], sizes[multi]))
-    if not found:
-        return np.empty((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found)
-    pairs = np.sort(pairs, axis=1)
-    flat = np.sort(pairs[:, 0] * np.int64(n) + pairs[:, 1])
-    flat = flat[np.concatenate([[True], flat[1:] != flat[:-1]])]  # np.unique hashes: slower
+        pairs = _bucket_pairs(order, starts[multi], sizes[multi])
+        found.append(_sorted_unique(pairs.min(1) * np.int64(n) + pairs.max(1)))
+        pending += len(found[-1])
+        if pending > max(len(merged), 1 << 22):
+            merged, found, pending = _sorted_unique(np.concatenate([merged, *found])), [], 0
+    flat = _sorted_unique(np.concatenate([merged, *found])) if found else merged
     return np.stack([flat // n, flat % n], axis=1)
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)  # np.unique hashes: slower
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
 
 
 def _bucket_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -215,13 +224,18 @@ def jaccard_pairs(
     return out
 
 
-def signature_similarity(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 18):
-    """MinHash estimate of each pair's Jaccard similarity (share of equal hashes)."""
+def signature_similarity(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 1 << 14):
+    """MinHash estimate of each pair's Jaccard similarity (share of equal hashes).
+
+    In chunks of ``chunk`` pairs: two gathered signature blocks of ``chunk * num_perm``
+    hashes each (25 MB at 192 hashes), whatever the number of pairs.
+    """
     out = np.empty(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), chunk):
         block = pairs[start : start + chunk]
-        out[start : start + chunk] = (signatures[block[:, 0]] == signatures[block[:, 1]]).mean(1)
-    return out
+        equal = signatures[block[:, 0]] == signatures[block[:, 1]]
+        out[start : start + chunk] = np.count_nonzero(equal, axis=1)
+    return out / max(signatures.shape[1], 1)
 
 
 def near_duplicate_pairs(
