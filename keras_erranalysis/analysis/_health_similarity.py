@@ -206,21 +206,41 @@ def jaccard_pairs(
     indptr: np.ndarray,
     codes: np.ndarray,
     pairs: np.ndarray,
+    chunk: int = 1 << 18,
 ) -> np.ndarray:
-    """Exact Jaccard similarity of the n-gram sets of each pair (sets, repeats ignored)."""
-    out = np.zeros(len(pairs), dtype=np.float64)
-    sets: dict[int, frozenset] = {}
+    """Exact Jaccard similarity of the n-gram sets of each pair (sets, repeats ignored).
 
-    def members(i: int) -> frozenset:
-        got = sets.get(i)
-        if got is None:
-            got = sets[i] = frozenset(codes[indptr[i] : indptr[i + 1]].tolist())
-        return got
-
-    for p, (i, j) in enumerate(pairs.tolist()):
-        a, b = members(i), members(j)
-        union = len(a | b)
-        out[p] = len(a & b) / union if union else 1.0
+    Vectorised: each n-gram code gets a dense id, each set becomes a sorted run of keys
+    ``set * n_codes + code_id``, and the intersection of a pair is the number of the
+    smaller set's keys found (``searchsorted``) in the other's run. No Python object per
+    set, so memory is a few arrays the size of ``codes``.
+    """
+    out = np.ones(len(pairs), dtype=np.float64)
+    if not len(pairs):
+        return out
+    n = len(indptr) - 1
+    dense, inverse = np.unique(codes, return_inverse=True)
+    width = np.int64(max(len(dense), 1))
+    owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    keys = np.unique(owner * width + inverse.reshape(-1).astype(np.int64))
+    del dense, inverse, owner
+    starts = np.searchsorted(keys, np.arange(n + 1, dtype=np.int64) * width)
+    size = np.diff(starts)
+    for begin in range(0, len(pairs), chunk):
+        block = pairs[begin : begin + chunk]
+        i, j = block[:, 0], block[:, 1]
+        swap = size[i] > size[j]
+        small, big = np.where(swap, j, i), np.where(swap, i, j)
+        lengths = size[small]
+        total = int(lengths.sum())
+        pair_of = np.repeat(np.arange(len(block)), lengths)
+        offset = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        query = big[pair_of] * width + keys[starts[small][pair_of] + offset] % width
+        found = np.searchsorted(keys, query)
+        hit = keys[np.minimum(found, len(keys) - 1)] == query
+        inter = np.bincount(pair_of[hit], minlength=len(block))
+        union = size[i] + size[j] - inter
+        out[begin : begin + chunk] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     return out
 
 
