@@ -57,3 +57,7 @@ def check_pooling(pooling: str) -> None:
     """Raises a ValueError naming the choices when ``pooling`` is not one of them."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+
+
+# Names of a padding token at id 0, lower-cased (the empty token is always padding).
+PADDING_NAMES = ("", "<pad>", "[pad]", "pad", "<padding>")

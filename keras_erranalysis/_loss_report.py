@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis._columns import CLASSIFIER_COLUMNS, EXAMPLE_COLUMNS
+from keras_erranalysis._columns import CLASSIFIER_COLUMNS, EXAMPLE_COLUMNS, PADDING_NAMES
 from keras_erranalysis.decoding import Vocabulary
 
 Reduction = Literal["mean", "sum"]
@@ -166,7 +166,7 @@ class LossReport:
         if decoder is None:
             return None
         rows = values.reshape(len(values), -1)
-        if decoder.tokens and decoder.tokens[0].strip().lower() in _PADDING:
+        if decoder.tokens and decoder.tokens[0].strip().lower() in PADDING_NAMES:
             # Id 0 named as padding ("<pad>", "[PAD]"): not part of the text.
             return [decoder.decode(row, row != 0) for row in rows]
         return [decoder.decode(row) for row in rows]
@@ -292,10 +292,6 @@ class LossReport:
                 value = {k: v[rows] for k, v in value.items()}
             fields[field.name] = value
         return LossReport(**fields)
-
-
-# Names of a padding token at id 0, lower-cased (the empty token is always padding).
-_PADDING = ("", "<pad>", "[pad]", "pad", "<padding>")
 
 
 def _tokens(decoder: Vocabulary, ids: np.ndarray, counted: np.ndarray) -> list[str]:

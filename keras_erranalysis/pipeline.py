@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.analysis import (
     causes_summary,
     compare_features,
+    counted_padding,
     extract_features,
     features_summary,
     log_views,
@@ -194,6 +196,7 @@ class EpochPipeline:
     _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _watch: list[int] | None = dataclasses.field(default=None, repr=False)
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
+    _padding_checked: bool = dataclasses.field(default=False, repr=False)
     _health_done: bool = dataclasses.field(default=False, repr=False)
 
     def attention_layers(self) -> list[str] | None:
@@ -227,6 +230,7 @@ class EpochPipeline:
         )
         if report.nonfinite.any():
             report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
+        self._check_padding(report)
         figures = self._attention(model, report) if self.attention is not None else {}
         vectors = self._embeddings(model) if self.embeddings is not None else None
         tables = epoch_tables(
@@ -273,6 +277,7 @@ class EpochPipeline:
         from keras_erranalysis.compute import compute_losses
 
         report = compute_losses(model, self.data, verbose=0, **self.pass_options)
+        self._check_padding(report)
         if not report.nonfinite.any():
             return None
         causes = self.nonfinite_causes(model, report)
@@ -309,6 +314,15 @@ class EpochPipeline:
         if self.verbose:
             print("ErrorAnalysis data health:\n  " + "\n  ".join(found.summary))
         return found.tables()
+
+    def _check_padding(self, report: LossReport) -> None:
+        """Warns once when the pass counts padding (see ``analysis.counted_padding``)."""
+        if self._padding_checked:
+            return
+        self._padding_checked = True
+        message = counted_padding(report, vocab=self.decoding["vocab"])
+        if message is not None:
+            warnings.warn(f"ErrorAnalysis: {message}", RuntimeWarning, stacklevel=4)
 
     def _features(self, report: LossReport) -> Any:
         if self.features is not None and not self.features.enabled:

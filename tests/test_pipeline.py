@@ -199,3 +199,39 @@ def test_the_callback_follows_fits_verbosity(tmp_path, capsys, fit_verbose):
     out = capsys.readouterr().out
     assert ("ErrorAnalysis epoch 1:" in out) == (fit_verbose > 0)
     assert "batch" not in out  # no progress bar of the pass at verbose 0 or 2
+
+
+def _tagger(ignore_class=None):
+    import keras
+
+    inp = keras.Input((8,), dtype="int32")
+    hidden = keras.layers.Embedding(12, 8)(inp)  # no mask: padding reaches the loss
+    model = keras.Model(inp, keras.layers.Dense(5)(hidden))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_class)
+    model.compile("adam", loss)
+    return model
+
+
+@pytest.mark.parametrize("ignore_class", [None, 0])
+def test_counted_padding_is_named_once_before_training(tmp_path, ignore_class, recwarn):
+    import warnings
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 8, 40)
+    x = rng.integers(1, 12, (40, 8)).astype("int32")
+    y = rng.integers(1, 5, (40, 8)).astype("int32")
+    pad = np.arange(8)[None, :] >= lengths[:, None]
+    x[pad], y[pad] = 0, 0
+    callback = ErrorAnalysis((x, y), log_dir=tmp_path / "run", verbose=0)
+    warnings.simplefilter("always")
+    _tagger(ignore_class).fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    found = [w for w in recwarn if "looks like padding" in str(w.message)]
+    if ignore_class is None:
+        assert len(found) == 1  # once, at the pre-flight, not every epoch
+        assert "ignore_class=0" in str(found[0].message)
+        assert int(load_run(tmp_path / "run").array("n_tokens").min()) == 8  # as warned
+    else:
+        assert not found

@@ -45,6 +45,7 @@ from keras_erranalysis.analysis._mislabeled import (
     mislabel_score,
 )
 from keras_erranalysis.analysis._nonfinite import CAUSES, causes_summary, nonfinite_causes
+from keras_erranalysis.analysis._padding import counted_padding
 from keras_erranalysis.analysis._ranking import RANKINGS, log_views, rank_examples
 from keras_erranalysis.analysis._sequence_metrics import (
     FreeRunningMetrics,
@@ -84,6 +85,7 @@ __all__ = [
     "confusion_matrix",
     "confusion_pairs",
     "corpus_metrics",
+    "counted_padding",
     "edit_distance",
     "error_rate_by_bins",
     "estimate_num_label_errors",
