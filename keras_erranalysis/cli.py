@@ -425,7 +425,7 @@ def _show_example(console: Any, run: Any, epoch: int, example_id: int) -> int:
             f"No example with id {example_id} in epoch {epoch} (ids run from "
             f"{int(report.example_id.min())} to {int(report.example_id.max())})."
         )
-    decoding = {key: run.vocabulary(key) for key in ("vocab", "input_vocab", "label_names")}
+    decoding = run.decoding(epoch)
     frame = report.select(rows).to_frame(**decoding)
     details = pd.DataFrame({"field": frame.columns, "value": list(frame.iloc[0])})
     console.print(
