@@ -280,8 +280,10 @@ def test_meta_file_entries_outside_the_folder_are_refused(tmp_path, where):
     _rewrite(folder / "meta.json", lambda m: m["arrays"]["loss"].update(file=target, bytes=size))
     with pytest.raises(RunFormatError, match=r"meta\.json|loss\.npy|x\.npy") as error:
         load_run(tmp_path / "run").report(1)
-    assert "outside" in str(error.value) or "symlink" in str(error.value) or "plain" in str(
-        error.value
+    assert (
+        "outside" in str(error.value)
+        or "symlink" in str(error.value)
+        or "plain" in str(error.value)
     )
 
 

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import weakref
 import zlib
@@ -130,8 +131,11 @@ class RunWriter:
 
         Args:
             active: Tells whether this writer's owner is still at work (the callback: "is
-                the fit that opened me still running?"). Default: as long as the writer
-                object lives.
+                the fit that opened me still running?"). Once it turns false the lock is
+                released (checked every half second by a daemon thread), so a fit stopped
+                by an exception or Ctrl-C, which Keras tells no callback about, does not
+                keep the folder. Default: held until :meth:`release_lock` or the end of
+                the process.
 
         Raises:
             RunLockedError: When another live process, or another live writer of this
@@ -139,6 +143,7 @@ class RunWriter:
         """
         if active is not None:
             self._active = active
+            _watch(self)
         path = self.log_dir / LOCK_FILE
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         me["token"] = f"{me['pid']}-{id(self)}-{time.monotonic_ns()}"
@@ -370,6 +375,24 @@ def _create_lock(path: Path, info: Mapping[str, Any]) -> bool:
         return True
     finally:
         _unlink(Path(tmp))
+
+
+def _watch(writer: RunWriter, every: float = 0.5) -> None:
+    """Releases ``writer``'s lock once its owner is no longer active (see acquire_lock)."""
+    ref = weakref.ref(writer)
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            current = ref()
+            if current is None or current._active is None:
+                return  # released already, or the writer is gone
+            if current._locked and not current.active():
+                current.release_lock()
+                return
+            del current
+
+    threading.Thread(target=loop, name="erranalysis-lock-watch", daemon=True).start()
 
 
 def _release_all() -> None:
