@@ -275,9 +275,8 @@ class Run:
         meta = self.meta(epoch)
         entry = meta.get("tables", {}).get(name)
         if entry is None:
-            raise KeyError(
-                f"No table {name!r} in epoch {meta['epoch']}; tables are {list(meta['tables'])}."
-            )
+            tables = list(meta.get("tables", {}))
+            raise KeyError(f"No table {name!r} in epoch {meta['epoch']}; tables are {tables}.")
         file = _inside(self.epoch_dir(epoch), entry["csv"], self.epoch_dir(epoch) / META_FILE)
         try:
             raw = file.read_bytes()
