@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -154,9 +156,11 @@ class ErrorAnalysis(keras.callbacks.Callback):
 
             find_attention_layers(self.model, self.pipeline.attention_layers())  # if none: error
         if self.log_dir is not None:
+            if self._writer is not None:  # a previous fit that was interrupted
+                self._writer.release_lock()
             try:
                 self._writer = RunWriter(self.log_dir, decoding=self.decoding)
-                self._writer.acquire_lock()
+                self._writer.acquire_lock(active=_running_fit())
             except Exception as error:
                 if self.on_error == "raise":
                     raise
@@ -209,7 +213,10 @@ class ErrorAnalysis(keras.callbacks.Callback):
         run_epoch = epoch + 1 + self._epoch_offset
         try:
             self.analyze_epoch(run_epoch, keras_epoch=epoch)
-        except Exception as error:
+        except BaseException as error:
+            if not isinstance(error, Exception):  # KeyboardInterrupt: fit stops here
+                self._close()
+                raise
             if self.on_error == "raise":
                 self._close()
                 raise
@@ -278,6 +285,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.release_lock()
+            self._writer = None
         if self._summaries is not None:
             self._summaries.close()
             self._summaries = None
@@ -319,3 +327,28 @@ class ErrorAnalysis(keras.callbacks.Callback):
             part.insert(0, "epoch", epoch)
             parts.append(part)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _running_fit() -> Any:
+    """A test of whether the ``fit`` now calling us still runs.
+
+    Keras calls no hook when a fit stops on an exception or Ctrl-C; the test then turns
+    false and the next writer of this process takes the lock over.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_name != "fit":
+        frame = frame.f_back
+    if frame is None:  # called by hand, not from a fit: held while the callback lives
+        return None
+    # Frames take no weak references; the writer drops this test when it lets the lock go.
+    thread = threading.get_ident()
+
+    def running() -> bool:
+        current = sys._current_frames().get(thread)
+        while current is not None:
+            if current is frame:
+                return True
+            current = current.f_back
+        return False
+
+    return running

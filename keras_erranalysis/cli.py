@@ -534,7 +534,7 @@ def _show_example(console: Any, run: Any, epoch: int, example_id: str) -> int:
         raise KeyError(
             f"No example with id {example_id} in epoch {epoch} ({_id_range(report.example_id)})."
         )
-    decoding = {key: run.vocabulary(key) for key in ("vocab", "input_vocab", "label_names")}
+    decoding = run.decoding(epoch)
     frame = report.select(rows).to_frame(**decoding)
     details = pd.DataFrame({"field": frame.columns, "value": list(frame.iloc[0])})
     console.print(

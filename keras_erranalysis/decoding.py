@@ -118,9 +118,9 @@ class Vocabulary:
         """
         index = int(index)
         if self.tokens is None:
-            return f"<{index}>" if index < 0 else self.fn([index])  # type: ignore[misc]
+            return f"<{index}>" if index < 0 else printable_text(self.fn([index]))  # type: ignore[misc]
         if 0 <= index < len(self.tokens):
-            return self.tokens[index]
+            return printable_text(self.tokens[index])
         return f"<{index}>"
 
     def decode(self, ids: Sequence[int] | np.ndarray, mask: np.ndarray | None = None) -> str:
@@ -142,7 +142,7 @@ class Vocabulary:
         if mask is not None:
             ids_array = ids_array[np.asarray(mask, dtype=bool).reshape(-1)]
         if self.tokens is None:
-            return str(self.fn([int(i) for i in ids_array if i >= 0]))  # type: ignore[misc]
+            return printable_text(self.fn([int(i) for i in ids_array if i >= 0]))  # type: ignore[misc]
         words = (self.token(i) for i in ids_array)
         return self.sep.join(w for w in words if w != "")
 
@@ -150,8 +150,49 @@ class Vocabulary:
 def _as_text(token: Any) -> str:
     if isinstance(token, bytes):
         return token.decode("utf-8", errors="replace")
-    # A lone surrogate cannot be written as UTF-8 (CSV, Arrow strings): keep it visible.
-    return str(token).encode("utf-8", errors="backslashreplace").decode("utf-8")
+    # Kept as given, so a name with surrogate escapes (os.fsdecode of a non-UTF-8 file name)
+    # comes back from run.json as the same string; only a high+low surrogate pair becomes
+    # the one character it encodes, as JSON reads it back.
+    return canonical_text(str(token))
+
+
+def canonical_text(text: str) -> str:
+    r"""``text`` with each UTF-16 surrogate pair joined into its character; lone ones kept.
+
+    Example:
+        >>> canonical_text("\ud83d\ude00") == "\U0001f600"
+        True
+        >>> canonical_text("bad\udcff") == "bad\udcff"
+        True
+    """
+    if not _has_surrogate(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+
+def printable_text(text: Any) -> str:
+    r"""``text`` as valid UTF-8: a lone surrogate is shown as ``\udcff`` (visible, escaped).
+
+    Tables, CSV files and pandas' Arrow strings cannot hold lone surrogates (the text
+    ``os.fsdecode`` makes of a file name that is not UTF-8); decoded text is shown this way
+    while a :class:`Vocabulary` keeps the exact tokens.
+
+    Example:
+        >>> print(printable_text("bad\udcff"))
+        bad\udcff
+    """
+    text = str(text)
+    if not _has_surrogate(text):
+        return text
+    return canonical_text(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _tokens_from_mapping(mapping: Mapping[Any, Any]) -> list[str]:

@@ -451,7 +451,7 @@ def write_summaries(
     from keras_erranalysis.present._tensorboard import log_epoch, markdown_list, tensorboard_step
 
     report = run.report(epoch)
-    frame = report.to_frame(**{key: run.vocabulary(key) for key in DECODING_KEYS})
+    frame = report.to_frame(**run.decoding(epoch))
     images = dict(figures) or {
         name.removesuffix(".png"): run.file_path(name, epoch).read_bytes()
         for name in run.files(epoch)

@@ -94,8 +94,19 @@ def sequence_report(n: int = 6, t: int = 4, *, seed: int = 0) -> LossReport:
     )
 
 
-def make_run(path, *, epochs: int = 2, n: int = 12, tables: bool = True, sequence: bool = False):
-    """Writes a run folder with ``epochs`` epochs whose losses shrink; returns the reports."""
+def make_run(
+    path,
+    *,
+    epochs: int = 2,
+    n: int = 12,
+    tables: bool = True,
+    sequence: bool = False,
+    files: dict | None = None,
+):
+    """Writes a run folder with ``epochs`` epochs whose losses shrink; returns the reports.
+
+    ``files`` maps an epoch to the extra files (name -> bytes) stored with it.
+    """
     decoding = (
         {
             "vocab": ["", "a", "b", "<c>", "d|", "e\n"],
@@ -117,6 +128,6 @@ def make_run(path, *, epochs: int = 2, n: int = 12, tables: bool = True, sequenc
             extra_tables["features"] = pd.DataFrame(
                 {"feature": ["length", "has <script>"], "p_value": [0.01, 0.5]}
             )
-        writer.write_epoch(epoch, report, tables=extra_tables)
+        writer.write_epoch(epoch, report, tables=extra_tables, files=(files or {}).get(epoch))
         reports.append(report)
     return reports

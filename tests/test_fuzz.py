@@ -24,8 +24,8 @@ from hypothesis.extra import numpy as hnp
 
 from keras_erranalysis import compute_losses, load_run
 from keras_erranalysis._loss_report import LossReport
-from keras_erranalysis.analysis import log_views
-from keras_erranalysis.decoding import Vocabulary
+from keras_erranalysis.analysis import extract_features, log_views
+from keras_erranalysis.decoding import Vocabulary, canonical_text
 from keras_erranalysis.run._files import RunFormatError
 from keras_erranalysis.run._writer import RunWriter
 
@@ -469,8 +469,8 @@ HOSTILE = st.text(
 
 
 def visible(token):
-    """A token as the package keeps it: lone surrogates escaped, everything else as is."""
-    return token.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A token as tables show it: lone surrogates escaped, surrogate pairs joined."""
+    return canonical_text(token).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @FAST_SETTINGS
@@ -485,7 +485,9 @@ def test_vocabulary_decodes_exactly_and_round_trips_through_json(tokens, ids, se
     assert vocab.decode(ids) == sep.join(w for w in words if w != "")
     stored = json.loads(json.dumps(vocab.to_json()))
     again = Vocabulary.from_json(stored)
-    assert again.tokens == [visible(t) for t in tokens] and again.decode(ids) == vocab.decode(ids)
+    # The tokens themselves come back exactly (surrogate escapes included: issue 17).
+    assert again.tokens == [canonical_text(t) for t in tokens] == vocab.tokens
+    assert again.decode(ids) == vocab.decode(ids)
     mapping = Vocabulary.from_any(dict(enumerate(tokens)), sep=sep)
     assert mapping.decode([i for i in ids if 0 <= i < len(tokens)]) == vocab.decode(
         [i for i in ids if 0 <= i < len(tokens)]
@@ -501,7 +503,7 @@ def test_hostile_label_names_survive_the_run_folder(names):
         frame = report.to_frame(label_names=names)
         writer.write_epoch(1, report, tables={"hardest": log_views(frame, k=3)})
         run = load_run(folder, verify=True)
-        assert run.vocabulary("label_names").tokens == [visible(n) for n in names]
+        assert run.vocabulary("label_names").tokens == [canonical_text(n) for n in names]
         table = run.table("hardest", 1)
         expected = log_views(frame, k=3)
         assert table["label_text"].tolist() == expected["label_text"].tolist()
@@ -511,6 +513,106 @@ def test_hostile_label_names_survive_the_run_folder(names):
         text = (Path(folder) / "epoch_0001" / "hardest.jsonl").read_text("utf-8")
         lines = text.rstrip("\n").split("\n")
         assert [json.loads(line)["label_text"] for line in lines] == expected["label_text"].tolist()
+
+
+# Text as os.fsdecode makes it from bytes that are not UTF-8, mixed with hostile characters.
+FS_TEXT = st.builds(
+    lambda raw, extra: __import__("os").fsdecode(raw) + extra,
+    st.binary(max_size=12),
+    HOSTILE,
+)
+
+
+@settings(FAST_SETTINGS, max_examples=60)
+@given(texts=st.lists(FS_TEXT, min_size=4, max_size=8), names=st.lists(FS_TEXT, min_size=2))
+def test_text_that_is_not_utf8_never_stops_feature_extraction_or_writing(texts, names):
+    labels = np.arange(len(texts)) % 2
+    features = extract_features(texts=texts, labels=labels, pos=False, label_names=names)
+    assert len(features.example_ids) == len(texts)
+    report = classification_report(6)
+    with tempfile.TemporaryDirectory() as folder:
+        writer = RunWriter(folder, decoding={"label_names": names})
+        frame = report.to_frame(label_names=names)
+        writer.write_epoch(1, report, tables={"hardest": log_views(frame, k=3)})
+        run = load_run(folder, verify=True)
+        assert run.vocabulary("label_names", 1).tokens == [canonical_text(n) for n in names]
+        run.table("hardest", 1)
+
+
+# -- load_run on well-formed folders of the wrong structure --------------------------------
+
+
+def read_structure(folder):
+    run = load_run(folder)
+    for epoch in run.epochs:
+        run.report(epoch)
+        run.frame(epoch)
+        run.decoding(epoch)
+        for name in run.meta(epoch).get("tables", {}):
+            run.table(name, epoch)
+        for name in run.files(epoch):
+            run.file_path(name, epoch)
+    return run.history
+
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=6),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(FAST_SETTINGS, max_examples=200)
+@given(data=st.data())
+def test_well_formed_json_of_the_wrong_structure_is_a_named_format_error(pristine_run, data):
+    from keras_erranalysis.run._files import _json_checksum
+
+    folder, files, _ = pristine_run
+    name = data.draw(st.sampled_from([f for f in files if f.endswith(".json")]), label="file")
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "run"
+        shutil.copytree(folder, copy)
+        target = copy / name
+        document = json.loads(target.read_text())
+        document.pop("checksum")
+        # Walk to a random place in the document and replace or drop what is there.
+        node = document
+        while True:
+            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+            if not keys:
+                break
+            key = data.draw(st.sampled_from(keys), label="key")
+            child = node[key]
+            if isinstance(child, (dict, list)) and child and data.draw(st.booleans(), label="in"):
+                node = child
+                continue
+            if isinstance(node, dict) and data.draw(st.booleans(), label="drop"):
+                del node[key]
+            else:
+                node[key] = data.draw(JSON_VALUE, label="value")
+            break
+        assume(all(np.isfinite(v) for v in _floats(document)))
+        target.write_text(json.dumps({**document, "checksum": _json_checksum(document)}))
+        try:
+            read_structure(copy)
+        except RunFormatError as error:
+            assert Path(name).name in str(error) or "decoding_" in str(error), str(error)
+            event("RunFormatError")
+        else:
+            event("read")
+
+
+def _floats(value):
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _floats(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _floats(item)
 
 
 # -- load_run on corrupted folders ----------------------------------------------------------

@@ -490,3 +490,86 @@ def test_callback_only_observes_a_sequence_model(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "same moved [1, 2, 3]", result.stdout
+
+
+# -- issue 17: locks within one process, interrupted fits, text that is not UTF-8 ----------
+
+
+def _callback(log_dir, **options):
+    return ErrorAnalysis(
+        options.pop("data"),
+        log_dir=log_dir,
+        verbose=0,
+        pass_options=PassOptions(jit_compile=False),
+        **options,
+    )
+
+
+def test_two_callbacks_on_one_folder_in_one_fit_are_refused_at_train_begin(tmp_path):
+    model, x, y = classifier()
+    before = [w.copy() for w in model.get_weights()]
+    first = _callback(tmp_path / "run", data=(x, y))
+    second = _callback(tmp_path / "run", data=(x, y))
+    with pytest.raises(RunLockedError, match=r"Another writer in this process.*one writer per"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[first, second])
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)  # refused before any training
+    # The refused fit never reached on_train_end: the next fit takes the lock over.
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[first])
+    assert load_run(tmp_path / "run").epochs == [1]
+    assert not (tmp_path / "run/.lock").exists()
+
+
+class _Stop(keras.callbacks.Callback):
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("boom")])
+def test_a_fit_stopped_by_an_exception_does_not_keep_the_folder(tmp_path, error):
+    model, x, y = classifier()
+    stopped = _callback(tmp_path / "run", data=(x, y))
+    with pytest.raises(type(error)):
+        model.fit(x, y, epochs=3, verbose=0, callbacks=[stopped, _Stop(error)])
+    assert load_run(tmp_path / "run").epochs == [1]
+    # Keras calls no hook then; the lock still goes within a second or so, so that another
+    # process (not only this one) may write while this notebook kernel lives on.
+    deadline = time.monotonic() + 10
+    while (tmp_path / "run/.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (tmp_path / "run/.lock").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "being written" for an interrupted fit
+        load_run(tmp_path / "run")
+    # Another callback of this process (a notebook's next cell) may write now ...
+    other = _callback(tmp_path / "run", data=(x, y))
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[other])
+    assert load_run(tmp_path / "run").epochs == [1, 2]
+    # ... and so may the interrupted callback itself, in a new fit.
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[stopped])
+    assert load_run(tmp_path / "run").epochs == [1, 2, 3]
+    assert not (tmp_path / "run/.lock").exists()
+
+
+def test_texts_and_label_names_that_are_not_utf8_do_not_stop_training(tmp_path):
+    from keras_erranalysis import FeatureAnalysis
+
+    model, x, y = classifier()
+    raw = [os.fsdecode(b"caf\xe9 " * (i % 3 + 1) + b"name") for i in range(len(x))]
+    names = [os.fsdecode(b"bad\xff"), "ok", "x\udc80y"]
+    callback = _callback(
+        tmp_path / "run",
+        data=(x, y),
+        label_names=names,
+        analyses=[FeatureAnalysis(texts=raw)],
+    )
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[callback])
+    run = load_run(tmp_path / "run", verify=True)
+    assert run.epochs == [1, 2]
+    assert run.vocabulary("label_names").tokens == names
+    assert "features" in run.meta().get("tables", {})
+    assert set(run.frame()["label_text"]) <= {"bad\\udcff", "ok", "x\\udc80y"}

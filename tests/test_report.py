@@ -72,10 +72,10 @@ def _page(path):
 
 @pytest.fixture()
 def hostile_run(tmp_path):
-    make_run(tmp_path / "run", epochs=2, n=12)
-    (tmp_path / "run/epoch_0002/attention_<b>hard<i>.png").write_bytes(PNG)
+    make_run(tmp_path / "run", epochs=2, n=12, files={2: {"attention_hard.png": PNG}})
     (tmp_path / "run/heatmaps").mkdir()
     (tmp_path / 'run/heatmaps/watch "list".png').write_bytes(PNG)
+    (tmp_path / "run/heatmaps/attention_<b>hard<i>.png").write_bytes(PNG)
     return tmp_path / "run"
 
 
@@ -122,8 +122,9 @@ def test_hardest_table_rows_filters_and_other_tables(hostile_run, tmp_path):
     text = out.read_text(encoding="utf-8")
     assert re.search(r'<section class="epoch" data-epoch="1" data-hidden>', text)
     assert re.search(r'<section class="epoch" data-epoch="2">', text)
-    # loss curve, data map, trajectories, the heatmaps-folder PNG, the epoch-2 PNG
-    assert len([s for n, s in page.attrs if n == "src"]) == 5
+    # loss curve, data map, trajectories, the two heatmaps-folder PNGs, the epoch-2 PNG
+    assert len([s for n, s in page.attrs if n == "src"]) == 6
+    assert "attention_hard.png" in text
     assert "attention_&lt;b&gt;hard&lt;i&gt;.png" in text
     assert "watch &quot;list&quot;.png" in text
     flagged = len(run.likely_mislabeled())
@@ -290,3 +291,25 @@ def test_data_health_section_counts_issues_without_a_summary_table(tmp_path):
 def test_no_data_health_section_without_a_health_table(hostile_run, tmp_path):
     text = write_report(hostile_run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Data health" not in text
+
+
+def test_report_embeds_only_listed_images_inside_the_folder(hostile_run, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(PNG + b"SECRET-BYTES")
+    planted = base64.b64encode(PNG + b"SECRET-BYTES").decode()
+    (hostile_run / "epoch_0002/planted.png").symlink_to(secret)  # found there, not listed
+    (hostile_run / "epoch_0001/unlisted.png").write_bytes(PNG + b"SECRET-BYTES")
+    (hostile_run / "heatmaps/link.png").symlink_to(secret)
+    (hostile_run / "plots").symlink_to(tmp_path)  # a figure folder that is a link out
+    text = write_report(hostile_run, tmp_path / "r.html").read_text("utf-8")
+    assert planted not in text and "planted.png" not in text and "unlisted.png" not in text
+    assert "link.png" not in text and "secret.png" not in text
+    assert "attention_hard.png" in text  # the listed epoch image is still shown
+    # A listed image replaced by a link out is refused, naming the file.
+    listed = hostile_run / "epoch_0002/attention_hard.png"
+    listed.unlink()
+    listed.symlink_to(secret)
+    # The epoch is refused by name (its meta lists a link out); the rest still shows.
+    text = write_report(hostile_run, tmp_path / "r2.html").read_text("utf-8")
+    assert re.search(r"Cannot show epoch 2: File [^<]*attention_hard\.png[^<]* symbolic link", text)
+    assert planted not in text

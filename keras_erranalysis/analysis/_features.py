@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from keras_erranalysis.decoding import printable_text
+
 # Same pattern as nltk's wordpunct_tokenize: runs of word characters or of punctuation.
 _WORD_RE = re.compile(r"\w+|[^\w\s]+")
 
@@ -329,6 +331,12 @@ def extract_features(
     if min_support < 1:
         raise ValueError(f"min_support={min_support} must be at least 1 example.")
     ids_list: list[np.ndarray] | None = None
+    if texts is not None:
+        # Text that is not valid UTF-8 (surrogate escapes, as os.fsdecode makes from file
+        # names) is kept visible as \udcff: tables and pandas' Arrow strings cannot hold it.
+        texts = [printable_text(t) for t in texts]
+    if tokens is not None:
+        tokens = [[printable_text(t) for t in row] for row in tokens]
     if token_ids is not None:
         ids_list = [_strip_ids(row, pad_id) for row in token_ids]
     sizes = {len(x) for x in (texts, tokens, ids_list) if x is not None}
@@ -560,13 +568,13 @@ def _lookup_count(counts: Mapping[Any, int], key: Any, name: str) -> int:
 
 def _label_name(value: Any, label_names: Sequence[str] | Mapping[int, str] | None) -> str:
     if label_names is None:
-        return str(value.item() if isinstance(value, np.generic) else value)
+        return printable_text(value.item() if isinstance(value, np.generic) else value)
     if isinstance(label_names, Mapping):
-        return str(label_names.get(value, value))
+        return printable_text(label_names.get(value, value))
     try:
-        return str(label_names[int(value)])
+        return printable_text(label_names[int(value)])
     except (IndexError, ValueError, TypeError):
-        return str(value)
+        return printable_text(value)
 
 
 def _pos_shares(tagged: list[list[tuple[str, str]]], lengths: np.ndarray) -> dict[str, np.ndarray]:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from keras_erranalysis.decoding import printable_text
+
 
 def _flat_pairs(
     labels: Any,
@@ -64,8 +66,8 @@ def _names(label_names: Any, k: int) -> list[str]:
     if tokens is not None:
         label_names = tokens
     if isinstance(label_names, Mapping):
-        return [str(label_names.get(i, i)) for i in range(k)]
-    names = [str(t) for t in label_names]
+        return [printable_text(label_names.get(i, i)) for i in range(k)]
+    names = [printable_text(t) for t in label_names]  # a table holds no lone surrogate
     return [names[i] if i < len(names) else str(i) for i in range(k)]
 
 

@@ -12,8 +12,8 @@ What it shows:
   and the loss trajectories of the hardest examples, and the likely mislabeled examples;
 - per epoch (a selector shows one at a time): summary numbers, the hardest examples as a
   table sortable by any column and filterable by class, correctness and text, every other
-  table stored in the epoch (features, per-class metrics, ...), and the images found in the
-  epoch folder (attention heatmaps).
+  table stored in the epoch (features, per-class metrics, ...), and the images its
+  ``meta.json`` lists (attention heatmaps; never a file merely found there, nor a link).
 
 Example:
     >>> write_report("runs/ea", "report.html")  # doctest: +SKIP
@@ -430,7 +430,7 @@ def _run_section(
     for image in images:
         figures.append(_image_file(Path(image)))
     for folder in FIGURE_FOLDERS:
-        figures.extend(_image_file(p) for p in _images_in(run.log_dir / folder))
+        figures.extend(_image_file(p) for p in _images_in(run.log_dir, folder))
     if figures:
         parts.append(f'<div class="figures">{"".join(figures)}</div>')
     if dyn is not None:
@@ -622,9 +622,11 @@ def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -
                 ),
             )
         )
+    # Only the images the epoch's meta.json lists, as regular files inside its folder.
     pictures = [
-        _or_note(f"image {p.name!r}", lambda p=p: _image_file(p))
-        for p in _images_in(run.epoch_dir(epoch))
+        _or_note(f"image {name!r}", lambda name=name: _image_file(run.file_path(name, epoch)))
+        for name in run.files(epoch)
+        if Path(name).suffix.lower() in IMAGE_TYPES
     ]
     if pictures:
         parts.append(f'<h3>Figures</h3><div class="figures">{"".join(pictures)}</div>')
@@ -645,10 +647,21 @@ def _or_note(what: str, render: Any) -> str:
         return f'<p class="note error">Cannot show {_esc(what)}: {_esc(reason)}</p>'
 
 
-def _images_in(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+def _images_in(log_dir: Path, name: str) -> list[Path]:
+    """Images saved by hand in a run-level folder: regular files inside it, no links out."""
+    folder = log_dir / name
+    if folder.is_symlink() or not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_TYPES and p.is_file())
+    root = folder.resolve()
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in IMAGE_TYPES or path.is_symlink() or not path.is_file():
+            continue
+        if any(parent.is_symlink() for parent in path.relative_to(folder).parents if parent.name):
+            continue
+        if root in path.resolve().parents:
+            found.append(path)
+    return found
 
 
 def _image_file(path: Path) -> str:

@@ -17,15 +17,21 @@ from keras_erranalysis._columns import EMBEDDING, EXAMPLE_COLUMNS
 from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.decoding import Vocabulary
 from keras_erranalysis.run._files import (
+    _ARRAY_COLUMNS,
     _TMP_PREFIX,
+    DECODING_KEYS,
     FORMAT,
     META_FILE,
     RUN_FILE,
     RunFormatError,
-    _complete_epochs,
+    _check_meta,
+    _epoch_folders,
+    _inside,
+    _read_decoding_file,
     _read_json,
     _read_run_json,
     _verify_checksum,
+    _writer_of,
 )
 
 
@@ -76,30 +82,73 @@ class Run:
     def __init__(self, log_dir: Path, info: dict[str, Any]) -> None:
         self.log_dir = Path(log_dir)
         self.info = info
-        self.epochs = _complete_epochs(self.log_dir)
+        self.epochs, ignored = _epoch_folders(self.log_dir)
+        if ignored:
+            warnings.warn(
+                f"{str(self.log_dir)!r} holds {ignored[:3]}, which are not epoch folders "
+                "(only real folders named epoch_%04d, e.g. epoch_0002, are read): ignored.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self.incomplete = sorted(
             p.name for p in self.log_dir.iterdir() if p.name.startswith(_TMP_PREFIX)
         )
         if self.incomplete:
+            writer = _writer_of(self.log_dir)
+            why = (
+                f"being written by {writer} right now"
+                if writer
+                else "left by an interrupted process"
+            )
             warnings.warn(
                 f"{len(self.incomplete)} incomplete epoch write(s) in {str(self.log_dir)!r} "
-                f"({self.incomplete[:3]}), left by an interrupted process: ignored.",
+                f"({self.incomplete[:3]}), {why}: ignored.",
                 RuntimeWarning,
                 stacklevel=3,
             )
         self._meta: dict[int, dict[str, Any]] = {}
+        self._decodings: dict[str, dict[str, Vocabulary | None]] = {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.log_dir)!r}, epochs={self.epochs})"
 
     # -- decoding ----------------------------------------------------------------------
 
-    def vocabulary(self, key: str) -> Vocabulary | None:
-        """The stored ``vocab``, ``input_vocab`` or ``label_names`` of the run."""
-        return Vocabulary.from_json((self.info.get("decoding") or {}).get(key))
+    def vocabulary(self, key: str, epoch: int | None = -1) -> Vocabulary | None:
+        """The ``vocab``, ``input_vocab`` or ``label_names`` that decodes one epoch.
 
-    def _decoding(self) -> dict[str, Any]:
-        return {k: self.vocabulary(k) for k in ("vocab", "input_vocab", "label_names")}
+        Args:
+            key: Which vocabulary.
+            epoch: The epoch (``-1`` = last); ``None``: the one in ``run.json`` (the first
+                writer's). A run appended to with other vocabularies decodes each epoch with
+                its own.
+        """
+        return self.decoding(epoch)[key]
+
+    def decoding(self, epoch: int | None = -1) -> dict[str, Vocabulary | None]:
+        """``{"vocab", "input_vocab", "label_names"}`` of one epoch (see :meth:`vocabulary`)."""
+        source = RUN_FILE
+        if epoch is not None and self.epochs:
+            source = self.meta(epoch).get("decoding") or RUN_FILE
+        if source not in self._decodings:
+            path = self.log_dir / source
+            stored = (
+                self.info.get("decoding") or {}
+                if source == RUN_FILE
+                else _read_decoding_file(_inside(self.log_dir, source, path))
+            )
+            try:
+                self._decodings[source] = {
+                    k: Vocabulary.from_json(stored.get(k)) for k in DECODING_KEYS
+                }
+            except (TypeError, ValueError, KeyError) as error:
+                raise RunFormatError(
+                    f"File {str(path)!r} holds a bad vocabulary ({error})."
+                ) from None
+        return self._decodings[source]
+
+    def _decoding(self, epoch: int = -1) -> dict[str, Any]:
+        return self.decoding(epoch)
 
     # -- epochs ------------------------------------------------------------------------
 
@@ -124,10 +173,12 @@ class Run:
         if number in self._meta and not verify:
             return self._meta[number]
         folder = self.epoch_dir(number)
-        meta = _read_json(folder / META_FILE)
+        meta_file = folder / META_FILE
+        meta = _read_json(meta_file)
         if meta.get("format") != FORMAT or meta.get("epoch") != number:
-            raise RunFormatError(f"{str(folder / META_FILE)!r} does not describe epoch {number}.")
-        _verify_checksum(meta, folder / META_FILE)
+            raise RunFormatError(f"{str(meta_file)!r} does not describe epoch {number}.")
+        _verify_checksum(meta, meta_file)
+        _check_meta(meta, meta_file, _ARRAY_COLUMNS)
         entries = [
             *meta.get("arrays", {}).values(),
             *meta.get("inputs", {}).values(),
@@ -135,12 +186,12 @@ class Run:
             *meta.get("vectors", {}).values(),
             *({"file": name, **entry} for name, entry in meta.get("files", {}).items()),
         ]
+        tables = meta.get("tables", {}).values()
+        for name in [e[k] for e in tables for k in ("csv", "jsonl") if k in e]:
+            _inside(folder, name, meta_file)
         for entry in entries:
-            file = folder / entry["file"]
-            try:
-                size = file.stat().st_size
-            except FileNotFoundError:
-                raise RunFormatError(f"Missing file {str(file)!r}.") from None
+            file = _inside(folder, entry["file"], meta_file)
+            size = file.stat().st_size
             if size != entry["bytes"]:
                 raise RunFormatError(
                     f"File {str(file)!r} is corrupt: {size} bytes, expected {entry['bytes']}."
@@ -177,14 +228,22 @@ class Run:
         meta = self.meta(epoch)
         folder = self.epoch_dir(epoch)
         arrays = {name: self._load(folder, entry, mmap) for name, entry in meta["arrays"].items()}
-        return LossReport(
-            task=meta["task"],
-            num_classes=int(meta["num_classes"]),
-            reduction=meta.get("reduction", "mean"),
-            inputs={n: self._load(folder, e, mmap) for n, e in meta.get("inputs", {}).items()},
-            extra={n: self._load(folder, e, mmap) for n, e in meta.get("extra", {}).items()},
-            **arrays,
-        )
+        inputs = {n: self._load(folder, e, mmap) for n, e in meta.get("inputs", {}).items()}
+        extra = {n: self._load(folder, e, mmap) for n, e in meta.get("extra", {}).items()}
+        try:
+            return LossReport(
+                task=meta["task"],
+                num_classes=int(meta["num_classes"]),
+                reduction=meta.get("reduction", "mean"),
+                inputs=inputs,
+                extra=extra,
+                **arrays,
+            )
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            raise RunFormatError(
+                f"File {str(folder / META_FILE)!r} describes arrays that do not make an epoch "
+                f"({type(error).__name__}: {error})."
+            ) from None
 
     def stack(self, column: str, epochs: Iterable[int] | None = None) -> np.ndarray:
         """One column across epochs as an ``(E, N, ...)`` array (rows in epoch order)."""
@@ -201,20 +260,24 @@ class Run:
         return sorted(self.meta(epoch).get("files", {}))
 
     def file_path(self, name: str, epoch: int = -1) -> Path:
-        """Path of an extra file stored with one epoch (see :meth:`files`)."""
+        """Path of an extra file stored with one epoch (see :meth:`files`).
+
+        Only files that the epoch's ``meta.json`` lists, as regular files inside the epoch
+        folder (never a symbolic link), are given.
+        """
         if name not in self.meta(epoch).get("files", {}):
             raise KeyError(f"No file {name!r} in epoch {self._resolve(epoch)}.")
-        return self.epoch_dir(epoch) / name
+        folder = self.epoch_dir(epoch)
+        return _inside(folder, name, folder / META_FILE)
 
     def table(self, name: str, epoch: int = -1) -> pd.DataFrame:
         """A per-epoch table written next to the arrays (``hardest``, features, ...)."""
         meta = self.meta(epoch)
         entry = meta.get("tables", {}).get(name)
         if entry is None:
-            raise KeyError(
-                f"No table {name!r} in epoch {meta['epoch']}; tables are {list(meta['tables'])}."
-            )
-        file = self.epoch_dir(epoch) / entry["csv"]
+            tables = list(meta.get("tables", {}))
+            raise KeyError(f"No table {name!r} in epoch {meta['epoch']}; tables are {tables}.")
+        file = _inside(self.epoch_dir(epoch), entry["csv"], self.epoch_dir(epoch) / META_FILE)
         try:
             raw = file.read_bytes()
         except OSError as error:
@@ -237,8 +300,8 @@ class Run:
         return frame
 
     def frame(self, epoch: int = -1, **decoding: Any) -> pd.DataFrame:
-        """Every example of one epoch as a table, decoded with the stored vocabularies."""
-        options = {**self._decoding(), **decoding}
+        """Every example of one epoch as a table, decoded with that epoch's vocabularies."""
+        options = {**self.decoding(epoch), **decoding}
         return self.report(epoch).to_frame(**options)
 
     def hardest(
@@ -377,8 +440,7 @@ class Run:
             raise KeyError(f"No example with id {example_id} in epoch {self.meta(epoch)['epoch']}.")
         row = int(hits[0])
         rows, sims = nearest(vectors, np.asarray(vectors[row], dtype=np.float32), k, exclude=row)
-        decoding = {key: self.vocabulary(key) for key in ("vocab", "input_vocab", "label_names")}
-        frame = self.report(epoch).select(rows).to_frame(**decoding)
+        frame = self.report(epoch).select(rows).to_frame(**self.decoding(epoch))
         frame.insert(0, "rank", np.arange(1, len(frame) + 1))
         frame.insert(2, "similarity", sims.astype(np.float32))
         wanted = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import json
@@ -10,9 +11,11 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
+import weakref
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +26,27 @@ from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.decoding import Vocabulary
 from keras_erranalysis.run._files import (
     _ARRAY_COLUMNS,
+    _HOLDERS,
     _TMP_PREFIX,
+    DECODING_KEYS,
     FORMAT,
     LOCK_FILE,
+    LOCK_GRACE_SECONDS,
     META_FILE,
     RUN_FILE,
     VERSION,
     RunFormatError,
     RunLockedError,
     _complete_epochs,
+    _decoding_file_name,
     _file_crc32,
+    _folder_key,
     _fsync_dir,
     _json_checksum,
+    _json_safe,
+    _local_holder,
     _pid_alive,
+    _read_decoding_file,
     _read_lock,
     _read_run_json,
     _remove_tree,
@@ -61,6 +72,8 @@ class RunWriter:
     def __init__(self, log_dir: str | os.PathLike, *, decoding: Mapping[str, Any] | None = None):
         self.log_dir = Path(log_dir)
         self._locked = False
+        self._token: str | None = None
+        self._active: Callable[[], bool] | None = None
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(dir=self.log_dir, prefix=".write-probe-")
@@ -73,8 +86,20 @@ class RunWriter:
                 "Pass a log_dir you can write to, or fix the folder's permissions.",
             ) from error
         run_file = self.log_dir / RUN_FILE
+        stored = {
+            key: (Vocabulary.from_any(value).to_json() if value is not None else None)
+            for key, value in (decoding or {}).items()
+        }
+        # Each epoch's meta.json names the decoding of its text: run.json's (the first
+        # writer's) or, for a writer that appends with other vocabularies, one
+        # decoding_<crc32>.json file per distinct decoding.
+        self.decoding_file = RUN_FILE
         if run_file.exists():
             self.run_meta = _read_run_json(run_file)
+            if decoding is not None and _canonical(stored) != _canonical(
+                self.run_meta.get("decoding") or {}
+            ):
+                self.decoding_file = self._store_decoding(stored)
         else:
             foreign = [p.name for p in self.log_dir.iterdir() if not p.name.startswith(".")]
             if foreign:
@@ -87,56 +112,124 @@ class RunWriter:
                 "format": FORMAT,
                 "version": VERSION,
                 "created": time.time(),
-                "decoding": {
-                    key: (Vocabulary.from_any(value).to_json() if value is not None else None)
-                    for key, value in (decoding or {}).items()
-                },
+                "decoding": stored,
             }
             checksum = _json_checksum(self.run_meta)
             write_json_atomic(run_file, {**self.run_meta, "checksum": checksum})
 
     # -- lock --------------------------------------------------------------------------
 
-    def acquire_lock(self) -> None:
-        """Marks the folder as being written by this process; refuses a live other one."""
+    def active(self) -> bool:
+        """Whether the owner of this writer is still at work (an interrupted fit is not).
+
+        A second writer of the same process takes the lock over from a writer that is not
+        active, or whose object is gone; see :meth:`acquire_lock`.
+        """
+        return self._active is None or bool(self._active())
+
+    def acquire_lock(self, *, active: Callable[[], bool] | None = None) -> None:
+        """Marks the folder as being written by this writer; refuses any live other one.
+
+        Args:
+            active: Tells whether this writer's owner is still at work (the callback: "is
+                the fit that opened me still running?"). Once it turns false the lock is
+                released (checked every half second by a daemon thread), so a fit stopped
+                by an exception or Ctrl-C, which Keras tells no callback about, does not
+                keep the folder. Default: held until :meth:`release_lock` or the end of
+                the process.
+
+        Raises:
+            RunLockedError: When another live process, or another live writer of this
+                process, holds the folder; or when a lock is being created right now.
+        """
+        if active is not None:
+            self._active = active
+            _watch(self)
         path = self.log_dir / LOCK_FILE
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(path)
-                same_host = holder.get("host") == info["host"]
-                pid = int(holder.get("pid", -1))
-                if pid == os.getpid() and same_host:
-                    self._locked = True
-                    return
-                if same_host and pid > 0 and not _pid_alive(pid):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()  # stale: its writer is gone
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        me["token"] = f"{me['pid']}-{id(self)}-{time.monotonic_ns()}"
+        for _ in range(4):
+            if _create_lock(path, me):
+                self._took(me["token"])
+                return
+            holder = _read_lock(path)
+            if not holder:
+                # Empty or unreadable: a process died between creating and writing it, or
+                # one is writing it right now (only for an instant: see _create_lock).
+                try:
+                    age = time.time() - path.stat().st_mtime
+                except FileNotFoundError:
                     continue
-                raise RunLockedError(
-                    f"Another process (pid {pid} on {holder.get('host')}) is writing to "
-                    f"{str(self.log_dir)!r}. Use another log_dir, or stop that process; if it "
-                    f"is gone, delete {str(path)!r}."
-                ) from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump(info, handle)
-            self._locked = True
+                if age < LOCK_GRACE_SECONDS:
+                    raise RunLockedError(
+                        f"The lock {str(path)!r} is being created by another process right "
+                        f"now (empty, {age:.1f} s old). Retry in a few seconds; if it stays "
+                        "empty it is taken over."
+                    )
+                _unlink(path)
+                continue
+            pid, host = holder["pid"], holder.get("host")
+            if host == me["host"] and pid == me["pid"]:
+                owner = _local_holder(self.log_dir)
+                if owner is self or (owner is None and self._locked):
+                    self._took(holder.get("token", me["token"]))
+                    return
+                if owner is not None:
+                    raise RunLockedError(
+                        f"Another writer in this process (pid {pid}) is writing to "
+                        f"{str(self.log_dir)!r}: one writer per log_dir (e.g. two ErrorAnalysis "
+                        "callbacks with the same log_dir in one fit). Give each its own log_dir."
+                    )
+                # Ours but stale: its writer is gone, or the fit that held it was interrupted.
+                _forget(self.log_dir)
+                _unlink(path)
+                continue
+            if host == me["host"] and not _pid_alive(pid):
+                _unlink(path)  # stale: its writer is gone
+                continue
+            raise RunLockedError(
+                f"Another process (pid {pid} on {host}) is writing to "
+                f"{str(self.log_dir)!r}. Use another log_dir, or stop that process; if it "
+                f"is gone, delete {str(path)!r}."
+            )
+        raise RunLockedError(f"Could not take the lock {str(path)!r}.")
+
+    def _took(self, token: str) -> None:
+        fresh = not self._locked
+        self._locked, self._token = True, token
+        _HOLDERS[_folder_key(self.log_dir)] = weakref.ref(self)
+        if fresh:
             # We hold the lock now, so temporary folders are leftovers of a killed writer.
             for leftover in self.log_dir.glob(f"{_TMP_PREFIX}*"):
                 _remove_tree(leftover)
-            return
-        raise RunLockedError(f"Could not take the lock {str(path)!r}.")
 
     def release_lock(self) -> None:
-        """Removes the lock if this writer holds it."""
-        if self._locked:
-            with contextlib.suppress(FileNotFoundError):
-                (self.log_dir / LOCK_FILE).unlink()
-            self._locked = False
+        """Removes the lock if this writer holds it (not one another writer took over)."""
+        self._active = None
+        if not self._locked:
+            return
+        self._locked = False
+        path = self.log_dir / LOCK_FILE
+        if _read_lock(path).get("token") in (self._token, None):
+            _unlink(path)
+        key = _folder_key(self.log_dir)
+        if key in _HOLDERS and _HOLDERS[key]() is self:
+            del _HOLDERS[key]
 
     # -- epochs ------------------------------------------------------------------------
+
+    def _store_decoding(self, stored: Mapping[str, Any]) -> str:
+        name = _decoding_file_name(_canonical(stored))
+        path = self.log_dir / name
+        if path.exists():
+            if _canonical(_read_decoding_file(path)) != _canonical(stored):
+                raise RunFormatError(
+                    f"File {str(path)!r} holds another decoding than its name says."
+                )
+            return name
+        body = {"format": FORMAT, "version": VERSION, "decoding": _canonical(stored)}
+        write_json_atomic(path, {**body, "checksum": _json_checksum(body)})
+        return name
 
     def last_epoch(self) -> int:
         """The highest complete epoch number in the folder (0 when none)."""
@@ -222,6 +315,7 @@ class RunWriter:
                 "vectors": saved_vectors,
                 "files": saved_files,
                 "info": dict(info or {}),
+                "decoding": self.decoding_file,
             }
             write_json_atomic(tmp / META_FILE, {**meta, "checksum": _json_checksum(meta)})
             _fsync_dir(tmp)
@@ -238,6 +332,87 @@ class RunWriter:
             raise
         _fsync_dir(self.log_dir)
         return final
+
+
+def _canonical(decoding: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoding as JSON reads it back, with every key (so equal ones compare equal)."""
+    text = json.dumps(_json_safe(dict(decoding)), sort_keys=True, allow_nan=False)
+    loaded = json.loads(text)
+    return {key: loaded.get(key) for key in DECODING_KEYS}
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _forget(log_dir: Path) -> None:
+    """Drops this process's stale holder of ``log_dir`` (its fit was interrupted)."""
+    ref = _HOLDERS.pop(_folder_key(log_dir), None)
+    holder = ref() if ref is not None else None
+    if holder is not None:
+        holder._locked, holder._active = False, None
+
+
+def _create_lock(path: Path, info: Mapping[str, Any]) -> bool:
+    """Creates the lock with its contents in one step; False when it exists already.
+
+    The contents go to a temporary file first, then a hard link publishes it whole, so a
+    reader never sees an empty lock (a file system without hard links falls back to an
+    exclusive create, where an instant of emptiness remains).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".lock-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dict(info), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            pass
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dict(info), handle)
+        return True
+    finally:
+        _unlink(Path(tmp))
+
+
+def _watch(writer: RunWriter, every: float = 0.5) -> None:
+    """Releases ``writer``'s lock once its owner is no longer active (see acquire_lock)."""
+    ref = weakref.ref(writer)
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            current = ref()
+            if current is None or current._active is None:
+                return  # released already, or the writer is gone
+            if current._locked and not current.active():
+                current.release_lock()
+                return
+            del current
+
+    threading.Thread(target=loop, name="erranalysis-lock-watch", daemon=True).start()
+
+
+def _release_all() -> None:
+    """At interpreter exit: remove the locks this process still holds."""
+    for ref in list(_HOLDERS.values()):
+        holder = ref()
+        if holder is not None:
+            with contextlib.suppress(Exception):
+                holder.release_lock()
+
+
+atexit.register(_release_all)
 
 
 def _save_array(folder: Path, stem: str, value: np.ndarray) -> dict[str, Any]:
