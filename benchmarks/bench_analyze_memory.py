@@ -4,7 +4,7 @@ Each measurement runs in a fresh child process and reports its peak resident set
 (``ru_maxrss``, which also counts file pages the process maps). The parent writes the
 model and the data files once, then runs, for the base size N and for 10 N:
 
-* ``analyze``: :func:`keras_erranalysis.analyze.analyze` (chunks of ``--chunk-size``);
+* ``analyze``: :func:`keras_erranalysis.analyze` (chunks of ``--chunk-size``);
 * ``in_memory`` (for contrast, ``--no-contrast`` skips it): read the whole file, one
   ``compute_losses`` call, ``RunWriter.write_epoch`` - what a naive script does.
 
@@ -84,7 +84,7 @@ def _write_data(path: Path, n: int, fmt: str, *, block: int = 200_000) -> None:
 def _child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.mode == "analyze":
-        from keras_erranalysis.analyze import analyze
+        from keras_erranalysis._analyze import analyze
 
         result = analyze(
             args.model,
@@ -97,7 +97,7 @@ def _child(args: argparse.Namespace) -> None:
         n = result.n_examples
     else:
         from keras_erranalysis.analysis import log_views
-        from keras_erranalysis.analyze import plan_columns
+        from keras_erranalysis._analyze import plan_columns
         from keras_erranalysis.compute._losses import compute_losses
         from keras_erranalysis.compute._model import load_model
         from keras_erranalysis.run._sources import open_source

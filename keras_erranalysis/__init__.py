@@ -23,7 +23,7 @@ _PUBLIC = {
     "EmbeddingAnalysis": "keras_erranalysis.options",
     "FeatureAnalysis": "keras_erranalysis.options",
     "PassOptions": "keras_erranalysis.options",
-    "analyze": "keras_erranalysis.analyze",
+    "analyze": "keras_erranalysis._analyze",
     "check_data": "keras_erranalysis.health",
     "compute_losses": "keras_erranalysis.compute",
     "extract_attention": "keras_erranalysis.compute",
@@ -82,7 +82,7 @@ if TYPE_CHECKING:  # pragma: no cover
         likely_mislabeled,
         teacher_forced_metrics,
     )
-    from keras_erranalysis.analyze import analyze
+    from keras_erranalysis._analyze import analyze
     from keras_erranalysis.callback import ErrorAnalysis
     from keras_erranalysis.compute import (
         InFlightRecorder,

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from keras_erranalysis._analyze import analyze
 from keras_erranalysis._errors import AnalyzeError
 from keras_erranalysis.analysis import log_views
-from keras_erranalysis.analyze import analyze
 from keras_erranalysis.cli import main as cli_main
 from keras_erranalysis.compute import Cluster, cluster_from_tf_config, load_model
 from keras_erranalysis.run import open_source

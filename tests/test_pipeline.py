@@ -235,3 +235,15 @@ def test_counted_padding_is_named_once_before_training(tmp_path, ignore_class, r
         assert int(load_run(tmp_path / "run").array("n_tokens").min()) == 8  # as warned
     else:
         assert not found
+
+
+def test_public_names_stay_functions_after_their_modules_are_imported():
+    import importlib
+
+    import keras_erranalysis
+
+    for module in ("_analyze", "health", "pipeline", "callback", "options", "decoding"):
+        importlib.import_module(f"keras_erranalysis.{module}")
+    for name in keras_erranalysis.__all__:
+        value = getattr(keras_erranalysis, name)
+        assert not isinstance(value, type(importlib)), f"{name} is a module, not the API"
