@@ -519,7 +519,13 @@ def _looks_like_probabilities(
 
 
 def per_example(
-    out: Any, y: Any, sample_weight: Any, spec: LossSpec, probe_: Probe
+    out: Any,
+    y: Any,
+    sample_weight: Any,
+    spec: LossSpec,
+    probe_: Probe,
+    *,
+    softmax_xent: tuple[Any, Any] | None = None,
 ) -> dict[str, tf.Tensor]:
     """Per-example (and, for sequences, per-token) results from the analysed output.
 
@@ -535,6 +541,13 @@ def per_example(
         sample_weight: Per-example or per-token weights, or None.
         spec: The resolved loss.
         probe_: Shapes and loss kind (from :func:`probe` or :func:`static_probe`).
+        softmax_xent: ``(loss, backprop)``, the outputs of a fused sparse softmax
+            cross-entropy already taken on ``out``'s logits with these labels (rows
+            flattened), e.g. by the training step. Then neither the softmax nor the loss is
+            computed again: the loss is read, the given label's probability is
+            ``exp(-loss)``, and ``backprop = softmax - one_hot(label)`` holds every other
+            class's probability, with the label's own entry (its probability minus one)
+            below them all.
 
     Returns:
         Tensors keyed ``loss_sum, n_tokens, confidence, true_prob, margin, correct,
@@ -561,7 +574,9 @@ def per_example(
         loss_values = spec.fn(y_float, out)
         fractional = tf.zeros(label_shape, tf.bool)
     else:
-        if probe_.from_logits is None:  # decided per batch: probabilities or logits
+        if softmax_xent is not None:
+            probs = None  # read from the given cross-entropy below
+        elif probe_.from_logits is None:  # decided per batch: probabilities or logits
             looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0)) & tf.reduce_all(
                 tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < tol
             )
@@ -600,7 +615,9 @@ def per_example(
     in_range = (label >= 0) & (label < num_classes)
     invalid = counted & ~in_range
     safe_label = tf.where(in_range, label, tf.zeros_like(label))
-    if not binary:
+    if softmax_xent is not None:
+        loss_values = softmax_xent[0]
+    elif not binary:
         if probe_.kind == "dense":
             loss_values = spec.fn(y_for_loss, out)
         else:
@@ -608,17 +625,31 @@ def per_example(
     loss_values = tf.cast(loss_values, tf.float32)
     loss_values = tf.reshape(loss_values, label_shape)
 
-    prediction = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    confidence = tf.reduce_max(probs, axis=-1)
-    true_prob = tf.gather(probs, safe_label, batch_dims=safe_label.shape.rank)
-    is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
-    best_other = tf.reduce_max(tf.where(is_label, -math.inf, probs), axis=-1)
+    if probs is None:
+        true_prob = tf.exp(-loss_values)
+        others = tf.reshape(softmax_xent[1], tf.shape(out))
+    else:
+        true_prob = tf.gather(probs, safe_label, batch_dims=safe_label.shape.rank)
+        is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
+        others = tf.where(is_label, -math.inf, probs)
+    # The best other class, then argmax's answer (its first maximum) from the label
+    # against it: one pass over the classes.
+    other_class = tf.argmax(others, axis=-1, output_type=tf.int32)
+    best_other = tf.gather(others, other_class, batch_dims=other_class.shape.rank)
+    label_first = (true_prob > best_other) | (
+        (true_prob == best_other) & (safe_label < other_class)
+    )
+    prediction = tf.where(label_first, safe_label, other_class)
+    if probs is None:
+        confidence = tf.maximum(true_prob, best_other)  # a NaN logit: the whole row NaN
+    else:
+        confidence = tf.reduce_max(probs, axis=-1)  # keeps a NaN that argmax skips
     margin = true_prob - best_other
     # Rows whose probabilities are undefined (a NaN or +inf logit, every class at -inf):
     # the plain max gives NaN, XLA's skips NaN and gives -inf or a NaN-row gather. Such a
     # row has no prediction (-1) and is never right; argmax would pick an arbitrary class.
     undefined = ~tf.math.is_finite(confidence) | tf.math.is_nan(true_prob)
-    if probe_.from_logits is not True:
+    if probs is not None and probe_.from_logits is not True:
         # Probabilities taken as given keep a lone NaN in its place, which XLA's max skips.
         undefined |= tf.reduce_any(~tf.math.is_finite(probs), axis=-1)
     prediction = tf.where(undefined, -1, prediction)
