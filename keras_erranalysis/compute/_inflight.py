@@ -415,10 +415,11 @@ class InFlightRecorder(keras.callbacks.Callback):
             y = y[self._spec.output if isinstance(self._spec.output, int) else 0]
         out = _pass.select_output(y_pred, self._spec.output, self.model)
         values = _per_example(out, y, sample_weight, self._spec)
-        ids = tf.reshape(tf.cast(ids, tf.int64), [-1])
+        # One compare finds negative ids too (they wrap to huge unsigned values).
+        ids = tf.reshape(ids, [-1])
         n = self.num_examples
-        valid = (ids >= 0) & (ids < n)
-        index = tf.where(valid, ids, tf.cast(n, tf.int64))[:, None]
+        valid = tf.cast(tf.cast(ids, tf.int64), tf.uint64) < n
+        index = tf.where(valid, tf.cast(ids, tf.int64), n)
         floats = tf.stack([values[name] for name in _FLOAT_COLUMNS], axis=1)
         ints = tf.stack(
             [
@@ -430,8 +431,8 @@ class InFlightRecorder(keras.callbacks.Callback):
             axis=1,
         )
         # SUM buffers: under a strategy, it adds up the replicas' sparse rows.
-        self._floats.scatter_add(tf.IndexedSlices(floats, index[:, 0]))
-        self._ints.scatter_add(tf.IndexedSlices(ints, index[:, 0]))
+        self._floats.scatter_add(tf.IndexedSlices(floats, index))
+        self._ints.scatter_add(tf.IndexedSlices(ints, index))
 
 
 _MISSING = object()
@@ -472,9 +473,12 @@ def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, t
     """Loss, true_prob, margin, correct, prediction per example, from the step's output.
 
     The maths is the loss pass's own (:func:`_pass.per_example`), on a probe made from
-    static shapes. The recorded loss is unweighted: sample weights only decide which tokens
-    of a sequence count (weight > 0), and are ignored for classifiers, so an example's loss
-    reads the same whatever its training weight.
+    static shapes. When the training step's loss took a fused sparse softmax cross-entropy
+    of this output (Keras' sparse categorical cross-entropy does, from logits or from a
+    softmax layer's logits), that function reads its loss and softmax instead of computing
+    them again (:func:`_training_softmax_xent`). The recorded loss is unweighted: sample
+    weights only decide which tokens of a sequence count (weight > 0), and are ignored for
+    classifiers, so an example's loss reads the same whatever its training weight.
     """
     stopped = tf.stop_gradient(out)  # the recorded values never reach the gradients
     keras_mask = getattr(out, "_keras_mask", None)
@@ -484,7 +488,8 @@ def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, t
     counts = None
     if probe.sequence and sample_weight is not None:
         counts = tf.cast(tf.cast(sample_weight, tf.float32) > 0, tf.float32)
-    values = _pass.per_example(stopped, y, counts, spec, probe)
+    softmax_xent = _training_softmax_xent(out, y, probe)
+    values = _pass.per_example(stopped, y, counts, spec, probe, softmax_xent=softmax_xent)
     n_tokens = values["n_tokens"]
     prediction, label = values["prediction"], values["label"]
     if probe.sequence:
@@ -498,3 +503,72 @@ def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, t
         "prediction": prediction,
         "label": label,
     }
+
+
+# Ops between the model's output and the fused cross-entropy that leave the values as they are.
+_SAME_VALUES = ("Identity", "Reshape", "Cast", "Squeeze", "ExpandDims")
+
+
+def _training_softmax_xent(out: Any, y: Any, probe: Any) -> tuple[tf.Tensor, tf.Tensor] | None:
+    """The training step's own fused sparse softmax cross-entropy of ``out``, if it took one.
+
+    Keras' sparse categorical cross-entropy (TensorFlow backend) calls
+    ``SparseSoftmaxCrossEntropyWithLogits`` on the output's logits: for a softmax layer's
+    output, on the softmax's input. Its two outputs are the unreduced loss and
+    ``softmax - one_hot(label)``, which the gradient needs anyway. They are found in the
+    traced step's graph, following only ops that keep the values (reshapes, casts), and
+    used only when its labels are the batch's ``y``. Any other path (another loss,
+    ``ignore_class``, probabilities not from a softmax op, an eager step) returns None, and
+    the pass's maths takes the softmax itself.
+
+    Returns:
+        ``(loss, backprop)`` with gradients stopped, or None.
+    """
+    if probe.kind != "sparse" or probe.from_logits is None or tf.executing_eagerly():
+        return None
+    source = out
+    op = getattr(out, "op", None)
+    if op is None:
+        return None
+    if not probe.from_logits:
+        if op.type != "Softmax":
+            return None
+        source = op.inputs[0]
+    frontier, seen = [source], set()
+    while frontier:
+        tensor = frontier.pop()
+        for consumer in tensor.consumers():
+            if consumer.name in seen:
+                continue
+            seen.add(consumer.name)
+            if consumer.inputs[0].name != tensor.name:  # e.g. the shape of a Reshape
+                continue
+            if consumer.type == "SparseSoftmaxCrossEntropyWithLogits":
+                loss, backprop = consumer.outputs
+                if backprop.shape[-1] not in (None, out.shape[-1]):  # not one row a position
+                    return None
+                if not _comes_from(consumer.inputs[1], y):  # labels other than the batch's
+                    return None
+                return tf.stop_gradient(loss), tf.stop_gradient(backprop)
+            if consumer.type in _SAME_VALUES and _keeps_values(consumer):
+                frontier.append(consumer.outputs[0])
+    return None
+
+
+def _keeps_values(op: Any) -> bool:
+    """Whether a cast keeps every value (a widening float cast); other listed ops do."""
+    if op.type != "Cast":
+        return True
+    source, target = op.inputs[0].dtype, op.outputs[0].dtype
+    return source.is_floating and target.is_floating and target.size >= source.size
+
+
+def _comes_from(tensor: Any, source: Any) -> bool:
+    """Whether ``tensor`` is ``source`` behind reshapes and casts only."""
+    for _ in range(8):
+        if tensor.name == source.name:
+            return True
+        if tensor.op.type not in _SAME_VALUES and tensor.op.type != "Cast":
+            return False
+        tensor = tensor.op.inputs[0]
+    return False
