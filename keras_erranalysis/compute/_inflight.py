@@ -180,6 +180,7 @@ class InFlightRecorder(keras.callbacks.Callback):
         self._originals: dict[str, Any] = {}
         self._spec: Any = None
         self._patched_model: Any = None
+        self._probe: Any = None  # learned when the training step is traced
 
     # -- Keras callback hooks --------------------------------------------------------------
 
@@ -231,6 +232,8 @@ class InFlightRecorder(keras.callbacks.Callback):
         floats, prediction, correct, seen, label = _from_sums(
             floats, *(ints[:n, i].astype(np.int64) for i in range(len(_INT_COLUMNS)))
         )
+        if self._probe is not None and not self._probe.sequence:
+            floats, prediction, correct = self._finish(floats, prediction, correct, seen, label)
         np.maximum(self._labels, label, out=self._labels)
         for i, name in enumerate(_FLOAT_COLUMNS):
             self._history[name].append(floats[:, i].astype(self.dtype))
@@ -238,6 +241,44 @@ class InFlightRecorder(keras.callbacks.Callback):
         self._history["correct"].append(correct.astype(bool))
         self._history["seen"].append(seen.astype(bool))
         self.epochs.append(int(epoch) + 1)
+
+    def _finish(
+        self,
+        scores: np.ndarray,
+        prediction: np.ndarray,
+        correct: np.ndarray,
+        seen: np.ndarray,
+        label: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Columns of a classifier's epoch from the scores its steps recorded.
+
+        The steps recorded the class axis summed up (loss, the label's probability, the
+        best other class's probability and id); the rest of the loss pass's maths, the same
+        function, runs here once for all N examples instead of once a step. An example
+        trained on more than once keeps the mean scores, prediction -1 and ``correct``
+        from its count of right answers (see :func:`_from_sums`).
+        """
+        values = _pass.per_example(
+            None,
+            tf.constant(label),
+            None,
+            self._spec,
+            self._probe,
+            scores=(
+                tf.constant(scores[:, 0]),
+                tf.constant(scores[:, 1]),
+                tf.constant(scores[:, 2]),
+                tf.constant(prediction.astype(np.int32)),
+            ),
+        )
+        once = seen == 1
+        floats = np.stack(
+            [values["loss_sum"].numpy(), values["true_prob"].numpy(), values["margin"].numpy()],
+            axis=1,
+        )
+        prediction = np.where(once, values["prediction"].numpy(), prediction)
+        correct = np.where(once, values["correct"].numpy(), correct)
+        return floats, prediction, correct
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Puts the model's own steps back."""
@@ -376,6 +417,73 @@ class InFlightRecorder(keras.callbacks.Callback):
         self._patched_model = None
         self._originals = {}
 
+    def _per_example(self, out: Any, y: Any, sample_weight: Any) -> dict[str, tf.Tensor]:
+        """This batch's values to add to the buffers (inside the traced step).
+
+        The maths is the loss pass's own (:func:`_pass.per_example`), on a probe made from
+        static shapes. When the step's loss took a fused sparse softmax cross-entropy of
+        this output (Keras' sparse categorical cross-entropy does, from logits or from a
+        softmax layer's logits), its loss and softmax are read
+        (:func:`_training_softmax_xent`, :func:`_pass.xent_scores`) instead of computed
+        again. A classifier's step then records only those scores and whether the label
+        came first; :meth:`_finish` turns them into the columns at the epoch's end, so the
+        per-step cost is one argmax and a few ops. A sequence's step reduces its tokens
+        itself (the per-token scores are not kept).
+
+        The recorded loss is unweighted: sample weights only decide which tokens of a
+        sequence count (weight > 0), and are ignored for classifiers, so an example's loss
+        reads the same whatever its training weight.
+
+        Returns:
+            ``loss, true_prob, margin, prediction, correct, label`` per example; for a
+            classifier with the training step's scores, ``margin`` holds the best other
+            class's probability and ``prediction`` its id until :meth:`_finish`.
+        """
+        stopped = tf.stop_gradient(out)  # the recorded values never reach the gradients
+        keras_mask = getattr(out, "_keras_mask", None)
+        if keras_mask is not None:
+            stopped._keras_mask = keras_mask
+        spec = self._spec
+        probe = _pass.static_probe(stopped, y, spec)
+        self._probe = probe
+        xent = _training_softmax_xent(out, y, probe)
+        scores = None
+        if xent is not None:
+            scores = _pass.xent_scores(*xent, tf.shape(out)[:-1])
+            if not probe.sequence:
+                label, _ = _pass.sparse_label(tf.reshape(y, tf.shape(out)[:-1]))
+                loss, true_prob, best_other, other_class = scores
+                right = _pass.label_first(true_prob, best_other, label, other_class)
+                return {
+                    "loss": loss,
+                    "true_prob": true_prob,
+                    "margin": best_other,
+                    "prediction": other_class,
+                    "correct": right,
+                    "label": label,
+                }
+        counts = None
+        if probe.sequence and sample_weight is not None:
+            counts = tf.cast(tf.cast(sample_weight, tf.float32) > 0, tf.float32)
+        values = _pass.per_example(stopped, y, counts, spec, probe, scores=scores)
+        n_tokens = values["n_tokens"]
+        prediction, label = values["prediction"], values["label"]
+        margin = values["margin"]
+        if probe.sequence:
+            # A sequence has no single prediction or label; -1 keeps the columns honest.
+            prediction = label = tf.fill(tf.shape(n_tokens), -1)
+        else:
+            # Recorded as scores, finished at the epoch's end like the fast path's.
+            margin = values["true_prob"] - margin
+        return {
+            "loss": values["loss_sum"] / tf.maximum(tf.cast(n_tokens, tf.float32), 1.0),
+            "true_prob": values["true_prob"],
+            "margin": margin,
+            "correct": values["correct"],
+            "prediction": prediction,
+            "label": label,
+        }
+
     def _split_ids(self, data: Any, *, required: bool = True) -> tuple[Any, Any]:
         """Takes the example ids off a batch; returns ``(batch_without_ids, ids)``."""
         if isinstance(data, (tuple, list)) and data and isinstance(data[0], Mapping):
@@ -414,7 +522,7 @@ class InFlightRecorder(keras.callbacks.Callback):
         elif isinstance(y, (list, tuple)):
             y = y[self._spec.output if isinstance(self._spec.output, int) else 0]
         out = _pass.select_output(y_pred, self._spec.output, self.model)
-        values = _per_example(out, y, sample_weight, self._spec)
+        values = self._per_example(out, y, sample_weight)
         # One compare finds negative ids too (they wrap to huge unsigned values).
         ids = tf.reshape(ids, [-1])
         n = self.num_examples
@@ -425,7 +533,7 @@ class InFlightRecorder(keras.callbacks.Callback):
             [
                 values["prediction"],
                 tf.cast(values["correct"], tf.int32),
-                tf.ones_like(values["prediction"]),
+                tf.ones_like(values["label"]),
                 values["label"],
             ],
             axis=1,
@@ -467,42 +575,6 @@ def _from_sums(
 def _expects_dict(model: Any) -> bool:
     inputs = getattr(model, "_inputs_struct", None)
     return isinstance(inputs, Mapping)
-
-
-def _per_example(out: Any, y: Any, sample_weight: Any, spec: Any) -> dict[str, tf.Tensor]:
-    """Loss, true_prob, margin, correct, prediction per example, from the step's output.
-
-    The maths is the loss pass's own (:func:`_pass.per_example`), on a probe made from
-    static shapes. When the training step's loss took a fused sparse softmax cross-entropy
-    of this output (Keras' sparse categorical cross-entropy does, from logits or from a
-    softmax layer's logits), that function reads its loss and softmax instead of computing
-    them again (:func:`_training_softmax_xent`). The recorded loss is unweighted: sample
-    weights only decide which tokens of a sequence count (weight > 0), and are ignored for
-    classifiers, so an example's loss reads the same whatever its training weight.
-    """
-    stopped = tf.stop_gradient(out)  # the recorded values never reach the gradients
-    keras_mask = getattr(out, "_keras_mask", None)
-    if keras_mask is not None:
-        stopped._keras_mask = keras_mask
-    probe = _pass.static_probe(stopped, y, spec)
-    counts = None
-    if probe.sequence and sample_weight is not None:
-        counts = tf.cast(tf.cast(sample_weight, tf.float32) > 0, tf.float32)
-    softmax_xent = _training_softmax_xent(out, y, probe)
-    values = _pass.per_example(stopped, y, counts, spec, probe, softmax_xent=softmax_xent)
-    n_tokens = values["n_tokens"]
-    prediction, label = values["prediction"], values["label"]
-    if probe.sequence:
-        # A sequence has no single prediction or label; -1 keeps the columns honest.
-        prediction = label = tf.fill(tf.shape(n_tokens), -1)
-    return {
-        "loss": values["loss_sum"] / tf.maximum(tf.cast(n_tokens, tf.float32), 1.0),
-        "true_prob": values["true_prob"],
-        "margin": values["margin"],
-        "correct": values["correct"],
-        "prediction": prediction,
-        "label": label,
-    }
 
 
 # Ops between the model's output and the fused cross-entropy that leave the values as they are.

@@ -525,7 +525,7 @@ def per_example(
     spec: LossSpec,
     probe_: Probe,
     *,
-    softmax_xent: tuple[Any, Any] | None = None,
+    scores: tuple[Any, Any, Any, Any] | None = None,
 ) -> dict[str, tf.Tensor]:
     """Per-example (and, for sequences, per-token) results from the analysed output.
 
@@ -541,13 +541,10 @@ def per_example(
         sample_weight: Per-example or per-token weights, or None.
         spec: The resolved loss.
         probe_: Shapes and loss kind (from :func:`probe` or :func:`static_probe`).
-        softmax_xent: ``(loss, backprop)``, the outputs of a fused sparse softmax
-            cross-entropy already taken on ``out``'s logits with these labels (rows
-            flattened), e.g. by the training step. Then neither the softmax nor the loss is
-            computed again: the loss is read, the given label's probability is
-            ``exp(-loss)``, and ``backprop = softmax - one_hot(label)`` holds every other
-            class's probability, with the label's own entry (its probability minus one)
-            below them all.
+        scores: The class axis already summed up, per position: ``(loss, true_prob,
+            best_other, other_class)`` (e.g. :func:`xent_scores` of the training step's own
+            cross-entropy). Then neither the softmax nor the loss is computed, and ``out``
+            (None allowed) is read for its Keras mask only. Sparse labels only.
 
     Returns:
         Tensors keyed ``loss_sum, n_tokens, confidence, true_prob, margin, correct,
@@ -557,8 +554,9 @@ def per_example(
     num_classes = probe_.num_classes
     binary = probe_.kind == "binary"
     keras_mask = getattr(out, "_keras_mask", None)
-    tol = _prob_sum_tol(out.dtype)
-    out = tf.cast(out, tf.float32)
+    if scores is None:
+        tol = _prob_sum_tol(out.dtype)
+        out = tf.cast(out, tf.float32)
     if binary:
         if out.shape.rank == 1 or out.shape[-1] != 1:
             out = tf.expand_dims(out, -1)
@@ -574,8 +572,8 @@ def per_example(
         loss_values = spec.fn(y_float, out)
         fractional = tf.zeros(label_shape, tf.bool)
     else:
-        if softmax_xent is not None:
-            probs = None  # read from the given cross-entropy below
+        if scores is not None:
+            probs = None
         elif probe_.from_logits is None:  # decided per batch: probabilities or logits
             looks_prob = tf.reduce_all((out >= 0.0) & (out <= 1.0)) & tf.reduce_all(
                 tf.abs(tf.reduce_sum(out, axis=-1) - 1.0) < tol
@@ -583,22 +581,14 @@ def per_example(
             probs = tf.where(looks_prob, out, tf.nn.softmax(out, axis=-1))
         else:
             probs = tf.nn.softmax(out, axis=-1) if probe_.from_logits else out
-        label_shape = tf.shape(out)[:-1]
+        label_shape = tf.shape(out)[:-1] if scores is None else tf.shape(scores[0])
         if probe_.kind == "dense":
             label = tf.argmax(y, axis=-1, output_type=tf.int32)
             y_for_loss = tf.cast(y, tf.float32)
             fractional = tf.zeros(label_shape, tf.bool)
         else:
             y_flat = tf.reshape(y, label_shape)
-            if y_flat.dtype.is_floating:
-                fractional = tf.not_equal(y_flat, tf.floor(y_flat))
-            else:
-                fractional = tf.zeros(label_shape, tf.bool)
-            # Saturate, never wrap: a huge id (2**40) must stay out of range.
-            label = tf.cast(
-                tf.clip_by_value(tf.cast(y_flat, tf.float64), -(2.0**31), 2.0**31 - 1),
-                tf.int32,
-            )
+            label, fractional = sparse_label(y_flat)
     weight = tf.ones(label_shape, tf.float32)
     if keras_mask is not None:
         weight *= tf.cast(tf.reshape(keras_mask, label_shape), tf.float32)
@@ -615,8 +605,8 @@ def per_example(
     in_range = (label >= 0) & (label < num_classes)
     invalid = counted & ~in_range
     safe_label = tf.where(in_range, label, tf.zeros_like(label))
-    if softmax_xent is not None:
-        loss_values = softmax_xent[0]
+    if scores is not None:
+        loss_values = scores[0]
     elif not binary:
         if probe_.kind == "dense":
             loss_values = spec.fn(y_for_loss, out)
@@ -625,21 +615,15 @@ def per_example(
     loss_values = tf.cast(loss_values, tf.float32)
     loss_values = tf.reshape(loss_values, label_shape)
 
-    if probs is None:
-        true_prob = tf.exp(-loss_values)
-        others = tf.reshape(softmax_xent[1], tf.shape(out))
+    if scores is not None:
+        _, true_prob, best_other, other_class = scores
     else:
         true_prob = tf.gather(probs, safe_label, batch_dims=safe_label.shape.rank)
         is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), safe_label[..., None])
-        others = tf.where(is_label, -math.inf, probs)
-    # The best other class, then argmax's answer (its first maximum) from the label
-    # against it: one pass over the classes.
-    other_class = tf.argmax(others, axis=-1, output_type=tf.int32)
-    best_other = tf.gather(others, other_class, batch_dims=other_class.shape.rank)
-    label_first = (true_prob > best_other) | (
-        (true_prob == best_other) & (safe_label < other_class)
+        other_class, best_other = _best_other(tf.where(is_label, -math.inf, probs))
+    prediction = tf.where(
+        label_first(true_prob, best_other, safe_label, other_class), safe_label, other_class
     )
-    prediction = tf.where(label_first, safe_label, other_class)
     if probs is None:
         confidence = tf.maximum(true_prob, best_other)  # a NaN logit: the whole row NaN
     else:
@@ -705,6 +689,50 @@ def per_example(
         "label_invalid": invalid,
         "label_fractional": fractional & counted,
     }
+
+
+def sparse_label(y: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """Class ids from sparse labels, and whether each was fractional (e.g. 2.5)."""
+    if y.dtype.is_floating:
+        fractional = tf.not_equal(y, tf.floor(y))
+    else:
+        fractional = tf.zeros(tf.shape(y), tf.bool)
+    # Saturate, never wrap: a huge id (2**40) must stay out of range.
+    label = tf.cast(tf.clip_by_value(tf.cast(y, tf.float64), -(2.0**31), 2.0**31 - 1), tf.int32)
+    return label, fractional
+
+
+def xent_scores(loss: Any, backprop: Any, label_shape: Any) -> tuple[tf.Tensor, ...]:
+    """Per-position ``scores`` for :func:`per_example` from a fused cross-entropy's outputs.
+
+    ``SparseSoftmaxCrossEntropyWithLogits`` returns the loss and ``backprop = softmax -
+    one_hot(label)`` (rows flattened), which the gradient needs anyway. Every other class's
+    probability is there, and the label's own entry (its probability minus one) is below
+    them all, so one argmax finds the best other class; the label's probability is
+    ``exp(-loss)``. No softmax is taken again.
+    """
+    other_class, best_other = _best_other(backprop)
+    loss = tf.reshape(loss, label_shape)
+    return (
+        loss,
+        tf.exp(-loss),
+        tf.reshape(best_other, label_shape),
+        tf.reshape(other_class, label_shape),
+    )
+
+
+def _best_other(others: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """The best class of ``others`` (the label's entry pushed below) and its value."""
+    other_class = tf.argmax(others, axis=-1, output_type=tf.int32)
+    return other_class, tf.gather(others, other_class, batch_dims=other_class.shape.rank)
+
+
+def label_first(true_prob: Any, best_other: Any, label: Any, other_class: Any) -> tf.Tensor:
+    """Whether argmax (the first maximum) picks the label over the best other class.
+
+    False where either probability is NaN.
+    """
+    return (true_prob > best_other) | ((true_prob == best_other) & (label < other_class))
 
 
 def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
