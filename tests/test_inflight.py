@@ -247,3 +247,89 @@ def test_inflight_values_under_xla_equal_a_separate_pass(digits, softmax):
         np.testing.assert_array_equal(history["prediction"][epoch], report.prediction)
         np.testing.assert_array_equal(history["correct"][epoch], report.correct)
     np.testing.assert_array_equal(recorder.labels, y)
+
+
+def test_classifier_steps_read_the_training_steps_own_cross_entropy(digits, monkeypatch):
+    from keras_erranalysis.compute import _pass
+
+    x, y = digits
+    calls = []
+    xent_scores = _pass.xent_scores
+    monkeypatch.setattr(_pass, "xent_scores", lambda *a: calls.append(1) or xent_scores(*a))
+    for softmax in (False, True):  # logits, and a softmax layer's logits
+        calls.clear()
+        model = mlp(0, learning_rate=0.0, softmax=softmax)
+        recorder = InFlightRecorder(len(x))
+        with monkeypatch.context() as patch:
+            patch.setattr(_pass, "per_example", _no_softmax(_pass.per_example))
+            model.fit(
+                with_example_ids(x, y, batch_size=64), epochs=1, verbose=0, callbacks=[recorder]
+            )
+        assert calls, "the recorder took the softmax again"
+        report = compute_losses(model, (x, y), verbose=0, jit_compile=False)
+        np.testing.assert_allclose(recorder.stack("margin")[0], report.margin, atol=1e-5)
+        np.testing.assert_array_equal(recorder.stack("prediction")[0], report.prediction)
+
+
+def _no_softmax(per_example):
+    """per_example that fails when it is asked to take the softmax inside a traced step."""
+
+    def checked(out, y, sample_weight, spec, probe_, *, scores=None):
+        if scores is None and not tf.executing_eagerly():
+            raise AssertionError("per_example took the softmax in the training step")
+        return per_example(out, y, sample_weight, spec, probe_, scores=scores)
+
+    return checked
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_masked_sequences_from_the_steps_cross_entropy_equal_the_pass(jit_compile):
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(1, 20, size=(40, 7))
+    tokens[rng.random(tokens.shape) < 0.3] = 0  # padding inside and at the end
+    tags = (tokens % 4).astype("int64")
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((7,), dtype="int32"),
+            keras.layers.Embedding(20, 8, mask_zero=True),
+            keras.layers.Dense(4),
+        ]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.SGD(0.0), loss, jit_compile=jit_compile)
+    recorder = InFlightRecorder(len(tokens))
+    model.fit(
+        with_example_ids(tokens, tags, batch_size=16, seed=0),
+        epochs=1,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    report = compute_losses(model, (tokens, tags), verbose=0, jit_compile=False)
+    np.testing.assert_allclose(recorder.stack("true_prob")[0], report.true_prob, atol=1e-5)
+    np.testing.assert_allclose(recorder.stack("margin")[0], report.margin, atol=1e-5)
+    np.testing.assert_allclose(recorder.stack("loss")[0], report.loss_mean, rtol=1e-4)
+    np.testing.assert_array_equal(recorder.stack("correct")[0], report.correct)
+
+
+def test_a_loss_without_a_fused_cross_entropy_records_the_same_values(digits):
+    x, y = digits
+    keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def loss(y_true, y_pred):  # the same loss, by other ops: no fused kernel to read
+        log_probs = tf.nn.log_softmax(y_pred)
+        return -tf.gather(log_probs, tf.cast(tf.reshape(y_true, [-1]), tf.int32), batch_dims=1)
+
+    model = mlp(0, learning_rate=0.0)
+    model.compile(keras.optimizers.SGD(0.0), loss)
+    recorder = InFlightRecorder(len(x), loss=keras_loss)
+    model.fit(
+        with_example_ids(x, y, batch_size=64, seed=3), epochs=1, verbose=0, callbacks=[recorder]
+    )
+    report = compute_losses(model, (x, y), loss=keras_loss, verbose=0, jit_compile=False)
+    history = recorder.history
+    np.testing.assert_allclose(history["true_prob"][0], report.true_prob, atol=1e-5)
+    np.testing.assert_allclose(history["margin"][0], report.margin, atol=1e-5)
+    np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(history["prediction"][0], report.prediction)
+    np.testing.assert_array_equal(history["correct"][0], report.correct)
