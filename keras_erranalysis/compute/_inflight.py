@@ -7,6 +7,14 @@ per-example loss, probability of the given label, margin, prediction and correct
 are copied to the host. There is no extra forward pass, and the gradients are untouched: the
 recorded values are computed from ``tf.stop_gradient(y_pred)`` and never reach the loss.
 
+What a step costs: with Keras' sparse categorical cross-entropy (from logits, or from a
+softmax layer), the training step's own fused cross-entropy already holds the unreduced loss
+and the softmax (as ``softmax - one_hot(label)``, for the gradient). The recorder reads them
+from the traced step instead of taking the softmax and the loss again, and one argmax finds
+the best other class. A classifier's step then only scatters those scores; the loss pass's
+maths (``per_example``, the same function) turns them into the columns once per epoch. Other
+losses take the pass's maths in the step.
+
 Example ids travel with the batch, so shuffling is fine. Give them either way:
 
 - as the last element of each batch: ``(x, y, ids)`` or ``(x, y, sample_weight, ids)``
