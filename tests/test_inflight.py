@@ -333,3 +333,33 @@ def test_a_loss_without_a_fused_cross_entropy_records_the_same_values(digits):
     np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(history["prediction"][0], report.prediction)
     np.testing.assert_array_equal(history["correct"][0], report.correct)
+
+
+@pytest.mark.parametrize("kind", ["binary", "one_hot"])
+def test_binary_and_one_hot_classifiers_record_the_pass_values(digits, kind):
+    x, y = digits
+    keras.utils.set_random_seed(0)
+    if kind == "binary":
+        labels = (y % 2).astype("float32")
+        head, loss = keras.layers.Dense(1, activation="sigmoid"), "binary_crossentropy"
+    else:
+        labels = np.eye(10, dtype="float32")[y]
+        head = keras.layers.Dense(10)
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, "relu"), head])
+    model.compile(keras.optimizers.SGD(0.0), loss)
+    recorder = InFlightRecorder(len(x))
+    model.fit(
+        with_example_ids(x, labels, batch_size=64, seed=3),
+        epochs=1,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    report = compute_losses(model, (x, labels), verbose=0, jit_compile=False)
+    history = recorder.history
+    np.testing.assert_allclose(history["true_prob"][0], report.true_prob, atol=1e-5)
+    np.testing.assert_allclose(history["margin"][0], report.margin, atol=1e-5)
+    np.testing.assert_allclose(history["loss"][0], report.loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(history["prediction"][0], report.prediction)
+    np.testing.assert_array_equal(history["correct"][0], report.correct)
+    np.testing.assert_array_equal(recorder.labels, report.label)

@@ -55,6 +55,7 @@ mean, ``margin`` minimum, ``correct`` exact match), not the per-token arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -271,7 +272,7 @@ class InFlightRecorder(keras.callbacks.Callback):
             tf.constant(label),
             None,
             self._spec,
-            self._probe,
+            dataclasses.replace(self._probe, kind="sparse"),  # recorded labels are class ids
             scores=(
                 tf.constant(scores[:, 0]),
                 tf.constant(scores[:, 1]),
