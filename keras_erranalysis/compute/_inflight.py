@@ -285,6 +285,7 @@ class InFlightRecorder(keras.callbacks.Callback):
             [values["loss_sum"].numpy(), values["true_prob"].numpy(), values["margin"].numpy()],
             axis=1,
         )
+        floats[seen == 0] = np.nan  # never trained on (whatever ignore_class says of -1)
         prediction = np.where(once, values["prediction"].numpy(), prediction)
         correct = np.where(once, values["correct"].numpy(), correct)
         return floats, prediction, correct
