@@ -17,7 +17,7 @@ def compute_losses(
     *,
     loss: Any = None,
     output: str | int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     reduction: Reduction = "mean",
     ignore_class: int | None = None,
     from_logits: bool | None = None,
@@ -38,7 +38,15 @@ def compute_losses(
         loss: A Keras loss (object, name) or a callable ``(y_true, y_pred)`` returning
             unreduced losses. Defaults to the model's compiled loss, re-made unreduced.
         output: Name or index of the output to analyze, for multi-output models.
-        batch_size: Batch size for numpy input (ignored for a dataset).
+        batch_size: Batch size for numpy input (ignored for a dataset). ``None`` (the
+            default) lets the pass pick it from a memory budget: 256 MB divided by an
+            estimate of one example's bytes on the device (its inputs, twice the float32
+            outputs of every layer of the model's graph, and eight float32 copies of its
+            analyzed output row), clamped to 32..65,536 rows and evened out over the data.
+            The pass keeps no gradients, so this is far larger than a training batch (see
+            ``keras_erranalysis.compute._compiled.auto_batch_size``). Whatever the batch
+            size, up to 32 batches (about 8,192 rows) run in one compiled call and their
+            results reach the host once per call.
         reduction: How ``loss`` summarises a sequence: ``"mean"`` or ``"sum"`` over its
             counted tokens. Both are always kept as ``loss_mean`` and ``loss_sum``.
         ignore_class: Label id that does not count (e.g. ``-100`` for NER sub-tokens).
@@ -48,7 +56,9 @@ def compute_losses(
             the ids the batches carry).
         keep_inputs: Keep integer/string inputs (token ids) so examples can be decoded.
         jit_compile: ``True`` for XLA, ``False`` for none, ``"auto"`` to try XLA and fall
-            back cleanly when the model does not compile with it.
+            back cleanly when the model does not compile with it. In ``"auto"`` mode a
+            dataset whose batches may change length (e.g. ``padded_batch`` without
+            ``padded_shapes``) runs without XLA: every new length would cost a compilation.
         verbose: 0 for silence, 1 for a progress bar.
 
     Returns:
@@ -65,24 +75,39 @@ def compute_losses(
     """
     import tensorflow as tf
 
-    from keras_erranalysis.compute import _pass
+    from keras_erranalysis.compute import _compiled, _pass
 
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     _pass.check_model(model)
-    dataset = _pass.as_dataset(data, batch_size)
+    arrays = _pass.array_parts(data)
     spec = _pass.resolve_loss(
         model, loss, output, ignore_class=ignore_class, from_logits=from_logits
     )
-    first = _pass.first_batch(dataset)
-    probe = _pass.probe(model, spec, first)
     strategy = _pass.model_strategy(model)
-    if strategy.num_replicas_in_sync > 1:
-        batches = strategy.experimental_distribute_dataset(dataset)
+    replicated = strategy.num_replicas_in_sync > 1
+    kept: dict[str, np.ndarray] | None = None  # inputs kept straight from the arrays
+    if arrays is not None:
+        parts, n = arrays
+        probe = _pass.probe(model, spec, _head(parts, min(n, batch_size or _PROBE_ROWS)))
+        if batch_size is None:
+            labels = tf.nest.flatten(parts[1])[0]
+            width = probe.num_classes * (labels.shape[1] if probe.sequence else 1)
+            batch_size = _compiled.auto_batch_size(model, parts[0], n, width)
+        if keep_inputs and not _pass.is_multi_worker(strategy):
+            kept = _compiled.kept_input_arrays(parts[0])
+        dataset = _pass.as_dataset(data, batch_size)
     else:
-        batches = dataset
+        dataset = _pass.as_dataset(data, batch_size or _PROBE_ROWS)
+        first = _pass.first_batch(dataset)
+        probe = _pass.probe(model, spec, first)
+        batch_size = int(np.shape(tf.nest.flatten(first[0])[0])[0])
+        if jit_compile == "auto" and _compiled.ragged(dataset):
+            jit_compile = False  # every new length would cost an XLA compilation
 
-    if jit_compile and strategy.num_replicas_in_sync > 1:
+    if jit_compile and replicated:
         # One XLA program would reach the other replicas' variables on their devices
         # (InvalidArgumentError), and has no kernel for the cross-worker gather.
         if jit_compile is True:
@@ -93,41 +118,114 @@ def compute_losses(
                 stacklevel=2,
             )
         jit_compile = False
-    compiled = _pass.compiled_step(model, spec, probe, strategy, jit_compile)
+    compiled = _compiled.pass_function(
+        model,
+        [_pass.LossColumns(spec, probe)],
+        strategy,
+        jit_compile,
+        distributed_step=_pass.gathered(strategy),
+    )
     total = _pass.cardinality(dataset)
-    progress = _pass.progress_bar(total, verbose)
-    chunks: list[dict[str, Any]] = []
-    seen = 0
-    for batch in batches:
-        x, y, sample_weight, batch_ids = _pass.unpack(batch, with_ids=True)
+    while True:
         try:
-            result = compiled(x, y, sample_weight, batch_ids)
+            chunks = _run(
+                compiled,
+                dataset,
+                strategy,
+                batch_size,
+                keep_inputs and kept is None,
+                _pass.progress_bar(total, verbose),
+                lambda host: _pass.check_batch(host, spec, probe),
+            )
+            break
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
-            if compiled.jit and jit_compile == "auto":
-                warnings.warn(
-                    f"XLA could not compile the loss pass ({type(error).__name__}); "
-                    "running without XLA. Pass jit_compile=False to skip the attempt.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                compiled.disable_xla()
-                result = compiled(x, y, sample_weight, batch_ids)
-            else:
+            if not (compiled.jit and jit_compile == "auto"):
                 raise
-        host = {key: _to_numpy(value) for key, value in result.items()}
-        _pass.check_batch(host, spec, probe)
-        if keep_inputs:
-            host["inputs"] = _pass.kept_inputs(x, strategy)
-        chunks.append(host)
-        seen += host["loss_sum"].shape[0]
-        if progress is not None:
-            progress.update(len(chunks))
-    if not chunks or seen == 0:
+            warnings.warn(
+                f"XLA could not compile the loss pass ({type(error).__name__}); "
+                "running without XLA. Pass jit_compile=False to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            compiled.disable_xla()
+    if not chunks or sum(c["loss_sum"].shape[0] for c in chunks) == 0:
         raise ValueError(
             "The data holds no examples: compute_losses needs at least one batch. Check "
             "that the dataset is not exhausted (a one-shot iterator) or filtered to nothing."
         )
-    return _assemble(chunks, spec, probe, ids=ids, reduction=reduction)
+    report = _assemble(chunks, spec, probe, ids=ids, reduction=reduction)
+    if kept is not None:
+        report.inputs = kept
+    return report
+
+
+#: Rows of in-memory data the probe runs eagerly when the pass picks its batch size.
+_PROBE_ROWS = 32
+
+
+def _head(parts: tuple, rows: int) -> tuple[Any, Any, Any]:
+    """The first ``rows`` examples of in-memory ``(x, y[, sample_weight])``, as tensors."""
+    import tensorflow as tf
+
+    from keras_erranalysis.compute import _compiled
+
+    head = tf.nest.map_structure(lambda array: _compiled.as_tensor(array[:rows]), parts)
+    return (*head, None)[:3]
+
+
+def _run(
+    compiled: Any,
+    dataset: Any,
+    strategy: Any,
+    batch_size: int,
+    keep_inputs: bool,
+    progress: Any,
+    check: Any,
+) -> list[dict[str, Any]]:
+    """One traversal of ``dataset``: host columns per call (``check`` validates each)."""
+    from keras_erranalysis.compute import _compiled, _pass
+
+    chunks: list[dict[str, Any]] = []
+    done = 0
+    if strategy.num_replicas_in_sync > 1:
+        # Collectives across workers stay one batch per call: the same order on each worker.
+        steps = 1 if _pass.is_multi_worker(strategy) else _compiled.steps_per_call(batch_size)
+        batches = (
+            _pass.unpack(b, with_ids=True)
+            for b in strategy.experimental_distribute_dataset(dataset)
+        )
+        for group in _compiled.groups(batches, steps):
+            host = compiled.run(group, keep_inputs=False)
+            check(host)
+            if keep_inputs:
+                per_batch = [_pass.kept_inputs(batch[0], strategy) for batch in group]
+                host["inputs"] = {
+                    name: _concat([b[name] for b in per_batch]) for name in per_batch[0]
+                }
+            chunks.append(host)
+            done += len(group)
+            if progress is not None:
+                progress.update(done)
+        return chunks
+    iterator = iter(dataset)
+    steps = _compiled.steps_per_call(batch_size)
+    while True:
+        ran = compiled.run_iterator(
+            iterator, steps=steps, pad_to=batch_size, keep_inputs=keep_inputs
+        )
+        if ran is None:
+            return chunks
+        host, count = ran
+        check(host)
+        inputs = {key[6:]: host.pop(key) for key in list(host) if key.startswith("input/")}
+        if keep_inputs:
+            host["inputs"] = inputs
+        chunks.append(host)
+        done += count
+        if progress is not None:
+            progress.update(done)
+        if count < steps:
+            return chunks
 
 
 def _to_numpy(value: Any) -> Any:
