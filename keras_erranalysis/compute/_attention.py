@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import tensorflow as tf
 
+from keras_erranalysis.compute._attention_diagnostics import DIAGNOSTIC_NAMES
 from keras_erranalysis.compute._attention_hooks import (
     MaskArg,
     _recording,
@@ -516,3 +517,90 @@ def _inputs_of(data: Any) -> Any:
     if isinstance(data, tuple) and len(data) in (2, 3):
         return data[0]
     return data
+
+
+# -- the attention columns of the one pass ---------------------------------------------
+
+
+class AttentionColumns:
+    """Attention diagnostics (and weights of kept rows) as columns of the one pass.
+
+    A column producer for :func:`~keras_erranalysis.compute._losses.run_pass`: the
+    attention layers are hooked around the pass's own forward call, so the diagnostics
+    cost no second traversal of the data.
+    """
+
+    prefixes = tuple(f"{name}/" for name in DIAGNOSTIC_NAMES) + ("kept/w/",)
+
+    def __init__(self, paths: Sequence[str], *, coverage_threshold: float, weights: bool):
+        from keras_erranalysis.compute import _attention_hooks
+
+        self.paths = list(paths)
+        self.coverage_threshold = float(coverage_threshold)
+        self.weights = weights
+        self.key = (
+            "attention",
+            tuple(self.paths),
+            _attention_hooks._registry_version,
+            self.coverage_threshold,
+            weights,
+        )
+
+    def hook(self, model: Any) -> Any:
+        found = find_attention_layers(model)
+        return _recording({p: layer for p, layer in found.items() if p in self.paths})
+
+    def columns(
+        self, model: Any, outputs: Any, x: Any, y: Any, sample_weight: Any, recorder: Any
+    ) -> dict[str, Any]:
+        if not recorder.records:
+            raise ValueError(
+                f"The attention layers {self.paths} were not called in the forward pass, so "
+                "they have no weights. Check the inputs, or select layers that the model "
+                "uses with layers=[...]."
+            )
+        result = recorder.diagnostics(coverage_threshold=self.coverage_threshold)
+        if self.weights:
+            result.update({"kept/w/" + p: w for p, w in recorder.weights().items()})
+        return result
+
+
+def attention_columns(
+    model: Any,
+    *,
+    layers: Sequence[Any] | None = None,
+    keep: Sequence[int] | np.ndarray | None = None,
+    coverage_threshold: float = 0.1,
+) -> AttentionColumns:
+    """The attention producer for ``run_pass`` (``keep``: weights wanted at all)."""
+    paths = list(find_attention_layers(model, layers))
+    wanted = keep is not None and len(np.asarray(keep).reshape(-1)) > 0
+    return AttentionColumns(paths, coverage_threshold=coverage_threshold, weights=wanted)
+
+
+def attention_from_pass(
+    producer: AttentionColumns, columns: Mapping[str, np.ndarray], kept: Mapping, keep: Any
+) -> AttentionDiagnostics:
+    """The :class:`AttentionDiagnostics` of a ``run_pass`` result."""
+    keep_arr = np.asarray([] if keep is None else keep, dtype=np.int64).reshape(-1)
+    diagnostics = {k: v for k, v in columns.items() if k.startswith(producer.prefixes[:-1])}
+    n = len(next(iter(diagnostics.values()))) if diagnostics else 0
+    if keep_arr.size and (keep_arr.min() < 0 or keep_arr.max() >= n):
+        raise ValueError(
+            f"keep asks for examples {sorted(set(keep_arr.tolist()))[:5]} but the data holds "
+            f"only {n} examples."
+        )
+    weights: dict[str, np.ndarray] = {}
+    if keep_arr.size:
+        positions = kept["kept/position"]
+        rows = [int(np.flatnonzero(positions == i)[0]) for i in keep_arr]
+        for key, values in kept.items():
+            if key.startswith("kept/w/"):
+                weights[key[len("kept/w/") :]] = values[rows].astype(np.float32, copy=False)
+    return AttentionDiagnostics(
+        diagnostics=diagnostics,
+        weights=weights,
+        kept=keep_arr,
+        layer_paths=producer.paths,
+        num_examples=n,
+    )

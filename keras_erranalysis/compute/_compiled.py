@@ -39,12 +39,15 @@ class Producer(Protocol):
     """A set of per-example columns computed from one forward call of the model.
 
     ``key`` identifies what the producer computes (it is part of the cache key: two
-    producers with the same key must trace the same graph). ``hook(model)`` is a context
+    producers with the same key must trace the same graph); its column names start with
+    one of ``prefixes``, and a ``kept/`` column returns only the rows asked for (see
+    :func:`_select_kept`). ``hook(model)`` is a context
     manager entered around the model's call (e.g. recording attention); what it yields is
     handed to ``columns``.
     """
 
     key: tuple
+    prefixes: tuple[str, ...]  # names of its columns start with one of these
 
     def hook(self, model: Any) -> contextlib.AbstractContextManager: ...
 
@@ -163,7 +166,7 @@ class PassFunction:
         # flow is on static values only, and converting it costs seconds at the first call.
         self._step = tf.function(step, jit_compile=self.jit, reduce_retracing=True, autograph=False)
         self._group = tf.function(self._run_group, reduce_retracing=True, autograph=False)
-        self._loop = tf.function(self._run_loop, autograph=False)
+        self._loop = tf.function(self._run_loop, reduce_retracing=True, autograph=False)
 
     def disable_xla(self) -> None:
         """Switches to the plain ``tf.function`` for good (XLA did not compile)."""
@@ -173,38 +176,63 @@ class PassFunction:
     # -- single device: the loop over the iterator runs inside the function ------------
 
     def run_iterator(
-        self, iterator: Any, *, steps: int, pad_to: int | None, keep_inputs: bool
+        self,
+        iterator: Any,
+        *,
+        steps: int,
+        pad_to: int | None,
+        keep_inputs: bool,
+        offset: int = 0,
+        keep: Any = (),
     ) -> tuple[dict[str, np.ndarray], int] | None:
         """Runs up to ``steps`` batches of ``iterator`` in one call.
 
         Returns host arrays per column and the number of batches run, or None when the
         iterator was already exhausted. ``pad_to``: under XLA, the rows every batch is
         padded to (the padding rows are cut from the results), so a smaller last batch
-        costs no second compilation.
+        costs no second compilation. ``offset``: the data position of the first row;
+        ``keep``: the data positions whose ``kept/`` columns to return (see
+        :func:`_select_kept`).
         """
         try:
-            result, count = self._loop(iterator, steps, pad_to if self.jit else None, keep_inputs)
+            result, count = self._loop(
+                iterator,
+                steps,
+                pad_to if self.jit else None,
+                keep_inputs,
+                tf.constant(offset, tf.int64),
+                tf.constant(np.asarray(keep, np.int64).reshape(-1)),
+            )
         except tf.errors.OutOfRangeError:
             return None
         return {key: value.numpy() for key, value in result.items()}, int(count)
 
-    def _one(self, batch: Any, pad_to: int | None, keep_inputs: bool) -> dict[str, tf.Tensor]:
+    def _one(
+        self, batch: Any, pad_to: int | None, keep_inputs: bool, offset: Any, keep: Any
+    ) -> tuple[dict[str, tf.Tensor], Any]:
         x, y, sample_weight, ids = _unpack(batch)
         kept = kept_input_tensors(x) if keep_inputs else {}
-        rows = None
+        rows = tf.shape(tf.nest.flatten(x)[0])[0]
         if pad_to is not None:
-            rows = tf.shape(tf.nest.flatten(x)[0])[0]
             x, y, sample_weight, ids = tf.nest.map_structure(
                 lambda t: _pad_rows_to(t, rows, pad_to), (x, y, sample_weight, ids)
             )
         result = dict(self._step(x, y, sample_weight, ids))
-        if rows is not None:
+        if pad_to is not None:
             result = {key: value[:rows] for key, value in result.items()}
         result.update({"input/" + name: value for name, value in kept.items()})
-        return result
+        return _select_kept(result, offset, keep, rows), rows
 
-    def _run_loop(self, iterator: Any, steps: int, pad_to: int | None, keep_inputs: bool):
-        first = self._one(iterator.get_next(), pad_to, keep_inputs)
+    def _run_loop(
+        self,
+        iterator: Any,
+        steps: int,
+        pad_to: int | None,
+        keep_inputs: bool,
+        offset: Any,
+        keep: Any,
+    ):
+        first, rows = self._one(iterator.get_next(), pad_to, keep_inputs, offset, keep)
         keys = list(first)
         arrays = [
             tf.TensorArray(
@@ -223,11 +251,11 @@ class PassFunction:
         else:
             pending = tf.experimental.Optional.empty(spec)
 
-        def more(count, arrays, largest, pending):
+        def more(count, offset, arrays, largest, pending):
             return (count < steps) & pending.has_value()
 
-        def body(count, arrays, largest, pending):
-            result = self._one(pending.get_value(), pad_to, keep_inputs)
+        def body(count, offset, arrays, largest, pending):
+            result, rows = self._one(pending.get_value(), pad_to, keep_inputs, offset, keep)
             arrays = [a.write(count, result[key]) for a, key in zip(arrays, keys)]
             largest = [tf.maximum(m, tf.shape(result[key])) for m, key in zip(largest, keys)]
             pending = tf.cond(
@@ -235,29 +263,60 @@ class PassFunction:
                 iterator.get_next_as_optional,
                 lambda: tf.experimental.Optional.empty(spec),
             )
-            return count + 1, arrays, largest, pending
+            return count + 1, offset + tf.cast(rows, tf.int64), arrays, largest, pending
 
-        count, arrays, largest, _ = tf.while_loop(
-            more, body, (tf.constant(1), arrays, largest, pending)
-        )
+        start = (tf.constant(1), offset + tf.cast(rows, tf.int64), arrays, largest, pending)
+        count, _, arrays, largest, _ = tf.while_loop(more, body, start)
         joined = {key: _joined(a, m, count) for key, a, m in zip(keys, arrays, largest)}
         return joined, count
 
-    # -- several replicas: batches come from Python, the step gathers them -------------
+    # -- batches from Python (several replicas; the first batch of a dataset) ----------
 
-    def _run_group(self, batches: tuple, keep_inputs: bool) -> dict:
+    def _run_group(self, batches: tuple, keep_inputs: bool, offset: Any, keep: Any) -> dict:
         results = []
         for x, y, sample_weight, ids in batches:
             result = dict(self._step(x, y, sample_weight, ids))
             if keep_inputs:
                 result.update({"input/" + k: v for k, v in kept_input_tensors(x).items()})
-            results.append(result)
+            rows = tf.shape(next(v for k, v in result.items() if not k.startswith("kept/")))[0]
+            results.append(_select_kept(result, offset, keep, rows))
+            offset += tf.cast(rows, tf.int64)
         return {key: _join([r[key] for r in results]) for key in results[0]}
 
-    def run(self, batches: Sequence[tuple], *, keep_inputs: bool) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        batches: Sequence[tuple],
+        *,
+        keep_inputs: bool,
+        offset: int = 0,
+        keep: Any = (),
+    ) -> dict[str, np.ndarray]:
         """Runs a group of ``(x, y, sample_weight, ids)`` batches; host arrays per column."""
-        result = self._group(tuple(batches), keep_inputs)
+        result = self._group(
+            tuple(batches),
+            keep_inputs,
+            tf.constant(offset, tf.int64),
+            tf.constant(np.asarray(keep, np.int64).reshape(-1)),
+        )
         return {key: value.numpy() for key, value in result.items()}
+
+
+def _select_kept(result: dict, offset: Any, keep: Any, rows: Any) -> dict:
+    """Keeps only the rows at data positions ``keep`` of every ``kept/`` column.
+
+    Such columns are large per example (e.g. attention weights): only the few examples
+    asked for leave the device. ``kept/position`` says which positions they are.
+    """
+    names = [key for key in result if key.startswith("kept/")]
+    if not names:
+        return result
+    positions = offset + tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)
+    chosen = tf.reduce_any(tf.equal(positions[:, None], keep[None, :]), axis=1)
+    result = dict(result)
+    for name in names:
+        result[name] = tf.boolean_mask(result[name], chosen)
+    result["kept/position"] = tf.boolean_mask(positions, chosen)
+    return result
 
 
 def _unpack(batch: Any) -> tuple:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -73,6 +74,63 @@ def compute_losses(
         >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
         >>> report.hardest(5)  # doctest: +SKIP
     """
+    return run_pass(
+        model,
+        data,
+        loss=loss,
+        output=output,
+        batch_size=batch_size,
+        reduction=reduction,
+        ignore_class=ignore_class,
+        from_logits=from_logits,
+        ids=ids,
+        keep_inputs=keep_inputs,
+        jit_compile=jit_compile,
+        verbose=verbose,
+    ).report
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What one traversal of the data gave (see :func:`run_pass`).
+
+    Attributes:
+        report: The loss columns, as :func:`compute_losses` returns them.
+        columns: The extra producers' per-example columns (e.g. ``attn_entropy/<path>``,
+            ``embedding``), rows in the report's order.
+        kept: The ``kept/`` columns of the rows asked for (e.g. attention weights
+            ``kept/w/<path>``) and their data positions ``kept/position``.
+    """
+
+    report: LossReport
+    columns: dict[str, np.ndarray]
+    kept: dict[str, np.ndarray]
+
+
+def run_pass(
+    model: Any,
+    data: Any,
+    *,
+    extra: Sequence[Any] = (),
+    keep: Sequence[int] | np.ndarray = (),
+    loss: Any = None,
+    output: str | int | None = None,
+    batch_size: int | None = None,
+    reduction: Reduction = "mean",
+    ignore_class: int | None = None,
+    from_logits: bool | None = None,
+    ids: np.ndarray | None = None,
+    keep_inputs: bool = True,
+    jit_compile: bool | Literal["auto"] = "auto",
+    verbose: int = 1,
+) -> PassResult:
+    """The loss columns and every ``extra`` producer's columns, in ONE traversal of data.
+
+    Options as for :func:`compute_losses`. ``extra``: column producers sharing the
+    model's forward call (attention diagnostics, embeddings: see
+    ``_attention.attention_columns`` and ``_embeddings.embedding_columns``). ``keep``: data
+    positions whose ``kept/`` columns (e.g. attention weights) come back to the host.
+    """
     import tensorflow as tf
 
     from keras_erranalysis.compute import _compiled, _pass
@@ -89,6 +147,7 @@ def compute_losses(
     strategy = _pass.model_strategy(model)
     replicated = strategy.num_replicas_in_sync > 1
     kept: dict[str, np.ndarray] | None = None  # inputs kept straight from the arrays
+    first = None
     if arrays is not None:
         parts, n = arrays
         probe = _pass.probe(model, spec, _head(parts, min(n, batch_size or _PROBE_ROWS)))
@@ -101,8 +160,18 @@ def compute_losses(
         dataset = _pass.as_dataset(data, batch_size)
     else:
         dataset = _pass.as_dataset(data, batch_size or _PROBE_ROWS)
-        first = _pass.first_batch(dataset)
-        probe = _pass.probe(model, spec, first)
+        if replicated:
+            first = _pass.first_batch(dataset)
+        else:  # the probe's batch is the traversal's first: the data is read once
+            iterator = iter(dataset)
+            try:
+                first = _pass.unpack(next(iterator), with_ids=True)
+            except StopIteration:
+                raise ValueError(
+                    "The data holds no examples: compute_losses needs at least one batch. "
+                    "Check that the dataset is not exhausted or filtered to nothing."
+                ) from None
+        probe = _pass.probe(model, spec, first[:3])
         batch_size = int(np.shape(tf.nest.flatten(first[0])[0])[0])
         if jit_compile == "auto" and _compiled.ragged(dataset):
             jit_compile = False  # every new length would cost an XLA compilation
@@ -120,23 +189,27 @@ def compute_losses(
         jit_compile = False
     compiled = _compiled.pass_function(
         model,
-        [_pass.LossColumns(spec, probe)],
+        [_pass.LossColumns(spec, probe), *extra],
         strategy,
         jit_compile,
         distributed_step=_pass.gathered(strategy),
     )
     total = _pass.cardinality(dataset)
+    traversal = _Traversal(
+        compiled,
+        strategy,
+        batch_size,
+        keep_inputs=keep_inputs and kept is None,
+        keep=np.asarray(keep, np.int64).reshape(-1),
+        progress=_pass.progress_bar(total, verbose),
+        check=lambda host: _pass.check_batch(host, spec, probe),
+    )
     while True:
         try:
-            chunks = _run(
-                compiled,
-                dataset,
-                strategy,
-                batch_size,
-                keep_inputs and kept is None,
-                _pass.progress_bar(total, verbose),
-                lambda host: _pass.check_batch(host, spec, probe),
-            )
+            if arrays is None and not replicated:
+                chunks = traversal.iterator(iterator, first)
+            else:
+                chunks = traversal.dataset(dataset)
             break
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
             if not (compiled.jit and jit_compile == "auto"):
@@ -148,15 +221,110 @@ def compute_losses(
                 stacklevel=2,
             )
             compiled.disable_xla()
+            if arrays is None and not replicated:  # start again: a new reading of the data
+                iterator = iter(dataset)
+                first = _pass.unpack(next(iterator), with_ids=True)
     if not chunks or sum(c["loss_sum"].shape[0] for c in chunks) == 0:
         raise ValueError(
             "The data holds no examples: compute_losses needs at least one batch. Check "
             "that the dataset is not exhausted (a one-shot iterator) or filtered to nothing."
         )
-    report = _assemble(chunks, spec, probe, ids=ids, reduction=reduction)
+    prefixes = tuple(p for producer in extra for p in producer.prefixes)
+    kept_columns = _split(chunks, ("kept/",))
+    extra_columns = _split(chunks, prefixes)
+    report, order = _assemble(chunks, spec, probe, ids=ids, reduction=reduction)
     if kept is not None:
         report.inputs = kept
-    return report
+    columns = {}
+    for key, parts in extra_columns.items():
+        columns[key] = _concat(parts) if order is None else _concat(parts)[order]
+    kept_rows = {key: _concat(parts) for key, parts in kept_columns.items() if parts}
+    return PassResult(report=report, columns=columns, kept=kept_rows)
+
+
+def _split(chunks: list[dict[str, Any]], prefixes: tuple[str, ...]) -> dict[str, list]:
+    """Pops the columns whose names start with one of ``prefixes`` out of every chunk."""
+    names = [k for k in chunks[0] if prefixes and k.startswith(prefixes)] if chunks else []
+    return {name: [chunk.pop(name) for chunk in chunks] for name in names}
+
+
+class _Traversal:
+    """One reading of the data: host columns per compiled call."""
+
+    def __init__(self, compiled, strategy, batch_size, *, keep_inputs, keep, progress, check):
+        self.compiled = compiled
+        self.strategy = strategy
+        self.batch_size = batch_size
+        self.keep_inputs = keep_inputs
+        self.keep = keep
+        self.progress = progress
+        self.check = check
+
+    def _add(self, chunks: list, host: dict, batches: int, offset: int, done: int) -> tuple:
+        self.check(host)
+        inputs = {key[6:]: host.pop(key) for key in list(host) if key.startswith("input/")}
+        if self.keep_inputs:
+            host["inputs"] = inputs
+        chunks.append(host)
+        done += batches
+        if self.progress is not None:
+            self.progress.update(done)
+        return offset + host["loss_sum"].shape[0], done
+
+    def iterator(self, iterator: Any, first: tuple) -> list[dict[str, Any]]:
+        """Single device: the first batch (already read), then the loop in the graph."""
+        from keras_erranalysis.compute import _compiled
+
+        compiled = self.compiled
+        chunks: list[dict[str, Any]] = []
+        host = compiled.run([first], keep_inputs=self.keep_inputs, keep=self.keep)
+        offset, done = self._add(chunks, host, 1, 0, 0)
+        steps = _compiled.steps_per_call(self.batch_size)
+        while True:
+            ran = compiled.run_iterator(
+                iterator,
+                steps=steps,
+                pad_to=self.batch_size,
+                keep_inputs=self.keep_inputs,
+                offset=offset,
+                keep=self.keep,
+            )
+            if ran is None:
+                return chunks
+            host, count = ran
+            offset, done = self._add(chunks, host, count, offset, done)
+            if count < steps:
+                return chunks
+
+    def dataset(self, dataset: Any) -> list[dict[str, Any]]:
+        """A whole dataset: in the graph on one device, grouped from Python under a strategy."""
+        from keras_erranalysis.compute import _compiled, _pass
+
+        strategy = self.strategy
+        if strategy.num_replicas_in_sync == 1:
+            iterator = iter(dataset)
+            try:
+                first = _pass.unpack(next(iterator), with_ids=True)
+            except StopIteration:
+                return []
+            return self.iterator(iterator, first)
+        # Collectives across workers stay one batch per call: the same order on each worker.
+        multi_worker = _pass.is_multi_worker(strategy)
+        steps = 1 if multi_worker else _compiled.steps_per_call(self.batch_size)
+        batches = (
+            _pass.unpack(b, with_ids=True)
+            for b in strategy.experimental_distribute_dataset(dataset)
+        )
+        chunks: list[dict[str, Any]] = []
+        offset = done = 0
+        for group in _compiled.groups(batches, steps):
+            host = self.compiled.run(group, keep_inputs=False, offset=offset, keep=self.keep)
+            if self.keep_inputs:
+                per_batch = [_pass.kept_inputs(batch[0], strategy) for batch in group]
+                for name in per_batch[0]:
+                    host["input/" + name] = _concat([b[name] for b in per_batch])
+            offset, done = self._add(chunks, host, len(group), offset, done)
+        return chunks
 
 
 #: Rows of in-memory data the probe runs eagerly when the pass picks its batch size.
@@ -173,61 +341,6 @@ def _head(parts: tuple, rows: int) -> tuple[Any, Any, Any]:
     return (*head, None)[:3]
 
 
-def _run(
-    compiled: Any,
-    dataset: Any,
-    strategy: Any,
-    batch_size: int,
-    keep_inputs: bool,
-    progress: Any,
-    check: Any,
-) -> list[dict[str, Any]]:
-    """One traversal of ``dataset``: host columns per call (``check`` validates each)."""
-    from keras_erranalysis.compute import _compiled, _pass
-
-    chunks: list[dict[str, Any]] = []
-    done = 0
-    if strategy.num_replicas_in_sync > 1:
-        # Collectives across workers stay one batch per call: the same order on each worker.
-        steps = 1 if _pass.is_multi_worker(strategy) else _compiled.steps_per_call(batch_size)
-        batches = (
-            _pass.unpack(b, with_ids=True)
-            for b in strategy.experimental_distribute_dataset(dataset)
-        )
-        for group in _compiled.groups(batches, steps):
-            host = compiled.run(group, keep_inputs=False)
-            check(host)
-            if keep_inputs:
-                per_batch = [_pass.kept_inputs(batch[0], strategy) for batch in group]
-                host["inputs"] = {
-                    name: _concat([b[name] for b in per_batch]) for name in per_batch[0]
-                }
-            chunks.append(host)
-            done += len(group)
-            if progress is not None:
-                progress.update(done)
-        return chunks
-    iterator = iter(dataset)
-    steps = _compiled.steps_per_call(batch_size)
-    while True:
-        ran = compiled.run_iterator(
-            iterator, steps=steps, pad_to=batch_size, keep_inputs=keep_inputs
-        )
-        if ran is None:
-            return chunks
-        host, count = ran
-        check(host)
-        inputs = {key[6:]: host.pop(key) for key in list(host) if key.startswith("input/")}
-        if keep_inputs:
-            host["inputs"] = inputs
-        chunks.append(host)
-        done += count
-        if progress is not None:
-            progress.update(done)
-        if count < steps:
-            return chunks
-
-
 def _to_numpy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _to_numpy(v) for k, v in value.items()}
@@ -241,7 +354,7 @@ def _assemble(
     *,
     ids: np.ndarray | None,
     reduction: str,
-) -> LossReport:
+) -> tuple[LossReport, np.ndarray | None]:
     n = sum(c["loss_sum"].shape[0] for c in chunks)
     carried = "example_id" in chunks[0]
     if carried and ids is not None:
@@ -312,18 +425,17 @@ def _assemble(
         report.token_true_prob = columns["token_true_prob"].astype(np.float32, copy=False)
         report.token_margin = columns["token_margin"].astype(np.float32, copy=False)
         report.token_mask = columns["token_mask"].astype(bool, copy=False)
-    return report
+    return report, (order if carried else None)
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    """Concatenates along axis 0, padding axis 1 when batches differ in length."""
+    """Concatenates along axis 0, padding the other axes when batches differ in length."""
     if parts[0].ndim < 2 or len({p.shape[1:] for p in parts}) == 1:
         return np.concatenate(parts, axis=0)
-    width = max(p.shape[1] for p in parts)
+    largest = np.max([p.shape for p in parts], axis=0)
     padded = []
     for part in parts:
-        pad = [(0, 0)] * part.ndim
-        pad[1] = (0, width - part.shape[1])
+        pad = [(0, 0)] + [(0, int(m) - s) for m, s in zip(largest[1:], part.shape[1:])]
         fill: Any = False if part.dtype == bool else ("" if part.dtype.kind in "US" else 0)
         padded.append(np.pad(part, pad, constant_values=fill))
     return np.concatenate(padded, axis=0)

@@ -697,6 +697,7 @@ class LossColumns:
 
     spec: LossSpec
     probe: Probe
+    prefixes = ()  # the loss columns are the report's; no prefix sets them apart
 
     @property
     def key(self) -> tuple:
