@@ -9,7 +9,9 @@ one after the other, so the ratio compares like with like):
 - ``transformer``: the seq2seq Transformer of ``bench_loss_pass.py`` (vocab 1000, d_model 64,
   about 260k parameters) on 20,000 examples in a batched (64), cached ``tf.data`` dataset.
   Baseline: one ``fit`` epoch on that dataset. Measured: ``compute_losses`` on the same
-  dataset with ``jit_compile=True`` and ``jit_compile=False``.
+  dataset with ``jit_compile=True`` and ``jit_compile=False``; and, with XLA, the loss,
+  attention-diagnostic (weights of 8 rows) and embedding columns from one traversal
+  (``run_pass``) against the three separate passes.
 
 Every timing is the best of ``--repeats`` after a warm-up (tracing and XLA compilation are
 paid once per model and options; the cold first call is reported too, as ``*_cold``).
@@ -126,6 +128,29 @@ def child_transformer(repeats: int) -> dict:
         result[f"{name}_cold_s"] = cold
         ratios[f"transformer_{name}_over_fit_epoch"] = best / fit_s
         ratios[f"transformer_{name}_cold_over_fit_epoch"] = cold / fit_s
+    # The analyzed epoch's three column sets: one fused traversal vs three passes (XLA).
+    from keras_erranalysis.compute import attention_diagnostics, compute_embeddings
+    from keras_erranalysis.compute._attention import attention_columns
+    from keras_erranalysis.compute._embeddings import embedding_columns
+    from keras_erranalysis.compute._losses import run_pass
+
+    keep = list(range(0, SEQ_N, SEQ_N // 8))
+
+    def fused():
+        extra = [attention_columns(model, keep=keep), embedding_columns(model)]
+        run_pass(model, ds, extra=extra, keep=keep, verbose=0, jit_compile=True)
+
+    def separate():
+        compute_losses(model, ds, verbose=0, jit_compile=True)
+        attention_diagnostics(model, ds, keep=keep, jit_compile=True)
+        compute_embeddings(model, ds, jit_compile=True)
+
+    for name, fn in (("fused_xla", fused), ("separate_xla", separate)):
+        cold, best = _best(fn, repeats)
+        result[f"{name}_s"] = best
+        result[f"{name}_cold_s"] = cold
+        ratios[f"transformer_{name}_over_fit_epoch"] = best / fit_s
+    ratios["transformer_fused_over_separate"] = result["fused_xla_s"] / result["separate_xla_s"]
     result["ratios"] = ratios
     return result
 

@@ -24,6 +24,8 @@ from keras_erranalysis.compute._pass import check_model, model_strategy
 # model -> {options: compiled pass}. Weak keys, and the passes hold the model only weakly,
 # so a deleted model frees its traced graphs.
 _PASS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Batch size of ``attention_diagnostics`` for array data when none is given.
+DEFAULT_BATCH = 256
 
 
 class _Pass:
@@ -373,7 +375,7 @@ def attention_diagnostics(
     *,
     layers: Sequence[Any] | None = None,
     keep: Sequence[int] | np.ndarray | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     query_mask: MaskArg = None,
     key_mask: MaskArg = None,
     coverage_threshold: float = 0.1,
@@ -395,7 +397,8 @@ def attention_diagnostics(
         layers: Optional selection of attention layers (paths, names or layer objects).
         keep: Positions (in data order) of examples whose full weights to keep, e.g. the
             hardest ones.
-        batch_size: Batch size for array data (a dataset keeps its own batching).
+        batch_size: Batch size for array data (a dataset keeps its own batching);
+            None for :data:`DEFAULT_BATCH` (256).
         query_mask: Extra boolean ``(N, T_q)`` mask of real queries (arrays only), one
             array for all layers or ``{path: array}``.
         key_mask: Extra boolean ``(N, T_kv)`` mask of real keys, same forms.
@@ -421,6 +424,8 @@ def attention_diagnostics(
         raise ValueError("keep holds negative positions: pass positions in data order (>= 0).")
     keep_set = set(keep_arr.tolist())
     masks = _user_masks(query_mask, key_mask)
+    if batch_size is None:  # weights of a batch holding a kept row reach the host whole
+        batch_size = DEFAULT_BATCH
     batches, total = _data_batches(model, data, masks, batch_size)
     if masks:
         _check_mask_lengths(model, paths, _inputs_of(data), masks)

@@ -145,7 +145,7 @@ def compute_embeddings(
     *,
     layer: Any = None,
     pooling: Pooling = "mean",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     jit_compile: bool | Literal["auto"] = "auto",
 ) -> np.ndarray:
     """One vector per example from a layer of the model, in one compiled pass.
@@ -163,7 +163,9 @@ def compute_embeddings(
             (default), ``"max"``, ``"first"`` or ``"last"`` counted position. Positions the
             layer's Keras mask marks as padding never count. Outputs with more axes (image
             feature maps) are averaged over all but the last axis.
-        batch_size: Batch size for numpy input (ignored for a dataset).
+        batch_size: Batch size for numpy input (ignored for a dataset); None to let the
+            pass pick it from a memory budget, as :func:`~keras_erranalysis.compute_losses`
+            does.
         jit_compile: ``True`` for XLA, ``False`` for none, ``"auto"`` to try XLA and fall
             back (with a warning) when the layers do not compile with it.
 
@@ -209,7 +211,7 @@ def compute_embeddings(
 
     step = compiled(jit_compile is True or jit_compile == "auto")
     parts = []
-    for x in _inputs(data, batch_size):
+    for x in _inputs(model, data, batch_size):
         try:
             parts.append(step(x).numpy())
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
@@ -228,7 +230,7 @@ def compute_embeddings(
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
 
-def _inputs(data: Any, batch_size: int):
+def _inputs(model: Any, data: Any, batch_size: int | None):
     import tensorflow as tf
 
     if isinstance(data, tf.data.Dataset):
@@ -240,12 +242,14 @@ def _inputs(data: Any, batch_size: int):
         return
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         data = data[0]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    from keras_erranalysis.compute import _pass
+    from keras_erranalysis.compute import _compiled, _pass
 
     x = _pass._as_arrays(data)
     n = _pass._num_examples(x)
+    if batch_size is None:
+        batch_size = _compiled.auto_batch_size(model, x, max(n, 1), 0)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     yield from _pass._array_slices((x,), n, batch_size).map(lambda inputs: inputs)
 
 
