@@ -105,3 +105,31 @@ def test_numpy_input_picks_a_large_batch_and_honours_an_explicit_one():
     a = compute_losses(model, (x, y), verbose=0, jit_compile=False)
     b = compute_losses(model, (x, y), batch_size=3, verbose=0, jit_compile=False)
     np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_of_the_hardest_examples_are_chosen_while_the_data_is_read():
+    from keras_erranalysis.analysis import rank_examples
+
+    model = tagger()
+    x, y = data()
+    watch = [2]
+    attention = attention_columns(model, hardest=3)
+    result = run_pass(
+        model,
+        (x, y),
+        extra=[attention],
+        keep=watch,
+        keep_hardest=3,
+        batch_size=BATCH,
+        jit_compile=False,
+        verbose=0,
+    )
+    frame = result.report.scalars().assign(position=np.arange(N))
+    hardest = rank_examples(frame, by="loss", k=3)["position"].tolist()
+    rows = hardest + watch
+    diag = attention_from_pass(attention, result.columns, result.kept, rows)
+    assert diag.kept.tolist() == rows
+    assert len(result.kept["kept/position"]) <= 2 * 3 + len(watch)  # narrowed on the host
+    reference = attention_diagnostics(model, x, keep=rows, batch_size=BATCH, jit_compile=False)
+    for path, weights in reference.weights.items():
+        np.testing.assert_allclose(diag.weights[path], weights, rtol=1e-5, atol=1e-6)

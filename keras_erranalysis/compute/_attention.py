@@ -575,18 +575,28 @@ def attention_columns(
     *,
     layers: Sequence[Any] | None = None,
     keep: Sequence[int] | np.ndarray | None = None,
+    hardest: int = 0,
     coverage_threshold: float = 0.1,
 ) -> AttentionColumns:
-    """The attention producer for ``run_pass`` (``keep``: weights wanted at all)."""
+    """The attention producer for ``run_pass``.
+
+    ``keep`` (positions) and ``hardest`` (a count) say whether weights are wanted at all;
+    ``run_pass(keep=..., keep_hardest=...)`` says whose.
+    """
     paths = list(find_attention_layers(model, layers))
-    wanted = keep is not None and len(np.asarray(keep).reshape(-1)) > 0
+    wanted = hardest > 0 or (keep is not None and len(np.asarray(keep).reshape(-1)) > 0)
     return AttentionColumns(paths, coverage_threshold=coverage_threshold, weights=wanted)
 
 
 def attention_from_pass(
     producer: AttentionColumns, columns: Mapping[str, np.ndarray], kept: Mapping, keep: Any
 ) -> AttentionDiagnostics:
-    """The :class:`AttentionDiagnostics` of a ``run_pass`` result."""
+    """The :class:`AttentionDiagnostics` of a ``run_pass`` result.
+
+    ``keep``: the positions whose weights to return, in that order; positions the pass did
+    not keep (not asked for, or not among the hardest candidates) are left out of
+    ``kept``.
+    """
     keep_arr = np.asarray([] if keep is None else keep, dtype=np.int64).reshape(-1)
     diagnostics = {k: v for k, v in columns.items() if k.startswith(producer.prefixes[:-1])}
     n = len(next(iter(diagnostics.values()))) if diagnostics else 0
@@ -596,12 +606,16 @@ def attention_from_pass(
             f"only {n} examples."
         )
     weights: dict[str, np.ndarray] = {}
-    if keep_arr.size:
+    if keep_arr.size and kept:
+        # Rows the pass kept (positions asked for, or candidates for the hardest).
         positions = kept["kept/position"]
+        keep_arr = np.asarray([i for i in keep_arr if (positions == i).any()], np.int64)
         rows = [int(np.flatnonzero(positions == i)[0]) for i in keep_arr]
         for key, values in kept.items():
             if key.startswith("kept/w/"):
                 weights[key[len("kept/w/") :]] = values[rows].astype(np.float32, copy=False)
+    else:
+        keep_arr = keep_arr[:0]
     return AttentionDiagnostics(
         diagnostics=diagnostics,
         weights=weights,

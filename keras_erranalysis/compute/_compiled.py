@@ -18,6 +18,7 @@ XLA choice. Nothing else recompiles.
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -184,6 +185,7 @@ class PassFunction:
         keep_inputs: bool,
         offset: int = 0,
         keep: Any = (),
+        top: int = 0,
     ) -> tuple[dict[str, np.ndarray], int] | None:
         """Runs up to ``steps`` batches of ``iterator`` in one call.
 
@@ -191,8 +193,8 @@ class PassFunction:
         iterator was already exhausted. ``pad_to``: under XLA, the rows every batch is
         padded to (the padding rows are cut from the results), so a smaller last batch
         costs no second compilation. ``offset``: the data position of the first row;
-        ``keep``: the data positions whose ``kept/`` columns to return (see
-        :func:`_select_kept`).
+        ``keep``: the data positions whose ``kept/`` columns to return, and ``top``: how
+        many rows of highest loss per batch to return too (see :func:`_select_kept`).
         """
         try:
             result, count = self._loop(
@@ -202,13 +204,20 @@ class PassFunction:
                 keep_inputs,
                 tf.constant(offset, tf.int64),
                 tf.constant(np.asarray(keep, np.int64).reshape(-1)),
+                top,
             )
         except tf.errors.OutOfRangeError:
             return None
         return {key: value.numpy() for key, value in result.items()}, int(count)
 
     def _one(
-        self, batch: Any, pad_to: int | None, keep_inputs: bool, offset: Any, keep: Any
+        self,
+        batch: Any,
+        pad_to: int | None,
+        keep_inputs: bool,
+        offset: Any,
+        keep: Any,
+        top: int,
     ) -> tuple[dict[str, tf.Tensor], Any]:
         x, y, sample_weight, ids = _unpack(batch)
         kept = kept_input_tensors(x) if keep_inputs else {}
@@ -221,7 +230,7 @@ class PassFunction:
         if pad_to is not None:
             result = {key: value[:rows] for key, value in result.items()}
         result.update({"input/" + name: value for name, value in kept.items()})
-        return _select_kept(result, offset, keep, rows), rows
+        return _select_kept(result, offset, keep, rows, top), rows
 
     def _run_loop(
         self,
@@ -231,8 +240,9 @@ class PassFunction:
         keep_inputs: bool,
         offset: Any,
         keep: Any,
+        top: int,
     ):
-        first, rows = self._one(iterator.get_next(), pad_to, keep_inputs, offset, keep)
+        first, rows = self._one(iterator.get_next(), pad_to, keep_inputs, offset, keep, top)
         keys = list(first)
         arrays = [
             tf.TensorArray(
@@ -255,7 +265,7 @@ class PassFunction:
             return (count < steps) & pending.has_value()
 
         def body(count, offset, arrays, largest, pending):
-            result, rows = self._one(pending.get_value(), pad_to, keep_inputs, offset, keep)
+            result, rows = self._one(pending.get_value(), pad_to, keep_inputs, offset, keep, top)
             arrays = [a.write(count, result[key]) for a, key in zip(arrays, keys)]
             largest = [tf.maximum(m, tf.shape(result[key])) for m, key in zip(largest, keys)]
             pending = tf.cond(
@@ -272,14 +282,16 @@ class PassFunction:
 
     # -- batches from Python (several replicas; the first batch of a dataset) ----------
 
-    def _run_group(self, batches: tuple, keep_inputs: bool, offset: Any, keep: Any) -> dict:
+    def _run_group(
+        self, batches: tuple, keep_inputs: bool, offset: Any, keep: Any, top: int
+    ) -> dict:
         results = []
         for x, y, sample_weight, ids in batches:
             result = dict(self._step(x, y, sample_weight, ids))
             if keep_inputs:
                 result.update({"input/" + k: v for k, v in kept_input_tensors(x).items()})
             rows = tf.shape(next(v for k, v in result.items() if not k.startswith("kept/")))[0]
-            results.append(_select_kept(result, offset, keep, rows))
+            results.append(_select_kept(result, offset, keep, rows, top))
             offset += tf.cast(rows, tf.int64)
         return {key: _join([r[key] for r in results]) for key in results[0]}
 
@@ -290,6 +302,7 @@ class PassFunction:
         keep_inputs: bool,
         offset: int = 0,
         keep: Any = (),
+        top: int = 0,
     ) -> dict[str, np.ndarray]:
         """Runs a group of ``(x, y, sample_weight, ids)`` batches; host arrays per column."""
         result = self._group(
@@ -297,25 +310,46 @@ class PassFunction:
             keep_inputs,
             tf.constant(offset, tf.int64),
             tf.constant(np.asarray(keep, np.int64).reshape(-1)),
+            top,
         )
         return {key: value.numpy() for key, value in result.items()}
 
 
-def _select_kept(result: dict, offset: Any, keep: Any, rows: Any) -> dict:
-    """Keeps only the rows at data positions ``keep`` of every ``kept/`` column.
+def _select_kept(result: dict, offset: Any, keep: Any, rows: Any, top: int = 0) -> dict:
+    """Keeps only some rows of every ``kept/`` column.
 
-    Such columns are large per example (e.g. attention weights): only the few examples
-    asked for leave the device. ``kept/position`` says which positions they are.
+    Such columns are large per example (e.g. attention weights): only the rows at data
+    positions ``keep``, and the ``top`` rows of highest loss of each batch (by ``loss_mean``
+    and by ``loss_sum``; NaN and infinite losses first, as the tables rank them), leave
+    the device. The hardest
+    examples are not known before the pass; a batch's ``top`` rows are candidates that
+    the host narrows to the overall hardest. ``kept/position`` says which positions the
+    rows are, ``kept/score`` and ``kept/score_sum`` their ranking losses.
     """
     names = [key for key in result if key.startswith("kept/")]
     if not names:
         return result
     positions = offset + tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)
     chosen = tf.reduce_any(tf.equal(positions[:, None], keep[None, :]), axis=1)
+    mean = tf.math.divide_no_nan(
+        result["loss_sum"], tf.cast(tf.maximum(result["n_tokens"], 1), tf.float32)
+    )
+    scores = {
+        "kept/score": tf.where(tf.math.is_finite(mean), mean, math.inf),
+        "kept/score_sum": tf.where(
+            tf.math.is_finite(result["loss_sum"]), result["loss_sum"], math.inf
+        ),
+    }
+    if top > 0:
+        for score in scores.values():
+            hardest = tf.math.top_k(score, tf.minimum(top, tf.cast(rows, tf.int32))).indices
+            hits = tf.scatter_nd(hardest[:, None], tf.ones_like(hardest), tf.shape(chosen))
+            chosen |= hits > 0
     result = dict(result)
     for name in names:
         result[name] = tf.boolean_mask(result[name], chosen)
     result["kept/position"] = tf.boolean_mask(positions, chosen)
+    result.update({name: tf.boolean_mask(score, chosen) for name, score in scores.items()})
     return result
 
 

@@ -113,6 +113,7 @@ def run_pass(
     *,
     extra: Sequence[Any] = (),
     keep: Sequence[int] | np.ndarray = (),
+    keep_hardest: int = 0,
     loss: Any = None,
     output: str | int | None = None,
     batch_size: int | None = None,
@@ -129,7 +130,10 @@ def run_pass(
     Options as for :func:`compute_losses`. ``extra``: column producers sharing the
     model's forward call (attention diagnostics, embeddings: see
     ``_attention.attention_columns`` and ``_embeddings.embedding_columns``). ``keep``: data
-    positions whose ``kept/`` columns (e.g. attention weights) come back to the host.
+    positions whose ``kept/`` columns (e.g. attention weights) come back to the host;
+    ``keep_hardest``: also those of the examples of highest loss (the ``keep_hardest``
+    highest by ``loss_mean`` and by ``loss_sum``, NaN/inf first), chosen on the device
+    while the data is read, so heatmaps of the hardest examples need no second pass.
     """
     import tensorflow as tf
 
@@ -201,6 +205,7 @@ def run_pass(
         batch_size,
         keep_inputs=keep_inputs and kept is None,
         keep=np.asarray(keep, np.int64).reshape(-1),
+        top=keep_hardest,
         progress=_pass.progress_bar(total, verbose),
         check=lambda host: _pass.check_batch(host, spec, probe),
     )
@@ -251,8 +256,9 @@ def _split(chunks: list[dict[str, Any]], prefixes: tuple[str, ...]) -> dict[str,
 class _Traversal:
     """One reading of the data: host columns per compiled call."""
 
-    def __init__(self, compiled, strategy, batch_size, *, keep_inputs, keep, progress, check):
+    def __init__(self, compiled, strategy, batch_size, *, keep_inputs, keep, top, progress, check):
         self.compiled = compiled
+        self.top = top
         self.strategy = strategy
         self.batch_size = batch_size
         self.keep_inputs = keep_inputs
@@ -262,6 +268,8 @@ class _Traversal:
 
     def _add(self, chunks: list, host: dict, batches: int, offset: int, done: int) -> tuple:
         self.check(host)
+        if self.top and chunks:
+            self._narrow(chunks[-1], host)
         inputs = {key[6:]: host.pop(key) for key in list(host) if key.startswith("input/")}
         if self.keep_inputs:
             host["inputs"] = inputs
@@ -271,13 +279,26 @@ class _Traversal:
             self.progress.update(done)
         return offset + host["loss_sum"].shape[0], done
 
+    def _narrow(self, previous: dict, host: dict) -> None:
+        """Moves the kept rows of ``previous`` into ``host``, keeping the hardest only."""
+        names = [key for key in host if key.startswith("kept/")]
+        for name in names:
+            host[name] = _concat([previous.pop(name), host[name]])
+            previous[name] = host[name][:0]
+        rows = np.isin(host["kept/position"], self.keep)
+        for score in (host["kept/score"], host["kept/score_sum"]):
+            order = np.argsort(-np.nan_to_num(score, nan=np.inf), kind="stable")
+            rows[order[: self.top]] = True
+        for name in names:
+            host[name] = host[name][rows]
+
     def iterator(self, iterator: Any, first: tuple) -> list[dict[str, Any]]:
         """Single device: the first batch (already read), then the loop in the graph."""
         from keras_erranalysis.compute import _compiled
 
         compiled = self.compiled
         chunks: list[dict[str, Any]] = []
-        host = compiled.run([first], keep_inputs=self.keep_inputs, keep=self.keep)
+        host = compiled.run([first], keep_inputs=self.keep_inputs, keep=self.keep, top=self.top)
         offset, done = self._add(chunks, host, 1, 0, 0)
         steps = _compiled.steps_per_call(self.batch_size)
         while True:
@@ -288,6 +309,7 @@ class _Traversal:
                 keep_inputs=self.keep_inputs,
                 offset=offset,
                 keep=self.keep,
+                top=self.top,
             )
             if ran is None:
                 return chunks
@@ -318,7 +340,9 @@ class _Traversal:
         chunks: list[dict[str, Any]] = []
         offset = done = 0
         for group in _compiled.groups(batches, steps):
-            host = self.compiled.run(group, keep_inputs=False, offset=offset, keep=self.keep)
+            host = self.compiled.run(
+                group, keep_inputs=False, offset=offset, keep=self.keep, top=self.top
+            )
             if self.keep_inputs:
                 per_batch = [_pass.kept_inputs(batch[0], strategy) for batch in group]
                 for name in per_batch[0]:
