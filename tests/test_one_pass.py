@@ -133,3 +133,28 @@ def test_weights_of_the_hardest_examples_are_chosen_while_the_data_is_read():
     reference = attention_diagnostics(model, x, keep=rows, batch_size=BATCH, jit_compile=False)
     for path, weights in reference.weights.items():
         np.testing.assert_allclose(diag.weights[path], weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_large_array_batches_run_straight_from_numpy(monkeypatch, jit_compile):
+    from keras_erranalysis.compute import _compiled
+
+    model = tagger()
+    x, y = data()
+    reference = compute_losses(model, (x, y), batch_size=7, verbose=0, jit_compile=False)
+    monkeypatch.setattr(_compiled, "ROWS_PER_CALL", 4)  # batches of 7 >= 4: the numpy path
+    attention = attention_columns(model, hardest=2)
+    result = run_pass(
+        model,
+        (x, y),
+        extra=[attention],
+        keep=[39],
+        keep_hardest=2,
+        batch_size=7,  # 40 = 5 x 7 + 5: a smaller last batch (padded under XLA)
+        jit_compile=jit_compile,
+        verbose=0,
+    )
+    np.testing.assert_allclose(result.report.loss, reference.loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(result.report.inputs["input"], x)
+    assert 39 in result.kept["kept/position"]
+    assert result.kept["kept/position"].max() < N

@@ -213,6 +213,8 @@ def run_pass(
         try:
             if arrays is None and not replicated:
                 chunks = traversal.iterator(iterator, first)
+            elif arrays is not None and not replicated and batch_size >= _compiled.ROWS_PER_CALL:
+                chunks = traversal.arrays(*arrays)  # few large batches: straight from numpy
             else:
                 chunks = traversal.dataset(dataset)
             break
@@ -317,6 +319,42 @@ class _Traversal:
             offset, done = self._add(chunks, host, count, offset, done)
             if count < steps:
                 return chunks
+
+    def arrays(self, parts: tuple, n: int) -> list[dict[str, Any]]:
+        """In-memory data in large batches: one call per batch, sliced from the arrays.
+
+        Under XLA a smaller last batch is padded to the others' size (one compilation);
+        the padding rows are cut from the results.
+        """
+        import tensorflow as tf
+
+        from keras_erranalysis.compute import _compiled
+
+        chunks: list[dict[str, Any]] = []
+        offset = done = 0
+        size = self.batch_size
+        for start in range(0, n, size):
+            rows = min(size, n - start)
+            stop = start + (size if self.compiled.jit else rows)
+            index = np.minimum(np.arange(start, stop), n - 1) if stop > n else slice(start, stop)
+            batch = tf.nest.map_structure(
+                lambda array, index=index: _compiled.as_tensor(array[index]), parts
+            )
+            host = self.compiled.run(
+                [(*batch, None, None)[:4]],
+                keep_inputs=self.keep_inputs,
+                offset=start,
+                keep=self.keep,
+                top=self.top,
+            )
+            if stop > n:  # cut the padding rows
+                real = host.get("kept/position", np.zeros(0)) < n
+                host = {
+                    key: value[real] if key.startswith("kept/") else value[:rows]
+                    for key, value in host.items()
+                }
+            offset, done = self._add(chunks, host, 1, offset, done)
+        return chunks
 
     def dataset(self, dataset: Any) -> list[dict[str, Any]]:
         """A whole dataset: in the graph on one device, grouped from Python under a strategy."""

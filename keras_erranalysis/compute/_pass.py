@@ -176,9 +176,17 @@ def _array_slices(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_generator(
         slices, output_signature=tf.nest.map_structure(spec, parts)
     )
-    dataset = dataset.flat_map(
-        lambda *part: tf.data.Dataset.from_tensor_slices(part).batch(batch_size)
-    )
+
+    def batches(*part):
+        # Slices of the chunk, not its rows re-batched one by one (10x slower on big batches).
+        rows = tf.shape(tf.nest.flatten(part)[0], out_type=tf.int64)[0]
+        return tf.data.Dataset.range((rows + batch_size - 1) // batch_size).map(
+            lambda i: tf.nest.map_structure(
+                lambda t: t[i * batch_size : (i + 1) * batch_size], part
+            )
+        )
+
+    dataset = dataset.flat_map(batches)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
     dataset._keras_erranalysis_arrays = held  # the arrays live as long as the dataset
     return dataset
