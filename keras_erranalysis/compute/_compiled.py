@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
 
-from keras_erranalysis.compute._pass import _row_bytes
+from keras_erranalysis.compute._pass import _row_bytes, named_inputs
 
 #: Device memory (bytes) one batch of the pass may use when it picks its own batch size.
 MEMORY_BUDGET = 256 << 20
@@ -409,29 +409,17 @@ def _join(values: list[tf.Tensor]) -> tf.Tensor:
 
 def kept_input_tensors(x: Any) -> dict[str, tf.Tensor]:
     """The integer or string inputs (token ids, raw text) of one batch, by input name."""
-    if isinstance(x, Mapping):
-        named = dict(x)
-    elif isinstance(x, (list, tuple)):
-        named = {f"input_{i}": v for i, v in enumerate(x)}
-    else:
-        named = {"input": x}
     return {
         name: value
-        for name, value in named.items()
+        for name, value in named_inputs(x).items()
         if (value.dtype.is_integer or value.dtype == tf.string) and value.shape.rank <= 2
     }
 
 
 def kept_input_arrays(x: Any) -> dict[str, np.ndarray]:
     """:func:`kept_input_tensors` for numpy inputs: copies of the arrays themselves."""
-    if isinstance(x, Mapping):
-        named = dict(x)
-    elif isinstance(x, (list, tuple)):
-        named = {f"input_{i}": v for i, v in enumerate(x)}
-    else:
-        named = {"input": x}
     kept = {}
-    for name, value in named.items():
+    for name, value in named_inputs(x).items():
         value = np.asarray(value)
         if value.dtype.kind in "iu" and value.ndim <= 2:
             kept[name] = value.copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -74,20 +75,8 @@ def compute_losses(
         >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
         >>> report.hardest(5)  # doctest: +SKIP
     """
-    return run_pass(
-        model,
-        data,
-        loss=loss,
-        output=output,
-        batch_size=batch_size,
-        reduction=reduction,
-        ignore_class=ignore_class,
-        from_logits=from_logits,
-        ids=ids,
-        keep_inputs=keep_inputs,
-        jit_compile=jit_compile,
-        verbose=verbose,
-    ).report
+    options = {name: value for name, value in locals().items() if name not in ("model", "data")}
+    return run_pass(model, data, **options).report
 
 
 @dataclasses.dataclass
@@ -114,20 +103,11 @@ def run_pass(
     extra: Sequence[Any] = (),
     keep: Sequence[int] | np.ndarray = (),
     keep_hardest: int = 0,
-    loss: Any = None,
-    output: str | int | None = None,
-    batch_size: int | None = None,
-    reduction: Reduction = "mean",
-    ignore_class: int | None = None,
-    from_logits: bool | None = None,
-    ids: np.ndarray | None = None,
-    keep_inputs: bool = True,
-    jit_compile: bool | Literal["auto"] = "auto",
-    verbose: int = 1,
+    **options: Any,
 ) -> PassResult:
     """The loss columns and every ``extra`` producer's columns, in ONE traversal of data.
 
-    Options as for :func:`compute_losses`. ``extra``: column producers sharing the
+    ``options`` as for :func:`compute_losses`. ``extra``: column producers sharing the
     model's forward call (attention diagnostics, embeddings: see
     ``_attention.attention_columns`` and ``_embeddings.embedding_columns``). ``keep``: data
     positions whose ``kept/`` columns (e.g. attention weights) come back to the host;
@@ -139,6 +119,19 @@ def run_pass(
 
     from keras_erranalysis.compute import _compiled, _pass
 
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(compute_losses).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"run_pass got unknown options {unknown}; see compute_losses.")
+    settings = {**defaults, **options}
+    loss, output, batch_size = settings["loss"], settings["output"], settings["batch_size"]
+    reduction, ids, verbose = settings["reduction"], settings["ids"], settings["verbose"]
+    ignore_class, from_logits = settings["ignore_class"], settings["from_logits"]
+    keep_inputs, jit_compile = settings["keep_inputs"], settings["jit_compile"]
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
     if batch_size is not None and batch_size < 1:

@@ -817,14 +817,18 @@ def progress_bar(total: int | None, verbose: int) -> Any:
     return keras.utils.Progbar(total, unit_name="batch")
 
 
+def named_inputs(x: Any) -> dict[str, Any]:
+    """The model inputs of a batch by name: dict keys, ``input_<i>``, or ``input``."""
+    if isinstance(x, Mapping):
+        return dict(x)
+    if isinstance(x, (list, tuple)):
+        return {f"input_{i}": v for i, v in enumerate(x)}
+    return {"input": x}
+
+
 def kept_inputs(x: Any, strategy: Any) -> dict[str, np.ndarray]:
     """Host copies of the integer or string inputs (token ids, raw text) of one batch."""
-    if isinstance(x, Mapping):
-        named = dict(x)
-    elif isinstance(x, (list, tuple)):
-        named = {f"input_{i}": v for i, v in enumerate(x)}
-    else:
-        named = {"input": x}
+    named = named_inputs(x)
     kept = {}
     distributed = strategy is not None and strategy.num_replicas_in_sync > 1
     for name, value in named.items():
