@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import tensorflow as tf
 
+from keras_erranalysis.compute._attention_diagnostics import DIAGNOSTIC_NAMES
 from keras_erranalysis.compute._attention_hooks import (
     MaskArg,
     _recording,
@@ -23,6 +24,8 @@ from keras_erranalysis.compute._pass import check_model, model_strategy
 # model -> {options: compiled pass}. Weak keys, and the passes hold the model only weakly,
 # so a deleted model frees its traced graphs.
 _PASS_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Batch size of ``attention_diagnostics`` for array data when none is given.
+DEFAULT_BATCH = 256
 
 
 class _Pass:
@@ -372,7 +375,7 @@ def attention_diagnostics(
     *,
     layers: Sequence[Any] | None = None,
     keep: Sequence[int] | np.ndarray | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     query_mask: MaskArg = None,
     key_mask: MaskArg = None,
     coverage_threshold: float = 0.1,
@@ -394,7 +397,8 @@ def attention_diagnostics(
         layers: Optional selection of attention layers (paths, names or layer objects).
         keep: Positions (in data order) of examples whose full weights to keep, e.g. the
             hardest ones.
-        batch_size: Batch size for array data (a dataset keeps its own batching).
+        batch_size: Batch size for array data (a dataset keeps its own batching);
+            None for :data:`DEFAULT_BATCH` (256).
         query_mask: Extra boolean ``(N, T_q)`` mask of real queries (arrays only), one
             array for all layers or ``{path: array}``.
         key_mask: Extra boolean ``(N, T_kv)`` mask of real keys, same forms.
@@ -420,6 +424,8 @@ def attention_diagnostics(
         raise ValueError("keep holds negative positions: pass positions in data order (>= 0).")
     keep_set = set(keep_arr.tolist())
     masks = _user_masks(query_mask, key_mask)
+    if batch_size is None:  # weights of a batch holding a kept row reach the host whole
+        batch_size = DEFAULT_BATCH
     batches, total = _data_batches(model, data, masks, batch_size)
     if masks:
         _check_mask_lengths(model, paths, _inputs_of(data), masks)
@@ -516,3 +522,104 @@ def _inputs_of(data: Any) -> Any:
     if isinstance(data, tuple) and len(data) in (2, 3):
         return data[0]
     return data
+
+
+# -- the attention columns of the one pass ---------------------------------------------
+
+
+class AttentionColumns:
+    """Attention diagnostics (and weights of kept rows) as columns of the one pass.
+
+    A column producer for :func:`~keras_erranalysis.compute._losses.run_pass`: the
+    attention layers are hooked around the pass's own forward call, so the diagnostics
+    cost no second traversal of the data.
+    """
+
+    prefixes = tuple(f"{name}/" for name in DIAGNOSTIC_NAMES) + ("kept/w/",)
+
+    def __init__(self, paths: Sequence[str], *, coverage_threshold: float, weights: bool):
+        from keras_erranalysis.compute import _attention_hooks
+
+        self.paths = list(paths)
+        self.coverage_threshold = float(coverage_threshold)
+        self.weights = weights
+        self.key = (
+            "attention",
+            tuple(self.paths),
+            _attention_hooks._registry_version,
+            self.coverage_threshold,
+            weights,
+        )
+
+    def hook(self, model: Any) -> Any:
+        found = find_attention_layers(model)
+        return _recording({p: layer for p, layer in found.items() if p in self.paths})
+
+    def columns(
+        self, model: Any, outputs: Any, x: Any, y: Any, sample_weight: Any, recorder: Any
+    ) -> dict[str, Any]:
+        if not recorder.records:
+            raise ValueError(
+                f"The attention layers {self.paths} were not called in the forward pass, so "
+                "they have no weights. Check the inputs, or select layers that the model "
+                "uses with layers=[...]."
+            )
+        result = recorder.diagnostics(coverage_threshold=self.coverage_threshold)
+        if self.weights:
+            result.update({"kept/w/" + p: w for p, w in recorder.weights().items()})
+        return result
+
+
+def attention_columns(
+    model: Any,
+    *,
+    layers: Sequence[Any] | None = None,
+    keep: Sequence[int] | np.ndarray | None = None,
+    hardest: int = 0,
+    coverage_threshold: float = 0.1,
+) -> AttentionColumns:
+    """The attention producer for ``run_pass``.
+
+    ``keep`` (positions) and ``hardest`` (a count) say whether weights are wanted at all;
+    ``run_pass(keep=..., keep_hardest=...)`` says whose.
+    """
+    paths = list(find_attention_layers(model, layers))
+    wanted = hardest > 0 or (keep is not None and len(np.asarray(keep).reshape(-1)) > 0)
+    return AttentionColumns(paths, coverage_threshold=coverage_threshold, weights=wanted)
+
+
+def attention_from_pass(
+    producer: AttentionColumns, columns: Mapping[str, np.ndarray], kept: Mapping, keep: Any
+) -> AttentionDiagnostics:
+    """The :class:`AttentionDiagnostics` of a ``run_pass`` result.
+
+    ``keep``: the positions whose weights to return, in that order; positions the pass did
+    not keep (not asked for, or not among the hardest candidates) are left out of
+    ``kept``.
+    """
+    keep_arr = np.asarray([] if keep is None else keep, dtype=np.int64).reshape(-1)
+    diagnostics = {k: v for k, v in columns.items() if k.startswith(producer.prefixes[:-1])}
+    n = len(next(iter(diagnostics.values()))) if diagnostics else 0
+    if keep_arr.size and (keep_arr.min() < 0 or keep_arr.max() >= n):
+        raise ValueError(
+            f"keep asks for examples {sorted(set(keep_arr.tolist()))[:5]} but the data holds "
+            f"only {n} examples."
+        )
+    weights: dict[str, np.ndarray] = {}
+    if keep_arr.size and kept:
+        # Rows the pass kept (positions asked for, or candidates for the hardest).
+        positions = kept["kept/position"]
+        keep_arr = np.asarray([i for i in keep_arr if (positions == i).any()], np.int64)
+        rows = [int(np.flatnonzero(positions == i)[0]) for i in keep_arr]
+        for key, values in kept.items():
+            if key.startswith("kept/w/"):
+                weights[key[len("kept/w/") :]] = values[rows].astype(np.float32, copy=False)
+    else:
+        keep_arr = keep_arr[:0]
+    return AttentionDiagnostics(
+        diagnostics=diagnostics,
+        weights=weights,
+        kept=keep_arr,
+        layer_paths=producer.paths,
+        num_examples=n,
+    )

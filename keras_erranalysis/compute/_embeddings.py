@@ -145,7 +145,7 @@ def compute_embeddings(
     *,
     layer: Any = None,
     pooling: Pooling = "mean",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     jit_compile: bool | Literal["auto"] = "auto",
 ) -> np.ndarray:
     """One vector per example from a layer of the model, in one compiled pass.
@@ -163,7 +163,9 @@ def compute_embeddings(
             (default), ``"max"``, ``"first"`` or ``"last"`` counted position. Positions the
             layer's Keras mask marks as padding never count. Outputs with more axes (image
             feature maps) are averaged over all but the last axis.
-        batch_size: Batch size for numpy input (ignored for a dataset).
+        batch_size: Batch size for numpy input (ignored for a dataset); None to let the
+            pass pick it from a memory budget, as :func:`~keras_erranalysis.compute_losses`
+            does.
         jit_compile: ``True`` for XLA, ``False`` for none, ``"auto"`` to try XLA and fall
             back (with a warning) when the layers do not compile with it.
 
@@ -209,7 +211,7 @@ def compute_embeddings(
 
     step = compiled(jit_compile is True or jit_compile == "auto")
     parts = []
-    for x in _inputs(data, batch_size):
+    for x in _inputs(model, data, batch_size):
         try:
             parts.append(step(x).numpy())
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as error:
@@ -228,7 +230,7 @@ def compute_embeddings(
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)
 
 
-def _inputs(data: Any, batch_size: int):
+def _inputs(model: Any, data: Any, batch_size: int | None):
     import tensorflow as tf
 
     if isinstance(data, tf.data.Dataset):
@@ -240,10 +242,87 @@ def _inputs(data: Any, batch_size: int):
         return
     if isinstance(data, (tuple, list)) and len(data) in (2, 3):
         data = data[0]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    from keras_erranalysis.compute import _pass
+    from keras_erranalysis.compute import _compiled, _pass
 
     x = _pass._as_arrays(data)
     n = _pass._num_examples(x)
+    if batch_size is None:
+        batch_size = _compiled.auto_batch_size(model, x, max(n, 1), 0)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     yield from _pass._array_slices((x,), n, batch_size).map(lambda inputs: inputs)
+
+
+# --------------------------------------------------------------------------------------
+# The embedding column of the one pass
+# --------------------------------------------------------------------------------------
+
+
+class EmbeddingColumns:
+    """One pooled vector per example from a layer, as a column of the one pass.
+
+    A column producer for :func:`~keras_erranalysis.compute._losses.run_pass`: the layer's
+    output is recorded during the pass's own forward call (its ``call`` is wrapped for the
+    duration of the trace), so embeddings cost no second traversal and no second forward.
+    """
+
+    prefixes = ("embedding",)
+
+    def __init__(self, layer: Any, pooling: str) -> None:
+        check_pooling(pooling)
+        self.layer = layer
+        self.pooling = pooling
+        self.key = ("embedding", id(layer), pooling)
+
+    def hook(self, model: Any) -> Any:
+        return _recording_output(self.layer)
+
+    def columns(
+        self, model: Any, outputs: Any, x: Any, y: Any, sample_weight: Any, recorded: list
+    ) -> dict[str, Any]:
+        if len(recorded) != 1:
+            raise ValueError(
+                f"Layer {self.layer.name!r} was called {len(recorded)} times in the forward "
+                "pass: name a layer the model calls exactly once."
+            )
+        hidden = recorded[0]
+        return {"embedding": _pool_tf(hidden, getattr(hidden, "_keras_mask", None), self.pooling)}
+
+
+def embedding_columns(model: Any, *, layer: Any = None, pooling: str = "mean") -> Any:
+    """The embedding producer for ``run_pass``."""
+    target = resolve_layer(model, layer)
+    if _layer_output(target) is None:
+        raise ValueError(
+            f"Layer {target.name!r} has no single symbolic output (it is shared or returns "
+            "several tensors); name another layer."
+        )
+    return EmbeddingColumns(target, pooling)
+
+
+class _recording_output:
+    """Records what ``layer.call`` returns while active (Keras attaches the mask after)."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    def __enter__(self) -> list:
+        layer = self.layer
+        self.had_own = "call" in layer.__dict__
+        self.previous = layer.__dict__.get("call")
+        original = layer.call
+        recorded: list = []
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outputs = original(*args, **kwargs)
+            recorded.append(outputs)
+            return outputs
+
+        object.__setattr__(layer, "call", call)
+        return recorded
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.had_own:
+            object.__setattr__(self.layer, "call", self.previous)
+        else:
+            self.layer.__dict__.pop("call", None)

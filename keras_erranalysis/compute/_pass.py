@@ -5,6 +5,7 @@ Private: :func:`keras_erranalysis.compute_losses` is the public entry point.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -57,11 +58,15 @@ def check_model(model: Any) -> None:
         )
 
 
-def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
-    """Turns a dataset or a tuple of arrays into a batched ``tf.data.Dataset``."""
+def array_parts(data: Any) -> tuple[tuple, int] | None:
+    """``(parts, n)`` for in-memory data ``(x, y[, sample_weight])``; None for a dataset.
+
+    Checks what :func:`as_dataset` checks for arrays: two or three parts of the same
+    length, at least one example, strings (not other objects) in object arrays.
+    """
     if isinstance(data, tf.data.Dataset):
-        dataset = data
-    elif isinstance(data, (tuple, list)):
+        return None
+    if isinstance(data, (tuple, list)):
         if len(data) not in (2, 3):
             raise ValueError(
                 f"data as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
@@ -76,19 +81,35 @@ def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
                 )
         if n == 0:
             raise ValueError("The data holds no examples: x and y are empty.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        dataset = _array_slices(parts, n, batch_size)
-    elif isinstance(data, Mapping) or hasattr(data, "shape"):
+        for leaf in tf.nest.flatten(parts):
+            if leaf.dtype.kind == "O" and not all(isinstance(v, (str, bytes)) for v in leaf.flat):
+                raise ValueError(
+                    "An input array has dtype object with values that are not strings: "
+                    "convert it to a numeric dtype (np.asarray(x, dtype='float32')) or to "
+                    "strings."
+                )
+        return parts, n
+    if isinstance(data, Mapping) or hasattr(data, "shape"):
         raise ValueError(
             "compute_losses needs labels: pass (x, y) or a dataset that yields (x, y) or "
             "(x, y, sample_weight), not x alone."
         )
+    raise TypeError(
+        f"Cannot read data of type {type(data).__name__}: pass a batched "
+        "tf.data.Dataset or a tuple (x, y[, sample_weight]) of numpy arrays."
+    )
+
+
+def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
+    """Turns a dataset or a tuple of arrays into a batched ``tf.data.Dataset``."""
+    arrays = array_parts(data)
+    if arrays is None:
+        dataset = data
     else:
-        raise TypeError(
-            f"Cannot read data of type {type(data).__name__}: pass a batched "
-            "tf.data.Dataset or a tuple (x, y[, sample_weight]) of numpy arrays."
-        )
+        parts, n = arrays
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        dataset = _array_slices(parts, n, batch_size)
     card = int(tf.data.experimental.cardinality(dataset))
     if card == tf.data.experimental.INFINITE_CARDINALITY:
         raise ValueError(
@@ -134,12 +155,6 @@ def _array_slices(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
     memory held is one slice.
     """
     leaves = tf.nest.flatten(parts)
-    for leaf in leaves:
-        if leaf.dtype.kind == "O" and not all(isinstance(v, (str, bytes)) for v in leaf.flat):
-            raise ValueError(
-                "An input array has dtype object with values that are not strings: convert it "
-                "to a numeric dtype (np.asarray(x, dtype='float32')) or to strings."
-            )
     row_bytes = max(1, sum(_row_bytes(leaf) for leaf in leaves))
     chunk = batch_size * max(1, CHUNK_BYTES // (batch_size * row_bytes))
 
@@ -161,9 +176,17 @@ def _array_slices(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_generator(
         slices, output_signature=tf.nest.map_structure(spec, parts)
     )
-    dataset = dataset.flat_map(
-        lambda *part: tf.data.Dataset.from_tensor_slices(part).batch(batch_size)
-    )
+
+    def batches(*part):
+        # Slices of the chunk, not its rows re-batched one by one (10x slower on big batches).
+        rows = tf.shape(tf.nest.flatten(part)[0], out_type=tf.int64)[0]
+        return tf.data.Dataset.range((rows + batch_size - 1) // batch_size).map(
+            lambda i: tf.nest.map_structure(
+                lambda t: t[i * batch_size : (i + 1) * batch_size], part
+            )
+        )
+
+    dataset = dataset.flat_map(batches)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
     dataset._keras_erranalysis_arrays = held  # the arrays live as long as the dataset
     return dataset
@@ -735,27 +758,49 @@ def label_first(true_prob: Any, best_other: Any, label: Any, other_class: Any) -
     return (true_prob > best_other) | ((true_prob == best_other) & (label < other_class))
 
 
-def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
-    """Returns ``step(x, y, sample_weight, ids=None) -> dict`` of per-example results.
+@dataclasses.dataclass
+class LossColumns:
+    """The loss columns of the pass: a column producer (see ``_compiled.Producer``)."""
 
-    Given ``ids``, the result holds them as ``example_id`` (int64), gathered with the rest.
-    """
+    spec: LossSpec
+    probe: Probe
+    prefixes = ()  # the loss columns are the report's; no prefix sets them apart
 
-    def step(x, y, sample_weight, ids=None):
+    @property
+    def key(self) -> tuple:
+        spec = self.spec
+        return (
+            "loss",
+            id(spec.source),
+            spec.name,
+            spec.kind,
+            spec.from_logits,
+            spec.ignore_class,
+            spec.output,
+            dataclasses.astuple(self.probe),
+        )
+
+    def hook(self, model: Any) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def columns(
+        self, model: Any, outputs: Any, x: Any, y: Any, sample_weight: Any, state: Any
+    ) -> dict[str, tf.Tensor]:
         if isinstance(y, Mapping):
             y = next(iter(y.values()))
-        out = select_output(model(x, training=False), spec.output, model)
-        result = per_example(out, y, sample_weight, spec, probe_)
-        if ids is not None:
-            result["example_id"] = tf.reshape(tf.cast(ids, tf.int64), [-1])
-        return result
+        out = select_output(outputs, self.spec.output, model)
+        return per_example(out, y, sample_weight, self.spec, self.probe)
 
-    if strategy.num_replicas_in_sync > 1:
-        replica_step = step
 
-        def step(x, y, sample_weight, ids=None):  # noqa: F811 - the distributed wrapper
-            # One gather per dtype, not per column: across workers each gather is a
-            # collective round trip. Collective gathers take numbers only: bools as int32.
+def gathered(strategy: Any):
+    """Wraps a replica step into one that runs on every replica and gathers the results.
+
+    One gather per dtype, not per column: across workers each gather is a collective round
+    trip. Collective gathers take numbers only: bools travel as int32.
+    """
+
+    def wrap(replica_step):
+        def step(x, y, sample_weight, ids=None):
             layouts: list[dict[str, list[tuple[str, Any]]]] = []
 
             def packed(*args):
@@ -786,103 +831,14 @@ def make_step(model: Any, spec: LossSpec, probe_: Probe, strategy: Any):
                     results[key] = tf.cast(tf.reshape(part, shape), dtype)
             return results
 
-    return step
+        return step
+
+    return wrap
 
 
 def is_multi_worker(strategy: Any) -> bool:
     """Whether the strategy spans several processes (collectives, no XLA for gathers)."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-class CompiledStep:
-    """A ``tf.function`` of the step that keeps XLA recompilation in check.
-
-    With XLA every new input shape costs a compilation (seconds for a Transformer), so a
-    smaller last batch is padded up to the first batch's size and the padding rows are cut
-    from the results. In ``"auto"`` mode, data whose shapes keep changing (e.g. a
-    ``padded_batch`` of ragged lengths) switches to the non-XLA function after
-    ``max_shapes`` distinct shapes.
-    """
-
-    def __init__(self, step: Any, jit: bool, *, auto: bool = False, max_shapes: int = 4) -> None:
-        self.jit = jit
-        self.auto = auto
-        self.max_shapes = max_shapes
-        self._step = step
-        self._fn = tf.function(step, jit_compile=jit, reduce_retracing=True)
-        self._batch_size: int | None = None
-        self._shapes: set[tuple] = set()
-
-    def disable_xla(self) -> None:
-        """Switches to the plain ``tf.function`` for good (XLA did not compile)."""
-        self.jit = False
-        self._fn = tf.function(self._step, reduce_retracing=True)
-
-    def __call__(self, x: Any, y: Any, sample_weight: Any, ids: Any = None) -> dict[str, Any]:
-        leaves = [t for t in tf.nest.flatten((x, y, sample_weight, ids)) if t is not None]
-        if not self.jit or not all(isinstance(t, tf.Tensor) for t in leaves):
-            return self._fn(x, y, sample_weight, ids)
-        size = int(leaves[0].shape[0])
-        if self._batch_size is None:
-            self._batch_size = size
-        pad = self._batch_size - size
-        if pad > 0:
-            x, y, sample_weight, ids = tf.nest.map_structure(
-                lambda t: _pad_rows(t, pad), (x, y, sample_weight, ids)
-            )
-        shape = tuple(
-            tuple(t.shape[1:]) for t in tf.nest.flatten((x, y, sample_weight)) if t is not None
-        )
-        if shape not in self._shapes:
-            if self.auto and len(self._shapes) >= self.max_shapes:
-                self.disable_xla()
-            self._shapes.add(shape)
-        result = self._fn(x, y, sample_weight, ids)
-        if pad > 0:
-            result = {key: value[:size] for key, value in result.items()}
-        return result
-
-
-def _pad_rows(tensor: Any, pad: int) -> Any:
-    if tensor is None:
-        return None
-    return tf.concat([tensor, tf.repeat(tensor[:1], pad, axis=0)], axis=0)
-
-
-_CACHE_ATTRIBUTE = "_keras_erranalysis_steps"
-
-
-def compiled_step(
-    model: Any, spec: LossSpec, probe_: Probe, strategy: Any, jit_compile: Any
-) -> CompiledStep:
-    """The compiled step for this model and loss, made once and reused across calls.
-
-    Re-making the ``tf.function`` on every call would trace (and, with XLA, compile) the
-    model again at every analysed epoch. The cache lives on the model object itself, so
-    it goes away with the model.
-    """
-    if jit_compile not in (True, False, "auto"):
-        raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}.")
-    cache = getattr(model, _CACHE_ATTRIBUTE, None)
-    if cache is None:
-        cache = {}
-        # object.__setattr__: keep Keras' attribute tracking away from a private cache
-        object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
-    key = (
-        id(spec.source),
-        spec.name,
-        spec.kind,
-        spec.from_logits,
-        spec.ignore_class,
-        spec.output,
-        dataclasses.astuple(probe_),
-        id(strategy),
-        jit_compile,
-    )
-    if key not in cache:
-        step = make_step(model, spec, probe_, strategy)
-        cache[key] = CompiledStep(step, jit=bool(jit_compile), auto=jit_compile == "auto")
-    return cache[key]
 
 
 # -- host-side checks ------------------------------------------------------------------
@@ -920,14 +876,18 @@ def progress_bar(total: int | None, verbose: int) -> Any:
     return keras.utils.Progbar(total, unit_name="batch")
 
 
+def named_inputs(x: Any) -> dict[str, Any]:
+    """The model inputs of a batch by name: dict keys, ``input_<i>``, or ``input``."""
+    if isinstance(x, Mapping):
+        return dict(x)
+    if isinstance(x, (list, tuple)):
+        return {f"input_{i}": v for i, v in enumerate(x)}
+    return {"input": x}
+
+
 def kept_inputs(x: Any, strategy: Any) -> dict[str, np.ndarray]:
     """Host copies of the integer or string inputs (token ids, raw text) of one batch."""
-    if isinstance(x, Mapping):
-        named = dict(x)
-    elif isinstance(x, (list, tuple)):
-        named = {f"input_{i}": v for i, v in enumerate(x)}
-    else:
-        named = {"input": x}
+    named = named_inputs(x)
     kept = {}
     distributed = strategy is not None and strategy.num_replicas_in_sync > 1
     for name, value in named.items():
