@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from keras_erranalysis._analyze import analyze
     from keras_erranalysis._loss_report import LossReport
     from keras_erranalysis.analysis import (
         MISLABEL_METHODS,
@@ -84,7 +85,6 @@ if TYPE_CHECKING:  # pragma: no cover
         likely_mislabeled,
         teacher_forced_metrics,
     )
-    from keras_erranalysis._analyze import analyze
     from keras_erranalysis.callback import ErrorAnalysis
     from keras_erranalysis.compute import (
         InFlightRecorder,

@@ -272,8 +272,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
     """
     import tensorflow as tf
 
-    from keras_erranalysis._errors import AnalyzeError
     from keras_erranalysis._analyze import analyze
+    from keras_erranalysis._errors import AnalyzeError
     from keras_erranalysis.run import RunFormatError, RunLockedError
 
     def listed(text: str | None) -> list[str] | None:
