@@ -96,8 +96,8 @@ def _child(args: argparse.Namespace) -> None:
         )
         n = result.n_examples
     else:
-        from keras_erranalysis.analysis import log_views
         from keras_erranalysis._analyze import plan_columns
+        from keras_erranalysis.analysis import log_views
         from keras_erranalysis.compute._losses import compute_losses
         from keras_erranalysis.compute._model import load_model
         from keras_erranalysis.run._sources import open_source
