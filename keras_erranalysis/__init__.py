@@ -22,6 +22,7 @@ _PUBLIC = {
     "Decoding": "keras_erranalysis.options",
     "EmbeddingAnalysis": "keras_erranalysis.options",
     "FeatureAnalysis": "keras_erranalysis.options",
+    "GenerationAnalysis": "keras_erranalysis.options",
     "PassOptions": "keras_erranalysis.options",
     "analyze": "keras_erranalysis._analyze",
     "check_data": "keras_erranalysis.health",
@@ -57,6 +58,7 @@ __all__ = [
     "extract_attention",
     "FeatureAnalysis",
     "free_running_metrics",
+    "GenerationAnalysis",
     "InFlightRecorder",
     "likely_mislabeled",
     "load_run",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Decoding,
         EmbeddingAnalysis,
         FeatureAnalysis,
+        GenerationAnalysis,
         PassOptions,
     )
     from keras_erranalysis.present import plot_attention, plot_data_map, write_report

@@ -21,6 +21,7 @@ from keras_erranalysis.options import (
     Decoding,
     EmbeddingAnalysis,
     FeatureAnalysis,
+    GenerationAnalysis,
     PassOptions,
     resolve_analyses,
 )
@@ -57,8 +58,10 @@ class ErrorAnalysis(keras.callbacks.Callback):
             :class:`~keras_erranalysis.EmbeddingAnalysis`,
             :class:`~keras_erranalysis.FeatureAnalysis`,
             :class:`~keras_erranalysis.options.DataHealth` (the data-health checks once, as
-            the first analyzed epoch's ``health`` table), or their names
-            (``"attention"``, ``"embeddings"``, ``"features"``, ``"health"``).
+            the first analyzed epoch's ``health`` table),
+            :class:`~keras_erranalysis.GenerationAnalysis` (free-running seq2seq outputs),
+            or their names (``"attention"``, ``"embeddings"``, ``"features"``,
+            ``"health"``, ``"generate"``).
         decoding: More decoding (:class:`~keras_erranalysis.Decoding`), e.g. the input
             vocabulary; ``vocab`` and ``label_names`` above are shortcuts into it.
         pass_options: How to run the pass (:class:`~keras_erranalysis.PassOptions`): the
@@ -133,6 +136,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             embeddings=chosen.get(EmbeddingAnalysis),
             features=chosen.get(FeatureAnalysis),
             health=chosen.get(DataHealth),
+            generation=chosen.get(GenerationAnalysis),
             verbose=1 if verbose is None else verbose,
         )
         self.enabled = True

@@ -150,17 +150,56 @@ class DataHealth:
     threshold: float = 0.5
 
 
-Analysis = AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis | DataHealth
+@dataclasses.dataclass(frozen=True)
+class GenerationAnalysis:
+    """Free-running (generated) outputs of a seq2seq model, per example, each analyzed epoch.
+
+    The teacher-forced pass shows what the model predicts when fed the reference; this
+    decodes each analyzed example the way the model runs at inference, fed its own
+    predictions, and adds per-example columns: ``generated_correct`` (exact match),
+    ``generated_edit_distance``, ``generated_cer``, ``generated_wer``, ``generated_bleu``,
+    ``generated_chrf``, ``generated_rouge_l``, ``exposure_gap`` (teacher-forced right but
+    generated wrong: the decoder sees what it will not see at inference) and
+    ``first_divergence`` (-1: none). The generated ids are stored as ``generated``
+    (``Run.array("generated")``), their text in the hardest table, and corpus numbers in
+    the ``generation`` table. Rank by any of them: ``run.hardest(by="generated_cer")``.
+
+    ``"greedy"`` decodes the standard Keras encoder-decoder with teacher forcing: source
+    input(s) plus a decoder input shifted right by a start token, in one compiled loop.
+
+    Attributes:
+        method: ``"greedy"``, or a callable: a batch of the model's inputs (a dict,
+            examples on axis 0) -> that batch's generated ids ``(B, T)``.
+        max_length: Most tokens generated (default: the decoder input's length).
+        start_id: Start token (default: the id every decoder input row begins with).
+        end_id: End token (default: ``</s>``, ``<eos>`` or ``[END]`` in the target vocab).
+    """
+
+    method: Any = "greedy"
+    max_length: int | None = None
+    start_id: int | None = None
+    end_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method != "greedy" and not callable(self.method):
+            raise ValueError(
+                f"GenerationAnalysis(method={self.method!r}): pass 'greedy' or a function "
+                "(inputs batch -> (B, T) generated ids)."
+            )
+
+
+Analysis = AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis | DataHealth | GenerationAnalysis
 _BY_NAME = {
     "attention": AttentionAnalysis,
     "embeddings": EmbeddingAnalysis,
     "features": FeatureAnalysis,
     "health": DataHealth,
+    "generate": GenerationAnalysis,
 }
 
 
 def resolve_analyses(analyses: Iterable[Analysis | str]) -> dict[type, Analysis]:
-    """Analyses by type; names (``"attention"``, ``"embeddings"``, ``"features"``) allowed.
+    """Analyses by type; their names (``"attention"``, ``"generate"``...) are allowed too.
 
     Raises:
         ValueError: For an unknown name or object, or the same analysis twice.
@@ -171,12 +210,10 @@ def resolve_analyses(analyses: Iterable[Analysis | str]) -> dict[type, Analysis]
             if item not in _BY_NAME:
                 raise ValueError(f"Unknown analysis {item!r}: choose from {sorted(_BY_NAME)}.")
             item = _BY_NAME[item]()
-        if not isinstance(
-            item, AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis | DataHealth
-        ):
+        if not isinstance(item, Analysis):
             raise ValueError(
                 f"analyses holds {item!r}: pass AttentionAnalysis(), EmbeddingAnalysis(), "
-                "FeatureAnalysis() or their names."
+                "FeatureAnalysis(), DataHealth(), GenerationAnalysis() or their names."
             )
         if type(item) in found:
             raise ValueError(f"{type(item).__name__} is given twice in analyses.")

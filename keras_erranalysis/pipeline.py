@@ -48,6 +48,7 @@ from keras_erranalysis.options import (
     DataHealth,
     EmbeddingAnalysis,
     FeatureAnalysis,
+    GenerationAnalysis,
 )
 
 DECODING_KEYS = ("vocab", "input_vocab", "label_names")
@@ -157,12 +158,14 @@ class EpochOutput:
         tables: Per-epoch tables (:func:`epoch_tables`).
         figures: Heatmaps, name -> matplotlib Figure.
         vectors: ``(N, D)`` embeddings, or ``None``.
+        generated: ``(N, max_length)`` free-running output ids, or ``None``.
     """
 
     report: LossReport
     tables: dict[str, pd.DataFrame]
     figures: dict[str, Any]
     vectors: np.ndarray | None
+    generated: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -181,6 +184,7 @@ class EpochPipeline:
         embeddings: Stored embeddings, or ``None``.
         features: The feature comparison (``None``: only when the inputs decode to text).
         health: The data-health checks, run once at the first analyzed epoch (``None``: no).
+        generation: Free-running (generated) outputs of a seq2seq model (``None``: no).
         verbose: 0 silent, 1 a progress bar and a one-line summary, 2 the line only.
     """
 
@@ -192,6 +196,7 @@ class EpochPipeline:
     embeddings: EmbeddingAnalysis | None = None
     features: FeatureAnalysis | None = None
     health: DataHealth | None = None
+    generation: GenerationAnalysis | None = None
     verbose: int = 1
     _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _watch: list[int] | None = dataclasses.field(default=None, repr=False)
@@ -233,9 +238,15 @@ class EpochPipeline:
         self._check_padding(report)
         figures = self._attention(model, report) if self.attention is not None else {}
         vectors = self._embeddings(model) if self.embeddings is not None else None
+        generated = self._generate(model, report) if self.generation is not None else None
         tables = epoch_tables(
             report, decoding=self.decoding, top_k=self.top_k, features=self._features(report)
         )
+        if generated is not None:  # the outputs as text beside the hardest, corpus numbers
+            tables["hardest"] = generated_text(
+                tables["hardest"], report, generated[0], self.decoding["vocab"]
+            )
+            tables["generation"] = generated[1]
         if self.health is not None and not self._health_done:
             tables.update(self._health_tables(model))
         if writer is not None:
@@ -246,12 +257,17 @@ class EpochPipeline:
                 report,
                 tables=tables,
                 info=dict(info or {}),
-                vectors=None if vectors is None else {"embedding": storage_array(vectors)},
+                vectors={
+                    **({} if vectors is None else {"embedding": storage_array(vectors)}),
+                    **({} if generated is None else {"generated": generated[0].ids}),
+                },
                 files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
             )
         if self.verbose:
             print(summary_line(epoch, report))
-        return EpochOutput(report, tables, figures, vectors)
+        return EpochOutput(
+            report, tables, figures, vectors, None if generated is None else generated[0].ids
+        )
 
     def nonfinite_causes(self, model: Any, report: LossReport) -> np.ndarray:
         """Why each non-finite loss of ``report`` is so (see ``analysis.nonfinite_causes``)."""
@@ -365,6 +381,59 @@ class EpochPipeline:
             input_vocab=self.decoding["input_vocab"],
         )
 
+    def _generate(self, model: Any, report: LossReport) -> tuple[Any, pd.DataFrame]:
+        """Decodes the examples free-running; adds their columns to ``report.extra``.
+
+        Returns:
+            ``(generated, table)``: the :class:`~keras_erranalysis.compute.Generated`
+            outputs and the one-row ``generation`` table of corpus numbers.
+        """
+        import time
+
+        from keras_erranalysis.analysis import generated_metrics
+        from keras_erranalysis.compute import end_id_from_tokens, generate_greedy, generate_with
+
+        if not report.is_sequence:
+            raise ValueError(
+                "GenerationAnalysis decodes sequence outputs (seq2seq); this model's output "
+                "is a classifier's: leave 'generate' out of analyses."
+            )
+        option, vocab = self.generation, self.decoding["vocab"]
+        end_id = option.end_id
+        if end_id is None and vocab is not None:
+            end_id = end_id_from_tokens(vocab.tokens)
+        started = time.perf_counter()
+        batch_size = self.pass_options.get("batch_size") or 256
+        if callable(option.method):
+            generated = generate_with(
+                option.method, report.inputs, end_id=end_id, batch_size=batch_size
+            )
+        else:
+            generated = generate_greedy(
+                model,
+                report.inputs,
+                report.label,
+                max_length=option.max_length,
+                start_id=option.start_id,
+                end_id=end_id,
+                output=self.pass_options.get("output"),
+                batch_size=batch_size,
+                jit_compile=self.pass_options.get("jit_compile", "auto"),
+            )
+        seconds = time.perf_counter() - started
+        columns, corpus = generated_metrics(
+            report.label,
+            report.token_mask,
+            generated.sequences(),
+            teacher_forced_correct=report.correct,
+            end_id=end_id,
+            vocab=vocab,
+        )
+        report.extra.update(columns)
+        report.extra["generated_length"] = generated.lengths
+        table = pd.DataFrame([{**corpus, "decode_seconds": seconds}])
+        return generated, table
+
     def _embeddings(self, model: Any) -> np.ndarray:
         from keras_erranalysis.compute import compute_embeddings
 
@@ -378,6 +447,19 @@ class EpochPipeline:
     def _batching(self) -> dict[str, Any]:
         """The pass's batch size and XLA choice, for the other passes over the data."""
         return {k: v for k, v in self.pass_options.items() if k in ("batch_size", "jit_compile")}
+
+
+def generated_text(
+    hardest: pd.DataFrame, report: LossReport, generated: Any, vocab: Vocabulary | None
+) -> pd.DataFrame:
+    """The hardest table with a ``generated_text`` column (the free-running output as text)."""
+    row_of = {int(e): i for i, e in enumerate(report.example_id)}
+    texts = []
+    for example in hardest["example_id"]:
+        row = row_of[int(example)]
+        ids = generated.ids[row, : generated.lengths[row]]
+        texts.append(vocab.decode(ids) if vocab is not None else " ".join(map(str, ids)))
+    return hardest.assign(generated_text=texts)
 
 
 def summary_line(epoch: int, report: LossReport) -> str:

@@ -48,10 +48,14 @@ from keras_erranalysis.analysis._nonfinite import CAUSES, causes_summary, nonfin
 from keras_erranalysis.analysis._padding import counted_padding
 from keras_erranalysis.analysis._ranking import RANKINGS, log_views, rank_examples
 from keras_erranalysis.analysis._sequence_metrics import (
+    GENERATED_COLUMNS,
     FreeRunningMetrics,
     corpus_metrics,
     edit_distance,
+    first_divergence,
     free_running_metrics,
+    generated_metrics,
+    rouge_l,
     sequence_metrics,
     teacher_forced_metrics,
 )
@@ -78,6 +82,7 @@ __all__ = [
     "Example",
     "Features",
     "FreeRunningMetrics",
+    "GENERATED_COLUMNS",
     "binary_tests",
     "compare_features",
     "compute_dynamics",
@@ -92,7 +97,9 @@ __all__ = [
     "extract_features",
     "features_summary",
     "find_slices",
+    "first_divergence",
     "free_running_metrics",
+    "generated_metrics",
     "likely_mislabeled",
     "log_views",
     "mislabel_score",
@@ -100,6 +107,7 @@ __all__ = [
     "per_class_metrics",
     "pool_numpy",
     "rank_examples",
+    "rouge_l",
     "sequence_metrics",
     "slice_examples",
     "storage_array",

@@ -14,6 +14,35 @@ RANKINGS: dict[str, tuple[str, bool, bool]] = {
     "confidently_wrong": ("confidence", False, True),
 }
 
+# Numeric columns where a higher value is better: ranked lowest first when named as ``by``.
+HIGHER_IS_BETTER = frozenset(
+    {
+        "correct",
+        "token_accuracy",
+        "generated_correct",
+        "generated_bleu",
+        "generated_chrf",
+        "generated_rouge_l",
+    }
+)
+
+
+def ranking(by: str, frame: pd.DataFrame) -> tuple[str, bool, bool]:
+    """``(column, ascending, wrong only)`` of a named ranking or of any numeric column.
+
+    A column that is not a named ranking (e.g. ``generated_cer``) ranks highest first,
+    or lowest first when higher is better (:data:`HIGHER_IS_BETTER`, e.g. ``generated_bleu``).
+    """
+    if by in RANKINGS:
+        return RANKINGS[by]
+    if by in frame.columns and pd.api.types.is_numeric_dtype(frame[by]):
+        return by, by in HIGHER_IS_BETTER, False
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    raise ValueError(
+        f"by must be one of {sorted(RANKINGS)} or a numeric column of the table "
+        f"({', '.join(c for c in numeric if c not in RANKINGS)}), got {by!r}."
+    )
+
 
 # The views written to the per-epoch hardest-example log: view name -> ranking.
 LOG_VIEWS = {
@@ -40,7 +69,9 @@ def rank_examples(
             ``margin`` and ``correct`` columns (``LossReport.to_frame()``).
         by: One of ``"loss"`` (highest first), ``"confidence"`` (least confident first),
             ``"margin"`` (most negative first), ``"true_prob"`` (lowest first) and
-            ``"confidently_wrong"`` (wrong examples, most confident first).
+            ``"confidently_wrong"`` (wrong examples, most confident first), or any
+            numeric column (e.g. ``"generated_cer"``: highest first; lowest first for
+            scores where higher is better, such as ``"generated_bleu"``).
         k: How many rows to return (None for all).
         only_wrong: Keep only examples the model gets wrong.
 
@@ -54,9 +85,7 @@ def rank_examples(
         >>> rank_examples(table, by="loss", k=2)["loss"].tolist()
         [nan, 2.0]
     """
-    if by not in RANKINGS:
-        raise ValueError(f"by must be one of {sorted(RANKINGS)}, got {by!r}.")
-    column, ascending, wrong_only = RANKINGS[by]
+    column, ascending, wrong_only = ranking(by, frame)
     missing = {column, "loss", "correct"} - set(frame.columns)
     if missing:
         raise ValueError(f"The table lacks column(s) {sorted(missing)} needed to rank by {by!r}.")

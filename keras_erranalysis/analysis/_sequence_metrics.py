@@ -510,3 +510,131 @@ def free_running_metrics(
             columns={c: prefix + c for c in per_example.columns if c != "example_id"}
         )
     return FreeRunningMetrics(per_example, corpus, hyps)
+
+
+def rouge_l(references: Sequence[Sequence[Any]], hypotheses: Sequence[Sequence[Any]]) -> np.ndarray:
+    """ROUGE-L F1 of each pair: longest common subsequence, ``2PR / (P + R)``.
+
+    ``P = LCS / len(hypothesis)``, ``R = LCS / len(reference)`` (Lin 2004 with beta = 1,
+    as ``rouge-score``'s ``rougeL`` F-measure); two empty sequences score 1, one empty 0.
+
+    Example:
+        >>> from keras_erranalysis.analysis import rouge_l
+        >>> rouge_l([["a", "b", "c", "d"]], [["a", "c", "x"]]).round(4)  # LCS "a c"
+        array([0.5714])
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(
+            f"{len(references)} references but {len(hypotheses)} hypotheses: give one "
+            "hypothesis per reference."
+        )
+    out = np.empty(len(references), dtype=np.float64)
+    for i, (ref, hyp) in enumerate(zip(references, hypotheses)):
+        ref, hyp = list(ref), list(hyp)
+        if not ref or not hyp:
+            out[i] = float(not ref and not hyp)
+            continue
+        row = np.zeros(len(hyp) + 1, dtype=np.int64)
+        for token in ref:
+            same = np.fromiter((h == token for h in hyp), dtype=bool, count=len(hyp))
+            diag = row[:-1] + 1
+            new = np.zeros_like(row)
+            # new[j] = same ? row[j-1] + 1 : max(row[j], new[j-1]); with the diagonal
+            # candidates fixed, the running maximum gives the whole row at once.
+            new[1:] = np.maximum.accumulate(np.maximum(np.where(same, diag, 0), row[1:]))
+            row = new
+        lcs = row[-1]
+        out[i] = 0.0 if lcs == 0 else 2 * lcs / (len(ref) + len(hyp))
+    return out
+
+
+def first_divergence(
+    references: Sequence[Sequence[Any]], hypotheses: Sequence[Sequence[Any]]
+) -> np.ndarray:
+    """The first position where each hypothesis leaves its reference, -1 where they are equal.
+
+    Example:
+        >>> from keras_erranalysis.analysis import first_divergence
+        >>> first_divergence([[1, 2, 3], [1, 2], [4]], [[1, 5, 3], [1, 2], [4, 4]])
+        array([ 1, -1,  1])
+    """
+    out = np.full(len(references), -1, dtype=np.int64)
+    for i, (ref, hyp) in enumerate(zip(references, hypotheses)):
+        ref, hyp = list(ref), list(hyp)
+        shared = min(len(ref), len(hyp))
+        differ = [j for j in range(shared) if ref[j] != hyp[j]]
+        if differ:
+            out[i] = differ[0]
+        elif len(ref) != len(hyp):
+            out[i] = shared
+    return out
+
+
+# Per-example columns of the free-running outputs (``report.extra``); the
+# sequence_metrics column each is read from, or None when computed here.
+GENERATED_COLUMNS = {
+    "generated_correct": "exact_match",
+    "generated_edit_distance": "edit_distance",
+    "generated_cer": "char_error_rate",
+    "generated_wer": "token_error_rate",
+    "generated_bleu": "bleu",
+    "generated_chrf": "chrf",
+    "generated_rouge_l": None,
+    "exposure_gap": None,
+    "first_divergence": None,
+}
+
+
+def generated_metrics(
+    labels: np.ndarray,
+    token_mask: np.ndarray,
+    generated: Sequence[Sequence[int]],
+    *,
+    teacher_forced_correct: np.ndarray,
+    end_id: int | None = None,
+    vocab: Any = None,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Per-example and corpus metrics of free-running outputs against the labels.
+
+    References are the labels at counted positions, cut before ``end_id``; ``generated``
+    holds each example's ids already cut before the end token.
+
+    Args:
+        labels: ``(N, T)`` label ids.
+        token_mask: ``(N, T)`` counted positions.
+        generated: N generated id sequences (without the end token).
+        teacher_forced_correct: ``(N,)`` the teacher-forced ``correct`` column.
+        end_id: End token of the labels.
+        vocab: id -> token (list, mapping or Vocabulary) for CER, BLEU and chrF.
+
+    Returns:
+        ``(columns, corpus)``: the :data:`GENERATED_COLUMNS` as ``(N,)`` arrays
+        (``generated_correct`` and ``exposure_gap`` are 0/1 int8: teacher-forced right
+        but generated wrong), and the corpus numbers (``exact_match``, ``corpus_bleu``,
+        ``chrf``, ``rouge_l``, ``char_error_rate``, ``token_error_rate``, teacher-forced
+        exact match, exposure gap share and the share where the two disagree).
+    """
+    labels = np.asarray(labels)
+    mask = np.asarray(token_mask, dtype=bool)
+    refs = [labels[i][mask[i]].tolist() for i in range(len(labels))]
+    refs = _as_sequences(refs, pad_id=None, end_id=end_id)
+    hyps = [list(map(int, h)) for h in generated]
+    table = sequence_metrics(refs, hyps, pad_id=None, vocab=vocab)
+    corpus = corpus_metrics(refs, hyps, pad_id=None, vocab=vocab, per_example=table)
+    tf_correct = np.asarray(teacher_forced_correct, dtype=bool)
+    correct = table["exact_match"].to_numpy(dtype=bool)
+    columns = {
+        name: table[source].to_numpy() for name, source in GENERATED_COLUMNS.items() if source
+    }
+    columns["generated_correct"] = correct.astype(np.int8)
+    ref_str, hyp_str = _token_strings(refs, vocab), _token_strings(hyps, vocab)
+    columns["generated_rouge_l"] = rouge_l(ref_str, hyp_str)
+    columns["exposure_gap"] = (tf_correct & ~correct).astype(np.int8)
+    columns["first_divergence"] = first_divergence(refs, hyps)
+    corpus.update(
+        rouge_l=float(columns["generated_rouge_l"].mean()) if len(refs) else math.nan,
+        teacher_forced_exact_match=float(tf_correct.mean()) if len(refs) else math.nan,
+        exposure_gap=float(columns["exposure_gap"].mean()) if len(refs) else math.nan,
+        disagreement=float((tf_correct != correct).mean()) if len(refs) else math.nan,
+    )
+    return columns, corpus

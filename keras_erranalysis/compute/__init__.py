@@ -21,6 +21,13 @@ from keras_erranalysis.compute._attention_hooks import (
 )
 from keras_erranalysis.compute._checks import finite_input_rows, weights_are_finite
 from keras_erranalysis.compute._embeddings import compute_embeddings, default_layer
+from keras_erranalysis.compute._generate import (
+    Generated,
+    GenerationError,
+    end_id_from_tokens,
+    generate_greedy,
+    generate_with,
+)
 from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids
 from keras_erranalysis.compute._losses import compute_losses
 from keras_erranalysis.compute._model import (
@@ -34,15 +41,20 @@ __all__ = [
     "DIAGNOSTIC_NAMES",
     "AttentionDiagnostics",
     "Cluster",
+    "Generated",
+    "GenerationError",
     "InFlightRecorder",
     "attention_diagnostics",
     "cluster_from_tf_config",
     "compute_embeddings",
     "compute_losses",
     "default_layer",
+    "end_id_from_tokens",
     "extract_attention",
     "finite_input_rows",
     "find_attention_layers",
+    "generate_greedy",
+    "generate_with",
     "load_model",
     "make_strategy",
     "recording_attention",

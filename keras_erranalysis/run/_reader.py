@@ -302,7 +302,16 @@ class Run:
     def frame(self, epoch: int = -1, **decoding: Any) -> pd.DataFrame:
         """Every example of one epoch as a table, decoded with that epoch's vocabularies."""
         options = {**self.decoding(epoch), **decoding}
-        return self.report(epoch).to_frame(**options)
+        frame = self.report(epoch).to_frame(**options)
+        if "generated" in self.meta(epoch).get("vectors", {}) and "generated_length" in frame:
+            # Free-running outputs are stored as ids; their text is decoded on reading.
+            ids, lengths = self.array("generated", epoch), frame["generated_length"].to_numpy()
+            vocab = Vocabulary.from_any(options.get("vocab"))
+            frame["generated_text"] = [
+                vocab.decode(row[:n]) if vocab is not None else " ".join(map(str, row[:n]))
+                for row, n in zip(ids, lengths)
+            ]
+        return frame
 
     def hardest(
         self, epoch: int = -1, k: int = 20, by: str = "loss", only_wrong: bool = False
