@@ -135,8 +135,9 @@ def heatmap_rows(
     Args:
         report: The epoch's pass.
         n: How many hardest examples.
-        watch: The watch list fixed at the first analyzed epoch (``None``: fix it now, up
-            to ``n // 2`` right examples, so the same examples are followed across epochs).
+        watch: The watch list fixed at the first analyzed epoch with right examples
+            (``None``: fix it now, up to ``n // 2`` right examples, so the same examples are
+            followed across epochs; still ``None`` while no example is right).
 
     Returns:
         ``(hardest, watched, watch)``: positions of the hardest examples, of the watch list
@@ -144,9 +145,9 @@ def heatmap_rows(
     """
     positions = report.scalars().assign(position=np.arange(len(report)))
     hardest = rank_examples(positions, by="loss", k=n)["position"].tolist()
-    if watch is None:
-        watch = np.flatnonzero(report.correct)[: max(1, n // 2)].tolist()
-    return hardest, [r for r in watch if r not in hardest], watch
+    if not watch:  # fixed once some examples are right (often none at the first epoch)
+        watch = np.flatnonzero(report.correct)[: max(1, n // 2)].tolist() or None
+    return hardest, [r for r in watch or [] if r not in hardest], watch
 
 
 @dataclasses.dataclass
@@ -228,16 +229,10 @@ class EpochPipeline:
         Returns:
             The epoch's :class:`EpochOutput`.
         """
-        from keras_erranalysis.compute import compute_losses
-
-        report = compute_losses(
-            model, self.data, verbose=int(self.verbose == 1), **self.pass_options
-        )
+        report, figures, vectors = self._one_pass(model)
         if report.nonfinite.any():
             report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
         self._check_padding(report)
-        figures = self._attention(model, report) if self.attention is not None else {}
-        vectors = self._embeddings(model) if self.embeddings is not None else None
         generated = self._generate(model, report) if self.generation is not None else None
         tables = epoch_tables(
             report, decoding=self.decoding, top_k=self.top_k, features=self._features(report)
@@ -352,29 +347,60 @@ class EpochPipeline:
             )
         return self._feature_set
 
-    def _attention(self, model: Any, report: LossReport) -> dict[str, Any]:
-        """Adds attention diagnostics to ``report.extra``; returns the heatmaps to save."""
-        from keras_erranalysis.compute import attention_diagnostics
-        from keras_erranalysis.present import example_heatmaps
+    def _one_pass(self, model: Any) -> tuple[LossReport, dict[str, Any], np.ndarray | None]:
+        """The loss, attention and embedding columns in ONE traversal of the data.
 
-        hardest, watched, self._watch = heatmap_rows(report, self.attention.heatmaps, self._watch)
-        rows = hardest + watched
-        result = attention_diagnostics(
+        Attention weights come back for the examples of highest loss (chosen on the device
+        while the data is read) and for the watch list fixed at the first analyzed epoch
+        (drawn from the second epoch on: which examples are right is known only after a
+        pass).
+
+        Returns:
+            ``(report, heatmaps, embeddings)``; attention diagnostics in ``report.extra``.
+        """
+        from keras_erranalysis.compute import attention_columns, embedding_columns, run_pass
+
+        extra = []
+        if self.attention is not None:
+            extra.append(
+                attention_columns(
+                    model, layers=self.attention_layers(), hardest=self.attention.heatmaps
+                )
+            )
+        if self.embeddings is not None:
+            extra.append(embedding_columns(model, layer=self.embeddings.layer))
+        result = run_pass(
             model,
             self.data,
-            layers=self.attention_layers(),
-            keep=rows,
-            **self._batching(),
+            extra=extra,
+            keep=self._watch or [],
+            keep_hardest=0 if self.attention is None else self.attention.heatmaps,
+            verbose=int(self.verbose == 1),
+            **self.pass_options,
         )
-        report.extra.update(result.diagnostics)
-        kept = {int(p): j for j, p in enumerate(result.kept)}
+        report = result.report
+        figures = {} if self.attention is None else self._heatmaps(report, extra[0], result)
+        vectors = result.columns.get("embedding") if self.embeddings is not None else None
+        return report, figures, vectors
+
+    def _heatmaps(self, report: LossReport, producer: Any, result: Any) -> dict[str, Any]:
+        """Adds attention diagnostics to ``report.extra``; returns the heatmaps to save."""
+        from keras_erranalysis.compute import attention_from_pass
+        from keras_erranalysis.present import example_heatmaps
+
+        watch_known = bool(self._watch)  # kept by this pass only if fixed before it
+        hardest, watched, self._watch = heatmap_rows(report, self.attention.heatmaps, self._watch)
+        rows = hardest + (watched if watch_known else [])
+        found = attention_from_pass(producer, result.columns, result.kept, rows)
+        report.extra.update(found.diagnostics)
+        kept = {int(p): j for j, p in enumerate(found.kept)}
         names = [f"attention_hardest{i + 1}" for i in range(len(hardest))]
-        names += [f"attention_watch{i + 1}" for i in range(len(watched))]
+        names += [f"attention_watch{i + 1}" for i in range(len(rows) - len(hardest))]
         chosen = [(r, name) for r, name in zip(rows, names) if r in kept]
         picks = [kept[r] for r, _ in chosen]
         return example_heatmaps(
             report,
-            {path: w[picks] for path, w in result.weights.items()},
+            {path: w[picks] for path, w in found.weights.items()},
             [r for r, _ in chosen],
             names=[name for _, name in chosen],
             vocab=self.decoding["vocab"],
@@ -433,20 +459,6 @@ class EpochPipeline:
         report.extra["generated_length"] = generated.lengths
         table = pd.DataFrame([{**corpus, "decode_seconds": seconds}])
         return generated, table
-
-    def _embeddings(self, model: Any) -> np.ndarray:
-        from keras_erranalysis.compute import compute_embeddings
-
-        return compute_embeddings(
-            model,
-            self.data,
-            layer=self.embeddings.layer,
-            **self._batching(),
-        )
-
-    def _batching(self) -> dict[str, Any]:
-        """The pass's batch size and XLA choice, for the other passes over the data."""
-        return {k: v for k, v in self.pass_options.items() if k in ("batch_size", "jit_compile")}
 
 
 def generated_text(

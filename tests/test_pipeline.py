@@ -79,6 +79,12 @@ def test_heatmap_rows_are_the_hardest_then_a_fixed_watch_list():
     report.loss = report.loss[::-1].copy()
     again, _, kept = heatmap_rows(report, 3, watch)
     assert kept == watch and again != hardest
+    # while no example is right there is no watch list yet, and it is chosen later
+    report.correct = np.zeros(12, bool)
+    _, watched, none_yet = heatmap_rows(report, 3, None)
+    assert none_yet is None and watched == []
+    report.correct = np.arange(12) == 7
+    assert heatmap_rows(report, 3, none_yet)[2] == [7]
 
 
 def test_analyses_by_name_and_object_and_their_mistakes():
@@ -247,3 +253,43 @@ def test_public_names_stay_functions_after_their_modules_are_imported():
     for name in keras_erranalysis.__all__:
         value = getattr(keras_erranalysis, name)
         assert not isinstance(value, type(importlib)), f"{name} is a module, not the API"
+
+
+def test_one_traversal_per_analyzed_epoch_with_attention_and_embeddings(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from keras_erranalysis import AttentionAnalysis, EmbeddingAnalysis
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    n, t = 48, 6
+    x = rng.integers(1, 15, (n, t)).astype("int32")
+    y = rng.integers(0, 4, (n, t)).astype("int32")
+    inp = keras.Input((t,), dtype="int32")
+    hidden = keras.layers.Embedding(15, 8)(inp)
+    hidden = keras.layers.MultiHeadAttention(2, 4, name="self_attention")(hidden, hidden)
+    model = keras.Model(inp, keras.layers.Dense(4)(hidden))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rows = [0]
+
+    def examples():
+        for start in range(0, n, 16):
+            rows[0] += len(x[start : start + 16])
+            yield x[start : start + 16], y[start : start + 16]
+
+    spec = (tf.TensorSpec((None, t), tf.int32), tf.TensorSpec((None, t), tf.int32))
+    data = tf.data.Dataset.from_generator(examples, output_signature=spec)
+    callback = ErrorAnalysis(
+        data,
+        log_dir=tmp_path / "run",
+        analyses=[AttentionAnalysis(heatmaps=2), EmbeddingAnalysis()],
+        verbose=0,
+    )
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    assert rows[0] == 3 * n  # the pre-flight, then ONE traversal per analyzed epoch
+    run = load_run(tmp_path / "run")
+    assert run.array("embedding", 2).shape[0] == n
+    assert any(name.startswith("attn_") for name in run.report(2).extra)
+    pngs = run.files(2)
+    assert sum(name.startswith("attention_hardest") for name in pngs) == 2

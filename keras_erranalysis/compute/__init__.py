@@ -9,7 +9,9 @@ the results are arrays (a :class:`~keras_erranalysis.LossReport`), for
 
 from keras_erranalysis.compute._attention import (
     AttentionDiagnostics,
+    attention_columns,
     attention_diagnostics,
+    attention_from_pass,
     extract_attention,
 )
 from keras_erranalysis.compute._attention_diagnostics import DIAGNOSTIC_NAMES
@@ -20,7 +22,11 @@ from keras_erranalysis.compute._attention_hooks import (
     unregister_attention_layer,
 )
 from keras_erranalysis.compute._checks import finite_input_rows, weights_are_finite
-from keras_erranalysis.compute._embeddings import compute_embeddings, default_layer
+from keras_erranalysis.compute._embeddings import (
+    compute_embeddings,
+    default_layer,
+    embedding_columns,
+)
 from keras_erranalysis.compute._generate import (
     Generated,
     GenerationError,
@@ -29,7 +35,7 @@ from keras_erranalysis.compute._generate import (
     generate_with,
 )
 from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids
-from keras_erranalysis.compute._losses import compute_losses
+from keras_erranalysis.compute._losses import PassResult, compute_losses, run_pass
 from keras_erranalysis.compute._model import (
     Cluster,
     cluster_from_tf_config,
@@ -44,11 +50,15 @@ __all__ = [
     "Generated",
     "GenerationError",
     "InFlightRecorder",
+    "PassResult",
+    "attention_columns",
     "attention_diagnostics",
+    "attention_from_pass",
     "cluster_from_tf_config",
     "compute_embeddings",
     "compute_losses",
     "default_layer",
+    "embedding_columns",
     "end_id_from_tokens",
     "extract_attention",
     "finite_input_rows",
@@ -59,6 +69,7 @@ __all__ = [
     "make_strategy",
     "recording_attention",
     "register_attention_layer",
+    "run_pass",
     "unregister_attention_layer",
     "weights_are_finite",
     "with_example_ids",
