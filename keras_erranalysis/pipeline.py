@@ -285,9 +285,7 @@ class EpochPipeline:
         starts is the one chance to see the cause instead of a diverged run. The pass also
         compiles, so the first analyzed epoch is not slower than the next.
         """
-        from keras_erranalysis.compute import compute_losses
-
-        report = compute_losses(model, self.data, verbose=0, **self.pass_options)
+        report = self._traverse(model, verbose=0)[1].report
         self._check_padding(report)
         if not report.nonfinite.any():
             return None
@@ -351,12 +349,22 @@ class EpochPipeline:
         """The loss, attention and embedding columns in ONE traversal of the data.
 
         Attention weights come back for the examples of highest loss (chosen on the device
-        while the data is read) and for the watch list fixed at the first analyzed epoch
-        (drawn from the second epoch on: which examples are right is known only after a
-        pass).
+        while the data is read) and for the watch list, once it is fixed (which examples
+        are right is known only after a pass).
 
         Returns:
             ``(report, heatmaps, embeddings)``; attention diagnostics in ``report.extra``.
+        """
+        extra, result = self._traverse(model, verbose=int(self.verbose == 1))
+        report = result.report
+        figures = {} if self.attention is None else self._heatmaps(report, extra[0], result)
+        vectors = result.columns.get("embedding") if self.embeddings is not None else None
+        return report, figures, vectors
+
+    def _traverse(self, model: Any, *, verbose: int) -> tuple[list, Any]:
+        """``run_pass`` with the epoch's column producers.
+
+        The pre-flight and every epoch call it alike, so they share one compiled function.
         """
         from keras_erranalysis.compute import attention_columns, embedding_columns, run_pass
 
@@ -375,13 +383,10 @@ class EpochPipeline:
             extra=extra,
             keep=self._watch or [],
             keep_hardest=0 if self.attention is None else self.attention.heatmaps,
-            verbose=int(self.verbose == 1),
+            verbose=verbose,
             **self.pass_options,
         )
-        report = result.report
-        figures = {} if self.attention is None else self._heatmaps(report, extra[0], result)
-        vectors = result.columns.get("embedding") if self.embeddings is not None else None
-        return report, figures, vectors
+        return extra, result
 
     def _heatmaps(self, report: LossReport, producer: Any, result: Any) -> dict[str, Any]:
         """Adds attention diagnostics to ``report.extra``; returns the heatmaps to save."""

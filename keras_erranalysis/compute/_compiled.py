@@ -203,7 +203,7 @@ class PassFunction:
                 pad_to if self.jit else None,
                 keep_inputs,
                 tf.constant(offset, tf.int64),
-                tf.constant(np.asarray(keep, np.int64).reshape(-1)),
+                _keep_tensor(keep),
                 top,
             )
         except tf.errors.OutOfRangeError:
@@ -309,10 +309,23 @@ class PassFunction:
             tuple(batches),
             keep_inputs,
             tf.constant(offset, tf.int64),
-            tf.constant(np.asarray(keep, np.int64).reshape(-1)),
+            _keep_tensor(keep),
             top,
         )
         return {key: value.numpy() for key, value in result.items()}
+
+
+def _keep_tensor(keep: Any) -> tf.Tensor:
+    """``keep`` padded with -1 (no position) to a power of two of at least 8 entries.
+
+    The compiled loop is traced per shape of its arguments: without the padding, the watch
+    list growing from none to a few examples would trace (and compile) the pass again.
+    """
+    positions = np.asarray(keep, np.int64).reshape(-1)
+    size = max(8, 1 << int(max(positions.size - 1, 0)).bit_length())
+    padded = np.full(size, -1, np.int64)
+    padded[: positions.size] = positions
+    return tf.constant(padded)
 
 
 def _select_kept(result: dict, offset: Any, keep: Any, rows: Any, top: int = 0) -> dict:
