@@ -166,16 +166,8 @@ class ErrorAnalysis(keras.callbacks.Callback):
                 self._writer = RunWriter(self.log_dir, decoding=self.decoding)
                 self._writer.acquire_lock(active=_running_fit())
             except Exception as error:
-                if self.on_error == "raise":
-                    raise
                 self._writer = None
-                self.enabled = False
-                warnings.warn(
-                    f"ErrorAnalysis cannot use log_dir and is off for this fit "
-                    f"({type(error).__name__}: {error}). Training goes on.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self._switch_off(error, "cannot use log_dir and is off for this fit")
         if self.enabled and getattr(self.model, "built", False):
             self._preflight()
 
@@ -184,16 +176,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
         try:
             message = self.pipeline.preflight(self.model)
         except Exception as error:
-            if self.on_error == "raise":
-                self._close()
-                raise
-            self.enabled = False
-            warnings.warn(
-                f"ErrorAnalysis cannot analyze this data and is off for this fit "
-                f"({type(error).__name__}: {error}). Training goes on.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            self._switch_off(error, "cannot analyze this data and is off for this fit")
             return
         if message is not None:
             warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -221,17 +204,23 @@ class ErrorAnalysis(keras.callbacks.Callback):
             if not isinstance(error, Exception):  # KeyboardInterrupt: fit stops here
                 self._close()
                 raise
-            if self.on_error == "raise":
-                self._close()
-                raise
-            self.enabled = False
-            warnings.warn(
-                f"ErrorAnalysis failed at epoch {run_epoch} and is now off for this fit "
-                f"({type(error).__name__}: {error}). Training goes on; epochs already "
-                "written are intact.",
-                RuntimeWarning,
-                stacklevel=2,
+            self._switch_off(
+                error,
+                f"failed at epoch {run_epoch} and is now off for this fit",
+                written=" Epochs already written are intact.",
             )
+
+    def _switch_off(self, error: Exception, what: str, *, written: str = "") -> None:
+        """``on_error="raise"``: release the folder and re-raise; ``"warn"``: warn, go on."""
+        if self.on_error == "raise":
+            self._close()
+            raise error
+        self.enabled = False
+        warnings.warn(
+            f"ErrorAnalysis {what} ({type(error).__name__}: {error}). Training goes on.{written}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """Releases the run folder."""
