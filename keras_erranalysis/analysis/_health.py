@@ -337,9 +337,10 @@ def _texts(split: Split, vocab: Vocabulary | None) -> list[str] | None:
 
 
 def _result(check, split, flag, score, detail, summary) -> CheckResult:
-    return CheckResult(
-        check, split, np.asarray(flag, bool), np.asarray(score, float), detail, summary
-    )
+    """A check's result; ``score=None`` scores each flagged example 1 and the others 0."""
+    flag = np.asarray(flag, bool)
+    score = flag.astype(float) if score is None else np.asarray(score, float)
+    return CheckResult(check, split, flag, score, detail, summary)
 
 
 def _empty(name: str, split: Split, pad: int) -> CheckResult | None:
@@ -355,14 +356,8 @@ def _empty(name: str, split: Split, pad: int) -> CheckResult | None:
         flag, "empty input: every position is padding" if kind == "tokens" else "blank text", ""
     )
     count = int(flag.sum())
-    return _result(
-        "empty",
-        name,
-        flag,
-        flag.astype(float),
-        detail,
-        f"{count} {_noun(name)} inputs are empty ({_share(count, n)})",
-    )
+    summary = f"{count} {_noun(name)} inputs are empty ({_share(count, n)})"
+    return _result("empty", name, flag, None, detail, summary)
 
 
 def _duplicates(splits, texts, empties, threshold, cosine_threshold, ngram, pad):
@@ -857,12 +852,8 @@ def _nonfinite(name: str, split: Split) -> CheckResult:
     causes = np.asarray(split.nonfinite_cause).astype(str)
     flag = causes != ""
     count = int(flag.sum())
-    return _result(
-        "nonfinite",
-        name,
-        flag,
-        flag.astype(float),
-        causes.astype(object),
+    summary = (
         f"{count} {_noun(name)} examples give a NaN/inf loss with the initial weights "
-        f"({_share(count, len(flag))})",
+        f"({_share(count, len(flag))})"
     )
+    return _result("nonfinite", name, flag, None, causes.astype(object), summary)

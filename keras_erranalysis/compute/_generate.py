@@ -294,15 +294,15 @@ def generate_greedy(
     n = len(labels)
     dtype = tf.as_dtype(np.asarray(inputs[name]).dtype)
     size = max(1, min(batch_size, n))
-    options = dict(
-        as_dict=as_dict,
-        max_length=length,
-        start_id=start,
-        end_id=end_id,
-        pad_id=pad_id,
-        dtype=dtype,
-        output=output,
-    )
+    options = {
+        "as_dict": as_dict,
+        "max_length": length,
+        "start_id": start,
+        "end_id": end_id,
+        "pad_id": pad_id,
+        "dtype": dtype,
+        "output": output,
+    }
     attempts = [True, False] if jit_compile == "auto" else [bool(jit_compile)]
     for position, jit in enumerate(attempts):
         function = _decode_function(model, names, name, jit_compile=jit, **options)
