@@ -1,4 +1,4 @@
-"""Data health with planted truth on real text (CMUdict spellings).
+"""Data health with planted truth on real text (CMUdict spellings, Brown sentences).
 
 A clean base of dictionary words (no two near-duplicates by an exact, brute-force Jaccard
 over all pairs: independent of the MinHash/LSH machinery under test), then planted leaks,
@@ -65,12 +65,8 @@ def _clean_base(words: list[str], n: int, rng: np.random.Generator) -> list[str]
     return [w for k, w in enumerate(chosen) if k not in bad][:n]
 
 
-@pytest.fixture(scope="module")
-def planted():
-    """Train/validation words with planted problems, and the truth of each."""
-    rng = np.random.default_rng(19)
-    words = [w for w in _words() if 10 <= len(w) < MAX_LEN]
-    base = _clean_base(words, 2400, rng)
+def _plant(base: list[str], rng: np.random.Generator):
+    """Train/validation texts with planted problems, and the truth of each."""
     train_words, val_words = base[:1800], base[1800:]
     label = {w: int(rng.integers(0, 5)) for w in base}
     train = [(w, label[w]) for w in train_words]
@@ -80,20 +76,52 @@ def planted():
     for k in picks[:60]:  # exact copies, same label
         truth["copy"].add(len(train))
         train.append(train[k])
-    for k in picks[60:120]:  # the same word with another label
+    for k in picks[60:120]:  # the same text with another label
         truth["conflict"].add(len(train))
         truth["conflict_pair"] |= {int(k), len(train)}
         train.append((train[k][0], (train[k][1] + 1) % 5))
     for k in picks[120:180]:  # one edit, same label
         truth["near"].add(len(train))
         train.append((_edit(train[k][0], rng), train[k][1]))
-    for k in picks[180:240]:  # validation copies of training words
+    for k in picks[180:240]:  # validation copies of training texts
         truth["leak"].add(len(val))
         val.append(train[k])
-    for k in picks[240:300]:  # validation words one edit from a training word
+    for k in picks[240:300]:  # validation texts one edit from a training text
         truth["leak"].add(len(val))
         val.append((_edit(train[k][0], rng), train[k][1]))
     return train, val, truth
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Dictionary words with planted problems, and the truth of each."""
+    rng = np.random.default_rng(19)
+    words = [w for w in _words() if 10 <= len(w) < MAX_LEN]
+    return _plant(_clean_base(words, 2400, rng), rng)
+
+
+@pytest.fixture(scope="module")
+def planted_sentences():
+    """Brown corpus sentences (real, human-written) with planted problems."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "notebooks"))
+    try:
+        from notebook_data import brown_tagged_sents
+
+        sentences = brown_tagged_sents(categories=["news", "fiction"])
+        texts = sorted(
+            {
+                " ".join(word.lower() for word, _ in sentence)
+                for sentence in sentences[:6000]
+                if 8 <= len(sentence) <= 25
+            }
+        )
+    except Exception as error:  # no npm and no cached corpus: say why
+        pytest.skip(f"the Brown corpus is not available here ({error})")
+    rng = np.random.default_rng(23)
+    return _plant(_clean_base(texts, 2400, rng), rng)
 
 
 def _scores(found: set, truth: set) -> tuple[float, float]:
@@ -142,6 +170,26 @@ def test_planted_problems_are_found_with_recall_and_precision(planted, as_ids):
         assert recall >= 0.95 and precision >= 0.95, (check, recall, precision)
     assert not _flagged(report, "near_duplicate", "validation")
     assert not _flagged(report, "label_conflict", "validation")
+
+
+def test_planted_problems_in_brown_sentences(planted_sentences):
+    train, val, truth = planted_sentences
+    t_texts, t_labels = zip(*train)
+    v_texts, v_labels = zip(*val)
+    splits = {
+        "train": Split(texts=list(t_texts), y=np.array(t_labels)),
+        "validation": Split(texts=list(v_texts), y=np.array(v_labels)),
+    }
+    report = health_checks(splits, min_train_count=1)
+    expected = {
+        ("exact_duplicate", "train"): truth["copy"] | truth["conflict"],
+        ("near_duplicate", "train"): truth["near"],
+        ("label_conflict", "train"): truth["conflict_pair"],
+        ("leak", "validation"): truth["leak"],
+    }
+    for (check, split), want in expected.items():
+        recall, precision = _scores(_flagged(report, check, split), want)
+        assert recall >= 0.95 and precision >= 0.95, (check, recall, precision)
 
 
 def test_truncated_and_empty_rows_are_found(planted):
