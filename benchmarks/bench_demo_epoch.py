@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from models import demo_split  # noqa: E402  (benchmarks/models.py)
 from timing import EpochTimer  # noqa: E402  (benchmarks/timing.py)
 
 from keras_erranalysis import (  # noqa: E402
@@ -43,7 +44,7 @@ from keras_erranalysis import (  # noqa: E402
     PassOptions,
     Vocabulary,
 )
-from keras_erranalysis.demo import build_model, encode_pairs, load_cmudict, sample_pairs  # noqa: E402
+from keras_erranalysis.demo import build_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "demo_epoch.json"
 
@@ -105,12 +106,9 @@ def main() -> None:
     import keras
 
     keras.utils.set_random_seed(0)
-    data = encode_pairs(sample_pairs(load_cmudict(), args.examples, seed=0))
-    n_val = int(round(len(data) * 0.15))
-    inputs = data.inputs()
-    val_inputs = {k: v[:n_val] for k, v in inputs.items()}
-    train_inputs = {k: v[n_val:] for k, v in inputs.items()}
-    counter = CountingData(val_inputs, data.target[:n_val], batch_size=256)
+    data, (train_inputs, train_target), (val_inputs, val_target) = demo_split(args.examples)
+    n_val = len(val_target)
+    counter = CountingData(val_inputs, val_target, batch_size=256)
     model = build_model(len(data.chars), len(data.phones))
     with tempfile.TemporaryDirectory() as folder:
         analysis = TimedErrorAnalysis(
@@ -126,7 +124,7 @@ def main() -> None:
         timer = EpochTimer()
         model.fit(
             train_inputs,
-            data.target[n_val:],
+            train_target,
             batch_size=64,
             epochs=args.epochs,
             callbacks=[timer, analysis],

@@ -32,12 +32,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from models import demo_split  # noqa: E402  (benchmarks/models.py)
 
 from keras_erranalysis import compute_losses  # noqa: E402
 from keras_erranalysis.analysis import generated_metrics  # noqa: E402
 from keras_erranalysis.compute import end_id_from_tokens, generate_greedy  # noqa: E402
 from keras_erranalysis.compute._generate import cache_size  # noqa: E402
-from keras_erranalysis.demo import build_model, encode_pairs, load_cmudict, sample_pairs  # noqa: E402
+from keras_erranalysis.demo import build_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
 
@@ -53,18 +54,14 @@ def main() -> None:
     import keras
 
     keras.utils.set_random_seed(0)
-    data = encode_pairs(sample_pairs(load_cmudict(), args.examples, seed=0))
-    n_val = int(round(len(data) * 0.15))
-    inputs = data.inputs()
-    val_inputs = {k: v[:n_val] for k, v in inputs.items()}
-    train_inputs = {k: v[n_val:] for k, v in inputs.items()}
-    val_target = data.target[:n_val]
+    data, (train_inputs, train_target), (val_inputs, val_target) = demo_split(args.examples)
+    n_val = len(val_target)
     end_id = end_id_from_tokens(data.phones)
     model = build_model(len(data.chars), len(data.phones))
     epochs = []
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        model.fit(train_inputs, data.target[n_val:], batch_size=64, epochs=1, verbose=0)
+        model.fit(train_inputs, train_target, batch_size=64, epochs=1, verbose=0)
         train_s = time.perf_counter() - start
         row = {"epoch": epoch, "training_epoch_s": train_s}
         for name, jit in (("xla", True), ("no_xla", False)):

@@ -37,3 +37,19 @@ def transformer_seq2seq(vocab: int, length: int, *, d_model: int = 64, heads: in
     )
     dec = layers.LayerNormalization()(dec + layers.Dense(d_model)(layers.Dense(128, "relu")(dec)))
     return keras.Model([src, tgt], layers.Dense(vocab, name="logits")(dec))
+
+
+def demo_split(examples: int, *, val_fraction: float = 0.15):
+    """The demo's CMUdict data, split as the demo splits it (the first 15% for validation).
+
+    Returns:
+        ``(data, train, validation)``: the encoded pairs, and ``(inputs, target)`` of each part.
+    """
+    from keras_erranalysis.demo import encode_pairs, load_cmudict, sample_pairs
+
+    data = encode_pairs(sample_pairs(load_cmudict(), examples, seed=0))
+    n_val = int(round(len(data) * val_fraction))
+    inputs = data.inputs()
+    train = ({k: v[n_val:] for k, v in inputs.items()}, data.target[n_val:])
+    validation = ({k: v[:n_val] for k, v in inputs.items()}, data.target[:n_val])
+    return data, train, validation

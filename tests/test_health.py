@@ -135,6 +135,19 @@ def _flagged(report, check: str, split: str) -> set[int]:
     return set(rows.example_id.astype(int).tolist())
 
 
+def _assert_planted_found(report, truth: dict) -> None:
+    """Every planted kind found with recall and precision >= .95."""
+    expected = {
+        ("exact_duplicate", "train"): truth["copy"] | truth["conflict"],
+        ("near_duplicate", "train"): truth["near"],
+        ("label_conflict", "train"): truth["conflict_pair"],
+        ("leak", "validation"): truth["leak"],
+    }
+    for (check, split), want in expected.items():
+        recall, precision = _scores(_flagged(report, check, split), want)
+        assert recall >= 0.95 and precision >= 0.95, (check, recall, precision)
+
+
 def _encode(words: list[str]) -> np.ndarray:
     ids = np.zeros((len(words), MAX_LEN), np.int64)
     for r, w in enumerate(words):
@@ -159,15 +172,7 @@ def test_planted_problems_are_found_with_recall_and_precision(planted, as_ids):
             "validation": Split(texts=list(v_words), y=np.array(v_labels)),
         }
     report = health_checks(splits, vocab=VOCAB if as_ids else None, min_train_count=1)
-    expected = {
-        ("exact_duplicate", "train"): truth["copy"] | truth["conflict"],
-        ("near_duplicate", "train"): truth["near"],
-        ("label_conflict", "train"): truth["conflict_pair"],
-        ("leak", "validation"): truth["leak"],
-    }
-    for (check, split), want in expected.items():
-        recall, precision = _scores(_flagged(report, check, split), want)
-        assert recall >= 0.95 and precision >= 0.95, (check, recall, precision)
+    _assert_planted_found(report, truth)
     assert not _flagged(report, "near_duplicate", "validation")
     assert not _flagged(report, "label_conflict", "validation")
 
@@ -181,15 +186,7 @@ def test_planted_problems_in_brown_sentences(planted_sentences):
         "validation": Split(texts=list(v_texts), y=np.array(v_labels)),
     }
     report = health_checks(splits, min_train_count=1)
-    expected = {
-        ("exact_duplicate", "train"): truth["copy"] | truth["conflict"],
-        ("near_duplicate", "train"): truth["near"],
-        ("label_conflict", "train"): truth["conflict_pair"],
-        ("leak", "validation"): truth["leak"],
-    }
-    for (check, split), want in expected.items():
-        recall, precision = _scores(_flagged(report, check, split), want)
-        assert recall >= 0.95 and precision >= 0.95, (check, recall, precision)
+    _assert_planted_found(report, truth)
 
 
 def test_truncated_and_empty_rows_are_found(planted):

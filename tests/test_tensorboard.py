@@ -297,12 +297,13 @@ def test_log_epoch_adds_mislabeled_count_regions_and_data_map(tmp_path):
     assert header[-1] == "region" and [r.split("\t")[-1] for r in tsv[1:13]] == regions
 
 
-def test_callback_writes_summaries_and_projector(tmp_path):
+def _fit_with_summaries(log_dir, *, seed):
+    """Two epochs of a small classifier with ErrorAnalysis(tensorboard=True, embeddings)."""
     import keras
 
     from keras_erranalysis import ErrorAnalysis
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=(64, 5)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
     model = keras.Sequential(
@@ -311,12 +312,18 @@ def test_callback_writes_summaries_and_projector(tmp_path):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callback = ErrorAnalysis(
         (x[:32], y[:32]),
-        log_dir=tmp_path / "run",
+        log_dir=log_dir,
         tensorboard=True,
         verbose=0,
         analyses=[EmbeddingAnalysis()],
     )
     model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    return callback
+
+
+def test_callback_writes_summaries_and_projector(tmp_path):
+
+    callback = _fit_with_summaries(tmp_path / "run", seed=0)
     assert callback._summaries is None  # closed at train end
     run = load_run(tmp_path / "run")
     folder = tmp_path / "run/tensorboard/validation"
@@ -332,26 +339,10 @@ def test_callback_writes_summaries_and_projector(tmp_path):
 
 
 def test_tensorboard_verb_exports_a_finished_run_like_the_callback(tmp_path, capsys):
-    import keras
 
-    from keras_erranalysis import ErrorAnalysis
     from keras_erranalysis.cli import main
 
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(64, 5)).astype("float32")
-    y = (x[:, 0] > 0).astype("int32")
-    model = keras.Sequential(
-        [keras.Input((5,)), keras.layers.Dense(6, activation="relu"), keras.layers.Dense(2)]
-    )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    callback = ErrorAnalysis(
-        (x[:32], y[:32]),
-        log_dir=tmp_path / "run",
-        tensorboard=True,
-        verbose=0,
-        analyses=[EmbeddingAnalysis()],
-    )
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[callback])
+    _fit_with_summaries(tmp_path / "run", seed=1)
     assert main(["tensorboard", str(tmp_path / "run"), "-o", str(tmp_path / "later")]) == 0
     assert "epochs [1, 2]" in capsys.readouterr().out
     live = _tensors(tmp_path / "run/tensorboard/validation")
