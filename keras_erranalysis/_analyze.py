@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from keras_erranalysis._columns import EXAMPLE_COLUMNS, TOKEN_COLUMNS
 from keras_erranalysis._errors import AnalyzeError
 from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.analysis._ranking import log_views
+from keras_erranalysis.analysis._sequence_metrics import GENERATED_COLUMNS
 from keras_erranalysis.compute._model import (
     Cluster,
     _InputSpec,
@@ -43,7 +45,7 @@ from keras_erranalysis.compute._model import (
     make_strategy,
 )
 from keras_erranalysis.options import Decoding
-from keras_erranalysis.pipeline import epoch_tables, text_features
+from keras_erranalysis.pipeline import epoch_tables, text_features, with_columns
 from keras_erranalysis.run._sources import (
     DEFAULT_CHUNK_SIZE,
     LABEL_CANDIDATES,
@@ -212,7 +214,7 @@ def _labels(chunk: Mapping[str, np.ndarray], column: str) -> np.ndarray:
     return values
 
 
-_ARRAY_FIELDS = (*EXAMPLE_COLUMNS, "label", "prediction", *TOKEN_COLUMNS)
+_ARRAY_FIELDS = (*EXAMPLE_COLUMNS, "label", "prediction", *TOKEN_COLUMNS, "generated")
 
 
 class ChunkedResults:
@@ -371,6 +373,7 @@ def analyze(
     input_vocab: Any = None,
     label_names: Any = None,
     attention: bool = False,
+    generate: Any = None,
     jit_compile: bool | Literal["auto"] = "auto",
     safe_mode: bool = True,
     strategy: Any = None,
@@ -408,6 +411,12 @@ def analyze(
         attention: Also compute per-example attention diagnostics of every attention
             layer (:func:`~keras_erranalysis.compute.attention_diagnostics`), stored
             as extra columns ``attn_entropy/<layer>``, ... .
+        generate: Also decode every example free-running (seq2seq), as the callback's
+            ``"generate"`` analysis does: ``"greedy"`` or ``True``, a beam width, a function
+            (inputs batch -> ``(B, T)`` ids) or a
+            :class:`~keras_erranalysis.GenerationAnalysis`. Adds the same ``generated_*``
+            columns, the ids (``Run.array("generated")``) and the ``generation`` table of
+            corpus numbers (BLEU, chrF, ROUGE-L, exact match over all examples).
         jit_compile: XLA for the pass (``"auto"`` = off under several workers, where the
             cross-worker gather has no XLA kernel).
         safe_mode: Passed to ``keras.models.load_model``.
@@ -428,7 +437,14 @@ def analyze(
     """
     import tensorflow as tf
 
+    from keras_erranalysis.compute._generate import (
+        decode_report,
+        generation_end_id,
+        score_generated,
+    )
     from keras_erranalysis.compute._losses import compute_losses
+    from keras_erranalysis.options import generation_option
+    from keras_erranalysis.pipeline import generation_table
     from keras_erranalysis.run._writer import RunWriter
 
     if batch_size < 1 or chunk_size < 1:
@@ -437,6 +453,7 @@ def analyze(
         )
     if epoch is not None and epoch < 1:
         raise AnalyzeError(f"epoch must be a positive integer, got {epoch}.")
+    generation = generation_option(generate)
     cluster = cluster or cluster_from_tf_config()
     if strategy is None and cluster.num_workers > 1:
         strategy = make_strategy(cluster)
@@ -473,6 +490,7 @@ def analyze(
 
             progress = keras.utils.Progbar(source.num_rows, unit_name="example")
         offset = 0
+        decode_seconds = 0.0
         for chunk in source.chunks(plan.columns, chunk_size, plan.shapes()):
             n = len(chunk[plan.label])
             if n == 0:
@@ -507,6 +525,18 @@ def analyze(
             )
             report.inputs = kept
             report.extra.update(diagnostics)
+            if generation is not None and cluster.is_chief:  # only the chief writes
+                started = time.perf_counter()
+                decode_report(
+                    model,
+                    report,
+                    generation,
+                    vocab=decoding["vocab"],
+                    output=output,
+                    batch_size=batch_size,
+                    jit_compile=jit_compile,
+                )
+                decode_seconds += time.perf_counter() - started
             if not np.array_equal(report.example_id, ids):
                 raise RuntimeError(
                     f"The pass returned {len(report)} results for {n} examples of ids "
@@ -531,6 +561,12 @@ def analyze(
                 "features": [c for _, cols in plan.inputs for c in cols],
                 "num_workers": num_workers,
             }
+            hardest = results.hardest()
+            corpus = None
+            if generation is not None:  # corpus numbers need every example: after the merge
+                end_id = generation_end_id(generation, decoding["vocab"])
+                corpus = score_generated(merged, end_id=end_id, vocab=decoding["vocab"])
+                hardest = with_columns(hardest, merged, GENERATED_COLUMNS)
             features = text_features(
                 merged, texts=None, input_vocab=decoding["input_vocab"], required=False
             )
@@ -539,8 +575,11 @@ def analyze(
                 decoding=decoding,
                 top_k=top_k,
                 features=features,
-                hardest=results.hardest(),
+                hardest=hardest,
             )
+            if corpus is not None:
+                corpus["decode_seconds"] = decode_seconds
+                tables["generation"] = generation_table(corpus, generation)
             epoch_dir = writer.write_epoch(run_epoch, merged, tables=tables, info=info)
             del merged
         return AnalyzeResult(

@@ -47,6 +47,9 @@ class LossReport:
         inputs: The model's integer or string inputs (token ids, raw text) by input name,
             kept so examples can be decoded; empty for other inputs (e.g. images).
         extra: More per-example ``(N,)`` columns (e.g. attention diagnostics).
+        generated: Free-running output ids ``(N, max_length)`` when the pass decoded
+            (``generate=``), each row's first ``extra["generated_length"]`` ids counted;
+            ``None`` otherwise.
         reduction: Which of ``"mean"`` / ``"sum"`` ``loss`` holds.
     """
 
@@ -72,6 +75,7 @@ class LossReport:
     inputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     reduction: str = "mean"
+    generated: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.example_id.shape[0])
@@ -118,8 +122,8 @@ class LossReport:
             A DataFrame with columns ``example_id, loss, loss_sum, loss_mean, label,
             prediction, confidence, true_prob, margin, correct`` (sequences: also
             ``token_accuracy, n_tokens``, and no ``label, prediction``), ``nonfinite``, the
-            ``extra`` columns, and ``input_text``, ``label_text``, ``prediction_text`` when
-            they can be decoded.
+            ``extra`` columns, and ``input_text``, ``label_text``, ``prediction_text``
+            (and ``generated_text``, the free-running output) when they can be decoded.
         """
         frame = self.scalars()
         frame["nonfinite"] = self.nonfinite
@@ -140,7 +144,28 @@ class LossReport:
             self._warn_missing_ids(target, "vocab" if self.is_sequence else "label_names")
             frame["label_text"] = self._decode_targets(self.label, target)
             frame["prediction_text"] = self._decode_targets(self.prediction, target)
+        if self.generated is not None and "generated_length" in self.extra:
+            frame["generated_text"] = self.generated_texts(target)
         return frame
+
+    def generated_texts(self, vocab: Any = None) -> list[str]:
+        """The free-running outputs as text (ids joined by spaces without a vocabulary).
+
+        Raises:
+            ValueError: When the pass did not decode (no ``generate=``).
+        """
+        if self.generated is None or "generated_length" not in self.extra:
+            raise ValueError(
+                "This report holds no generated outputs: pass generate='greedy' to "
+                "compute_losses (or 'generate' in the callback's analyses)."
+            )
+        decoder = Vocabulary.from_any(vocab)
+        lengths = np.asarray(self.extra["generated_length"])
+        rows = np.asarray(self.generated)
+        return [
+            decoder.decode(row[:n]) if decoder is not None else " ".join(map(str, row[:n]))
+            for row, n in zip(rows, lengths)
+        ]
 
     def scalars(self) -> pd.DataFrame:
         """The per-example numbers only (no text), one row per example."""

@@ -60,6 +60,20 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def _generate(text: str) -> str | int | None:
+    """``--generate``: ``greedy``, a beam width or ``none``."""
+    if text == "none":
+        return None
+    if text == "greedy":
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected greedy, a beam width (a whole number >= 1) or none, got {text!r}"
+        ) from None
+
+
 # Each command's one-line help and its description (--help).
 _TEXTS = {
     "demo": (
@@ -254,6 +268,19 @@ def _analyze_arguments(
     parser.add_argument(
         "--attention", action="store_true", help="also per-example attention diagnostics"
     )
+    parser.add_argument(
+        "--generate",
+        type=_generate,
+        default=None,
+        metavar="greedy|N|none",
+        help="also decode each example free-running (seq2seq): greedy, beam search of width "
+        "N, or none (default); adds the generated_* columns and the generation table",
+    )
+    parser.add_argument(
+        "--end-id",
+        type=_int,
+        help="with --generate: the end token's id, where decoding stops and references end",
+    )
     parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA")
     parser.add_argument(
         "--unsafe-deserialization",
@@ -279,6 +306,14 @@ def _run_analyze(args: argparse.Namespace) -> int:
     def listed(text: str | None) -> list[str] | None:
         return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
+    if args.end_id is not None and args.generate is None:
+        raise AnalyzeError("--end-id is for generation: add --generate greedy (or a beam width).")
+    generate = None
+    if args.generate is not None:
+        from keras_erranalysis.options import GenerationAnalysis
+
+        generate = GenerationAnalysis(method=args.generate, end_id=args.end_id)
+
     try:
         result = analyze(
             args.model,
@@ -297,6 +332,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             label_names=listed(args.label_names),
             attention=args.attention,
+            generate=generate,
             jit_compile={"auto": "auto", "on": True, "off": False}[args.jit],
             safe_mode=not args.unsafe_deserialization,
             verbose=0 if args.quiet else 1,

@@ -165,11 +165,13 @@ class GenerationAnalysis:
     the ``generation`` table. Rank by any of them: ``run.hardest(by="generated_cer")``.
 
     ``"greedy"`` decodes the standard Keras encoder-decoder with teacher forcing: source
-    input(s) plus a decoder input shifted right by a start token, in one compiled loop.
+    input(s) plus a decoder input shifted right by a start token, in one compiled loop; a
+    beam width ``k > 1`` decodes the same model by beam search, in one compiled loop too.
 
     Attributes:
-        method: ``"greedy"``, or a callable: a batch of the model's inputs (a dict,
-            examples on axis 0) -> that batch's generated ids ``(B, T)``.
+        method: ``"greedy"`` (or ``1``), a beam width ``k > 1``, or a callable: a batch of
+            the model's inputs (a dict, examples on axis 0) -> that batch's generated ids
+            ``(B, T)``.
         max_length: Most tokens generated (default: the decoder input's length).
         start_id: Start token (default: the id every decoder input row begins with).
         end_id: End token (default: ``</s>``, ``<eos>`` or ``[END]`` in the target vocab).
@@ -181,11 +183,48 @@ class GenerationAnalysis:
     end_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method != "greedy" and not callable(self.method):
+        method = self.method
+        if isinstance(method, bool) or not (
+            method == "greedy" or callable(method) or isinstance(method, int) and method >= 1
+        ):
             raise ValueError(
-                f"GenerationAnalysis(method={self.method!r}): pass 'greedy' or a function "
-                "(inputs batch -> (B, T) generated ids)."
+                f"GenerationAnalysis(method={method!r}): pass 'greedy', a beam width (an "
+                "integer >= 1) or a function (inputs batch -> (B, T) generated ids)."
             )
+        if method == 1:
+            object.__setattr__(self, "method", "greedy")
+
+    @property
+    def beam_width(self) -> int:
+        """Beams kept at each step: 1 for greedy decoding and for a callable."""
+        return self.method if isinstance(self.method, int) else 1
+
+
+def generation_option(generate: Any) -> GenerationAnalysis | None:
+    """The ``generate=`` argument of ``compute_losses`` / ``analyze`` as an option.
+
+    ``None``, ``False`` or ``"none"``: no decoding; ``True`` or ``"greedy"``: greedy; an
+    integer: that beam width (1 is greedy); a callable: the user's decoder; a
+    :class:`GenerationAnalysis` as it is.
+
+    Example:
+        >>> generation_option(4).beam_width
+        4
+        >>> generation_option("none") is None
+        True
+
+    Raises:
+        ValueError: For anything else, naming what is accepted.
+    """
+    if generate is None or generate is False or generate == "none":
+        return None
+    if isinstance(generate, GenerationAnalysis):
+        return generate
+    if generate is True:
+        return GenerationAnalysis()
+    if isinstance(generate, str) and generate.isdigit():
+        generate = int(generate)
+    return GenerationAnalysis(method=generate)
 
 
 Analysis = AttentionAnalysis | EmbeddingAnalysis | FeatureAnalysis | DataHealth | GenerationAnalysis

@@ -233,15 +233,12 @@ class EpochPipeline:
         if report.nonfinite.any():
             report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
         self._check_padding(report)
-        generated = self._generate(model, report) if self.generation is not None else None
+        generation = self._generate(model, report) if self.generation is not None else None
         tables = epoch_tables(
             report, decoding=self.decoding, top_k=self.top_k, features=self._features(report)
         )
-        if generated is not None:  # the outputs as text beside the hardest, corpus numbers
-            tables["hardest"] = generated_text(
-                tables["hardest"], report, generated[0], self.decoding["vocab"]
-            )
-            tables["generation"] = generated[1]
+        if generation is not None:  # corpus numbers; the text is in the hardest table
+            tables["generation"] = generation
         if self.health is not None and not self._health_done:
             tables.update(self._health_tables(model))
         if writer is not None:
@@ -252,17 +249,12 @@ class EpochPipeline:
                 report,
                 tables=tables,
                 info=dict(info or {}),
-                vectors={
-                    **({} if vectors is None else {"embedding": storage_array(vectors)}),
-                    **({} if generated is None else {"generated": generated[0].ids}),
-                },
+                vectors={} if vectors is None else {"embedding": storage_array(vectors)},
                 files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
             )
         if self.verbose:
             print(summary_line(epoch, report))
-        return EpochOutput(
-            report, tables, figures, vectors, None if generated is None else generated[0].ids
-        )
+        return EpochOutput(report, tables, figures, vectors, report.generated)
 
     def nonfinite_causes(self, model: Any, report: LossReport) -> np.ndarray:
         """Why each non-finite loss of ``report`` is so (see ``analysis.nonfinite_causes``)."""
@@ -412,71 +404,46 @@ class EpochPipeline:
             input_vocab=self.decoding["input_vocab"],
         )
 
-    def _generate(self, model: Any, report: LossReport) -> tuple[Any, pd.DataFrame]:
-        """Decodes the examples free-running; adds their columns to ``report.extra``.
+    def _generate(self, model: Any, report: LossReport) -> pd.DataFrame:
+        """Decodes the examples free-running; adds their ids and columns to the report.
 
         Returns:
-            ``(generated, table)``: the :class:`~keras_erranalysis.compute.Generated`
-            outputs and the one-row ``generation`` table of corpus numbers.
+            The one-row ``generation`` table of corpus numbers.
         """
-        import time
+        from keras_erranalysis.compute import add_generated
 
-        from keras_erranalysis.analysis import generated_metrics
-        from keras_erranalysis.compute import end_id_from_tokens, generate_greedy, generate_with
-
-        if not report.is_sequence:
-            raise ValueError(
-                "GenerationAnalysis decodes sequence outputs (seq2seq); this model's output "
-                "is a classifier's: leave 'generate' out of analyses."
-            )
-        option, vocab = self.generation, self.decoding["vocab"]
-        end_id = option.end_id
-        if end_id is None and vocab is not None:
-            end_id = end_id_from_tokens(vocab.tokens)
-        started = time.perf_counter()
-        batch_size = self.pass_options.get("batch_size") or 256
-        if callable(option.method):
-            generated = generate_with(
-                option.method, report.inputs, end_id=end_id, batch_size=batch_size
-            )
-        else:
-            generated = generate_greedy(
-                model,
-                report.inputs,
-                report.label,
-                max_length=option.max_length,
-                start_id=option.start_id,
-                end_id=end_id,
-                output=self.pass_options.get("output"),
-                batch_size=batch_size,
-                jit_compile=self.pass_options.get("jit_compile", "auto"),
-            )
-        seconds = time.perf_counter() - started
-        columns, corpus = generated_metrics(
-            report.label,
-            report.token_mask,
-            generated.sequences(),
-            teacher_forced_correct=report.correct,
-            end_id=end_id,
-            vocab=vocab,
+        corpus = add_generated(
+            model,
+            report,
+            self.generation,
+            vocab=self.decoding["vocab"],
+            output=self.pass_options.get("output"),
+            batch_size=self.pass_options.get("batch_size"),
+            jit_compile=self.pass_options.get("jit_compile", "auto"),
         )
-        report.extra.update(columns)
-        report.extra["generated_length"] = generated.lengths
-        table = pd.DataFrame([{**corpus, "decode_seconds": seconds}])
-        return generated, table
+        return generation_table(corpus, self.generation)
 
 
-def generated_text(
-    hardest: pd.DataFrame, report: LossReport, generated: Any, vocab: Vocabulary | None
-) -> pd.DataFrame:
-    """The hardest table with a ``generated_text`` column (the free-running output as text)."""
-    row_of = {int(e): i for i, e in enumerate(report.example_id)}
-    texts = []
-    for example in hardest["example_id"]:
-        row = row_of[int(example)]
-        ids = generated.ids[row, : generated.lengths[row]]
-        texts.append(vocab.decode(ids) if vocab is not None else " ".join(map(str, ids)))
-    return hardest.assign(generated_text=texts)
+def generation_table(corpus: Mapping[str, float], option: GenerationAnalysis) -> pd.DataFrame:
+    """The one-row ``generation`` table: corpus numbers and how the outputs were decoded."""
+    method = (
+        option.method
+        if isinstance(option.method, str)
+        else (f"beam{option.method}" if isinstance(option.method, int) else "callable")
+    )
+    return pd.DataFrame([{**corpus, "method": method}])
+
+
+def with_columns(table: pd.DataFrame, report: LossReport, names: Sequence[str]) -> pd.DataFrame:
+    """``table`` with the report's extra columns ``names``, matched by ``example_id``.
+
+    For a hardest table ranked before those columns existed (``analyze`` ranks chunk by
+    chunk and scores the generated outputs after the merge).
+    """
+    rows = pd.Index(np.asarray(report.example_id)).get_indexer(table["example_id"])
+    return table.assign(
+        **{name: np.asarray(report.extra[name])[rows] for name in names if name in report.extra}
+    )
 
 
 def summary_line(epoch: int, report: LossReport) -> str:

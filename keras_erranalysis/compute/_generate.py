@@ -142,6 +142,8 @@ def find_decoder_input(
     return key, start
 
 
+_DEAD = -1e9  # log-probability of a beam that must not be chosen (no inf: no NaN)
+
 # model -> {key: compiled decode function}; a model's functions go when the model goes.
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
 
@@ -173,11 +175,12 @@ def _decode_function(
     dtype: Any,
     output: str | int | None,
     jit_compile: bool,
+    beam_width: int = 1,
 ) -> Any:
     import tensorflow as tf
 
     key = (names, decoder_input, as_dict, max_length, start_id, end_id, pad_id, str(dtype),
-           output, jit_compile)  # fmt: skip
+           output, jit_compile, beam_width)  # fmt: skip
     functions = _CACHE.setdefault(model, {})
     if key in functions:
         return functions[key]
@@ -225,7 +228,66 @@ def _decode_function(
         )
         return generated, lengths
 
-    function = tf.function(decode, jit_compile=jit_compile, reduce_retracing=True)
+    def beam(sources: dict[str, Any]) -> tuple[Any, Any]:
+        # Beams live on axis 1 of (B, K, ...) tensors; the model sees them as B*K rows.
+        k = beam_width
+        batch = tf.shape(next(iter(sources.values())))[0]
+        wide = {n: tf.repeat(v, k, axis=0) for n, v in sources.items()}
+        positions = tf.range(max_length)[tf.newaxis, tf.newaxis, :]
+        decoder_ids = tf.concat(
+            [
+                tf.fill([batch, k, 1], tf.constant(start_id, dtype)),
+                tf.fill([batch, k, max_length - 1], tf.constant(pad_id, dtype)),
+            ],
+            axis=2,
+        )
+        generated = tf.fill([batch, k, max_length], tf.constant(pad_id, tf.int32))
+        lengths = tf.fill([batch, k], tf.constant(max_length, tf.int32))
+        done = tf.zeros([batch, k], tf.bool)
+        # Only the first beam is live at the start: k copies would give k equal beams.
+        scores = tf.tile(tf.concat([[0.0], tf.fill([k - 1], _DEAD)], 0)[tf.newaxis], [batch, 1])
+        state = (tf.constant(0), decoder_ids, generated, lengths, done, scores)
+
+        def more(t: Any, *rest: Any) -> Any:
+            return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(rest[3])))
+
+        def step(t, decoder_ids, generated, lengths, done, scores):  # noqa: ANN001, ANN202
+            flat = tf.reshape(decoder_ids, [batch * k, max_length])
+            logits = tf.gather(call(wide, flat), t, axis=1)
+            vocab = tf.shape(logits)[-1]
+            log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [batch, k, -1])
+            # A finished beam continues with padding at no cost, so it keeps its score.
+            finished = tf.where(tf.range(vocab) == pad_id, 0.0, _DEAD)
+            log_probs = tf.where(done[:, :, tf.newaxis], finished, log_probs)
+            total = tf.reshape(scores[:, :, tf.newaxis] + log_probs, [batch, -1])
+            scores, best = tf.math.top_k(total, k=k)
+            parent = best // vocab
+            token = tf.cast(best % vocab, tf.int32)
+            decoder_ids = tf.gather(decoder_ids, parent, batch_dims=1)
+            generated = tf.gather(generated, parent, batch_dims=1)
+            lengths = tf.gather(lengths, parent, batch_dims=1)
+            was_done = tf.gather(done, parent, batch_dims=1)
+            token = tf.where(was_done, tf.constant(pad_id, tf.int32), token)
+            generated = tf.where(positions == t, token[:, :, tf.newaxis], generated)
+            decoder_ids = tf.where(
+                positions == t + 1, tf.cast(token, dtype)[:, :, tf.newaxis], decoder_ids
+            )
+            ended = tf.logical_and(tf.logical_not(was_done), token == end)
+            lengths = tf.where(ended, t, lengths)
+            return t + 1, decoder_ids, generated, lengths, tf.logical_or(was_done, ended), scores
+
+        _, _, generated, lengths, _, scores = tf.while_loop(
+            more, step, state, maximum_iterations=max_length
+        )
+        top = tf.argmax(scores, axis=1, output_type=tf.int32)[:, tf.newaxis]
+        return (
+            tf.gather(generated, top, batch_dims=1)[:, 0],
+            tf.gather(lengths, top, batch_dims=1)[:, 0],
+        )
+
+    function = tf.function(
+        decode if beam_width == 1 else beam, jit_compile=jit_compile, reduce_retracing=True
+    )
     functions[key] = function
     return function
 
@@ -248,8 +310,9 @@ def generate_greedy(
     output: str | int | None = None,
     batch_size: int = 256,
     jit_compile: bool | str = "auto",
+    beam_width: int = 1,
 ) -> Generated:
-    """Greedy free-running decoding of a teacher-forced encoder-decoder.
+    """Greedy (or beam-search) free-running decoding of a teacher-forced encoder-decoder.
 
     Args:
         model: A Keras model called as ``model(inputs)`` with the source input(s) and the
@@ -270,6 +333,9 @@ def generate_greedy(
             it, so the loop compiles once).
         jit_compile: XLA: ``True``, ``False`` or ``"auto"`` (XLA, falling back without it
             when the model does not compile).
+        beam_width: Beams kept per step (1: greedy). Beam search keeps the ``beam_width``
+            prefixes of highest summed log-probability (no length penalty) and returns the
+            best finished one; the model runs on ``batch_size * beam_width`` rows per step.
 
     Returns:
         :class:`Generated`.
@@ -293,7 +359,7 @@ def generate_greedy(
     length = int(max_length or np.shape(inputs[name])[1])
     n = len(labels)
     dtype = tf.as_dtype(np.asarray(inputs[name]).dtype)
-    size = max(1, min(batch_size, n))
+    size = max(1, min(max(1, batch_size // max(1, int(beam_width))), n))
     options = {
         "as_dict": as_dict,
         "max_length": length,
@@ -302,6 +368,7 @@ def generate_greedy(
         "pad_id": pad_id,
         "dtype": dtype,
         "output": output,
+        "beam_width": int(beam_width),
     }
     attempts = [True, False] if jit_compile == "auto" else [bool(jit_compile)]
     for position, jit in enumerate(attempts):
@@ -382,3 +449,132 @@ def generate_with(
             kept = np.flatnonzero(np.asarray(row) != pad_id)
             lengths[i] = kept[-1] + 1 if kept.size else 0
     return Generated(ids, lengths, None, end_id, None)
+
+
+def generation_end_id(option: Any, vocab: Any = None) -> int | None:
+    """The end token: the option's ``end_id``, else the vocabulary's usual end token."""
+    if option.end_id is not None:
+        return int(option.end_id)
+    return end_id_from_tokens(getattr(vocab, "tokens", None))
+
+
+def decode_report(
+    model: Any,
+    report: Any,
+    option: Any,
+    *,
+    vocab: Any = None,
+    output: str | int | None = None,
+    batch_size: int | None = None,
+    jit_compile: bool | str = "auto",
+) -> Generated:
+    """Decodes a pass's examples free-running and stores the ids on the report.
+
+    Sets ``report.generated`` (ids, ``(N, max_length)``) and
+    ``report.extra["generated_length"]``.
+
+    Args:
+        model: The model of the pass.
+        report: A sequence :class:`~keras_erranalysis.LossReport` with its inputs kept.
+        option: A :class:`~keras_erranalysis.GenerationAnalysis`.
+        vocab: The target :class:`~keras_erranalysis.Vocabulary` (finds the end token).
+        output: Output of a multi-output model.
+        batch_size: Examples per compiled call (default 256).
+        jit_compile: XLA for the loop.
+
+    Returns:
+        :class:`Generated`.
+
+    Raises:
+        GenerationError: For a classifier, a report without inputs, or inputs that do
+            not fit the teacher-forcing pattern.
+    """
+    if not report.is_sequence:
+        raise GenerationError(
+            "Generation decodes sequence outputs (seq2seq); this model's output is a "
+            "classifier's: leave generate / 'generate' out."
+        )
+    if not report.inputs:
+        raise GenerationError(
+            "Generation needs the model's token inputs, and this pass kept none: run "
+            "compute_losses with keep_inputs=True."
+        )
+    end_id = generation_end_id(option, vocab)
+    batch_size = batch_size or 256
+    if callable(option.method):
+        generated = generate_with(
+            option.method, report.inputs, end_id=end_id, batch_size=batch_size
+        )
+    else:
+        generated = generate_greedy(
+            model,
+            report.inputs,
+            report.label,
+            max_length=option.max_length,
+            start_id=option.start_id,
+            end_id=end_id,
+            output=output,
+            batch_size=batch_size,
+            jit_compile=jit_compile,
+            beam_width=option.beam_width,
+        )
+    report.generated = generated.ids
+    report.extra["generated_length"] = generated.lengths
+    return generated
+
+
+def score_generated(report: Any, *, end_id: int | None, vocab: Any = None) -> dict[str, float]:
+    """Adds the ``generated_*`` columns of stored outputs to ``report.extra``.
+
+    Reads ``report.generated`` and ``report.extra["generated_length"]`` (set by
+    :func:`decode_report`); the maths is ``analysis.generated_metrics``.
+
+    Returns:
+        The corpus numbers (exact match, corpus BLEU, chrF, ROUGE-L, ...).
+    """
+    from keras_erranalysis.analysis import generated_metrics
+
+    lengths = np.asarray(report.extra["generated_length"])
+    ids = np.asarray(report.generated)
+    columns, corpus = generated_metrics(
+        report.label,
+        report.token_mask,
+        [row[:n].tolist() for row, n in zip(ids, lengths)],
+        teacher_forced_correct=report.correct,
+        end_id=end_id,
+        vocab=vocab,
+    )
+    report.extra.update(columns)
+    return corpus
+
+
+def add_generated(
+    model: Any,
+    report: Any,
+    option: Any,
+    *,
+    vocab: Any = None,
+    output: str | int | None = None,
+    batch_size: int | None = None,
+    jit_compile: bool | str = "auto",
+) -> dict[str, float]:
+    """:func:`decode_report` then :func:`score_generated`: ids and columns on the report.
+
+    Returns:
+        The corpus numbers, with ``decode_seconds`` (the decoding's wall time).
+    """
+    import time
+
+    started = time.perf_counter()
+    generated = decode_report(
+        model,
+        report,
+        option,
+        vocab=vocab,
+        output=output,
+        batch_size=batch_size,
+        jit_compile=jit_compile,
+    )
+    seconds = time.perf_counter() - started
+    corpus = score_generated(report, end_id=generated.end_id, vocab=vocab)
+    return {**corpus, "decode_seconds": seconds}

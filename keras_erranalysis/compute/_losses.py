@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from keras_erranalysis._loss_report import LossReport, Reduction, _text
+from keras_erranalysis.decoding import Vocabulary
 
 
 def compute_losses(
@@ -26,6 +27,8 @@ def compute_losses(
     ids: np.ndarray | None = None,
     keep_inputs: bool = True,
     jit_compile: bool | Literal["auto"] = "auto",
+    generate: Any = None,
+    vocab: Any = None,
     verbose: int = 1,
 ) -> LossReport:
     """Runs one compiled, unreduced loss pass and returns per-example results.
@@ -61,6 +64,15 @@ def compute_losses(
             back cleanly when the model does not compile with it. In ``"auto"`` mode a
             dataset whose batches may change length (e.g. ``padded_batch`` without
             ``padded_shapes``) runs without XLA: every new length would cost a compilation.
+        generate: Also decode each example free-running, as the model runs at inference
+            (seq2seq): ``"greedy"`` or ``True``, a beam width (an integer), a function
+            (inputs batch -> ``(B, T)`` ids) or a
+            :class:`~keras_erranalysis.GenerationAnalysis`; ``None`` (default) does not.
+            Adds the ids (``report.generated``) and the same ``generated_*`` columns as the
+            callback's ``"generate"`` analysis to ``report.extra``.
+        vocab: The target vocabulary, for ``generate`` only: finds the end token
+            (``</s>``, ``<eos>``, ``[END]``) and gives CER, BLEU and chrF their characters
+            (default: ids as tokens). ``report.to_frame(vocab=...)`` decodes the text.
         verbose: 0 for silence, 1 for a progress bar.
 
     Returns:
@@ -75,8 +87,26 @@ def compute_losses(
         >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
         >>> report.hardest(5)  # doctest: +SKIP
     """
-    options = {name: value for name, value in locals().items() if name not in ("model", "data")}
-    return run_pass(model, data, **options).report
+    skipped = ("model", "data", "generate", "vocab")
+    options = {name: value for name, value in locals().items() if name not in skipped}
+    from keras_erranalysis.compute._generate import add_generated
+    from keras_erranalysis.options import generation_option
+
+    option = generation_option(generate)
+    if option is not None and not keep_inputs:
+        raise ValueError("generate= decodes from the model's token inputs: leave keep_inputs=True.")
+    report = run_pass(model, data, **options).report
+    if option is not None:
+        add_generated(
+            model,
+            report,
+            option,
+            vocab=Vocabulary.from_any(vocab),
+            output=output,
+            batch_size=batch_size,
+            jit_compile=jit_compile,
+        )
+    return report
 
 
 @dataclasses.dataclass
@@ -122,7 +152,7 @@ def run_pass(
     defaults = {
         name: parameter.default
         for name, parameter in inspect.signature(compute_losses).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("generate", "vocab")
     }
     unknown = sorted(set(options) - set(defaults))
     if unknown:

@@ -230,9 +230,12 @@ class Run:
         arrays = {name: self._load(folder, entry, mmap) for name, entry in meta["arrays"].items()}
         inputs = {n: self._load(folder, e, mmap) for n, e in meta.get("inputs", {}).items()}
         extra = {n: self._load(folder, e, mmap) for n, e in meta.get("extra", {}).items()}
+        stored = meta.get("vectors", {})
+        generated = self._load(folder, stored["generated"], mmap) if "generated" in stored else None
         try:
             return LossReport(
                 task=meta["task"],
+                generated=generated,
                 num_classes=int(meta["num_classes"]),
                 reduction=meta.get("reduction", "mean"),
                 inputs=inputs,
@@ -302,16 +305,8 @@ class Run:
     def frame(self, epoch: int = -1, **decoding: Any) -> pd.DataFrame:
         """Every example of one epoch as a table, decoded with that epoch's vocabularies."""
         options = {**self.decoding(epoch), **decoding}
-        frame = self.report(epoch).to_frame(**options)
-        if "generated" in self.meta(epoch).get("vectors", {}) and "generated_length" in frame:
-            # Free-running outputs are stored as ids; their text is decoded on reading.
-            ids, lengths = self.array("generated", epoch), frame["generated_length"].to_numpy()
-            vocab = Vocabulary.from_any(options.get("vocab"))
-            frame["generated_text"] = [
-                vocab.decode(row[:n]) if vocab is not None else " ".join(map(str, row[:n]))
-                for row, n in zip(ids, lengths)
-            ]
-        return frame
+        # Free-running outputs are stored as ids; to_frame decodes their text.
+        return self.report(epoch).to_frame(**options)
 
     def hardest(
         self, epoch: int = -1, k: int = 20, by: str = "loss", only_wrong: bool = False

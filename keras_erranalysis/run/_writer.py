@@ -254,7 +254,8 @@ class RunWriter:
             tables: Named tables written as ``<name>.csv`` (``hardest`` also as JSON lines).
             info: Extra JSON-ready facts stored in ``meta.json`` (e.g. the Keras epoch).
             vectors: Named per-example ``(N, ...)`` arrays (e.g. ``embedding``, ``(N, D)``)
-                saved as ``<name>.npy`` and read with ``Run.array(name)``.
+                saved as ``<name>.npy`` and read with ``Run.array(name)``; the report's
+                ``generated`` ids are saved as the vector ``generated``.
             files: Other named files (e.g. heatmap PNGs), name -> bytes, listed in
                 ``meta.json`` under ``files`` and read with ``Run.file_path(name)``.
 
@@ -287,6 +288,8 @@ class RunWriter:
                     raise ValueError(f"Table name {name!r} must be letters, digits, _ or -.")
                 written_tables[name] = _save_table(tmp, name, table)
             saved_vectors = {}
+            if report.generated is not None:  # free-running output ids (Run.array)
+                vectors = {"generated": report.generated, **(vectors or {})}
             for name, value in (vectors or {}).items():
                 if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in _ARRAY_COLUMNS:
                     raise ValueError(f"Vector name {name!r} must be a new lowercase name.")
