@@ -260,7 +260,8 @@ def _decode_function(
             finished = tf.where(tf.range(vocab) == pad_id, 0.0, _DEAD)
             log_probs = tf.where(done[:, :, tf.newaxis], finished, log_probs)
             total = tf.reshape(scores[:, :, tf.newaxis] + log_probs, [batch, -1])
-            scores, best = tf.math.top_k(total, k=k)
+            best_scores, best = tf.math.top_k(total, k=k)
+            scores = tf.ensure_shape(best_scores, scores.shape)  # one shape across steps
             parent = best // vocab
             token = tf.cast(best % vocab, tf.int32)
             decoder_ids = tf.gather(decoder_ids, parent, batch_dims=1)

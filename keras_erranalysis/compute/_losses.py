@@ -87,8 +87,11 @@ def compute_losses(
         >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
         >>> report.hardest(5)  # doctest: +SKIP
     """
-    skipped = ("model", "data", "generate", "vocab")
-    options = {name: value for name, value in locals().items() if name not in skipped}
+    options = {
+        name: value
+        for name, value in locals().items()
+        if name not in ("model", "data", "generate", "vocab")
+    }
     from keras_erranalysis.compute._generate import add_generated
     from keras_erranalysis.options import generation_option
 
