@@ -22,8 +22,20 @@ CLASSIFIER_COLUMNS = tuple(c for c in EXAMPLE_COLUMNS if c not in TOKEN_ONLY)
 # Per-token (N, T) columns, only for sequence outputs.
 TOKEN_COLUMNS = ("token_loss", "token_confidence", "token_true_prob", "token_margin", "token_mask")
 
-# The decoded side of a table of examples, after the numbers.
-_TEXT = ("label_text", "prediction_text", "label", "prediction", "input_text")
+# The decoded side of a table of examples, after the numbers: the teacher-forced
+# prediction and (when the run decodes free-running) the generated output side by side.
+_TEXT = ("label_text", "prediction_text", "generated_text", "label", "prediction", "input_text")
+
+# Corpus numbers of the free-running outputs (the ``generation`` table) shown per epoch:
+# table column -> TensorBoard scalar / report name.
+GENERATION_NUMBERS = {
+    "corpus_bleu": "generated_corpus_bleu",
+    "chrf": "generated_chrf",
+    "rouge_l": "generated_rouge_l",
+    "exact_match": "generated_exact_match",
+    "teacher_forced_exact_match": "teacher_forced_exact_match",
+    "exposure_gap": "exposure_gap_rate",
+}
 
 # The hardest examples in full (HTML report): every number, then the text.
 HARDEST_COLUMNS = ("rank", "example_id", "loss", *_PER_EXAMPLE, *_TEXT)

@@ -494,9 +494,11 @@ def _add_show(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--by",
-        choices=sorted(RANKINGS),
         default="loss",
-        help="ranking: highest loss, least confidence or margin, ... (default: loss)",
+        metavar="RANKING|COLUMN",
+        help=f"ranking ({', '.join(sorted(RANKINGS))}) or any numeric column of the run, "
+        "e.g. generated_cer (highest first; lowest first for scores such as generated_bleu) "
+        "(default: loss)",
     )
     parser.add_argument(
         "--wrong-only", action="store_true", help="only examples the model gets wrong"
@@ -509,6 +511,7 @@ def _add_show(subparsers: Any) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from keras_erranalysis.analysis._ranking import RANKINGS
     from keras_erranalysis.run._reader import load_run
 
     run = load_run(args.log_dir)
@@ -519,7 +522,10 @@ def _show(args: argparse.Namespace) -> int:
     hardest = run.hardest(epoch, k=args.k, by=args.by, only_wrong=args.wrong_only)
     wrong = " wrong" if args.wrong_only else ""
     title = f"{len(hardest)} hardest{wrong} examples by {args.by}, epoch {epoch} of {run.log_dir}"
-    console.print(_rich_table(hardest, _SHOW_COLUMNS, title=title))
+    columns = list(_SHOW_COLUMNS)
+    if args.by not in RANKINGS:  # the column ranked by, beside the loss
+        columns.insert(columns.index("loss") + 1, args.by)
+    console.print(_rich_table(hardest, columns, title=title))
     return 0
 
 

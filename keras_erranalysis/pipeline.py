@@ -514,7 +514,12 @@ def write_summaries(
         k: Rows of the hardest-example text table.
         figures: Heatmaps already in memory (name -> Figure); default: the epoch's PNGs.
     """
-    from keras_erranalysis.present._tensorboard import log_epoch, markdown_list, tensorboard_step
+    from keras_erranalysis.present._tensorboard import (
+        generation_scalars,
+        log_epoch,
+        markdown_list,
+        tensorboard_step,
+    )
 
     report = run.report(epoch)
     frame = report.to_frame(**run.decoding(epoch))
@@ -546,6 +551,8 @@ def write_summaries(
         summary = features_summary(run.table("features", epoch))
         summaries.text("feature_summary", markdown_list(summary), step)
     stored = meta.get("tables", {})
+    if "generation" in stored:  # free-running outputs: corpus BLEU, chrF, ROUGE-L, exact match
+        summaries.scalars(generation_scalars(run.table("generation", epoch)), step)
     if HEALTH_TABLE in stored:  # the first analyzed epoch: the checks run once
         write_health_summary(
             summaries,

@@ -131,3 +131,38 @@ def make_run(
         writer.write_epoch(epoch, report, tables=extra_tables, files=(files or {}).get(epoch))
         reports.append(report)
     return reports
+
+
+GEN_VOCAB = ["", "a", "b", "<c>", "d|", "</s>", "<script>x</script>"]
+
+
+def generation_run(path, *, epochs: int = 2, n: int = 12):
+    """A seq2seq run folder whose epochs hold free-running outputs, as ``generate`` writes.
+
+    Each epoch's generated ids are the labels with more tokens changed in early epochs
+    (row 0 always generated right, row 2 teacher-forced right but generated wrong: an
+    exposure gap); the ``generated_*`` columns and the ``generation`` table come from the
+    package's own scoring. Returns the reports.
+    """
+    from keras_erranalysis.compute import score_generated
+    from keras_erranalysis.options import GenerationAnalysis
+    from keras_erranalysis.pipeline import generation_table
+
+    writer = RunWriter(path, decoding={"vocab": GEN_VOCAB, "input_vocab": GEN_VOCAB})
+    reports = []
+    for epoch in range(1, epochs + 1):
+        report = sequence_report(n)
+        report.loss = (report.loss / epoch).astype(np.float32)
+        rng = np.random.default_rng(epoch)
+        generated = np.where(report.token_mask, report.label, 0).astype(np.int32)
+        changed = (rng.random(generated.shape) < 0.6 / epoch) & report.token_mask
+        changed[0] = False
+        changed[2] = [True] + [False] * (generated.shape[1] - 1)
+        generated[changed] = 6  # the hostile token
+        report.generated = generated
+        report.extra["generated_length"] = report.token_mask.sum(1).astype(np.int32)
+        corpus = score_generated(report, end_id=5, vocab=GEN_VOCAB)
+        table = generation_table(corpus, GenerationAnalysis())
+        writer.write_epoch(epoch, report, tables={"generation": table})
+        reports.append(report)
+    return reports

@@ -210,3 +210,21 @@ def test_compare_is_one_line_per_row_when_redirected(run_dir, tmp_path, capsys, 
         and "mean loss" in (out.splitlines()[0])
     )
     assert len(_rows(out)) <= 6
+
+
+def test_show_by_any_numeric_column_and_a_clear_error_for_others(tmp_path, capsys, wide):
+    from _presentation import generation_run
+
+    generation_run(tmp_path / "run", epochs=1, n=12)
+    assert main(["show", str(tmp_path / "run"), "--by", "generated_cer", "-k", "5"]) == 0
+    out = capsys.readouterr().out
+    expected = load_run(tmp_path / "run").hardest(k=5, by="generated_cer")
+    rows = _rows(out)
+    assert len(rows) == 5 and "by generated_cer" in out and "generated_cer" in out
+    for row, example_id in zip(rows, expected["example_id"]):
+        assert row.split("\u2502")[2].strip() == str(example_id)
+    assert main(["show", str(tmp_path / "run"), "--by", "nonsense"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'nonsense'" in err[0]
+    for valid in ("generated_cer", "generated_bleu", "exposure_gap", "confidence"):
+        assert valid in err[0]

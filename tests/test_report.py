@@ -313,3 +313,36 @@ def test_report_embeds_only_listed_images_inside_the_folder(hostile_run, tmp_pat
     text = write_report(hostile_run, tmp_path / "r2.html").read_text("utf-8")
     assert re.search(r"Cannot show epoch 2: File [^<]*attention_hard\.png[^<]* symbolic link", text)
     assert planted not in text
+
+
+def test_generation_section_numbers_exposure_gap_and_outputs_side_by_side(tmp_path):
+    from _presentation import generation_run
+
+    reports = generation_run(tmp_path / "run", epochs=2, n=12)
+    out = write_report(tmp_path / "run", tmp_path / "report.html")
+    text, page = out.read_text(encoding="utf-8"), _page(out)
+    run = load_run(tmp_path / "run")
+    header, *rows = [row["cells"] for row in page.tables["generation-epochs"]]
+    shown = [float(row[header.index("generated_corpus_bleu")]) for row in rows]
+    expected = [run.table("generation", epoch)["corpus_bleu"][0] for epoch in (1, 2)]
+    np.testing.assert_allclose(shown, expected, rtol=1e-3)  # 4 significant digits shown
+    gaps = [int(row[header.index("exposure_gap_examples")]) for row in rows]
+    assert gaps == [int(report.extra["exposure_gap"].sum()) for report in reports] and gaps[1]
+    assert f"<strong>{gaps[1]}</strong> of 12 examples have an exposure gap" in text
+    header, *rows = [row["cells"] for row in page.tables["generation-hardest"]]
+    assert {"reference", "teacher-forced output", "generated output"} <= set(header)
+    cer = [float(row[header.index("generated_cer")]) for row in rows]
+    assert len(rows) == 12 and cer == sorted(cer, reverse=True)
+    frame = run.frame(2).set_index("example_id")
+    for row in rows:
+        example = frame.loc[int(row[header.index("example_id")])]
+        assert row[header.index("generated output")] == example["generated_text"]
+        assert row[header.index("teacher-forced output")] == example["prediction_text"]
+    assert "<script>x</script>" not in text and html.escape("<script>x</script>") in text
+    assert "Table generation" not in text  # shown once, in its own section
+    assert "Generated outputs" in text
+
+
+def test_no_generation_section_without_generated_outputs(hostile_run, tmp_path):
+    text = write_report(hostile_run, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Generated outputs" not in text and "generation-hardest" not in text

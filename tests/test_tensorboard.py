@@ -468,3 +468,38 @@ def test_callback_writes_the_data_health_summary(tmp_path):
         text = _value(acc, "erranalysis/data_health", 0).item().decode()
         leak = "16 validation inputs also in training (100.0%; 16 exact, 0 near)"
         assert f"- {markdown_cell(leak)}" in text.splitlines()
+
+
+def test_generation_scalars_per_epoch_and_generated_text_in_the_hardest_table(tmp_path):
+    from _presentation import generation_run
+
+    from keras_erranalysis.pipeline import export_tensorboard
+
+    generation_run(tmp_path / "run", epochs=2, n=12)
+    export_tensorboard(tmp_path / "run", tmp_path / "tb")
+    acc = _tensors(tmp_path / "tb/validation")
+    run = load_run(tmp_path / "run")
+    names = {
+        "corpus_bleu": "generated_corpus_bleu",
+        "chrf": "generated_chrf",
+        "rouge_l": "generated_rouge_l",
+        "exact_match": "generated_exact_match",
+        "exposure_gap": "exposure_gap_rate",
+    }
+    for column, name in names.items():
+        for epoch in (1, 2):
+            expected = run.table("generation", epoch)[column][0]
+            assert float(_value(acc, f"erranalysis/{name}", epoch - 1)) == pytest.approx(expected)
+    text = _value(acc, "erranalysis/hardest", 1).item().decode()
+
+    def cells(line):  # a markdown row; "\|" inside a cell is an escaped bar
+        return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+    header = cells(text.splitlines()[2])
+    assert header.index("prediction_text") + 1 == header.index("generated_text")  # side by side
+    frame = run.frame(2).set_index("example_id")
+    for line in text.splitlines()[4:]:
+        row = cells(line)
+        example = int(row[header.index("example_id")])
+        shown = row[header.index("generated_text")]
+        assert shown == markdown_cell(frame.loc[example, "generated_text"]).strip()

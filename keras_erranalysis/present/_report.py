@@ -10,6 +10,9 @@ What it shows:
 
 - for the whole run: the loss and error rate per epoch, the data map (dataset cartography)
   and the loss trajectories of the hardest examples, and the likely mislabeled examples;
+- when the run decoded free-running (``generate``): the generated outputs' corpus numbers
+  per epoch, the exposure-gap count, and the hardest by ``generated_cer`` with the
+  teacher-forced and generated outputs side by side;
 - per epoch (a selector shows one at a time): summary numbers, the hardest examples as a
   table sortable by any column and filterable by class, correctness and text, every other
   table stored in the epoch (features, per-class metrics, ...), and the images its
@@ -49,6 +52,7 @@ from keras_erranalysis.present._figures import (
     plot_data_map,
     plot_loss_trajectories,
 )
+from keras_erranalysis.present._report_generation import GENERATION_TABLE, generation_section
 from keras_erranalysis.present._text import format_value
 from keras_erranalysis.run._files import write_bytes_atomic
 from keras_erranalysis.run._reader import Run, load_run
@@ -144,6 +148,12 @@ def render_report(
     health = _or_note("the data-health section", lambda: _health_section(run, max_rows=max_rows))
     if health:
         sections.append(health)
+    generation = _or_note(
+        "the generated outputs",
+        lambda: generation_section(run, epochs, k=k, max_rows=max_rows),
+    )
+    if generation:
+        sections.append(generation)
     for epoch in epochs:
         last = epoch == epochs[-1]
         section = _or_note(
@@ -611,7 +621,7 @@ def _epoch_section(run: Run, epoch: int, *, k: int, max_rows: int, last: bool) -
     if HEALTH_TABLE in stored:
         parts.append('<p class="note">This epoch ran the data-health checks: see Data health.</p>')
     for name in sorted(stored):
-        if name == "hardest" or name in _HEALTH_TABLES:
+        if name in ("hardest", GENERATION_TABLE) or name in _HEALTH_TABLES:
             continue
         parts.append(f"<h3>Table {_esc(name)}</h3>")
         parts.append(

@@ -4,9 +4,13 @@
 ``validation`` kept apart, as Keras' own ``TensorBoard`` callback does):
 
 - scalars ``erranalysis/loss_mean``, ``loss_median``, ``error_rate``, ``exact_match_rate``
-  (sequence outputs), ``nonfinite_losses`` and ``likely_mislabeled`` (when given);
+  (sequence outputs), ``nonfinite_losses`` and ``likely_mislabeled`` (when given); with
+  free-running outputs also ``generated_corpus_bleu``, ``generated_chrf``,
+  ``generated_rouge_l``, ``generated_exact_match``, ``teacher_forced_exact_match`` and
+  ``exposure_gap_rate`` (:func:`generation_scalars`);
 - histograms ``erranalysis/loss``, ``confidence``, ``margin`` (finite values only);
-- text ``erranalysis/hardest``: the hardest examples as a markdown table in which every
+- text ``erranalysis/hardest``: the hardest examples as a markdown table (with the
+  generated output beside the teacher-forced prediction when the run decoded) in which every
   user string is escaped (a ``|``, a newline, a backtick or ``<script>`` cannot break the
   table or inject markup);
 - images: any matplotlib figure (attention heatmaps, data map, feature plots), as PNG;
@@ -35,7 +39,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis._columns import HARDEST_TEXT_COLUMNS, PROJECTOR_COLUMNS
+from keras_erranalysis._columns import (
+    GENERATION_NUMBERS,
+    HARDEST_TEXT_COLUMNS,
+    PROJECTOR_COLUMNS,
+)
 from keras_erranalysis.analysis._ranking import rank_examples
 from keras_erranalysis.present._figures import figure_png
 from keras_erranalysis.present._text import _tsv_rows, markdown_cell, markdown_table, tsv_cell
@@ -87,6 +95,21 @@ def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict
     if likely_mislabeled is not None:
         values["likely_mislabeled"] = float(likely_mislabeled)
     return values
+
+
+def generation_scalars(table: pd.DataFrame) -> dict[str, float]:
+    """The free-running outputs' corpus numbers (the ``generation`` table) as scalars.
+
+    Returns:
+        ``generated_corpus_bleu``, ``generated_chrf``, ``generated_rouge_l``,
+        ``generated_exact_match``, ``teacher_forced_exact_match`` and
+        ``exposure_gap_rate``, those the table holds.
+    """
+    return {
+        name: float(table[column].iloc[0])
+        for column, name in GENERATION_NUMBERS.items()
+        if column in table and len(table)
+    }
 
 
 class SummaryWriter:
