@@ -495,7 +495,7 @@ def test_generation_scalars_per_epoch_and_generated_text_in_the_hardest_table(tm
     def cells(line):  # a markdown row; "\|" inside a cell is an escaped bar
         return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
 
-    header = cells(text.splitlines()[2])
+    header = [name.replace("\\_", "_") for name in cells(text.splitlines()[2])]
     assert header.index("prediction_text") + 1 == header.index("generated_text")  # side by side
     frame = run.frame(2).set_index("example_id")
     for line in text.splitlines()[4:]:
