@@ -31,10 +31,13 @@ _TEXT = ("label_text", "prediction_text", "generated_text", "label", "prediction
 GENERATION_NUMBERS = {
     "corpus_bleu": "generated_corpus_bleu",
     "chrf": "generated_chrf",
+    "rouge_1": "generated_rouge_1",
+    "rouge_2": "generated_rouge_2",
     "rouge_l": "generated_rouge_l",
     "exact_match": "generated_exact_match",
     "teacher_forced_exact_match": "teacher_forced_exact_match",
     "exposure_gap": "exposure_gap_rate",
+    "perplexity": "teacher_forced_perplexity",
 }
 
 # The hardest examples in full (HTML report): every number, then the text.

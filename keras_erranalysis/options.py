@@ -158,7 +158,8 @@ class GenerationAnalysis:
     decodes each analyzed example the way the model runs at inference, fed its own
     predictions, and adds per-example columns: ``generated_correct`` (exact match),
     ``generated_edit_distance``, ``generated_cer``, ``generated_wer``, ``generated_bleu``,
-    ``generated_chrf``, ``generated_rouge_l``, ``exposure_gap`` (teacher-forced right but
+    ``generated_chrf``, ``generated_rouge_1``, ``generated_rouge_2``, ``generated_rouge_l``,
+    ``exposure_gap`` (teacher-forced right but
     generated wrong: the decoder sees what it will not see at inference) and
     ``first_divergence`` (-1: none). The generated ids are stored as ``generated``
     (``Run.array("generated")``), their text in the hardest table, and corpus numbers in

@@ -61,6 +61,17 @@ from keras_erranalysis.analysis._sequence_metrics import (
 )
 from keras_erranalysis.analysis._similarity import nearest, pool_numpy, storage_array
 from keras_erranalysis.analysis._slices import error_rate_by_bins, find_slices, slice_examples
+from keras_erranalysis.analysis._text_metrics import (
+    corpus_bleu,
+    corpus_chrf,
+    normalize_answer,
+    perplexity,
+    qa_exact_match,
+    rouge_n,
+    sentence_bleu,
+    sentence_chrf,
+    span_exact_match,
+)
 
 __all__ = [
     "CAUSES",
@@ -89,6 +100,8 @@ __all__ = [
     "compute_token_dynamics",
     "confusion_matrix",
     "confusion_pairs",
+    "corpus_bleu",
+    "corpus_chrf",
     "corpus_metrics",
     "counted_padding",
     "edit_distance",
@@ -104,12 +117,19 @@ __all__ = [
     "log_views",
     "mislabel_score",
     "nearest",
+    "normalize_answer",
     "per_class_metrics",
+    "perplexity",
     "pool_numpy",
+    "qa_exact_match",
     "rank_examples",
     "rouge_l",
+    "rouge_n",
+    "sentence_bleu",
+    "sentence_chrf",
     "sequence_metrics",
     "slice_examples",
+    "span_exact_match",
     "storage_array",
     "teacher_forced_metrics",
 ]

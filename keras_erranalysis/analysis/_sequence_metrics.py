@@ -10,6 +10,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from keras_erranalysis.analysis._text_metrics import (
+    corpus_bleu,
+    corpus_chrf,
+    rouge_n,
+    sentence_bleu,
+    sentence_chrf,
+)
+
 
 class _Encoded(NamedTuple):
     """Tokens of N reference / hypothesis pairs as flat integer codes with offsets."""
@@ -182,8 +190,9 @@ def sequence_metrics(
     the longer length), ``exact_match``, ``edit_distance`` (tokens), ``token_error_rate``
     (edit distance / reference length), ``char_error_rate`` (on the tokens joined by
     ``separator``; default ``""`` when every token is one character, else ``" "``),
-    ``bleu`` (nltk ``sentence_bleu``, up to 4-grams, smoothing method 1; short sequences
-    score low by construction) and ``chrf`` (nltk ``sentence_chrf``).
+    ``bleu`` (sacrebleu's sentence BLEU on these tokens: up to 4-grams, ``exp`` smoothing,
+    effective order) and ``chrf`` (sacrebleu's chrF: character 6-grams, beta 2), both in
+    ``[0, 1]``.
 
     Args:
         references: N reference sequences.
@@ -252,28 +261,9 @@ def sequence_metrics(
         "char_error_rate": cer,
     }
     if bleu:
-        from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-
-        smooth = SmoothingFunction().method1
-        table["bleu"] = np.array(
-            [
-                (1.0 if not h else 0.0)
-                if not r
-                else float(sentence_bleu([r], h, smoothing_function=smooth))
-                if h
-                else 0.0
-                for r, h in zip(ref_str, hyp_str)
-            ]
-        )
+        table["bleu"] = sentence_bleu(ref_str, hyp_str)
     if chrf:
-        from nltk.translate.chrf_score import sentence_chrf
-
-        table["chrf"] = np.array(
-            [
-                float(sentence_chrf(r, h)) if r.strip() and h.strip() else float(r == h)
-                for r, h in zip(ref_text, hyp_text)
-            ]
-        )
+        table["chrf"] = sentence_chrf(ref_text, hyp_text)
     frame = pd.DataFrame(table)
     if prefix:
         frame = frame.rename(columns={c: prefix + c for c in frame.columns if c != "example_id"})
@@ -306,8 +296,8 @@ def corpus_metrics(
 
     Returns:
         ``n``, ``exact_match`` (share), ``token_accuracy`` (mean), ``token_error_rate`` and
-        ``char_error_rate`` (total edits / total reference length), ``corpus_bleu`` (nltk,
-        smoothing method 1), ``mean_bleu`` and ``chrf`` (nltk ``corpus_chrf``).
+        ``char_error_rate`` (total edits / total reference length), ``corpus_bleu``
+        (sacrebleu, on the tokens), ``mean_bleu`` and ``chrf`` (sacrebleu's corpus chrF).
 
     Example:
         >>> from keras_erranalysis.analysis import corpus_metrics
@@ -315,9 +305,6 @@ def corpus_metrics(
         >>> {k: round(numbers[k], 3) for k in ("n", "exact_match", "token_error_rate")}
         {'n': 2.0, 'exact_match': 0.5, 'token_error_rate': 0.2}
     """
-    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
-    from nltk.translate.chrf_score import corpus_chrf
-
     refs = _as_sequences(references, pad_id=pad_id, end_id=end_id, drop_ids=drop_ids)
     hyps = _as_sequences(hypotheses, pad_id=pad_id, end_id=end_id, drop_ids=drop_ids)
     if per_example is None:
@@ -337,23 +324,13 @@ def corpus_metrics(
         "char_error_rate": float(np.nansum(char_edits) / _ref_chars(ref_str, separator).sum())
         if total_ref
         else math.nan,
-        "corpus_bleu": float(
-            corpus_bleu(
-                [[r] for r, _ in pairs],
-                [h for _, h in pairs],
-                smoothing_function=SmoothingFunction().method1,
-            )
-        )
-        if pairs
-        else math.nan,
+        "corpus_bleu": corpus_bleu([r for r, _ in pairs], [h for _, h in pairs]),
         "mean_bleu": float(per_example["bleu"].mean()) if "bleu" in per_example else math.nan,
     }
     sep = _separator(ref_str, hyp_str, separator)
     texts = [(sep.join(r), sep.join(h)) for r, h in pairs]
     texts = [(r, h) for r, h in texts if r.strip() and h.strip()]
-    out["chrf"] = (
-        float(corpus_chrf([r for r, _ in texts], [h for _, h in texts])) if texts else math.nan
-    )
+    out["chrf"] = corpus_chrf([r for r, _ in texts], [h for _, h in texts])
     return out
 
 
@@ -579,6 +556,8 @@ GENERATED_COLUMNS = {
     "generated_wer": "token_error_rate",
     "generated_bleu": "bleu",
     "generated_chrf": "chrf",
+    "generated_rouge_1": None,
+    "generated_rouge_2": None,
     "generated_rouge_l": None,
     "exposure_gap": None,
     "first_divergence": None,
@@ -611,8 +590,9 @@ def generated_metrics(
         ``(columns, corpus)``: the :data:`GENERATED_COLUMNS` as ``(N,)`` arrays
         (``generated_correct`` and ``exposure_gap`` are 0/1 int8: teacher-forced right
         but generated wrong), and the corpus numbers (``exact_match``, ``corpus_bleu``,
-        ``chrf``, ``rouge_l``, ``char_error_rate``, ``token_error_rate``, teacher-forced
-        exact match, exposure gap share and the share where the two disagree).
+        ``chrf``, ``rouge_1``, ``rouge_2``, ``rouge_l``, ``char_error_rate``,
+        ``token_error_rate``, teacher-forced exact match, exposure gap share and the
+        share where the two disagree).
     """
     labels = np.asarray(labels)
     mask = np.asarray(token_mask, dtype=bool)
@@ -628,10 +608,14 @@ def generated_metrics(
     }
     columns["generated_correct"] = correct.astype(np.int8)
     ref_str, hyp_str = _token_strings(refs, vocab), _token_strings(hyps, vocab)
+    columns["generated_rouge_1"] = rouge_n(ref_str, hyp_str, 1)
+    columns["generated_rouge_2"] = rouge_n(ref_str, hyp_str, 2)
     columns["generated_rouge_l"] = rouge_l(ref_str, hyp_str)
     columns["exposure_gap"] = (tf_correct & ~correct).astype(np.int8)
     columns["first_divergence"] = first_divergence(refs, hyps)
     corpus.update(
+        rouge_1=float(columns["generated_rouge_1"].mean()) if len(refs) else math.nan,
+        rouge_2=float(columns["generated_rouge_2"].mean()) if len(refs) else math.nan,
         rouge_l=float(columns["generated_rouge_l"].mean()) if len(refs) else math.nan,
         teacher_forced_exact_match=float(tf_correct.mean()) if len(refs) else math.nan,
         exposure_gap=float(columns["exposure_gap"].mean()) if len(refs) else math.nan,

@@ -531,9 +531,10 @@ def score_generated(report: Any, *, end_id: int | None, vocab: Any = None) -> di
     :func:`decode_report`); the maths is ``analysis.generated_metrics``.
 
     Returns:
-        The corpus numbers (exact match, corpus BLEU, chrF, ROUGE-L, ...).
+        The corpus numbers (exact match, corpus BLEU, chrF, ROUGE-1/2/L, ...) and the
+        teacher-forced ``perplexity`` of the references (``exp`` of the mean token loss).
     """
-    from keras_erranalysis.analysis import generated_metrics
+    from keras_erranalysis.analysis import generated_metrics, perplexity
 
     lengths = np.asarray(report.extra["generated_length"])
     ids = np.asarray(report.generated)
@@ -546,6 +547,7 @@ def score_generated(report: Any, *, end_id: int | None, vocab: Any = None) -> di
         vocab=vocab,
     )
     report.extra.update(columns)
+    corpus["perplexity"] = perplexity(report.loss_sum, report.n_tokens)[1]  # teacher-forced
     return corpus
 
 
