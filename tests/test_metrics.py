@@ -3,9 +3,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from nltk.metrics import edit_distance as nltk_edit_distance
-from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
-from nltk.translate.chrf_score import sentence_chrf
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from keras_erranalysis.analysis._metrics import confusion_matrix, confusion_pairs, per_class_metrics
 from keras_erranalysis.analysis._sequence_metrics import (
@@ -135,12 +133,13 @@ def test_sequence_metrics_by_hand():
     np.testing.assert_allclose(table["token_error_rate"], [1 / 4, 0, 1])
     # single-character tokens are joined without a separator: "abcd" vs "abd"
     np.testing.assert_allclose(table["char_error_rate"], [1 / 4, 0, 1])
-    smooth = SmoothingFunction().method1
-    assert table["bleu"][0] == pytest.approx(
-        sentence_bleu([list("abcd")], list("abd"), smoothing_function=smooth)
-    )
+    # BLEU and chrF are sacrebleu's (BLEU on the tokens, chrF on the text)
+    sacrebleu = pytest.importorskip("sacrebleu")
+    expected = sacrebleu.sentence_bleu("a b d", ["a b c d"], tokenize="none").score / 100
+    assert table["bleu"][0] == pytest.approx(expected, abs=1e-12) and 0 < expected < 1
     assert table["bleu"][2] == 0.0
-    assert table["chrf"][0] == pytest.approx(sentence_chrf("abcd", "abd"))
+    expected = sacrebleu.sentence_chrf("abd", ["abcd"]).score / 100
+    assert table["chrf"][0] == pytest.approx(expected, abs=1e-12) and 0 < expected < 1
     words = sequence_metrics(["the cat sat"], ["the bat sat"], pad_id=None, prefix="free_")
     assert words["free_char_error_rate"][0] == pytest.approx(1 / 11)
     assert words["free_token_error_rate"][0] == pytest.approx(1 / 3)
@@ -153,9 +152,11 @@ def test_corpus_metrics_by_hand():
     assert out["exact_match"] == 0.5
     assert out["token_error_rate"] == pytest.approx(1 / 6)
     assert out["char_error_rate"] == pytest.approx(5 / 21)  # " down" of 15 + 5 chars
-    assert out["corpus_bleu"] == pytest.approx(
-        corpus_bleu([[r] for r in refs], hyps, smoothing_function=SmoothingFunction().method1)
+    sacrebleu = pytest.importorskip("sacrebleu")
+    expected = sacrebleu.corpus_bleu(
+        ["the cat sat", "a dog"], [["the cat sat down", "a dog"]], tokenize="none"
     )
+    assert out["corpus_bleu"] == pytest.approx(expected.score / 100, abs=1e-12)
 
 
 def test_teacher_forced_metrics_agree_with_report():
@@ -226,3 +227,162 @@ def test_plots_show_the_numbers():
     small = plot_confusion_matrix(cm, normalize=False, max_classes=2).axes[0]
     np.testing.assert_array_equal(small.images[0].get_array(), [[3, 0], [0, 2]])
     assert small.get_title() == "Confusion matrix (counts, 2 most frequent of 3 classes)"
+
+
+# --------------------------------------------------------------------------------------
+# Each task's metrics against the library people report them with (issue 18, item 2).
+# Hand-made cases; where we keep our own implementation the tolerance is stated.
+# --------------------------------------------------------------------------------------
+
+REFS = [
+    "the cat sat on the mat",
+    "a quick brown fox jumps over the lazy dog",
+    "hello world",
+    "we are going home now",
+    "the the the cat",
+    "one two three four five six",
+]
+HYPS = [
+    "the cat sat on a mat",
+    "a fast brown fox jumped over the lazy dog",
+    "hello there world",
+    "we go home",  # shorter than 4 tokens: where nltk's corpus BLEU departs from sacrebleu
+    "the cat the the",
+    "six five four three two one",
+]
+
+
+def _tokens(texts):
+    return [t.split() for t in texts]
+
+
+def test_bleu_and_chrf_are_sacrebleus_own_numbers():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    table = sequence_metrics(_tokens(REFS), _tokens(HYPS), pad_id=None)
+    for i, (ref, hyp) in enumerate(zip(REFS, HYPS)):
+        bleu = sacrebleu.sentence_bleu(hyp, [ref], tokenize="none").score / 100
+        chrf = sacrebleu.sentence_chrf(hyp, [ref]).score / 100
+        assert table["bleu"][i] == pytest.approx(bleu, abs=1e-12), (ref, hyp)
+        assert table["chrf"][i] == pytest.approx(chrf, abs=1e-12), (ref, hyp)
+    corpus = corpus_metrics(_tokens(REFS), _tokens(HYPS), pad_id=None)
+    bleu = sacrebleu.corpus_bleu(HYPS, [REFS], tokenize="none").score / 100
+    chrf = sacrebleu.corpus_chrf(HYPS, [REFS]).score / 100
+    assert corpus["corpus_bleu"] == pytest.approx(bleu, abs=1e-12)
+    assert corpus["chrf"] == pytest.approx(chrf, abs=1e-12)
+
+
+class _Split:
+    """rouge-score tokenizer that keeps the tokens as given (its default keeps [a-z0-9])."""
+
+    def tokenize(self, text):
+        return text.split()
+
+
+def test_rouge_1_2_l_equal_rouge_score_on_the_same_tokens():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    from keras_erranalysis.analysis import rouge_l, rouge_n
+
+    refs, hyps = _tokens(REFS), _tokens(HYPS)
+    ours = {"rouge1": rouge_n(refs, hyps, 1), "rouge2": rouge_n(refs, hyps, 2)}
+    ours["rougeL"] = rouge_l(refs, hyps)
+    # Plain lower-case words: its default tokenizer sees the same tokens; a pass-through
+    # tokenizer also covers tokens it would drop (IPA, "<unk>").
+    odd = [["<s>", "ʃ", "a"], ["ʒ", "ʃ", "ʃ", "<unk>"]]
+    odd_hyps = [["ʃ", "a", "<s>"], ["ʃ", "ʒ", "<unk>"]]
+    for scorer, r, h, ours_here in (
+        (rouge_scorer.RougeScorer(list(ours)), REFS, HYPS, ours),
+        (
+            rouge_scorer.RougeScorer(list(ours), tokenizer=_Split()),
+            [" ".join(t) for t in odd],
+            [" ".join(t) for t in odd_hyps],
+            {
+                "rouge1": rouge_n(odd, odd_hyps, 1),
+                "rouge2": rouge_n(odd, odd_hyps, 2),
+                "rougeL": rouge_l(odd, odd_hyps),
+            },
+        ),
+    ):
+        for i, (ref, hyp) in enumerate(zip(r, h)):
+            scores = scorer.score(ref, hyp)
+            for name, values in ours_here.items():
+                assert values[i] == pytest.approx(scores[name].fmeasure, abs=1e-12), (name, ref)
+
+
+def test_wer_and_cer_equal_jiwer_per_example_and_over_the_corpus():
+    jiwer = pytest.importorskip("jiwer")
+    from keras_erranalysis.analysis import generated_metrics
+
+    table = sequence_metrics(_tokens(REFS), _tokens(HYPS), pad_id=None)
+    for i, (ref, hyp) in enumerate(zip(REFS, HYPS)):
+        assert table["token_error_rate"][i] == pytest.approx(jiwer.wer(ref, hyp), abs=1e-12)
+        assert table["char_error_rate"][i] == pytest.approx(jiwer.cer(ref, hyp), abs=1e-12)
+    corpus = corpus_metrics(_tokens(REFS), _tokens(HYPS), pad_id=None)
+    assert corpus["token_error_rate"] == pytest.approx(jiwer.wer(REFS, HYPS), abs=1e-12)
+    assert corpus["char_error_rate"] == pytest.approx(jiwer.cer(REFS, HYPS), abs=1e-12)
+    # The generated_* columns of a seq2seq run: ids through a vocabulary, cut at </s>.
+    vocab = ["", "</s>", *sorted({w for text in REFS + HYPS for w in text.split()})]
+    index = {w: i for i, w in enumerate(vocab)}
+    width = 12
+    labels = np.zeros((len(REFS), width), np.int32)
+    for i, text in enumerate(REFS):
+        ids = [index[w] for w in text.split()] + [1]
+        labels[i, : len(ids)] = ids
+    generated = [[index[w] for w in text.split()] for text in HYPS]
+    columns, _ = generated_metrics(
+        labels, labels != 0, generated, teacher_forced_correct=np.ones(6, bool), end_id=1,
+        vocab=vocab,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        columns["generated_wer"], [jiwer.wer(r, h) for r, h in zip(REFS, HYPS)]
+    )
+    np.testing.assert_allclose(
+        columns["generated_cer"], [jiwer.cer(r, h) for r, h in zip(REFS, HYPS)]
+    )
+
+
+def test_perplexity_is_exp_of_keras_own_cross_entropy():
+    import keras
+
+    from keras_erranalysis.analysis import perplexity
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 7, 11)).astype("float32")
+    labels = rng.integers(1, 11, (5, 7))
+    labels[:, 5:] = 0  # padding, ignored
+    labels[0, 2:] = 0
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    keras_mean = float(loss(labels, logits))  # mean over the counted tokens
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    token_loss = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0] * (labels != 0)
+    per_example, corpus = perplexity(token_loss.sum(1), (labels != 0).sum(1))
+    assert corpus == pytest.approx(np.exp(keras_mean), rel=1e-5)
+    for i in range(5):
+        counted = labels[i] != 0
+        mean = float(loss(labels[i : i + 1, counted], logits[i : i + 1, counted]))
+        assert per_example[i] == pytest.approx(np.exp(mean), rel=1e-5)
+    assert np.isnan(perplexity(np.array([0.0]), np.array([0]))[0][0])
+
+
+def test_accuracy_equals_sklearn():
+    table = per_class_metrics(Y, P)
+    assert 1 - table.loc["weighted avg", "error_rate"] == pytest.approx(accuracy_score(Y, P))
+    micro = precision_recall_fscore_support(Y, P, average="micro")[2]
+    assert 1 - table.loc["weighted avg", "error_rate"] == pytest.approx(micro)
+
+
+def test_extractive_qa_exact_match_by_squads_rules():
+    from keras_erranalysis.analysis import normalize_answer, qa_exact_match, span_exact_match
+
+    # The SQuAD v1.1 evaluation: lower case, drop punctuation and a/an/the, squeeze spaces.
+    assert normalize_answer("  The Eiffel-Tower, in PARIS! ") == "eiffeltower in paris"
+    assert normalize_answer("an apple a day") == "apple day"
+    predictions = ["The Eiffel Tower", "eiffel tower.", "Paris, France", "1889", "theatre"]
+    answers = [["Eiffel Tower"], ["the Eiffel Tower", "Tower"], "Paris", ["1,889"], "atre"]
+    np.testing.assert_array_equal(qa_exact_match(predictions, answers), [1, 1, 0, 1, 0])
+    np.testing.assert_array_equal(
+        span_exact_match(np.array([3, 5, 0]), np.array([4, 9, 0]), np.array([3, 5, 1]),
+                         np.array([4, 8, 0])),
+        [1, 0, 0],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="gold answers"):
+        qa_exact_match(["a"], [])
