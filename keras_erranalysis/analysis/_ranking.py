@@ -22,6 +22,8 @@ HIGHER_IS_BETTER = frozenset(
         "generated_correct",
         "generated_bleu",
         "generated_chrf",
+        "generated_rouge_1",
+        "generated_rouge_2",
         "generated_rouge_l",
     }
 )
