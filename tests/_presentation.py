@@ -133,7 +133,7 @@ def make_run(
     return reports
 
 
-GEN_VOCAB = ["", "a", "b", "<c>", "d|", "</s>", "<script>x</script>"]
+GEN_VOCAB = ["", "a", "b", "<c>", "d|", "e", "<script>x</script>"]
 
 
 def generation_run(path, *, epochs: int = 2, n: int = 12):
@@ -161,7 +161,7 @@ def generation_run(path, *, epochs: int = 2, n: int = 12):
         generated[changed] = 6  # the hostile token
         report.generated = generated
         report.extra["generated_length"] = report.token_mask.sum(1).astype(np.int32)
-        corpus = score_generated(report, end_id=5, vocab=GEN_VOCAB)
+        corpus = score_generated(report, end_id=None, vocab=GEN_VOCAB)
         table = generation_table(corpus, GenerationAnalysis())
         writer.write_epoch(epoch, report, tables={"generation": table})
         reports.append(report)
