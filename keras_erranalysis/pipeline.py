@@ -118,9 +118,12 @@ def text_features(
         return None
     if len(texts) != len(report):
         raise ValueError(f"texts has {len(texts)} entries but the data has {len(report)}.")
+    chars = input_vocab is not None and input_vocab.sep == ""
+    if chars and any(" " in token for token in input_vocab.tokens or ()):
+        chars = False  # word pieces that carry their spaces (a keras-hub tokenizer's)
     return extract_features(
         texts=list(texts),
-        tokenizer="char" if input_vocab is not None and input_vocab.sep == "" else "word",
+        tokenizer="char" if chars else "word",
         labels=None if report.is_sequence else report.label,
         example_ids=report.example_id,
         pos=False,
@@ -204,6 +207,26 @@ class EpochPipeline:
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _padding_checked: bool = dataclasses.field(default=False, repr=False)
     _health_done: bool = dataclasses.field(default=False, repr=False)
+    _mapped: Any = dataclasses.field(default=None, repr=False)  # (model ref, data)
+
+    def _model_data(self, model: Any) -> Any:
+        """The data as the model's inputs: raw text through a keras-hub task's preprocessor.
+
+        Mapped once and cached in memory after the first traversal (``Dataset.cache``):
+        keras-hub tokenizes in the ``tf.data`` graph at about the cost of a model call,
+        and the examples do not change between epochs. Other data is used as it is.
+        """
+        import weakref
+
+        from keras_erranalysis.compute._hub import task_data
+
+        if self._mapped is not None and self._mapped[0]() is model:
+            return self._mapped[1]
+        data = task_data(model, self.data)
+        if data is not self.data:
+            data = data.cache()
+        self._mapped = (weakref.ref(model), data)
+        return data
 
     def attention_layers(self) -> list[str] | None:
         """The attention layers asked for (``None``: all of them)."""
@@ -239,7 +262,7 @@ class EpochPipeline:
         )
         if generated is not None:  # the outputs as text beside the hardest, corpus numbers
             tables["hardest"] = generated_text(
-                tables["hardest"], report, generated[0], self.decoding["vocab"]
+                tables["hardest"], report, generated[0], self._generated_vocab(model)
             )
             tables["generation"] = generated[1]
         if self.health is not None and not self._health_done:
@@ -269,7 +292,7 @@ class EpochPipeline:
         from keras_erranalysis.compute import finite_input_rows, weights_are_finite
 
         if self._input_finite is False:  # read once: the examples do not change
-            self._input_finite = finite_input_rows(self.data)
+            self._input_finite = finite_input_rows(self._model_data(model))
         return nonfinite_causes(
             report,
             weights_finite=weights_are_finite(model),
@@ -379,7 +402,7 @@ class EpochPipeline:
             extra.append(embedding_columns(model, layer=self.embeddings.layer))
         result = run_pass(
             model,
-            self.data,
+            self._model_data(model),
             extra=extra,
             keep=self._watch or [],
             keep_hardest=0 if self.attention is None else self.attention.heatmaps,
@@ -412,6 +435,15 @@ class EpochPipeline:
             input_vocab=self.decoding["input_vocab"],
         )
 
+    def _generated_vocab(self, model: Any) -> Vocabulary | None:
+        """Decodes generated ids: a keras-hub task's tokenizer (as its ``generate()``)."""
+        from keras_erranalysis.compute._hub import task_tokenizer, tokenizer_text
+
+        tokenizer = task_tokenizer(model)
+        if tokenizer is None or callable(self.generation.method):
+            return self.decoding["vocab"]
+        return Vocabulary(fn=lambda ids: tokenizer_text(tokenizer, [ids])[0], sep="")
+
     def _generate(self, model: Any, report: LossReport) -> tuple[Any, pd.DataFrame]:
         """Decodes the examples free-running; adds their columns to ``report.extra``.
 
@@ -423,6 +455,7 @@ class EpochPipeline:
 
         from keras_erranalysis.analysis import generated_metrics
         from keras_erranalysis.compute import end_id_from_tokens, generate_greedy, generate_with
+        from keras_erranalysis.compute._hub import generate_task, is_generative_task
 
         if not report.is_sequence:
             raise ValueError(
@@ -430,12 +463,25 @@ class EpochPipeline:
                 "is a classifier's: leave 'generate' out of analyses."
             )
         option, vocab = self.generation, self.decoding["vocab"]
+        hub = not callable(option.method) and is_generative_task(model)
         end_id = option.end_id
-        if end_id is None and vocab is not None:
+        if end_id is None and vocab is not None and not hub:
             end_id = end_id_from_tokens(vocab.tokens)
         started = time.perf_counter()
         batch_size = self.pass_options.get("batch_size") or 256
-        if callable(option.method):
+        reference = report.token_mask
+        if hub:  # a keras-hub Seq2SeqLM / CausalLM: its own generate function
+            generated, reference = generate_task(
+                model,
+                report.inputs,
+                report.token_mask,
+                max_length=option.max_length,
+                end_id=end_id,
+                prompt_length=option.prompt_length,
+                batch_size=min(batch_size, 64),
+            )
+            end_id = generated.end_id
+        elif callable(option.method):
             generated = generate_with(
                 option.method, report.inputs, end_id=end_id, batch_size=batch_size
             )
@@ -454,7 +500,7 @@ class EpochPipeline:
         seconds = time.perf_counter() - started
         columns, corpus = generated_metrics(
             report.label,
-            report.token_mask,
+            reference,
             generated.sequences(),
             teacher_forced_correct=report.correct,
             end_id=end_id,
@@ -477,6 +523,24 @@ def generated_text(
         ids = generated.ids[row, : generated.lengths[row]]
         texts.append(vocab.decode(ids) if vocab is not None else " ".join(map(str, ids)))
     return hardest.assign(generated_text=texts)
+
+
+def task_decoding(model: Any, decoding: dict[str, Vocabulary | None]) -> None:
+    """Fills ``vocab`` / ``input_vocab`` from a keras-hub task's tokenizer when not given.
+
+    A keras-hub ``Seq2SeqLM`` or ``CausalLM`` carries its tokenizer (in its preprocessor):
+    target and source ids decode through it, so the tables show text without a ``vocab=``.
+    ``decoding`` is changed in place (the callback and its pipeline share it).
+    """
+    from keras_erranalysis.compute._hub import task_tokenizer
+
+    tokenizer = task_tokenizer(model)
+    if tokenizer is None or (decoding.get("vocab") and decoding.get("input_vocab")):
+        return
+    vocab = Vocabulary.from_any(tokenizer)
+    for key in ("vocab", "input_vocab"):
+        if decoding.get(key) is None:
+            decoding[key] = vocab
 
 
 def summary_line(epoch: int, report: LossReport) -> str:
