@@ -1,0 +1,177 @@
+"""keras-hub task models: the callback on a tiny BART Seq2SeqLM and a tiny GPT-2 CausalLM.
+
+Both are built from small configs with random weights, and their byte-pair tokenizers from
+a vocabulary and merges trained here on the test's own sentences (no download). ``fit``
+gets raw text and maps the task's preprocessor over it; the callback gets the same
+dataset. Checked: per-example losses equal Keras' unreduced loss, the hardest table reads
+as words through the task's tokenizer, and ``generated_text`` equals the task's own
+``generate()`` for the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub")
+tokenizers = pytest.importorskip("tokenizers")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_erranalysis import ErrorAnalysis, GenerationAnalysis, PassOptions, load_run  # noqa: E402
+from keras_erranalysis.compute._hub import task_data  # noqa: E402
+
+WORDS = "the cat dog sat ran on mat big small red blue house tree under over a".split()
+N = 32
+# Losses: the pass (float32, XLA off) against Keras' own unreduced cross-entropy.
+LOSS_TOLERANCE = 1e-5
+
+
+def _sentences(seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 6)))) for _ in range(N)]
+
+
+def _bpe(texts: list[str], special: list[str]) -> tuple[dict[str, int], list[str]]:
+    """A byte-level BPE vocabulary and merges trained on ``texts`` (large enough that
+    every word, with or without its leading space, is one token)."""
+    trainer = tokenizers.ByteLevelBPETokenizer()
+    trainer.train_from_iterator(
+        texts, vocab_size=400, min_frequency=1, special_tokens=special, show_progress=False
+    )
+    merges = json.loads(trainer.to_str())["model"]["merges"]
+    merges = [" ".join(m) if isinstance(m, list | tuple) else m for m in merges]
+    return trainer.get_vocab(), merges
+
+
+def _unreduced(task, x, y, sw):
+    """Keras' per-token loss, weighted and reduced per example (sum and mean)."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    per_token = np.asarray(loss(y, task(x, training=False)))
+    weight = np.asarray(sw, np.float64)
+    total = (per_token * weight).sum(axis=1)
+    return total, total / weight.sum(axis=1)
+
+
+def _compile(task):
+    task.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=["accuracy"],
+        sampler="greedy",  # the default top-k samples: generate() would vary call to call
+    )
+
+
+def _fit(task, ds, tmp_path, generation):
+    callback = ErrorAnalysis(
+        ds,
+        log_dir=tmp_path / "run",
+        top_k=8,
+        analyses=[generation],
+        pass_options=PassOptions(jit_compile=False),
+        verbose=0,
+    )
+    task.fit(ds, epochs=2, callbacks=[callback], verbose=0)
+    run = load_run(tmp_path / "run")
+    return callback, run, run.table("hardest", run.epochs[-1])
+
+
+def _check_losses(task, report, x, y, sw):
+    total, mean = _unreduced(task, x, y, sw)
+    order = report.example_id
+    np.testing.assert_allclose(report.loss_sum, total[order], rtol=LOSS_TOLERANCE, atol=1e-6)
+    np.testing.assert_allclose(report.loss_mean, mean[order], rtol=LOSS_TOLERANCE, atol=1e-6)
+
+
+def test_bart_seq2seq_lm(tmp_path):
+    keras.utils.set_random_seed(0)
+    sources = _sentences(0)
+    targets = [" ".join(reversed(s.split())) for s in sources]
+    vocab, merges = _bpe(sources + targets, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = keras_hub.models.BartTokenizer(vocabulary=vocab, merges=merges)
+    preprocessor = keras_hub.models.BartSeq2SeqLMPreprocessor(
+        tokenizer=tokenizer, encoder_sequence_length=10, decoder_sequence_length=10
+    )
+    backbone = keras_hub.models.BartBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    task = keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=preprocessor)
+    _compile(task)
+    raw = {"encoder_text": sources, "decoder_text": targets}
+    ds = tf.data.Dataset.from_tensor_slices(raw).batch(16)
+
+    callback, run, hardest = _fit(task, ds, tmp_path, GenerationAnalysis())
+
+    report = callback.last_report
+    x, y, sw = preprocessor(raw)  # eager: the same ids as the tf.data path
+    np.testing.assert_array_equal(report.inputs["encoder_token_ids"], x["encoder_token_ids"])
+    _check_losses(task, report, x, y, sw)
+    # Decoded through the task's tokenizer: the words of the sentences, no special tokens.
+    for _, row in hardest.iterrows():
+        assert row["label_text"] == targets[row["example_id"]]
+        assert row["input_text"] == sources[row["example_id"]]
+    # generated_text is what the task's own generate() returns for those rows.
+    rows = hardest.drop_duplicates("example_id")
+    expected = task.generate([sources[i] for i in rows["example_id"]])
+    assert rows["generated_text"].tolist() == list(expected)
+    for column in ("generated_correct", "generated_cer", "exposure_gap"):
+        assert column in hardest.columns
+    assert run.array("generated", run.epochs[-1]).shape[0] == N
+
+
+def test_gpt2_causal_lm(tmp_path):
+    keras.utils.set_random_seed(0)
+    texts = _sentences(1)
+    vocab, merges = _bpe(texts, ["<|endoftext|>"])
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer=tokenizer, sequence_length=10
+    )
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    task = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+    _compile(task)
+    ds = tf.data.Dataset.from_tensor_slices(texts).batch(16)
+
+    # The prompt: the start token and the first two words; the rest is generated.
+    callback, run, hardest = _fit(task, ds, tmp_path, GenerationAnalysis(prompt_length=3))
+
+    report = callback.last_report
+    x, y, sw = preprocessor(texts)
+    np.testing.assert_array_equal(report.inputs["token_ids"], x["token_ids"])
+    _check_losses(task, report, x, y, sw)
+    for _, row in hardest.iterrows():
+        assert row["label_text"] == texts[row["example_id"]]
+    rows = hardest.drop_duplicates("example_id")
+    prompts = [" ".join(texts[i].split()[:2]) for i in rows["example_id"]]
+    # each word is one token: the prompt text tokenizes back to the same two ids
+    for prompt, i in zip(prompts, rows["example_id"]):
+        assert list(np.asarray(tokenizer(prompt))) == list(np.asarray(x["token_ids"])[i, 1:3])
+    expected = task.generate(prompts, strip_prompt=True)
+    assert rows["generated_text"].tolist() == list(expected)
+
+
+def test_raw_text_in_arrays_is_refused():
+    class FakeTask:
+        backbone = object()
+        preprocessor = object()
+
+        def preprocess_samples(self, x, y=None, sample_weight=None):  # pragma: no cover
+            return x
+
+    with pytest.raises(ValueError, match="tf.data.Dataset"):
+        task_data(FakeTask(), (np.array(["a b", "c d"]), None))
