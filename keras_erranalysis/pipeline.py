@@ -212,19 +212,16 @@ class EpochPipeline:
     def _model_data(self, model: Any) -> Any:
         """The data as the model's inputs: raw text through a keras-hub task's preprocessor.
 
-        Mapped once and cached in memory after the first traversal (``Dataset.cache``):
-        keras-hub tokenizes in the ``tf.data`` graph at about the cost of a model call,
-        and the examples do not change between epochs. Other data is used as it is.
+        Preprocessed once and kept in memory (``compute._hub.preprocessed_data``): the
+        examples do not change between epochs. Other data is used as it is.
         """
         import weakref
 
-        from keras_erranalysis.compute._hub import task_data
+        from keras_erranalysis.compute._hub import preprocessed_data
 
         if self._mapped is not None and self._mapped[0]() is model:
             return self._mapped[1]
-        data = task_data(model, self.data)
-        if data is not self.data:
-            data = data.cache()
+        data = preprocessed_data(model, self.data)
         self._mapped = (weakref.ref(model), data)
         return data
 

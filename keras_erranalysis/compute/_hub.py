@@ -46,6 +46,18 @@ def task_tokenizer(model: Any) -> Any:
     return getattr(getattr(model, "preprocessor", None), "tokenizer", None)
 
 
+def _raw_dataset(model: Any, data: Any) -> bool:
+    """Whether ``data`` is a dataset of raw text for the task's preprocessor."""
+    import tensorflow as tf
+
+    return (
+        is_task(model)
+        and getattr(model, "preprocessor", None) is not None
+        and isinstance(data, tf.data.Dataset)
+        and _has_strings(data.element_spec)
+    )
+
+
 def _has_strings(spec: Any) -> bool:
     import tensorflow as tf
 
@@ -72,7 +84,7 @@ def task_data(model: Any, data: Any) -> Any:
     if not is_task(model) or getattr(model, "preprocessor", None) is None:
         return data
     if isinstance(data, tf.data.Dataset):
-        if not _has_strings(data.element_spec):
+        if not _raw_dataset(model, data):
             return data
         return data.map(model.preprocess_samples, num_parallel_calls=tf.data.AUTOTUNE)
     parts = data if isinstance(data, tuple | list) else (data,)
@@ -84,6 +96,38 @@ def task_data(model: Any, data: Any) -> Any:
             "it as fit does."
         )
     return data
+
+
+def preprocessed_data(model: Any, data: Any) -> Any:
+    """``data`` through a keras-hub task's preprocessor once, kept in memory, for every epoch.
+
+    The callback reads the same examples every analyzed epoch. Mapped in ``tf.data``,
+    keras-hub's tokenizers run as graph ops: tracing them takes seconds and each
+    traversal tokenizes again. Here each raw batch is preprocessed eagerly (the
+    preprocessor's Python path, as ``task.generate()`` uses) and the model inputs, labels
+    and sample weights are kept as one in-memory dataset with the same batches, in the same
+    order. Batches of different widths (a preprocessor without a fixed sequence length)
+    fall back to the ``tf.data`` map, cached after the first traversal.
+
+    Returns:
+        The dataset of ``(x, y, sample_weight)`` batches, or ``data`` itself when it holds
+        no raw text for a task's preprocessor.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not _raw_dataset(model, data):
+        return task_data(model, data)
+    batches, size = [], None
+    for batch in data:
+        x, y, weight = keras.utils.unpack_x_y_sample_weight(batch)
+        batches.append(model.preprocess_samples(x, y=y, sample_weight=weight))
+        size = size or int(tf.shape(tf.nest.flatten(batches[-1])[0])[0])
+    try:
+        joined = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *batches)
+    except (ValueError, tf.errors.InvalidArgumentError):  # widths differ between batches
+        return task_data(model, data).cache()
+    return tf.data.Dataset.from_tensor_slices(joined).batch(size)
 
 
 def _leaves(part: Any) -> list[Any]:
