@@ -204,3 +204,48 @@ def test_one_tensorflow_is_installed():
         "with the `hub` (or `dev`) extra alone, never with `cpu`: see the README's "
         "'Installing for CPU or GPU'."
     )
+
+
+class TopKSampler:
+    """Named as keras-hub's random sampler."""
+
+
+class _FakeCausalLM:
+    """Duck-typed like a keras-hub CausalLM: its generate writes 7, 8, end after the prompt."""
+
+    backbone = object()
+    preprocessor = None
+    sampler = TopKSampler()
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):  # pragma: no cover
+        return x
+
+    def make_generate_function(self):
+        def generate(batch, stop_token_ids=None):
+            ids = np.array(batch["token_ids"])
+            mask = np.array(batch["padding_mask"])
+            for row, prompt in zip(ids, mask.sum(axis=1)):
+                row[prompt : prompt + 3] = [7, 8, stop_token_ids[0]]
+            written = np.arange(ids.shape[1])[None, :] < mask.sum(axis=1)[:, None] + 3
+            return {"token_ids": ids, "padding_mask": written}
+
+        return generate
+
+
+def test_generate_task_cuts_prompt_and_warns_for_a_random_sampler():
+    from keras_erranalysis.compute._hub import generate_task
+
+    ids = np.array([[1, 4, 5, 6, 2, 0], [1, 5, 4, 2, 0, 0]])
+    counted = np.array([[0, 0, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], bool)  # row 0: prompt masked
+    with pytest.warns(RuntimeWarning, match='sampler="greedy"'):
+        generated, reference = generate_task(
+            _FakeCausalLM(), {"token_ids": ids}, counted, end_id=2, batch_size=4
+        )
+    assert generated.sequences() == [[7, 8], [7, 8]]
+    # row 0's prompt is the start and the two uncounted tokens; row 1's the start alone
+    np.testing.assert_array_equal(reference, counted)
+    with pytest.warns(RuntimeWarning):
+        _, reference = generate_task(
+            _FakeCausalLM(), {"token_ids": ids}, counted, end_id=2, prompt_length=3
+        )
+    np.testing.assert_array_equal(reference[1], [False, False, True, False, False, False])

@@ -18,6 +18,7 @@ by what it has (``preprocess_samples``, ``make_generate_function``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -247,6 +248,15 @@ def _run(
     model: Any, feed: Mapping[str, np.ndarray], key: str, end_id: int | None, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The task's compiled generate function over ``feed``, batch by batch."""
+    sampler = type(getattr(model, "sampler", None)).__name__
+    if sampler not in ("GreedySampler", "BeamSampler", "ContrastiveSampler", "NoneType"):
+        warnings.warn(
+            f"{type(model).__name__} generates with {sampler}, which samples at random: the "
+            "generated outputs change from call to call and do not compare across epochs. "
+            'Compile the task with sampler="greedy" (or "beam") for the analysis.',
+            RuntimeWarning,
+            stacklevel=4,
+        )
     function = model.make_generate_function()
     stop = None if end_id is None else (int(end_id),)
     n = len(feed[key])
