@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -214,7 +215,9 @@ class _FakeCausalLM:
     """Duck-typed like a keras-hub CausalLM: its generate writes 7, 8, end after the prompt."""
 
     backbone = object()
-    preprocessor = None
+    preprocessor = SimpleNamespace(
+        tokenizer=SimpleNamespace(end_token_id=2, pad_token_id=0, special_token_ids=[0, 1, 2])
+    )
     sampler = TopKSampler()
 
     def preprocess_samples(self, x, y=None, sample_weight=None):  # pragma: no cover
@@ -249,3 +252,13 @@ def test_generate_task_cuts_prompt_and_warns_for_a_random_sampler():
             _FakeCausalLM(), {"token_ids": ids}, counted, end_id=2, prompt_length=3
         )
     np.testing.assert_array_equal(reference[1], [False, False, True, False, False, False])
+
+
+def test_generate_task_without_preprocessor_names_the_fix():
+    from keras_erranalysis.compute import GenerationError
+    from keras_erranalysis.compute._hub import generate_task
+
+    task = _FakeCausalLM()
+    task.preprocessor = None
+    with pytest.raises(GenerationError, match="task.preprocessor"):
+        generate_task(task, {"token_ids": np.ones((2, 4), int)}, np.ones((2, 4), bool))

@@ -200,9 +200,16 @@ def generate_task(
             "(CausalLM): pass GenerationAnalysis(method=your_decode_fn) for this model."
         )
     tokenizer = task_tokenizer(model)
-    if end_id is None and tokenizer is not None:
+    if tokenizer is None:
+        raise GenerationError(
+            f"{type(model).__name__} has no preprocessor: its generate function needs the "
+            "tokenizer's start, end and padding ids. Attach it (task.preprocessor = "
+            "<the task's preprocessor>) for the analysis, or pass "
+            "GenerationAnalysis(method=your_decode_fn)."
+        )
+    if end_id is None:
         end_id = getattr(tokenizer, "end_token_id", None)
-    pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0) if tokenizer is not None else 0
+    pad_id = int(getattr(tokenizer, "pad_token_id", 0) or 0)
     key = "decoder_token_ids" if seq2seq else "token_ids"
     ids = np.asarray(inputs[key])
     mask = np.asarray(token_mask, dtype=bool)
