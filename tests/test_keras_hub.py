@@ -262,3 +262,27 @@ def test_generate_task_without_preprocessor_names_the_fix():
     task.preprocessor = None
     with pytest.raises(GenerationError, match="task.preprocessor"):
         generate_task(task, {"token_ids": np.ones((2, 4), int)}, np.ones((2, 4), bool))
+
+
+class _FakeTextTask:
+    """Duck-typed like a keras-hub task whose preprocessor turns text into lengths."""
+
+    backbone = object()
+    preprocessor = object()
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        length = tf.strings.length(x)[:, None]
+        return {"token_ids": length}, length + 1, tf.ones_like(length, tf.float32)
+
+
+def test_raw_text_dataset_goes_through_the_preprocessor_once_in_order():
+    from keras_erranalysis.compute._hub import preprocessed_data
+
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    raw = tf.data.Dataset.from_tensor_slices(texts).batch(2)
+    task = _FakeTextTask()
+    mapped = [b[1].numpy().ravel().tolist() for b in task_data(task, raw)]
+    kept = [b[1].numpy().ravel().tolist() for b in preprocessed_data(task, raw)]
+    assert mapped == kept == [[2, 3], [4, 5], [6]]  # same batches, same order
+    ready = preprocessed_data(task, raw)
+    assert task_data(task, ready) is ready  # model inputs already: used as they are
