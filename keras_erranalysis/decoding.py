@@ -155,16 +155,26 @@ class Vocabulary:
 def tokenizer_tokens(tokenizer: Any) -> list[str]:
     """The text of each id of a keras-hub tokenizer (special tokens: ``""``, as padding).
 
-    Each id is detokenized on its own, so a byte-level BPE piece keeps its leading space
-    (``" cat"``) and the pieces joined with ``""`` give the text the tokenizer gives;
+    Each byte-level BPE id is detokenized on its own, so a piece keeps its leading space
+    (``" cat"``); a WordPiece continuation (``"##ing"``) loses its marker and other pieces
+    get a space; a SentencePiece ``"▁"`` becomes a space. The pieces joined with ``""``
+    then give the text the tokenizer gives;
     special tokens (start, end, padding) are left out of decoded text, as keras-hub's
     ``generate()`` leaves them out. A character split over several byte-level pieces shows
     as U+FFFD in each.
     """
     size = int(tokenizer.vocabulary_size())
     special = {int(i) for i in getattr(tokenizer, "special_token_ids", None) or ()}
-    texts = tokenizer.detokenize([[i] for i in range(size)])
-    texts = np.asarray(texts.numpy() if hasattr(texts, "numpy") else texts).reshape(-1)
+    suffix = getattr(tokenizer, "suffix_indicator", None)
+    if suffix or hasattr(tokenizer, "proto"):  # WordPiece "##ing", SentencePiece "▁the"
+        pieces = [_as_text(t) for t in tokenizer.get_vocabulary()]
+        if suffix:
+            texts = [p[len(suffix) :] if p.startswith(suffix) else " " + p for p in pieces]
+        else:
+            texts = [p.replace("\u2581", " ") for p in pieces]
+    else:  # byte-level BPE: each id's bytes, its leading space kept (" cat")
+        found = tokenizer.detokenize([[i] for i in range(size)])
+        texts = np.asarray(found.numpy() if hasattr(found, "numpy") else found).reshape(-1)
     return ["" if i in special else _as_text(t) for i, t in enumerate(texts)]
 
 

@@ -286,3 +286,17 @@ def test_raw_text_dataset_goes_through_the_preprocessor_once_in_order():
     assert mapped == kept == [[2, 3], [4, 5], [6]]  # same batches, same order
     ready = preprocessed_data(task, raw)
     assert task_data(task, ready) is ready  # model inputs already: used as they are
+
+
+@needs_hub
+def test_vocabulary_from_a_word_piece_tokenizer():
+    import keras_hub
+
+    from keras_erranalysis import Vocabulary
+
+    tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=["[PAD]", "[UNK]", "the", "cat", "##s", "sat"]
+    )
+    ids = np.asarray(tokenizer("the cats sat")).tolist()
+    assert ids == [2, 3, 4, 5]
+    assert Vocabulary.from_any(tokenizer).decode(ids).strip() == "the cats sat"
