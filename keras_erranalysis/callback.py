@@ -25,7 +25,12 @@ from keras_erranalysis.options import (
     PassOptions,
     resolve_analyses,
 )
-from keras_erranalysis.pipeline import EpochPipeline, write_health_summary, write_summaries
+from keras_erranalysis.pipeline import (
+    EpochPipeline,
+    task_decoding,
+    write_health_summary,
+    write_summaries,
+)
 from keras_erranalysis.run import Run, RunWriter, load_run
 
 
@@ -159,6 +164,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
             from keras_erranalysis.compute import find_attention_layers
 
             find_attention_layers(self.model, self.pipeline.attention_layers())  # if none: error
+        task_decoding(self.model, self.decoding)  # a keras-hub task's tokenizer decodes
         if self.log_dir is not None:
             if self._writer is not None:  # a previous fit that was interrupted
                 self._writer.release_lock()

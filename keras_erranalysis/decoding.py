@@ -1,8 +1,8 @@
 """Turn token ids and class ids back into text.
 
 A :class:`Vocabulary` wraps whatever the user has: a list of tokens, a ``{id: token}`` or
-``{token: id}`` mapping, a Keras ``TextVectorization`` / ``StringLookup`` layer, or a
-callable from a sequence of ids to a string.
+``{token: id}`` mapping, a Keras ``TextVectorization`` / ``StringLookup`` layer, a
+keras-hub tokenizer, or a callable from a sequence of ids to a string.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class Vocabulary:
         """Builds a vocabulary from a list, a mapping, a Keras lookup layer or a callable.
 
         Args:
-            obj: The user's vocabulary, or None.
+            obj: The user's vocabulary (a list, a mapping, a Keras lookup layer, a keras-hub
+                tokenizer, a callable), or None.
             sep: Joiner override; by default a space (a Vocabulary keeps its own).
 
         Returns:
@@ -72,6 +73,10 @@ class Vocabulary:
             if sep is not None and sep != obj.sep:
                 return cls(obj.tokens, sep=sep, fn=obj.fn)
             return obj
+        if callable(getattr(obj, "detokenize", None)) and callable(
+            getattr(obj, "vocabulary_size", None)
+        ):  # a keras-hub tokenizer: each id's own text, joined with nothing
+            return cls(tokenizer_tokens(obj), sep="" if sep is None else sep)
         joiner = " " if sep is None else sep
         if hasattr(obj, "get_vocabulary"):  # TextVectorization, StringLookup, IntegerLookup
             return cls([str(t) for t in obj.get_vocabulary()], sep=joiner)
@@ -145,6 +150,32 @@ class Vocabulary:
             return printable_text(self.fn([int(i) for i in ids_array if i >= 0]))  # type: ignore[misc]
         words = (self.token(i) for i in ids_array)
         return self.sep.join(w for w in words if w != "")
+
+
+def tokenizer_tokens(tokenizer: Any) -> list[str]:
+    """The text of each id of a keras-hub tokenizer (special tokens: ``""``, as padding).
+
+    Each byte-level BPE id is detokenized on its own, so a piece keeps its leading space
+    (``" cat"``); a WordPiece continuation (``"##ing"``) loses its marker and other pieces
+    get a space; a SentencePiece ``"▁"`` becomes a space. The pieces joined with ``""``
+    then give the text the tokenizer gives;
+    special tokens (start, end, padding) are left out of decoded text, as keras-hub's
+    ``generate()`` leaves them out. A character split over several byte-level pieces shows
+    as U+FFFD in each.
+    """
+    size = int(tokenizer.vocabulary_size())
+    special = {int(i) for i in getattr(tokenizer, "special_token_ids", None) or ()}
+    suffix = getattr(tokenizer, "suffix_indicator", None)
+    if suffix or hasattr(tokenizer, "proto"):  # WordPiece "##ing", SentencePiece "▁the"
+        pieces = [_as_text(t) for t in tokenizer.get_vocabulary()]
+        if suffix:
+            texts = [p[len(suffix) :] if p.startswith(suffix) else " " + p for p in pieces]
+        else:
+            texts = [p.replace("\u2581", " ") for p in pieces]
+    else:  # byte-level BPE: each id's bytes, its leading space kept (" cat")
+        found = tokenizer.detokenize([[i] for i in range(size)])
+        texts = np.asarray(found.numpy() if hasattr(found, "numpy") else found).reshape(-1)
+    return ["" if i in special else _as_text(t) for i, t in enumerate(texts)]
 
 
 def _as_text(token: Any) -> str:

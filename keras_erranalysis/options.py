@@ -168,6 +168,11 @@ class GenerationAnalysis:
     ``"greedy"`` decodes the standard Keras encoder-decoder with teacher forcing: source
     input(s) plus a decoder input shifted right by a start token, in one compiled loop; a
     beam width ``k > 1`` decodes the same model by beam search, in one compiled loop too.
+    A keras-hub ``Seq2SeqLM`` or ``CausalLM`` decodes through its own generate function
+    (its sampler and stop token) and its text through its tokenizer; the prompt is cut out
+    of each example: the decoder's start tokens for a ``Seq2SeqLM``, and for a
+    ``CausalLM`` the tokens before the first counted label (a prompt the sample weight
+    keeps out of the loss), at least the start token, or ``prompt_length`` tokens.
 
     Attributes:
         method: ``"greedy"`` (or ``1``), a beam width ``k > 1``, or a callable: a batch of
@@ -175,15 +180,24 @@ class GenerationAnalysis:
             ``(B, T)``.
         max_length: Most tokens generated (default: the decoder input's length).
         start_id: Start token (default: the id every decoder input row begins with).
-        end_id: End token (default: ``</s>``, ``<eos>`` or ``[END]`` in the target vocab).
+        end_id: End token (default: ``</s>``, ``<eos>`` or ``[END]`` in the target vocab;
+            a keras-hub task's tokenizer's end token).
+        prompt_length: keras-hub ``CausalLM``: tokens of each example fed as the prompt,
+            the start token included (default: see above).
     """
 
     method: Any = "greedy"
     max_length: int | None = None
     start_id: int | None = None
     end_id: int | None = None
+    prompt_length: int | None = None
 
     def __post_init__(self) -> None:
+        if self.prompt_length is not None and self.prompt_length < 1:
+            raise ValueError(
+                f"GenerationAnalysis(prompt_length={self.prompt_length}): the prompt holds at "
+                "least the start token; pass an integer >= 1, or None."
+            )
         method = self.method
         if isinstance(method, bool) or not (
             method == "greedy" or callable(method) or isinstance(method, int) and method >= 1

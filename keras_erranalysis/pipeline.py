@@ -118,9 +118,12 @@ def text_features(
         return None
     if len(texts) != len(report):
         raise ValueError(f"texts has {len(texts)} entries but the data has {len(report)}.")
+    chars = input_vocab is not None and input_vocab.sep == ""
+    if chars and any(" " in token for token in input_vocab.tokens or ()):
+        chars = False  # word pieces that carry their spaces (a keras-hub tokenizer's)
     return extract_features(
         texts=list(texts),
-        tokenizer="char" if input_vocab is not None and input_vocab.sep == "" else "word",
+        tokenizer="char" if chars else "word",
         labels=None if report.is_sequence else report.label,
         example_ids=report.example_id,
         pos=False,
@@ -204,6 +207,23 @@ class EpochPipeline:
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _padding_checked: bool = dataclasses.field(default=False, repr=False)
     _health_done: bool = dataclasses.field(default=False, repr=False)
+    _mapped: Any = dataclasses.field(default=None, repr=False)  # (model ref, data)
+
+    def _model_data(self, model: Any) -> Any:
+        """The data as the model's inputs: raw text through a keras-hub task's preprocessor.
+
+        Preprocessed once and kept in memory (``compute._hub.preprocessed_data``): the
+        examples do not change between epochs. Other data is used as it is.
+        """
+        import weakref
+
+        from keras_erranalysis.compute._hub import preprocessed_data
+
+        if self._mapped is not None and self._mapped[0]() is model:
+            return self._mapped[1]
+        data = preprocessed_data(model, self.data)
+        self._mapped = (weakref.ref(model), data)
+        return data
 
     def attention_layers(self) -> list[str] | None:
         """The attention layers asked for (``None``: all of them)."""
@@ -239,6 +259,9 @@ class EpochPipeline:
         )
         if generation is not None:  # corpus numbers; the text is in the hardest table
             tables["generation"] = generation
+            tokenizer_vocab = self._generated_vocab(model)
+            if tokenizer_vocab is not None:  # a keras-hub task: text as its generate() gives
+                tables["hardest"] = generated_text(tables["hardest"], report, tokenizer_vocab)
         if self.health is not None and not self._health_done:
             tables.update(self._health_tables(model))
         if writer is not None:
@@ -261,7 +284,7 @@ class EpochPipeline:
         from keras_erranalysis.compute import finite_input_rows, weights_are_finite
 
         if self._input_finite is False:  # read once: the examples do not change
-            self._input_finite = finite_input_rows(self.data)
+            self._input_finite = finite_input_rows(self._model_data(model))
         return nonfinite_causes(
             report,
             weights_finite=weights_are_finite(model),
@@ -371,7 +394,7 @@ class EpochPipeline:
             extra.append(embedding_columns(model, layer=self.embeddings.layer))
         result = run_pass(
             model,
-            self.data,
+            self._model_data(model),
             extra=extra,
             keep=self._watch or [],
             keep_hardest=0 if self.attention is None else self.attention.heatmaps,
@@ -404,6 +427,15 @@ class EpochPipeline:
             input_vocab=self.decoding["input_vocab"],
         )
 
+    def _generated_vocab(self, model: Any) -> Vocabulary | None:
+        """A keras-hub task's tokenizer as a vocabulary (text as its ``generate()``), or None."""
+        from keras_erranalysis.compute._hub import task_tokenizer, tokenizer_text
+
+        tokenizer = task_tokenizer(model)
+        if tokenizer is None or callable(self.generation.method):
+            return None
+        return Vocabulary(fn=lambda ids: tokenizer_text(tokenizer, [ids])[0], sep="")
+
     def _generate(self, model: Any, report: LossReport) -> pd.DataFrame:
         """Decodes the examples free-running; adds their ids and columns to the report.
 
@@ -422,6 +454,14 @@ class EpochPipeline:
             jit_compile=self.pass_options.get("jit_compile", "auto"),
         )
         return generation_table(corpus, self.generation)
+
+
+def generated_text(hardest: pd.DataFrame, report: LossReport, vocab: Vocabulary) -> pd.DataFrame:
+    """The hardest table with ``generated_text`` decoded by ``vocab`` (its rows only)."""
+    rows = pd.Index(np.asarray(report.example_id)).get_indexer(hardest["example_id"])
+    lengths = np.asarray(report.extra["generated_length"])
+    ids = np.asarray(report.generated)
+    return hardest.assign(generated_text=[vocab.decode(ids[r, : lengths[r]]) for r in rows])
 
 
 def generation_table(corpus: Mapping[str, float], option: GenerationAnalysis) -> pd.DataFrame:
@@ -444,6 +484,24 @@ def with_columns(table: pd.DataFrame, report: LossReport, names: Sequence[str]) 
     return table.assign(
         **{name: np.asarray(report.extra[name])[rows] for name in names if name in report.extra}
     )
+
+
+def task_decoding(model: Any, decoding: dict[str, Vocabulary | None]) -> None:
+    """Fills ``vocab`` / ``input_vocab`` from a keras-hub task's tokenizer when not given.
+
+    A keras-hub ``Seq2SeqLM`` or ``CausalLM`` carries its tokenizer (in its preprocessor):
+    target and source ids decode through it, so the tables show text without a ``vocab=``.
+    ``decoding`` is changed in place (the callback and its pipeline share it).
+    """
+    from keras_erranalysis.compute._hub import task_tokenizer
+
+    tokenizer = task_tokenizer(model)
+    if tokenizer is None or (decoding.get("vocab") and decoding.get("input_vocab")):
+        return
+    vocab = Vocabulary.from_any(tokenizer)
+    for key in ("vocab", "input_vocab"):
+        if decoding.get(key) is None:
+            decoding[key] = vocab
 
 
 def summary_line(epoch: int, report: LossReport) -> str:

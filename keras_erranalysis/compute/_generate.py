@@ -44,6 +44,8 @@ class Generated:
         start_id: The start token fed at the first step (``None`` for a user callable).
         end_id: The end token (``None``: decoding ran to ``max_length``).
         decoder_input: Name of the model input that takes the shifted decoder ids.
+        reference: ``(N, T)`` label positions the outputs are compared with, when not the
+            pass's token mask (a keras-hub task: the labels after the prompt).
     """
 
     ids: np.ndarray
@@ -51,6 +53,7 @@ class Generated:
     start_id: int | None
     end_id: int | None
     decoder_input: str | None
+    reference: np.ndarray | None = None
 
     def sequences(self) -> list[list[int]]:
         """Each example's generated ids, cut before the end token."""
@@ -500,8 +503,26 @@ def decode_report(
             "Generation needs the model's token inputs, and this pass kept none: run "
             "compute_losses with keep_inputs=True."
         )
-    end_id = generation_end_id(option, vocab)
+    from keras_erranalysis.compute._hub import generate_task, is_generative_task
+
     batch_size = batch_size or 256
+    if not callable(option.method) and is_generative_task(model):
+        # a keras-hub Seq2SeqLM / CausalLM: its own generate function, sampler and stop
+        # token; the outputs are compared with the labels after the prompt.
+        generated, reference = generate_task(
+            model,
+            report.inputs,
+            report.token_mask,
+            max_length=option.max_length,
+            end_id=option.end_id,
+            prompt_length=option.prompt_length,
+            batch_size=min(batch_size, 64),
+        )
+        generated.reference = reference
+        report.generated = generated.ids
+        report.extra["generated_length"] = generated.lengths
+        return generated
+    end_id = generation_end_id(option, vocab)
     if callable(option.method):
         generated = generate_with(
             option.method, report.inputs, end_id=end_id, batch_size=batch_size
@@ -524,7 +545,9 @@ def decode_report(
     return generated
 
 
-def score_generated(report: Any, *, end_id: int | None, vocab: Any = None) -> dict[str, float]:
+def score_generated(
+    report: Any, *, end_id: int | None, vocab: Any = None, reference: np.ndarray | None = None
+) -> dict[str, float]:
     """Adds the ``generated_*`` columns of stored outputs to ``report.extra``.
 
     Reads ``report.generated`` and ``report.extra["generated_length"]`` (set by
@@ -540,7 +563,7 @@ def score_generated(report: Any, *, end_id: int | None, vocab: Any = None) -> di
     ids = np.asarray(report.generated)
     columns, corpus = generated_metrics(
         report.label,
-        report.token_mask,
+        report.token_mask if reference is None else reference,
         [row[:n].tolist() for row, n in zip(ids, lengths)],
         teacher_forced_correct=report.correct,
         end_id=end_id,
@@ -579,5 +602,7 @@ def add_generated(
         jit_compile=jit_compile,
     )
     seconds = time.perf_counter() - started
-    corpus = score_generated(report, end_id=generated.end_id, vocab=vocab)
+    corpus = score_generated(
+        report, end_id=generated.end_id, vocab=vocab, reference=generated.reference
+    )
     return {**corpus, "decode_seconds": seconds}

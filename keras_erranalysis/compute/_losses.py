@@ -150,7 +150,7 @@ def run_pass(
     """
     import tensorflow as tf
 
-    from keras_erranalysis.compute import _compiled, _pass
+    from keras_erranalysis.compute import _compiled, _hub, _pass
 
     defaults = {
         name: parameter.default
@@ -170,6 +170,7 @@ def run_pass(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     _pass.check_model(model)
+    data = _hub.task_data(model, data)  # raw text through a keras-hub task's preprocessor
     arrays = _pass.array_parts(data)
     spec = _pass.resolve_loss(
         model, loss, output, ignore_class=ignore_class, from_logits=from_logits
