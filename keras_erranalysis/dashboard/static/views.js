@@ -1,0 +1,167 @@
+// Metrics, Maps, Why and Compare views.
+import { el, clear, recordTable, userText } from "./dom.js";
+import { classBars, confusionTable, scatter } from "./charts.js";
+import { rowsTable } from "./examples.js";
+
+const MAX_BARS = 60;
+const MAX_IDS = 5000; // ids sent in one URL; a larger box keeps the first MAX_IDS points
+
+export class MetricsView {
+  constructor(app, section) {
+    this.app = app;
+    this.section = section;
+  }
+
+  async load() {
+    const app = this.app;
+    const answer = await app.get("metrics");
+    const section = clear(this.section);
+    const perClass = [...(answer.per_class || [])];
+    const worst = perClass.length > MAX_BARS
+      ? perClass.sort((a, b) => (a.f1 ?? 0) - (b.f1 ?? 0)).slice(0, MAX_BARS) : perClass;
+    section.append(el("h3", { text: perClass.length > MAX_BARS
+      ? `Per class: the ${MAX_BARS} lowest F1 of ${perClass.length} (click a bar for its examples)`
+      : "Per class (click a bar for its examples)" }));
+    section.append(el("div", { class: "chart-box", id: "class-bars" },
+      classBars(worst, (row) => app.openExamples({ label: [row.class] }))));
+    const confusion = answer.confusion || { labels: [], matrix: [] };
+    if (confusion.matrix && confusion.matrix.length) {
+      const classes = confusion.classes || confusion.labels.map((name, index) =>
+        (String(name) === "other" && index === confusion.labels.length - 1 && index >= 30 ? null : index));
+      section.append(el("h3", { text: "Confusion matrix (click a cell for its examples)" }),
+        el("div", { class: "chart-box" }, confusionTable(confusion.labels, confusion.matrix,
+          (i, j) => app.openExamples({ label: [classes[i]], prediction: [classes[j]] }),
+          (i, j) => classes[i] !== null && classes[j] !== null && classes[i] !== undefined && classes[j] !== undefined)));
+    }
+  }
+}
+
+export class MapsView {
+  constructor(app, section) {
+    this.app = app;
+    this.section = section;
+    this.kind = "datamap";
+  }
+
+  runChanged() {
+    this.kind = "datamap";
+  }
+
+  async load() {
+    const app = this.app;
+    const section = clear(this.section);
+    const kinds = el("div", { class: "map-kinds" });
+    for (const [kind, label] of [["datamap", "data map (confidence × variability)"], ["embedding", "embedding (2-D projection)"]]) {
+      const disabled = kind === "embedding" && !app.run.has_embeddings;
+      const radio = el("input", { type: "radio", name: "map-kind", value: kind, checked: kind === this.kind, disabled });
+      radio.addEventListener("change", () => {
+        this.kind = kind;
+        this.load().catch((error) => app.fail(error));
+      });
+      kinds.append(el("label", { title: disabled ? "this run stores no embeddings" : null }, radio, label));
+    }
+    const note = el("p", { class: "hint", id: "map-note",
+      text: "Drag a box over points to open them in Examples." });
+    const box = el("div", { class: "chart-box", id: "map-box" });
+    section.append(kinds, note, box);
+    const answer = await app.get("map", { kind: this.kind });
+    const points = answer.points || [];
+    note.textContent = `${points.length} points shown. Drag a box over points to open them in Examples.`;
+    box.append(scatter(answer, (ids) => {
+      if (!ids.length) {
+        note.textContent = "No point inside that box: drag over some points.";
+        return;
+      }
+      app.openExamples({ ids: ids.slice(0, MAX_IDS) });
+      if (ids.length > MAX_IDS) app.status(`The box holds ${ids.length} points: the first ${MAX_IDS} are shown.`);
+    }));
+  }
+}
+
+export class WhyView {
+  constructor(app, section) {
+    this.app = app;
+    this.section = section;
+  }
+
+  async load() {
+    const app = this.app;
+    const answer = await app.get("why");
+    const section = clear(this.section);
+    const features = answer.features || [];
+    const slices = answer.slices || [];
+    section.append(el("h3", { text: "Features: wrong against correct examples (click a row for its wrong examples, sorted by it)" }));
+    section.append(features.length ? recordTable(features, { skip: ["filter"], rowTitle: "open its examples",
+      onRow: (row) => {
+        const feature = row.feature ?? row.name;
+        const sortable = (app.run.columns || []).includes(feature);
+        app.openExamples(row.filter || { correct: false }, sortable ? feature : null, "desc");
+      } }) : el("p", { class: "hint", text: "No feature comparison stored for this epoch." }));
+    section.append(el("h3", { text: "Slices (click a row for its examples)" }));
+    section.append(slices.length ? recordTable(slices, { skip: ["filter"], rowTitle: "open its examples",
+      onRow: (row) => app.openExamples(row.filter || (row.name !== undefined ? { flags: [`slice:${row.name}`] } : {})) })
+      : el("p", { class: "hint", text: "No slice stored for this epoch." }));
+  }
+}
+
+export class CompareView {
+  constructor(app, section) {
+    this.app = app;
+    this.section = section;
+    this.other = null;
+    this.sort = null;
+    this.order = "desc";
+    this.offset = 0;
+    this.limit = 50;
+  }
+
+  runChanged() {
+    this.other = null;
+    this.offset = 0;
+  }
+
+  async load() {
+    const app = this.app;
+    const section = clear(this.section);
+    const others = app.runs.filter((run) => run.run !== app.run.run);
+    if (!others.length) {
+      section.append(el("p", { class: "hint", text: "Only one run under this logdir: nothing to compare with. " +
+        "Point TensorBoard at a folder holding several runs." }));
+      return;
+    }
+    if (!this.other || !others.some((run) => run.run === this.other)) this.other = others[0].run;
+    const pick = el("select", { id: "compare-run" }, others.map((run) => el("option", { value: run.run }, run.run)));
+    pick.value = this.other;
+    pick.addEventListener("change", () => {
+      this.other = pick.value;
+      this.offset = 0;
+      this.load().catch((error) => app.fail(error));
+    });
+    const filter = app.views.examples.filter;
+    const summary = el("div", { class: "summary" });
+    section.append(el("label", {}, "compare ", userText(app.run.run), " with ", pick),
+      el("p", { class: "hint", text: Object.keys(filter).length
+        ? "The Examples tab's filter applies here too." : "Rows joined on example id; filter them in Examples." }),
+      summary);
+    const page = await app.get("compare", { other: this.other, filter: Object.keys(filter).length ? filter : null,
+      sort: this.sort, order: this.sort ? this.order : null, offset: this.offset, limit: this.limit });
+    summary.dataset.total = String(page.total);
+    summary.textContent = `rows ${page.total ? this.offset + 1 : 0}–${this.offset + (page.rows || []).length} of ${page.total}`;
+    const go = (offset) => () => {
+      this.offset = Math.max(0, offset);
+      this.load().catch((error) => app.fail(error));
+    };
+    section.append(el("div", { class: "table-box" }, rowsTable(app, page, { sort: this.sort, order: this.order,
+      onSort: (column) => {
+        this.order = this.sort === column && this.order === "desc" ? "asc" : "desc";
+        this.sort = column;
+        this.offset = 0;
+        this.load().catch((error) => app.fail(error));
+      },
+      onRow: (row) => app.openDetail(row.example_id) })),
+    el("div", { class: "pager" },
+      el("button", { type: "button", text: "‹ previous", disabled: this.offset === 0, onclick: go(this.offset - this.limit) }),
+      el("button", { type: "button", text: "next ›", disabled: this.offset + this.limit >= page.total,
+        onclick: go(this.offset + this.limit) })));
+  }
+}
