@@ -11,7 +11,8 @@ const OPEN = 1e300;
  * `page` is the answer of /examples or /compare.
  */
 export function rowsTable(app, page, { sort, order, onSort, onRow }) {
-  const columns = (page.columns || []).filter((column) => !column.endsWith("__truncated"));
+  const columns = (page.columns || []).filter((column) => !column.endsWith("__truncated") &&
+    !app.hiddenColumns.has(column));
   const head = el("tr", {}, columns.map((column) => {
     const mark = column === sort ? (order === "asc" ? " ▲" : " ▼") : "";
     const th = el("th", { "data-column": column, class: "sortable", title: `sort by ${column}`,
@@ -115,7 +116,7 @@ export class ExamplesView {
     this.summary.textContent = page.total
       ? `rows ${this.offset + 1}–${end} of ${page.total} matching (${page.n_examples} examples, epoch ${this.app.epoch})`
       : `no row matches (${page.n_examples} examples, epoch ${this.app.epoch})`;
-    clear(this.tableBox).append(rowsTable(this.app, page, {
+    clear(this.tableBox).append(columnPicker(this.app, page.columns || [], () => this.load()), rowsTable(this.app, page, {
       sort: this.sort, order: this.order,
       onSort: (column) => this.sortBy(column),
       onRow: (row) => this.app.openDetail(row.example_id),
@@ -295,6 +296,23 @@ export class ExamplesView {
     max.addEventListener("change", update);
     return el("span", { class: "range" }, el("bdi", { text: column }), " ", min, "–", max);
   }
+}
+
+/** A "columns" menu: one checkbox per column; what is unticked is hidden in every table. */
+export function columnPicker(app, columns, redraw) {
+  const shown = columns.filter((column) => !column.endsWith("__truncated"));
+  const boxes = shown.map((column) => {
+    const box = el("input", { type: "checkbox", name: `column-${column}`, checked: !app.hiddenColumns.has(column) });
+    box.addEventListener("change", () => {
+      if (box.checked) app.hiddenColumns.delete(column);
+      else app.hiddenColumns.add(column);
+      redraw();
+    });
+    return el("label", {}, box, el("bdi", { text: column }));
+  });
+  const hidden = shown.filter((column) => app.hiddenColumns.has(column)).length;
+  return el("details", { class: "columns" }, el("summary", { text: `columns (${shown.length - hidden} of ${shown.length} shown)` }),
+    el("div", { class: "column-list" }, boxes));
 }
 
 function field(name, control) {

@@ -24,6 +24,7 @@ class App {
     this.pending = 0;
     this.views = {};
     this.current = "examples";
+    this.hiddenColumns = new Set();
   }
 
   /** GET a route of the plugin (run and epoch added), counting requests in flight. */
@@ -100,6 +101,9 @@ class App {
     this.epochSlider.disabled = epochs.length < 2;
     this.epoch = epochs.length ? epochs[epochs.length - 1] : null;
     this.showEpochLabel();
+    // Columns most people skip at first; the "columns" menu shows them again.
+    this.hiddenColumns = new Set(["loss_sum", "loss_mean", "true_prob", "mean_true_prob", "nonfinite"]);
+    if (this.run.label_names) ["label_text", "prediction_text"].forEach((c) => this.hiddenColumns.add(c));
     clear(this.runInfo).append(`${this.run.task}, ${this.run.n_examples} examples`);
     for (const view of Object.values(this.views)) view.runChanged && view.runChanged();
     this.show(this.current, true);

@@ -1,7 +1,7 @@
 // Metrics, Maps, Why and Compare views.
 import { el, clear, recordTable, userText } from "./dom.js";
 import { classBars, confusionTable, scatter } from "./charts.js";
-import { rowsTable } from "./examples.js";
+import { columnPicker, rowsTable } from "./examples.js";
 
 const MAX_BARS = 60;
 const MAX_IDS = 5000; // ids sent in one URL; a larger box keeps the first MAX_IDS points
@@ -26,7 +26,7 @@ export class MetricsView {
       classBars(worst, (row) => app.openExamples({ label: [row.class] }))));
     const confusion = answer.confusion || { labels: [], matrix: [] };
     if (confusion.matrix && confusion.matrix.length) {
-      const classes = confusion.classes || confusion.labels.map((name, index) =>
+      const classes = confusion.class_ids || confusion.classes || confusion.labels.map((name, index) =>
         (String(name) === "other" && index === confusion.labels.length - 1 && index >= 30 ? null : index));
       section.append(el("h3", { text: "Confusion matrix (click a cell for its examples)" }),
         el("div", { class: "chart-box" }, confusionTable(confusion.labels, confusion.matrix,
@@ -151,7 +151,8 @@ export class CompareView {
       this.offset = Math.max(0, offset);
       this.load().catch((error) => app.fail(error));
     };
-    section.append(el("div", { class: "table-box" }, rowsTable(app, page, { sort: this.sort, order: this.order,
+    section.append(columnPicker(app, page.columns || [], () => this.load().catch((error) => app.fail(error))),
+      el("div", { class: "table-box" }, rowsTable(app, page, { sort: this.sort, order: this.order,
       onSort: (column) => {
         this.order = this.sort === column && this.order === "desc" ? "asc" : "desc";
         this.sort = column;
