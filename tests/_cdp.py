@@ -202,8 +202,11 @@ class Page:
     def settle(self, *, timeout=15.0) -> None:
         """Waits until the dashboard has no request in flight (html[data-pending="0"])."""
         time.sleep(0.05)
-        self.wait("document.documentElement.dataset.pending === '0'", timeout=timeout,
-                  what="the dashboard's requests")
+        self.wait(
+            "document.documentElement.dataset.pending === '0'",
+            timeout=timeout,
+            what="the dashboard's requests",
+        )
 
     def center(self, selector: str) -> tuple[float, float]:
         """The centre of the first element matching `selector`, scrolled into view."""
@@ -236,8 +239,9 @@ class Page:
         self.mouse("mousePressed", *start)
         for k in range(1, steps + 1):
             t = k / steps
-            self.mouse("mouseMoved", start[0] + t * (end[0] - start[0]),
-                       start[1] + t * (end[1] - start[1]))
+            self.mouse(
+                "mouseMoved", start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])
+            )
         self.mouse("mouseReleased", *end, buttons=0)
 
     def key(self, key: str, code: int) -> None:
@@ -252,9 +256,13 @@ class Page:
         """A PNG of the page (its full height when `height` is None, capped at 2400 px)."""
         if height is None:
             height = min(2400, int(self.evaluate("document.documentElement.scrollHeight")))
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
-        shot = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+        shot = self.send(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": False}
+        )
         self.send("Emulation.clearDeviceMetricsOverride")
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
@@ -268,12 +276,23 @@ class Page:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
-                found.append("exception: " + str(
-                    details.get("exception", {}).get("description") or details.get("text")))
+                found.append(
+                    "exception: "
+                    + str(details.get("exception", {}).get("description") or details.get("text"))
+                )
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                found.append("console." + params["type"] + ": " + " ".join(
-                    str(arg.get("value", arg.get("description"))) for arg in params.get("args", [])))
+                found.append(
+                    "console."
+                    + params["type"]
+                    + ": "
+                    + " ".join(
+                        str(arg.get("value", arg.get("description")))
+                        for arg in params.get("args", [])
+                    )
+                )
             elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
                 entry = params["entry"]
-                found.append(f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}")
+                found.append(
+                    f"log ({entry.get('source')}): {entry.get('text')} {entry.get('url', '')}"
+                )
         return found
