@@ -14,6 +14,10 @@ function extent(values) {
   return lo === hi ? [lo - 0.5, hi + 0.5] : [lo, hi];
 }
 
+function tick(value) {
+  return String(+value.toPrecision(3));
+}
+
 function short(text, n = 22) {
   const value = String(text);
   return value.length > n ? `${value.slice(0, n)}…` : value;
@@ -107,7 +111,7 @@ export function confusionTable(labels, matrix, onClick, clickable = () => true) 
  * behind it and an SVG layer on top for axes and a drag box. onSelect(ids, box) after a drag.
  */
 export function scatter(answer, onSelect, { width = 640, height = 460 } = {}) {
-  const pad = { left: 50, right: 16, top: 14, bottom: 40 };
+  const pad = { left: 64, right: 16, top: 14, bottom: 40 };
   const points = answer.points || [];
   const density = answer.density || null;
   const xDomain = density && density.x_edges && density.x_edges.length > 1
@@ -151,8 +155,8 @@ export function scatter(answer, onSelect, { width = 640, height = 460 } = {}) {
   for (let k = 0; k <= 4; k += 1) {
     const xv = xDomain[0] + (k / 4) * (xDomain[1] - xDomain[0]);
     const yv = yDomain[0] + (k / 4) * (yDomain[1] - yDomain[0]);
-    layer.append(svg("text", { x: sx(xv), y: height - pad.bottom + 14, class: "tick", "text-anchor": "middle" }, formatNumber(+xv.toPrecision(3))),
-      svg("text", { x: pad.left - 4, y: sy(yv) + 3, class: "tick", "text-anchor": "end" }, formatNumber(+yv.toPrecision(3))));
+    layer.append(svg("text", { x: sx(xv), y: height - pad.bottom + 14, class: "tick", "text-anchor": "middle" }, tick(xv)),
+      svg("text", { x: pad.left - 4, y: sy(yv) + 3, class: "tick", "text-anchor": "end" }, tick(yv)));
   }
   layer.append(svg("text", { x: (pad.left + width - pad.right) / 2, y: height - 6, class: "axis-label", "text-anchor": "middle" }, String(answer.x_label || "x")),
     svg("text", { x: 12, y: (pad.top + height - pad.bottom) / 2, class: "axis-label", "text-anchor": "middle",

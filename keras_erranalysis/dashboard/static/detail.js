@@ -25,7 +25,8 @@ export class DetailView {
     if (request !== this.request) return;
     const app = this.app;
     clear(section).dataset.id = String(example.example_id);
-    section.append(el("h2", {}, "Example ", userText(example.example_id), ` at epoch ${app.epoch}`));
+    section.append(el("h2", {}, "Example ", userText(example.example_id), ` at epoch ${app.epoch} `,
+      el("button", { type: "button", class: "link", text: "← back to Examples", onclick: () => app.show("examples") })));
     const texts = el("dl", { class: "texts" });
     const names = [["input", "input_text"], ["label", "label_text"], ["prediction (teacher-forced)", "prediction_text"],
       ["generated", "generated_text"]];

@@ -66,7 +66,9 @@ export class MapsView {
     section.append(kinds, note, box);
     const answer = await app.get("map", { kind: this.kind });
     const points = answer.points || [];
-    note.textContent = `${points.length} points shown. Drag a box over points to open them in Examples.`;
+    const total = answer.total ?? points.length;
+    note.textContent = `${points.length} points shown${total > points.length ? ` (a sample of ${total})` : ""}; ` +
+      "the grey squares are the density of all rows. Drag a box over points to open them in Examples.";
     box.append(scatter(answer, (ids) => {
       if (!ids.length) {
         note.textContent = "No point inside that box: drag over some points.";
