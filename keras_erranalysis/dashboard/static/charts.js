@@ -203,3 +203,27 @@ export function scatter(answer, onSelect, { width = 640, height = 460 } = {}) {
   layer.addEventListener("mouseleave", (event) => start && finish(event));
   return el("div", { class: "scatter", style: `width:${width}px;height:${height}px` }, canvas, layer);
 }
+
+/** A small histogram (edges, counts) as SVG bars; onClick(lo, hi) on a bar. */
+export function histogram(answer, column, onClick, { width = 360, height = 70 } = {}) {
+  const edges = answer.edges || [];
+  const counts = answer.counts || [];
+  const chart = svg("svg", { class: "histogram", width, height, viewBox: `0 0 ${width} ${height}`, role: "img",
+    "data-column": column });
+  if (!counts.length || edges.length !== counts.length + 1) return chart;
+  const top = Math.max(1, ...counts);
+  const pad = { left: 4, right: 4, top: 4, bottom: 16 };
+  const step = (width - pad.left - pad.right) / counts.length;
+  counts.forEach((count, i) => {
+    const barHeight = (count / top) * (height - pad.top - pad.bottom);
+    const rect = svg("rect", { x: pad.left + i * step + 0.5, y: height - pad.bottom - barHeight, width: Math.max(1, step - 1),
+      height: Math.max(count ? 1 : 0, barHeight), class: "hist-bar" },
+    svg("title", {}, `${column} ${formatNumber(edges[i])} – ${formatNumber(edges[i + 1])}: ${count} rows; click to keep these`));
+    rect.addEventListener("click", () => onClick(edges[i], edges[i + 1]));
+    chart.append(rect);
+  });
+  chart.append(svg("text", { x: pad.left, y: height - 3, class: "tick" }, tick(edges[0])),
+    svg("text", { x: width - pad.right, y: height - 3, class: "tick", "text-anchor": "end" }, tick(edges[edges.length - 1])),
+    svg("text", { x: width / 2, y: height - 3, class: "tick", "text-anchor": "middle" }, `${column} of the matches`));
+  return chart;
+}

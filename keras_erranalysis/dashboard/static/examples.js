@@ -1,5 +1,6 @@
 // Examples view: filters, a sortable page of rows (<= 200, from the server), paging.
 import { el, clear, display, longText, formatNumber } from "./dom.js";
+import { histogram } from "./charts.js";
 
 const STANDARD_RANGES = ["loss", "confidence", "margin", "aum"];
 const FLAGS = ["likely_mislabeled", "nonfinite"];
@@ -68,9 +69,10 @@ export class ExamplesView {
     this.filters = el("form", { class: "filters", "aria-label": "filters" });
     this.filters.addEventListener("submit", (event) => event.preventDefault());
     this.summary = el("div", { class: "summary", id: "examples-summary" });
+    this.histogramBox = el("div", { class: "histogram-box" });
     this.tableBox = el("div", { class: "table-box" });
     this.pager = el("div", { class: "pager" });
-    section.append(this.filters, this.summary, this.tableBox, this.pager);
+    section.append(this.filters, this.histogramBox, this.summary, this.tableBox, this.pager);
   }
 
   runChanged() {
@@ -122,6 +124,20 @@ export class ExamplesView {
       onRow: (row) => this.app.openDetail(row.example_id),
     }));
     this.renderPager(page.total);
+    this.renderHistogram(request).catch((error) => this.app.fail(error));
+  }
+
+  /** The distribution, among the matches, of the sort column (loss when unsorted). */
+  async renderHistogram(request) {
+    const column = this.sort && this.numericColumns.has(this.sort) ? this.sort : "loss";
+    if (!this.numericColumns.has(column)) return;
+    const answer = await this.app.get("histogram", { column, bins: 40,
+      filter: Object.keys(this.filter).length ? this.filter : null });
+    if (request !== this.request) return;
+    clear(this.histogramBox).append(histogram(answer, column, (lo, hi) => {
+      this.filter.ranges = { ...(this.filter.ranges || {}), [column]: [lo, hi] };
+      this.changed();
+    }));
   }
 
   sortBy(column) {
