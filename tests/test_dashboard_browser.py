@@ -83,6 +83,19 @@ def test_dashboard_workflow_in_tensorboard(served):
     assert listing["erranalysis"]["enabled"] is True
     assert listing["erranalysis"]["tab_name"] == "Error Analysis"
 
+    # TensorBoard's own page: the tab is there, and its iframe shows the first rows.
+    board = browser.page(f"{url}/#erranalysis")
+    shown = board.wait(
+        "(() => { const frame = document.querySelector('iframe');"
+        " const inner = frame && frame.contentDocument;"
+        " return inner && inner.querySelectorAll('table.rows tbody tr').length; })()",
+        timeout=40,
+        what="the Error Analysis tab inside TensorBoard",
+    )
+    assert shown == 50
+    assert board.problems() == []
+
+    # The rest drives the page TensorBoard puts in that iframe, opened on its own.
     page = browser.page(f"{url}/data/plugin_entry.html?name=erranalysis")
     page.wait("!!document.querySelector('table.rows tbody tr')", timeout=30, what="the first rows")
     page.settle()
