@@ -63,9 +63,9 @@ export function classBars(rows, onClick) {
   const bar = 8;
   const rowHeight = metrics.length * bar + 10;
   const left = 190;
-  const width = 640;
+  const width = 720;
   const height = rows.length * rowHeight + 30;
-  const sx = scale([0, 1], [left, width - 60]);
+  const sx = scale([0, 1], [left, width - 120]);
   const chart = svg("svg", { class: "bars", width, height, viewBox: `0 0 ${width} ${height}`, role: "img" });
   rows.forEach((row, i) => {
     const top = 20 + i * rowHeight;

@@ -23,7 +23,8 @@ export function rowsTable(app, page, { sort, order, onSort, onRow }) {
     return th;
   }));
   const body = (page.rows || []).map((row) => {
-    const tr = el("tr", { class: "clickable", "data-id": row.example_id, title: "open in Detail" });
+    const tr = el("tr", { class: "clickable", "data-id": row.example_id, title: "open in Detail", tabindex: 0 });
+    tr.addEventListener("keydown", (event) => event.key === "Enter" && event.target === tr && onRow(row));
     if (row.correct === false) tr.classList.add("wrong");
     for (const column of columns) tr.append(cell(app, row, column));
     tr.addEventListener("click", () => onRow(row));
