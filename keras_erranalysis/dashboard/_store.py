@@ -338,29 +338,28 @@ class RunView:
         return self.cache.get((self.name, epoch, "dynamics"), make)
 
     def order(self, name: str, epoch: int, descending: bool) -> np.ndarray:
-        """Rows sorted by a column, NaN last either way (cached ascending, int32)."""
+        """Rows sorted by a column (ties in stored order, NaN last either way), cached."""
 
-        def make() -> tuple[np.ndarray, int]:
+        def make() -> np.ndarray:
             if name in TEXT_COLUMNS:
                 key = self.text_sort_key(name, epoch)
             else:
                 key = np.asarray(self.column(name, epoch))
-            if key.dtype == bool:
-                key = key.view(np.uint8)
-            ascending = np.argsort(key, kind="stable").astype(np.int32)
-            valid = int(np.count_nonzero(~np.isnan(key))) if key.dtype.kind == "f" else key.size
-            return ascending, valid
+            if key.dtype.kind in "biu":
+                key = key.astype(np.int64)
+            if descending:
+                key = -key  # NaN stays NaN, so it still sorts last
+            return np.argsort(key, kind="stable").astype(np.int32)
 
-        ascending, valid = self.cache.get((self.name, epoch, "order", name), make)
-        if not descending:
-            return ascending
-        return np.concatenate([ascending[:valid][::-1], ascending[valid:]])
+        return self.cache.get((self.name, epoch, "order", name, descending), make)
 
     # -- text --------------------------------------------------------------------------
 
     def texts(self, name: str, epoch: int, rows: Sequence[int] | np.ndarray) -> list[str]:
         """One text column decoded for some rows only (what a page shows)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
         meta = self.meta(epoch)
         decoding = self.run.decoding(epoch)
         sequence = meta["task"] == "sequence"
