@@ -37,7 +37,9 @@ def classification_run(path: Path, *, epochs: int = 3, n: int = 60, seed: int = 
             "per_class": pd.DataFrame(
                 {"class": CLASSES, "error_rate": [0.1, 0.5, 0.25], "note": HOSTILE[:3]}
             ),
-            "features": pd.DataFrame({"feature": ["length", "has <script>"], "p_value": [0.01, 0.5]}),
+            "features": pd.DataFrame(
+                {"feature": ["length", "has <script>"], "p_value": [0.01, 0.5]}
+            ),
         }
         writer.write_epoch(
             epoch, report, tables=tables, vectors={"embedding": embedding.astype(np.float32)}
@@ -53,9 +55,13 @@ def dashboard_logdir(root: Path) -> Path:
 
 
 def serve(logdir: Path, *, timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
-    """Starts `keras-erranalysis serve LOGDIR --port 0` (real TensorBoard); returns it and its URL."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    """Starts `keras-erranalysis serve LOGDIR --port 0` (real TensorBoard): process, URL."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     process = subprocess.Popen(  # noqa: S603 (this interpreter, a fixed module)
         [sys.executable, "-m", "keras_erranalysis.cli", "serve", str(logdir), "--port", "0"],
         stdout=subprocess.PIPE,
