@@ -75,8 +75,9 @@ export function classBars(rows, onClick) {
       const value = Number.isFinite(row[key]) ? row[key] : 0;
       const rect = svg("rect", { x: left, y: top + j * bar, width: Math.max(1, sx(value) - left), height: bar - 1,
         class: `bar ${cls}`, "data-class": row.class, "data-metric": key },
-      svg("title", {}, `${row.name ?? row.class}: ${key} ${formatNumber(row[key])} (support ${row.support}); click for its examples`));
-      rect.addEventListener("click", () => onClick(row));
+      svg("title", {}, `${row.name ?? row.class}: ${key} ${formatNumber(row[key])} (support ${row.support})${onClick ? "; click for its examples" : ""}`));
+      if (onClick) rect.addEventListener("click", () => onClick(row));
+      else rect.classList.add("static");
       chart.append(rect);
     });
     chart.append(svg("text", { x: sx(Math.max(...metrics.map(([key]) => (Number.isFinite(row[key]) ? row[key] : 0)))) + 6, y: top + 2.6 * bar, class: "tick" },

@@ -193,7 +193,9 @@ export class ExamplesView {
     correct.addEventListener("change", () => set("correct", correct.value === "" ? null : correct.value === "true"));
     form.append(field("correct", correct));
 
-    for (const key of ["label", "prediction"]) form.append(field(key, this.classPicker(key, set)));
+    if (run.task === "classification") {
+      for (const key of ["label", "prediction"]) form.append(field(key, this.classPicker(key, set)));
+    }
 
     const text = el("input", { type: "search", name: "text", placeholder: "text contains…",
       value: filter.text || "" });
@@ -305,8 +307,7 @@ export class ExamplesView {
     const update = () => {
       const next = { ...ranges };
       if (min.value === "" && max.value === "") delete next[column];
-      // An open side is sent as a huge bound (JSON has no infinity).
-      else next[column] = [min.value === "" ? -OPEN : +min.value, max.value === "" ? OPEN : +max.value];
+      else next[column] = [min.value === "" ? null : +min.value, max.value === "" ? null : +max.value]; // null: open
       set("ranges", next);
     };
     min.addEventListener("change", update);

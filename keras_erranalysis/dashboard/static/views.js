@@ -17,21 +17,23 @@ export class MetricsView {
     const answer = await app.get("metrics");
     const section = clear(this.section);
     const perClass = [...(answer.per_class || [])];
+    // Classes of a classifier filter its examples; token classes of a sequence task do not.
+    const opens = app.run.task === "classification";
     const worst = perClass.length > MAX_BARS
       ? perClass.sort((a, b) => (a.f1 ?? 0) - (b.f1 ?? 0)).slice(0, MAX_BARS) : perClass;
+    const what = opens ? "Per class (click a bar for its examples)" : "Per token class";
     section.append(el("h3", { text: perClass.length > MAX_BARS
-      ? `Per class: the ${MAX_BARS} lowest F1 of ${perClass.length} (click a bar for its examples)`
-      : "Per class (click a bar for its examples)" }));
+      ? `${what}: the ${MAX_BARS} lowest F1 of ${perClass.length}` : what }));
     section.append(el("div", { class: "chart-box", id: "class-bars" },
-      classBars(worst, (row) => app.openExamples({ label: [row.class] }))));
+      classBars(worst, opens ? (row) => app.openExamples({ label: [row.class] }) : null)));
     const confusion = answer.confusion || { labels: [], matrix: [] };
     if (confusion.matrix && confusion.matrix.length) {
       const classes = confusion.class_ids || confusion.classes || confusion.labels.map((name, index) =>
         (String(name) === "other" && index === confusion.labels.length - 1 && index >= 30 ? null : index));
-      section.append(el("h3", { text: "Confusion matrix (click a cell for its examples)" }),
+      section.append(el("h3", { text: opens ? "Confusion matrix (click a cell for its examples)" : "Confusion matrix of tokens" }),
         el("div", { class: "chart-box" }, confusionTable(confusion.labels, confusion.matrix,
           (i, j) => app.openExamples({ label: [classes[i]], prediction: [classes[j]] }),
-          (i, j) => classes[i] !== null && classes[j] !== null && classes[i] !== undefined && classes[j] !== undefined)));
+          (i, j) => opens && classes[i] !== null && classes[j] !== null && classes[i] !== undefined && classes[j] !== undefined)));
     }
   }
 }
