@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +48,29 @@ def classification_run(path: Path, *, epochs: int = 3, n: int = 60, seed: int = 
         )
 
 
+def tiny_png(width: int, height: int) -> bytes:
+    """A grey gradient PNG (a stand-in heatmap), written with zlib only."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\0" + bytes(40 * (x + y) % 256 for x in range(width)) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 def dashboard_logdir(root: Path) -> Path:
-    """A logdir with two runs: `classes` (hostile texts) and `tokens` (a sequence task)."""
+    """Two runs: `classes` (hostile texts) and `tokens` (a sequence task, one heatmap)."""
     logdir = root / "logdir"
     classification_run(logdir / "classes")
-    make_run(logdir / "tokens", epochs=2, n=6, sequence=True)
+    heatmap = {2: {"example1_attention.png": tiny_png(6, 4)}}
+    make_run(logdir / "tokens", epochs=2, n=6, sequence=True, files=heatmap)
     return logdir
 
 

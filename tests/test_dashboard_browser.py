@@ -161,7 +161,7 @@ def test_dashboard_workflow_in_tensorboard(served):
     )
     assert full == LONG
     assert page.evaluate("document.getElementById('injected')") is None
-    assert page.evaluate("document.querySelectorAll('main img, main script').length") == 0
+    assert page.evaluate("document.querySelectorAll('main img, main script, main b').length") == 0
     assert page.evaluate("String(window.__pwned)") == "undefined"
     assert page.evaluate("document.title") == "Error Analysis"
     page.click("button.reset")
@@ -248,8 +248,14 @@ def test_dashboard_workflow_in_tensorboard(served):
     _set(page, "#run-select", "tokens")
     page.settle()
     tokens = load_run(logdir / "tokens")
-    page.click("section[data-view=examples] table.rows tbody tr")
+    page.click('section[data-view=examples] table.rows tbody tr[data-id="1"]')
     page.settle()
+    image = page.wait(
+        "(() => { const i = document.querySelector('.heatmaps img');"
+        " return i && i.complete && [i.naturalWidth, i.getAttribute('src')]; })()",
+        what="the stored heatmap",
+    )
+    assert image[0] == 6 and "name=example1_attention.png" in image[1]
     example = int(page.evaluate("document.querySelector('section[data-view=detail]').dataset.id"))
     row = int(np.flatnonzero(np.asarray(tokens.array("example_id")) == example)[0])
     token_loss = np.asarray(tokens.array("token_loss"))[row]
