@@ -40,7 +40,7 @@ def synthetic_run(folder: Path, n: int) -> None:
 
     rng = np.random.default_rng(0)
     writer = RunWriter(folder, decoding={"label_names": [f"class {i}" for i in range(10)]})
-    texts = np.array([f"synthetic example text number {i}" for i in range(n)])
+    texts = np.array([f"text {i}" for i in range(n)])
     for epoch in (1, 2, 3):
         report = classification_report(n, seed=epoch, num_classes=10)
         report.inputs = {"text": texts}
