@@ -152,20 +152,20 @@ def screenshots(logdir: Path, out: Path) -> dict[str, int]:
             page.click("section[data-view=examples] th[data-column=loss]")
             shot("examples")
             page.click("button[data-tab=metrics]")
-            shot("metrics", 900)
+            shot("metrics", 600)
             page.click("button[data-tab=maps]")
             page.settle()
             box = page.evaluate(PLOT_BOX)
             left, top, right, bottom = box
             # Draw a box without letting go, so the screenshot shows the selection.
             page.mouse(
-                "mouseMoved", left + 0.55 * (right - left), top + 0.45 * (bottom - top), buttons=0
+                "mouseMoved", left + 0.03 * (right - left), top + 0.55 * (bottom - top), buttons=0
             )
-            page.mouse("mousePressed", left + 0.55 * (right - left), top + 0.45 * (bottom - top))
-            page.mouse("mouseMoved", left + 0.95 * (right - left), top + 0.9 * (bottom - top))
-            shot("maps")
+            page.mouse("mousePressed", left + 0.03 * (right - left), top + 0.55 * (bottom - top))
+            page.mouse("mouseMoved", left + 0.3 * (right - left), top + 0.97 * (bottom - top))
+            shot("maps", 620)
             page.mouse(
-                "mouseReleased", left + 0.95 * (right - left), top + 0.9 * (bottom - top), buttons=0
+                "mouseReleased", left + 0.3 * (right - left), top + 0.97 * (bottom - top), buttons=0
             )
             page.settle()
             page.click("button[data-tab=why]")
@@ -173,8 +173,11 @@ def screenshots(logdir: Path, out: Path) -> dict[str, int]:
             page.click("button[data-tab=compare]")
             shot("compare")
             select("#run-select", "spelling/run")
+            page.click("button[data-tab=examples]")
+            page.settle()
             select("select[name=correct]", "false")
             page.click("section[data-view=examples] th[data-column=loss]")
+            page.settle()
             page.click("section[data-view=examples] table.rows tbody tr")
             shot("detail", 1500)
             problems = [p for p in page.problems() if not p.rstrip().endswith("/favicon.ico")]

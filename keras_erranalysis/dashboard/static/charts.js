@@ -115,16 +115,29 @@ export function scatter(answer, onSelect, { width = 640, height = 460 } = {}) {
   const pad = { left: 64, right: 16, top: 14, bottom: 40 };
   const points = answer.points || [];
   const density = answer.density || null;
-  const xDomain = density && density.x_edges && density.x_edges.length > 1
-    ? [density.x_edges[0], density.x_edges[density.x_edges.length - 1]] : extent(points.map((p) => p.x));
-  const yDomain = density && density.y_edges && density.y_edges.length > 1
-    ? [density.y_edges[0], density.y_edges[density.y_edges.length - 1]] : extent(points.map((p) => p.y));
+  // Zoom to where the rows are: the non-empty density cells (all rows) and the points.
+  const xs = points.map((p) => p.x);
+  const ys = points.map((p) => p.y);
+  if (density && density.counts && density.x_edges && density.y_edges) {
+    density.counts.forEach((row, i) => row.forEach((count, j) => {
+      if (!count) return;
+      xs.push(density.x_edges[i], density.x_edges[i + 1]);
+      ys.push(density.y_edges[j], density.y_edges[j + 1]);
+    }));
+  }
+  const padded = ([lo, hi]) => [lo - 0.03 * (hi - lo), hi + 0.03 * (hi - lo)];
+  const xDomain = padded(extent(xs));
+  const yDomain = padded(extent(ys));
   const sx = scale(xDomain, [pad.left, width - pad.right]);
   const sy = scale(yDomain, [height - pad.bottom, pad.top]);
   const ratio = window.devicePixelRatio || 1;
   const canvas = el("canvas", { width: width * ratio, height: height * ratio, style: `width:${width}px;height:${height}px` });
   const ctx = canvas.getContext("2d");
   ctx.scale(ratio, ratio);
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(pad.left, pad.top, width - pad.left - pad.right, height - pad.top - pad.bottom);
+  ctx.clip();
   if (density && density.counts && density.counts.length) {
     const top = Math.max(1, ...density.counts.flat());
     density.counts.forEach((row, i) => row.forEach((count, j) => {
@@ -148,6 +161,7 @@ export function scatter(answer, onSelect, { width = 640, height = 460 } = {}) {
     }
     ctx.fill();
   }
+  ctx.restore();
   const layer = svg("svg", { class: "scatter-layer", width, height, viewBox: `0 0 ${width} ${height}`,
     "data-x-domain": xDomain.join(","), "data-y-domain": yDomain.join(","),
     "data-plot": [pad.left, pad.top, width - pad.right, height - pad.bottom].join(",") });

@@ -131,5 +131,6 @@ export function recordTable(rows, { skip = [], onRow = null, rowTitle = "" } = {
     if (onRow) tr.addEventListener("click", () => onRow(row, index));
     return tr;
   });
-  return el("table", { class: "records" }, el("thead", {}, head), el("tbody", {}, body));
+  return el("div", { class: "table-box" },
+    el("table", { class: "records" }, el("thead", {}, head), el("tbody", {}, body)));
 }

@@ -12,8 +12,7 @@ const OPEN = 1e300;
  * `page` is the answer of /examples or /compare.
  */
 export function rowsTable(app, page, { sort, order, onSort, onRow }) {
-  const columns = (page.columns || []).filter((column) => !column.endsWith("__truncated") &&
-    !app.hiddenColumns.has(column));
+  const columns = visibleColumns(app, page.columns || []);
   const head = el("tr", {}, columns.map((column) => {
     const mark = column === sort ? (order === "asc" ? " ▲" : " ▼") : "";
     const th = el("th", { "data-column": column, class: "sortable", title: `sort by ${column}`,
@@ -314,6 +313,20 @@ export class ExamplesView {
     max.addEventListener("change", update);
     return el("span", { class: "range" }, el("bdi", { text: column }), " ", min, "–", max);
   }
+}
+
+/** The columns to show: not hidden, each `<column>_other` of Compare right after its column. */
+export function visibleColumns(app, all) {
+  const hidden = (column) => app.hiddenColumns.has(column) ||
+    (column.endsWith("_other") && app.hiddenColumns.has(column.slice(0, -6)));
+  const shown = all.filter((column) => !column.endsWith("__truncated") && !hidden(column));
+  const ordered = [];
+  for (const column of shown) {
+    if (column.endsWith("_other") && shown.includes(column.slice(0, -6))) continue;
+    ordered.push(column);
+    if (shown.includes(`${column}_other`)) ordered.push(`${column}_other`);
+  }
+  return ordered;
 }
 
 /** A "columns" menu: one checkbox per column; what is unticked is hidden in every table. */

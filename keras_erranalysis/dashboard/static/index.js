@@ -102,7 +102,8 @@ class App {
     this.epoch = epochs.length ? epochs[epochs.length - 1] : null;
     this.showEpochLabel();
     // Columns most people skip at first; the "columns" menu shows them again.
-    this.hiddenColumns = new Set(["loss_sum", "loss_mean", "true_prob", "mean_true_prob", "nonfinite"]);
+    this.hiddenColumns = new Set(["loss_sum", "loss_mean", "true_prob", "mean_true_prob", "nonfinite",
+      "input_text_other", "label_other", "label_text_other"]); // the same example in both runs
     if (this.run.label_names) ["label_text", "prediction_text"].forEach((c) => this.hiddenColumns.add(c));
     clear(this.runInfo).append(`${this.run.task}, ${this.run.n_examples} examples`);
     for (const view of Object.values(this.views)) view.runChanged && view.runChanged();
