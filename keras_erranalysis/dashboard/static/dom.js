@@ -65,7 +65,8 @@ export function formatNumber(value) {
  */
 export function longText(value, { cut = false, loadFull = null, block = false } = {}) {
   const text = display(value);
-  const holder = el(block ? "div" : "span", { class: block ? "long block" : "long" });
+  // Only long values may break anywhere: short ones keep their words whole in narrow columns.
+  const holder = el(block ? "div" : "span", { class: `long${block ? " block" : ""}${text.length > 40 ? " breakable" : ""}` });
   const short = text.length > CELL_CHARS ? text.slice(0, CELL_CHARS) : text;
   const isCut = cut || short.length < text.length;
   holder.append(userText(isCut ? short + "…" : text));
