@@ -144,7 +144,11 @@ def scatter(view: RunView, epoch: int, kind: str, mask: np.ndarray | None) -> di
     shown = _sample(view, epoch, rows)
     ids = np.asarray(view.ids(epoch))[shown].tolist()
     correct = np.asarray(view.column("correct", epoch), bool)[shown].tolist()
-    xs, ys = x[shown].astype(float).tolist(), y[shown].astype(float).tolist()
+    # 6 decimals: shorter JSON, far below a pixel
+    xs, ys = (
+        np.round(x[shown].astype(float), 6).tolist(),
+        np.round(y[shown].astype(float), 6).tolist(),
+    )
     points = [
         {"example_id": i, "x": a, "y": b, "correct": c} for i, a, b, c in zip(ids, xs, ys, correct)
     ]

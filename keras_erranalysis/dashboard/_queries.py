@@ -384,6 +384,8 @@ def _int_param(params: Mapping[str, Any], name: str, default: int | None = None)
 def _json_values(values: np.ndarray) -> list[Any]:
     """Values as JSON-ready Python numbers (NaN and infinities as None)."""
     if values.dtype.kind == "f":
+        if values.dtype.itemsize < 8:  # the shortest text that reads back as the float32
+            return [float(str(v)) if np.isfinite(v) else None for v in values]
         listed = values.tolist()
         return [v if math.isfinite(v) else None for v in listed]
     return values.tolist()
