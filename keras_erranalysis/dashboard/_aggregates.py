@@ -125,11 +125,19 @@ def _num(value: Any) -> float | None:
 # -- maps ------------------------------------------------------------------------------
 
 
+def coordinates(view: RunView, epoch: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``(x, y)`` on a map: the data map, or the embedding's two main axes."""
+    if kind == "datamap":
+        _, mean_prob, variability = view.dynamics(epoch)
+        return variability, mean_prob
+    x, y, _ = _projection(view, epoch)
+    return x, y
+
+
 def scatter(view: RunView, epoch: int, kind: str, mask: np.ndarray | None) -> dict[str, Any]:
     """At most :data:`MAX_POINTS` points of the filtered rows, and a density grid of all."""
     if kind == "datamap":
-        _, mean_prob, variability = view.dynamics(epoch)
-        x, y = variability, mean_prob
+        x, y = coordinates(view, epoch, kind)
         x_range, y_range = (0.0, 0.5), (0.0, 1.0)
         first = view.run.epochs[0]
         x_label = f"variability (std of the true-class probability, epochs {first}..{epoch})"

@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 
 from keras_erranalysis.dashboard import _aggregates
-from keras_erranalysis.dashboard._filters import canonical, filter_mask, parse_filter
+from keras_erranalysis.dashboard._filters import (
+    FILTER_KEYS,
+    canonical,
+    filter_mask,
+    parse_filter,
+)
 from keras_erranalysis.dashboard._store import (
     TEXT_COLUMNS,
     BoundedCache,
@@ -84,6 +89,7 @@ class Dashboard:
                         ),
                         "has_embeddings": "embedding" in view.meta(last).get("vectors", {}),
                         "has_generation": "generated" in view.meta(last).get("vectors", {}),
+                        "filters": list(FILTER_KEYS),
                     }
                 )
             except (QueryError, RunFormatError, OSError, KeyError, ValueError):
