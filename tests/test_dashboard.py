@@ -538,3 +538,25 @@ def test_serve_refuses_a_folder_without_runs(tmp_path: Path, capsys, monkeypatch
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
     assert cli.main(["serve", str(tmp_path)]) == 1
     assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_box_on_the_data_map_covers_every_row(board: Dashboard, logdir: Path) -> None:
+    run = load_run(logdir / "clf")
+    probs = np.stack([np.asarray(run.array("true_prob", e), np.float64) for e in run.epochs])
+    x, y = probs.std(0), probs.mean(0)
+    box = {"kind": "datamap", "x": [0.05, 0.3], "y": [None, 0.7]}
+    expected = np.asarray(run.array("example_id"))[(x >= 0.05) & (x <= 0.3) & (y <= 0.7)]
+    got = _all_ids(board, {"run": "clf", "filter": json.dumps({"box": box})})
+    assert got == expected.tolist() and 0 < len(got) < N
+    assert "box" in board.runs()["runs"][0]["filters"]
+
+
+def test_huge_bounds_are_open_sides_without_warnings(board: Dashboard) -> None:
+    import warnings
+
+    spec = {"ranges": {"loss": [-1e300, 1e300], "label": [-1e300, 0.5]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        total = board.examples({"run": "clf", "filter": json.dumps(spec)})["total"]
+    everyone = board.examples({"run": "clf", "filter": '{"label": [0]}'})["total"]
+    assert total == everyone > 0

@@ -125,11 +125,19 @@ def _num(value: Any) -> float | None:
 # -- maps ------------------------------------------------------------------------------
 
 
+def coordinates(view: RunView, epoch: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``(x, y)`` on a map: the data map, or the embedding's two main axes."""
+    if kind == "datamap":
+        _, mean_prob, variability = view.dynamics(epoch)
+        return variability, mean_prob
+    x, y, _ = _projection(view, epoch)
+    return x, y
+
+
 def scatter(view: RunView, epoch: int, kind: str, mask: np.ndarray | None) -> dict[str, Any]:
     """At most :data:`MAX_POINTS` points of the filtered rows, and a density grid of all."""
     if kind == "datamap":
-        _, mean_prob, variability = view.dynamics(epoch)
-        x, y = variability, mean_prob
+        x, y = coordinates(view, epoch, kind)
         x_range, y_range = (0.0, 0.5), (0.0, 1.0)
         first = view.run.epochs[0]
         x_label = f"variability (std of the true-class probability, epochs {first}..{epoch})"
@@ -144,7 +152,11 @@ def scatter(view: RunView, epoch: int, kind: str, mask: np.ndarray | None) -> di
     shown = _sample(view, epoch, rows)
     ids = np.asarray(view.ids(epoch))[shown].tolist()
     correct = np.asarray(view.column("correct", epoch), bool)[shown].tolist()
-    xs, ys = x[shown].astype(float).tolist(), y[shown].astype(float).tolist()
+    # 6 decimals: shorter JSON, far below a pixel
+    xs, ys = (
+        np.round(x[shown].astype(float), 6).tolist(),
+        np.round(y[shown].astype(float), 6).tolist(),
+    )
     points = [
         {"example_id": i, "x": a, "y": b, "correct": c} for i, a, b, c in zip(ids, xs, ys, correct)
     ]

@@ -8,14 +8,26 @@ A filter is a JSON object whose keys are ANDed (see PLUGIN_API.md): ``correct``,
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from keras_erranalysis.dashboard._aggregates import coordinates
 from keras_erranalysis.dashboard._store import QueryError, RunView
 
-FILTER_KEYS = ("correct", "label", "prediction", "ranges", "text", "flags", "ids", "changed")
+FILTER_KEYS = (
+    "correct",
+    "label",
+    "prediction",
+    "ranges",
+    "text",
+    "flags",
+    "ids",
+    "changed",
+    "box",
+)
 TEXT_SEARCHED = ("input_text", "label_text", "prediction_text")
 MAX_IDS = 100_000
 
@@ -55,6 +67,8 @@ def parse_filter(raw: Any) -> dict[str, Any]:
             raise QueryError('filter "flags" must be a list of names such as ["nonfinite"].')
     if "changed" in spec:
         spec["changed"] = _changed(spec["changed"])
+    if "box" in spec:
+        spec["box"] = _box(spec["box"])
     return spec
 
 
@@ -87,6 +101,19 @@ def _bounds(column: Any, value: Any) -> list[float | None]:
             f'filter "ranges" of {column!r} must be [low, high] (numbers, or null for no bound).'
         )
     return [None if v is None else float(v) for v in value]
+
+
+def _box(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or value.get("kind") not in ("datamap", "embedding"):
+        raise QueryError(
+            'filter "box" must be {"kind": "datamap" | "embedding", "x": [lo, hi], '
+            '"y": [lo, hi]} (a rectangle of GET ./map).'
+        )
+    return {
+        "kind": value["kind"],
+        "x": _bounds("box x", value.get("x")),
+        "y": _bounds("box y", value.get("y")),
+    }
 
 
 def _changed(value: Any) -> dict[str, Any]:
@@ -140,11 +167,7 @@ def filter_mask(
                 f'filter "ranges" names {column!r}, which is no numeric column; use one of '
                 f"{sorted(numeric)}."
             )
-        values = np.asarray(view.column(column, epoch))
-        part = np.ones(values.shape, bool) if low is None else values >= low
-        if high is not None:
-            part &= values <= high
-        keep(part)
+        keep(_within(np.asarray(view.column(column, epoch)), low, high))
     if spec.get("text"):
         columns = [c for c in TEXT_SEARCHED if c in view.text_columns(epoch)]
         hit = np.zeros(view.n_examples(epoch), bool)
@@ -160,7 +183,32 @@ def filter_mask(
         keep(part)
     if "changed" in spec:
         keep(changed_mask(view, epoch, **spec["changed"]))
+    if "box" in spec:
+        box = spec["box"]
+        x, y = coordinates(view, epoch, box["kind"])
+        keep(_within(x, *box["x"]) & _within(y, *box["y"]))
     return mask
+
+
+def _within(values: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    """``low <= values <= high`` (None: open), bounds clipped to the column's type."""
+    if values.dtype == bool:
+        values = values.view(np.uint8)
+    floating = values.dtype.kind == "f"
+    info = np.finfo(values.dtype) if floating else np.iinfo(values.dtype)
+    smallest, largest = float(info.min), float(info.max)  # Python floats: no cast warnings
+    part = np.ones(values.shape, bool)
+    if low is not None:
+        if low > largest:
+            return np.zeros(values.shape, bool)
+        low = max(low, smallest)
+        part &= values >= (low if floating else math.ceil(low))
+    if high is not None:
+        if high < smallest:
+            return np.zeros(values.shape, bool)
+        high = min(high, largest)
+        part &= values <= (high if floating else math.floor(high))
+    return part
 
 
 def changed_mask(view: RunView, epoch: int, *, kind: str, **between: int) -> np.ndarray:

@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 
 from keras_erranalysis.dashboard import _aggregates
-from keras_erranalysis.dashboard._filters import canonical, filter_mask, parse_filter
+from keras_erranalysis.dashboard._filters import (
+    FILTER_KEYS,
+    canonical,
+    filter_mask,
+    parse_filter,
+)
 from keras_erranalysis.dashboard._store import (
     TEXT_COLUMNS,
     BoundedCache,
@@ -84,6 +89,7 @@ class Dashboard:
                         ),
                         "has_embeddings": "embedding" in view.meta(last).get("vectors", {}),
                         "has_generation": "generated" in view.meta(last).get("vectors", {}),
+                        "filters": list(FILTER_KEYS),
                     }
                 )
             except (QueryError, RunFormatError, OSError, KeyError, ValueError):
@@ -384,6 +390,8 @@ def _int_param(params: Mapping[str, Any], name: str, default: int | None = None)
 def _json_values(values: np.ndarray) -> list[Any]:
     """Values as JSON-ready Python numbers (NaN and infinities as None)."""
     if values.dtype.kind == "f":
+        if values.dtype.itemsize < 8:  # the shortest text that reads back as the float32
+            return [float(str(v)) if np.isfinite(v) else None for v in values]
         listed = values.tolist()
         return [v if math.isfinite(v) else None for v in listed]
     return values.tolist()

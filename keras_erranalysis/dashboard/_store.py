@@ -31,6 +31,8 @@ DYNAMICS_COLUMNS = ("aum", "mean_true_prob", "variability")
 TEXT_COLUMNS = ("input_text", "label_text", "prediction_text", "generated_text")
 # A row's text longer than this many UTF-8 bytes is searched apart from the fixed-width block.
 _SEARCH_WIDTH = 256
+# Memory maps kept open per run (each holds a file descriptor).
+_MAX_MAPPED = 256
 
 
 class QueryError(Exception):
@@ -145,6 +147,9 @@ class RunView:
         self.name = name
         self.run = run
         self.cache = cache
+        # Opened memory maps (opening one parses its header: ~1 ms), least recently used last.
+        self._mapped: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._mapped_lock = threading.Lock()
 
     # -- what the run holds ------------------------------------------------------------
 
@@ -232,14 +237,24 @@ class RunView:
 
     def array(self, name: str, epoch: int) -> np.ndarray:
         """A stored array of one epoch, memory-mapped (any group of meta.json)."""
+        key = (name, epoch)
+        with self._mapped_lock:
+            if key in self._mapped:
+                self._mapped.move_to_end(key)
+                return self._mapped[key]
         try:
-            return self.run.array(name, epoch)
+            array = self.run.array(name, epoch)
         except KeyError:
             raise QueryError(
                 f"Epoch {epoch} of run {self.name!r} has no column {name!r}; columns are "
                 f"{self.columns(epoch)}.",
                 404,
             ) from None
+        with self._mapped_lock:
+            self._mapped[key] = array
+            while len(self._mapped) > _MAX_MAPPED:
+                self._mapped.popitem(last=False)
+        return array
 
     def column(self, name: str, epoch: int) -> np.ndarray:
         """One numeric per-example column (stored, ``nonfinite`` or a dynamics column)."""
@@ -255,9 +270,7 @@ class RunView:
                 f"No numeric column {name!r} in epoch {epoch} of run {self.name!r}; use one of "
                 f"{self.numeric_columns(epoch)}."
             )
-        meta = self.meta(epoch)
-        group = "arrays" if name in meta["arrays"] else "extra"
-        return self.run._load(self.run.epoch_dir(epoch), meta[group][name], True)
+        return self.array(name, epoch)
 
     def ids(self, epoch: int) -> np.ndarray:
         return self.array("example_id", epoch)
@@ -366,7 +379,7 @@ class RunView:
         if name == "input_text":
             if not meta.get("inputs"):
                 return [""] * len(rows)
-            values = np.asarray(self.run.array(next(iter(meta["inputs"])), epoch)[rows])
+            values = np.asarray(self.array(next(iter(meta["inputs"])), epoch)[rows])
             if values.dtype.kind in "US":
                 return [_text(v) for v in values.reshape(len(values), -1)[:, 0]]
             vocab = decoding["input_vocab"] or (decoding["vocab"] if sequence else None)
