@@ -258,6 +258,13 @@ export class ExamplesView {
       form.append(field("changed between", el("span", {}, from, " → ", to, " ", kind)));
     }
 
+    if (filter.box) {
+      const box = filter.box;
+      const range = (pair) => pair.map((v) => formatNumber(+(+v).toPrecision(3))).join(" … ");
+      form.append(field("box", el("span", { class: "chip" }, `${box.kind === "embedding" ? "embedding" : "data map"}: ` +
+        `x ${range(box.x)}, y ${range(box.y)} `,
+      el("button", { type: "button", class: "link", text: "× clear", onclick: () => set("box", null) }))));
+    }
     if (filter.ids) {
       form.append(field("ids", el("span", { class: "chip" }, `${filter.ids.length} selected examples `,
         el("button", { type: "button", class: "link", text: "× clear", onclick: () => set("ids", null) }))));

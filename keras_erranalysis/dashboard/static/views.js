@@ -33,7 +33,7 @@ export class MetricsView {
       section.append(el("h3", { text: opens ? "Confusion matrix (click a cell for its examples)" : "Confusion matrix of tokens" }),
         el("div", { class: "chart-box" }, confusionTable(confusion.labels, confusion.matrix,
           (i, j) => app.openExamples({ label: [classes[i]], prediction: [classes[j]] }),
-          (i, j) => opens && classes[i] !== null && classes[j] !== null && classes[i] !== undefined && classes[j] !== undefined)));
+          (i, j) => opens && classes[i] >= 0 && classes[j] >= 0))); // -1 or null: the capped "other"
     }
   }
 }
@@ -71,9 +71,15 @@ export class MapsView {
     const total = answer.total ?? points.length;
     note.textContent = `${points.length} points shown${total > points.length ? ` (a sample of ${total})` : ""}; ` +
       "the grey squares are the density of all rows. Drag a box over points to open them in Examples.";
-    box.append(scatter(answer, (ids) => {
+    const boxFilter = (app.run.filters || []).includes("box");
+    box.append(scatter(answer, (ids, area) => {
       if (!ids.length) {
         note.textContent = "No point inside that box: drag over some points.";
+        return;
+      }
+      if (boxFilter) {
+        // Every row inside the box, not only the sampled points drawn.
+        app.openExamples({ box: { kind: this.kind, x: area.x, y: area.y } });
         return;
       }
       app.openExamples({ ids: ids.slice(0, MAX_IDS) });
@@ -122,6 +128,7 @@ export class CompareView {
   runChanged() {
     this.other = null;
     this.offset = 0;
+    this.change = "";
   }
 
   async load() {
@@ -142,15 +149,35 @@ export class CompareView {
       this.load().catch((error) => app.fail(error));
     });
     const filter = app.views.examples.filter;
-    const summary = el("div", { class: "summary" });
-    section.append(el("label", {}, "compare ", userText(app.run.run), " with ", pick),
+    const summary = el("div", { class: "summary", id: "compare-summary" });
+    const change = el("select", { id: "compare-change", "aria-label": "change" },
+      [["", "all rows"], ["fixed", "fixed (right here, wrong there)"], ["broken", "broken (wrong here, right there)"],
+        ["same", "same outcome"]].map(([value, label]) => el("option", { value }, label)));
+    change.value = this.change || "";
+    change.addEventListener("change", () => {
+      this.change = change.value;
+      this.offset = 0;
+      this.load().catch((error) => app.fail(error));
+    });
+    const byChange = el("button", { type: "button", class: "link", text: "sort by loss change",
+      onclick: () => {
+        this.order = this.sort === "loss_change" && this.order === "desc" ? "asc" : "desc";
+        this.sort = "loss_change";
+        this.offset = 0;
+        this.load().catch((error) => app.fail(error));
+      } });
+    section.append(el("div", { class: "compare-head" }, el("label", {}, "compare ", userText(app.run.run), " with ", pick),
+      " ", change, " ", byChange),
       el("p", { class: "hint", text: Object.keys(filter).length
         ? "The Examples tab's filter applies here too." : "Rows joined on example id; filter them in Examples." }),
       summary);
-    const page = await app.get("compare", { other: this.other, filter: Object.keys(filter).length ? filter : null,
+    const page = await app.get("compare", { other: this.other, change: this.change || null,
+      filter: Object.keys(filter).length ? filter : null,
       sort: this.sort, order: this.sort ? this.order : null, offset: this.offset, limit: this.limit });
     summary.dataset.total = String(page.total);
-    summary.textContent = `rows ${page.total ? this.offset + 1 : 0}–${this.offset + (page.rows || []).length} of ${page.total}`;
+    summary.textContent = `rows ${page.total ? this.offset + 1 : 0}–${this.offset + (page.rows || []).length} of ` +
+      `${page.total}${page.other_epoch !== undefined ? ` (the other run at epoch ${page.other_epoch})` : ""}` +
+      (this.sort === "loss_change" ? `, sorted by loss change ${this.order === "desc" ? "▼" : "▲"}` : "");
     const go = (offset) => () => {
       this.offset = Math.max(0, offset);
       this.load().catch((error) => app.fail(error));
