@@ -61,9 +61,10 @@ export class DetailView {
     }
 
     const fields = example.fields || {};
-    section.append(el("h3", { text: "All fields" }), el("table", { class: "fields" }, el("tbody", {},
-      Object.entries(fields).map(([key, value]) => el("tr", {}, el("th", {}, userText(key)),
-        el("td", { class: typeof value === "number" ? "num" : null }, longText(value)))))));
+    section.append(el("details", { class: "all-fields" }, el("summary", { text: `All fields (${Object.keys(fields).length})` }),
+      el("table", { class: "fields" }, el("tbody", {},
+        Object.entries(fields).map(([key, value]) => el("tr", {}, el("th", {}, userText(key)),
+          el("td", { class: typeof value === "number" ? "num" : null }, longText(value))))))));
   }
 }
 
