@@ -174,6 +174,10 @@ export class CompareView {
     const page = await app.get("compare", { other: this.other, change: this.change || null,
       filter: Object.keys(filter).length ? filter : null,
       sort: this.sort, order: this.sort ? this.order : null, offset: this.offset, limit: this.limit });
+    // What changed first, then the text, then everything else.
+    const first = ["example_id", "changed", "correct", "loss", "label", "prediction", "input_text"];
+    const columns = page.columns || [];
+    page.columns = [...first.filter((c) => columns.includes(c)), ...columns.filter((c) => !first.includes(c))];
     summary.dataset.total = String(page.total);
     summary.textContent = `rows ${page.total ? this.offset + 1 : 0}–${this.offset + (page.rows || []).length} of ` +
       `${page.total}${page.other_epoch !== undefined ? ` (the other run at epoch ${page.other_epoch})` : ""}` +
