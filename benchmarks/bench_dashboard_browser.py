@@ -135,7 +135,8 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"| step ({args.examples:,} examples) | first time, s | again (median of {args.repeat}), s |"
+        f"| step ({args.examples:,} examples) | first time, s "
+        f"| again (median of {args.repeat}), s |"
     )
     print("|---|---|---|")
     for key, value in steps.items():
