@@ -31,6 +31,7 @@ DYNAMICS_COLUMNS = ("aum", "mean_true_prob", "variability")
 TEXT_COLUMNS = ("input_text", "label_text", "prediction_text", "generated_text")
 # A row's text longer than this many UTF-8 bytes is searched apart from the fixed-width block.
 _SEARCH_WIDTH = 256
+_CHUNK = 65_536
 # Memory maps kept open per run (each holds a file descriptor).
 _MAX_MAPPED = 256
 
@@ -424,8 +425,24 @@ class RunView:
             shown = [names.token(i) if names else str(i) for i in range(top)] + ["<-1>"]
             rank = np.argsort(np.argsort([s.lower() for s in shown], kind="stable"))
             return rank[np.where(ids < 0, top, ids)]
-        lowered = self._all_texts(name, epoch)
-        return np.argsort(np.argsort(np.asarray(lowered, dtype=object), kind="stable"))
+        stored = self._stored_text(name, epoch)
+        if stored is not None:  # text kept as a numpy string array: lower-case it in C
+            lowered = np.char.lower(_as_unicode(np.asarray(stored)))
+        else:
+            lowered = np.asarray(self._all_texts(name, epoch), dtype=object)
+        # Dense ranks: equal texts share a key, so ties keep the stored order both ways.
+        return np.unique(lowered, return_inverse=True)[1].reshape(-1)
+
+    def _stored_text(self, name: str, epoch: int) -> np.ndarray | None:
+        """The input text as stored, ``(N,)``, when it is a numpy string array; else None."""
+        meta = self.meta(epoch)
+        if name != "input_text" or not meta.get("inputs"):
+            return None
+        first = next(iter(meta["inputs"]))
+        if meta["inputs"][first]["dtype"][1] not in "US":
+            return None
+        values = self.array(first, epoch)
+        return values.reshape(values.shape[0], -1)[:, 0] if values.ndim > 1 else values
 
     def _all_texts(self, name: str, epoch: int) -> list[str]:
         """Every row's text, lower-cased, once per (run, epoch, column); not cached here."""
@@ -459,18 +476,30 @@ class RunView:
 
     def _search_index(self, name: str, epoch: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Lower-cased UTF-8 text in a fixed-width block; longer rows kept apart."""
-        started = time.perf_counter()
-        lowered = self._all_texts(name, epoch)
-        encoded = [t.encode("utf-8") for t in lowered]
-        long_rows = np.array([i for i, b in enumerate(encoded) if len(b) > _SEARCH_WIDTH], int)
-        long_texts = [lowered[i] for i in long_rows]
-        for i in long_rows:
-            encoded[i] = b""
-        width = max((len(b) for b in encoded), default=1) or 1
-        block = np.array(encoded, dtype=f"S{width}")
-        del encoded, lowered
-        _ = time.perf_counter() - started
-        return block, long_rows, long_texts
+        stored = self._stored_text(name, epoch)
+        if stored is None:
+            lowered = self._all_texts(name, epoch)
+            encoded = [t.encode("utf-8") for t in lowered]
+            long_rows = np.array([i for i, b in enumerate(encoded) if len(b) > _SEARCH_WIDTH], int)
+            long_texts = [lowered[i] for i in long_rows]
+            for i in long_rows:
+                encoded[i] = b""
+            width = max((len(b) for b in encoded), default=1) or 1
+            return np.array(encoded, dtype=f"S{width}"), long_rows, long_texts
+        # A numpy string array: lower-case and encode in C, a chunk at a time.
+        blocks, long_rows, long_texts = [], [], []
+        for start in range(0, stored.shape[0], _CHUNK):
+            lowered = np.char.lower(_as_unicode(np.asarray(stored[start : start + _CHUNK])))
+            encoded = np.char.encode(lowered, "utf-8")
+            long = np.flatnonzero(np.char.str_len(encoded) > _SEARCH_WIDTH)
+            long_rows += (long + start).tolist()
+            long_texts += [str(t) for t in lowered[long]]
+            if long.size:
+                encoded[long] = b""
+                encoded = encoded.astype(f"S{max(int(np.char.str_len(encoded).max()), 1)}")
+            blocks.append(encoded)
+        block = np.concatenate(blocks) if blocks else np.zeros(0, "S1")
+        return block, np.array(long_rows, int), long_texts
 
 
 class RunCatalog:
@@ -526,3 +555,10 @@ class RunCatalog:
                 found = (RunView(name, run, self.cache), now)
                 self._views[name] = found
             return found[0]
+
+
+def _as_unicode(values: np.ndarray) -> np.ndarray:
+    """A numpy string array as unicode (bytes decoded as UTF-8, bad bytes replaced)."""
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8", errors="replace")
+    return values
