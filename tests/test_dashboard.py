@@ -560,3 +560,17 @@ def test_huge_bounds_are_open_sides_without_warnings(board: Dashboard) -> None:
         total = board.examples({"run": "clf", "filter": json.dumps(spec)})["total"]
     everyone = board.examples({"run": "clf", "filter": '{"label": [0]}'})["total"]
     assert total == everyone > 0
+
+
+def test_page_dynamics_equal_the_whole_columns(logdir: Path) -> None:
+    board = Dashboard(logdir)  # a fresh cache: the page computes its rows' dynamics alone
+    view = board.catalog.view("clf")
+    rows = np.array([0, 5, 17, N - 1])
+    page = view.dynamics_rows(EPOCHS, rows)
+    assert board.cache.peek(("clf", EPOCHS, "dynamics")) is None
+    whole = view.dynamics(EPOCHS)
+    for part, column in zip(page, whole):
+        np.testing.assert_allclose(part, column[rows], rtol=1e-6)
+    run = load_run(logdir / "clf")
+    margins = np.stack([run.array("margin", e) for e in run.epochs]).astype(np.float64)
+    np.testing.assert_allclose(page[0], margins[:, rows].mean(0), rtol=1e-5)

@@ -79,6 +79,14 @@ class BoundedCache:
                     self.bytes -= dropped
         return value
 
+    def peek(self, key: Any) -> Any:
+        """The cached value of ``key``, or None (nothing is made)."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return None if found is None else found[0]
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -308,7 +316,17 @@ class RunView:
 
         def make() -> np.ndarray:
             a, b = self.ids(epoch), self.ids(other)
-            return np.array(a.shape == b.shape and bool(np.array_equal(a, b)))
+            if a.shape != b.shape:
+                return np.array(False)
+            # Files of equal size and CRC32 (in the checked meta.json) and equal at sampled
+            # rows hold the same ids: no need to read two whole columns.
+            entry_a = self.meta(epoch)["arrays"]["example_id"]
+            entry_b = self.meta(other)["arrays"]["example_id"]
+            if (entry_a["bytes"], entry_a["crc32"]) == (entry_b["bytes"], entry_b["crc32"]):
+                sample = np.random.default_rng(0).integers(0, max(a.shape[0], 1), 1000)
+                if a.shape[0] == 0 or np.array_equal(a[np.sort(sample)], b[np.sort(sample)]):
+                    return np.array(True)
+            return np.array(bool(np.array_equal(a, b)))
 
         return bool(self.cache.get(key, make))
 
@@ -323,6 +341,24 @@ class RunView:
         out = np.asarray(values)[np.maximum(rows, 0)].astype(np.float64)
         out[rows < 0] = np.nan
         return out
+
+    def dynamics_rows(self, epoch: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """:meth:`dynamics` of some rows only (a page): reads ``len(rows)`` values per epoch."""
+        cached = self.cache.peek((self.name, epoch, "dynamics"))
+        if cached is not None:
+            return tuple(values[rows] for values in cached)
+        wanted = np.asarray(self.ids(epoch))[rows]
+        margins, probs = [], []
+        for e in [e for e in self.run.epochs if e <= epoch]:
+            at = rows if self.same_ids(e, epoch) else self.rows_of(e, wanted)
+            found = at >= 0
+            margin = np.asarray(self.column("margin", e))[np.maximum(at, 0)].astype(np.float64)
+            prob = np.asarray(self.column("true_prob", e))[np.maximum(at, 0)].astype(np.float64)
+            margin[~found] = np.nan
+            prob[~found] = np.nan
+            margins.append(margin)
+            probs.append(prob)
+        return _dynamics_of(np.array(margins), np.array(probs))
 
     def dynamics(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(aum, mean_true_prob, variability)`` over epochs up to ``epoch``, float32.
@@ -356,7 +392,9 @@ class RunView:
 
         def make() -> np.ndarray:
             if name in TEXT_COLUMNS:
-                key = self.text_sort_key(name, epoch)
+                key = self.cache.get(
+                    (self.name, epoch, "text_key", name), lambda: self.text_sort_key(name, epoch)
+                )
             else:
                 key = np.asarray(self.column(name, epoch))
             if key.dtype.kind in "biu":
@@ -431,7 +469,7 @@ class RunView:
         else:
             lowered = np.asarray(self._all_texts(name, epoch), dtype=object)
         # Dense ranks: equal texts share a key, so ties keep the stored order both ways.
-        return np.unique(lowered, return_inverse=True)[1].reshape(-1)
+        return np.unique(lowered, return_inverse=True)[1].reshape(-1).astype(np.int32)
 
     def _stored_text(self, name: str, epoch: int) -> np.ndarray | None:
         """The input text as stored, ``(N,)``, when it is a numpy string array; else None."""
@@ -562,3 +600,18 @@ def _as_unicode(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "S":
         return np.char.decode(values, "utf-8", errors="replace")
     return values
+
+
+def _dynamics_of(margins: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(aum, mean_true_prob, variability)`` of ``(E, n)`` margins and probabilities.
+
+    NaN entries are left out; float32, as :meth:`RunView.dynamics` computes them.
+    """
+    ok = np.isfinite(margins) & np.isfinite(probs)
+    count = ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, probs, 0).sum(0) / count
+        square = np.where(ok, probs * probs, 0).sum(0) / count
+        spread = np.sqrt(np.maximum(square - mean * mean, 0))
+        aum = np.where(ok, margins, 0).sum(0) / count
+    return aum.astype(np.float32), mean.astype(np.float32), spread.astype(np.float32)
