@@ -40,6 +40,8 @@ from keras_erranalysis.dashboard._store import (
 from keras_erranalysis.run import RunFormatError
 
 MAX_LIMIT = 200
+# Pages within the first TOP_K rows of a sort not yet cached come from a partition.
+TOP_K = 2000
 MAX_CHARS = 200
 NEIGHBORS = 10
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -188,11 +190,29 @@ class Dashboard:
         spec = parse_filter(params.get("filter"))
         offset, limit = _page(params)
         sort = params.get("sort") or None
-        chosen = self.selection(view, epoch, spec, sort, _order(params, sort))
-        page = np.asarray(chosen[offset : offset + limit], dtype=np.int64)
+        order = _order(params, sort)
+        key = (view.name, epoch, "selection", canonical(spec), sort or "", order)
+        descending = order == "desc"
+        if (
+            sort
+            and offset + limit <= TOP_K
+            and self.cache.peek(key) is None
+            and sort in view.columns(epoch)
+            and not view.has_order(sort, epoch, descending)
+        ):
+            # First pages of a sort not made yet: a partition, not a sort of every row.
+            mask = self.mask(view, epoch, spec)
+            matched = None if mask is None else np.flatnonzero(mask)
+            total = view.n_examples(epoch) if matched is None else matched.size
+            first = view.first_rows(sort, epoch, descending, matched, offset + limit)
+            page = np.asarray(first[offset:], dtype=np.int64)
+        else:
+            chosen = self.selection(view, epoch, spec, sort, order)
+            total = chosen.size
+            page = np.asarray(chosen[offset : offset + limit], dtype=np.int64)
         columns, rows = self.rows(view, epoch, page)
         return {
-            "total": int(chosen.size),
+            "total": int(total),
             "n_examples": view.n_examples(epoch),
             "offset": offset,
             "columns": columns,
@@ -380,7 +400,10 @@ def _page(params: Mapping[str, Any]) -> tuple[int, int]:
 
 def _order(params: Mapping[str, Any], sort: str | None) -> str:
     """``order``; by default the highest first when sorted, stored order otherwise."""
-    return params.get("order") or ("desc" if sort else "asc")
+    order = params.get("order") or ("desc" if sort else "asc")
+    if order not in ("asc", "desc"):
+        raise QueryError(f"order must be asc or desc, got {order!r}.")
+    return order
 
 
 def _int_param(params: Mapping[str, Any], name: str, default: int | None = None) -> int:

@@ -387,23 +387,56 @@ class RunView:
 
         return self.cache.get((self.name, epoch, "dynamics"), make)
 
+    def sort_key(self, name: str, epoch: int, descending: bool) -> np.ndarray:
+        """Values whose ascending stable order is the column's display order (NaN last)."""
+        if name in TEXT_COLUMNS:
+            key = self.cache.get(
+                (self.name, epoch, "text_key", name), lambda: self.text_sort_key(name, epoch)
+            )
+        else:
+            key = np.asarray(self.column(name, epoch))
+        if key.dtype.kind in "biu":
+            key = key.astype(np.int64)
+        return -key if descending else key  # NaN stays NaN, so it still sorts last
+
     def order(self, name: str, epoch: int, descending: bool) -> np.ndarray:
         """Rows sorted by a column (ties in stored order, NaN last either way), cached."""
 
         def make() -> np.ndarray:
-            if name in TEXT_COLUMNS:
-                key = self.cache.get(
-                    (self.name, epoch, "text_key", name), lambda: self.text_sort_key(name, epoch)
-                )
-            else:
-                key = np.asarray(self.column(name, epoch))
-            if key.dtype.kind in "biu":
-                key = key.astype(np.int64)
-            if descending:
-                key = -key  # NaN stays NaN, so it still sorts last
+            key = self.sort_key(name, epoch, descending)
             return np.argsort(key, kind="stable").astype(np.int32)
 
         return self.cache.get((self.name, epoch, "order", name, descending), make)
+
+    def has_order(self, name: str, epoch: int, descending: bool) -> bool:
+        return self.cache.peek((self.name, epoch, "order", name, descending)) is not None
+
+    def first_rows(
+        self, name: str, epoch: int, descending: bool, rows: np.ndarray | None, k: int
+    ) -> np.ndarray:
+        """The first ``k`` of ``rows`` (None: all) in :meth:`order`'s order, without a full sort.
+
+        A partition finds the k-th key; only rows up to it (ties included) are sorted, so
+        the answer equals ``order`` restricted to ``rows`` exactly, in O(N).
+        """
+        key = self.sort_key(name, epoch, descending)
+        values = key if rows is None else key[rows]
+        positions = np.arange(values.size) if rows is None else rows
+        k = min(k, values.size)
+        if k == 0:
+            return positions[:0]
+        missing = np.isnan(values) if values.dtype.kind == "f" else None
+        present = np.flatnonzero(~missing) if missing is not None else None
+        finite = values if present is None else values[present]
+        if k > finite.size:  # every valued row, then NaN rows in stored order
+            ranked = np.argsort(finite, kind="stable")
+            ranked = ranked if present is None else present[ranked]
+            return positions[np.concatenate([ranked, np.flatnonzero(missing)])[:k]]
+        kth = np.partition(finite, k - 1)[k - 1]
+        chosen = np.flatnonzero(finite <= kth)
+        chosen = chosen[np.argsort(finite[chosen], kind="stable")[:k]]
+        chosen = chosen if present is None else present[chosen]
+        return positions[chosen]
 
     # -- text --------------------------------------------------------------------------
 
