@@ -560,3 +560,36 @@ def test_huge_bounds_are_open_sides_without_warnings(board: Dashboard) -> None:
         total = board.examples({"run": "clf", "filter": json.dumps(spec)})["total"]
     everyone = board.examples({"run": "clf", "filter": '{"label": [0]}'})["total"]
     assert total == everyone > 0
+
+
+def test_page_dynamics_equal_the_whole_columns(logdir: Path) -> None:
+    board = Dashboard(logdir)  # a fresh cache: the page computes its rows' dynamics alone
+    view = board.catalog.view("clf")
+    rows = np.array([0, 5, 17, N - 1])
+    page = view.dynamics_rows(EPOCHS, rows)
+    assert board.cache.peek(("clf", EPOCHS, "dynamics")) is None
+    whole = view.dynamics(EPOCHS)
+    for part, column in zip(page, whole):
+        np.testing.assert_allclose(part, column[rows], rtol=1e-6)
+    run = load_run(logdir / "clf")
+    margins = np.stack([run.array("margin", e) for e in run.epochs]).astype(np.float64)
+    np.testing.assert_allclose(page[0], margins[:, rows].mean(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("column", ["loss_sum", "correct", "label_text", "aum", "input_text"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+@pytest.mark.parametrize("spec", [{}, {"correct": False}, {"label": [1, 2]}])
+def test_first_pages_from_a_partition_equal_the_full_sort(logdir, column, order, spec) -> None:
+    params = {"run": "clf", "sort": column, "order": order, "filter": json.dumps(spec)}
+    fresh = Dashboard(logdir)  # no sort order cached: the first pages come from a partition
+    first = [fresh.examples({**params, "offset": o, "limit": 7}) for o in (0, 7, 50)]
+    view = fresh.catalog.view("clf")
+    assert not view.has_order(column, EPOCHS, order == "desc")
+    full = Dashboard(logdir)
+    full.catalog.view("clf").order(column, EPOCHS, order == "desc")  # cached: full sort
+    for page, offset in zip(first, (0, 7, 50)):
+        expected = full.examples({**params, "offset": offset, "limit": 7})
+        assert page["total"] == expected["total"]
+        assert [r["example_id"] for r in page["rows"]] == [
+            r["example_id"] for r in expected["rows"]
+        ]

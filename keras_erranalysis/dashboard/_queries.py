@@ -30,6 +30,7 @@ from keras_erranalysis.dashboard._filters import (
     parse_filter,
 )
 from keras_erranalysis.dashboard._store import (
+    DYNAMICS_COLUMNS,
     TEXT_COLUMNS,
     BoundedCache,
     QueryError,
@@ -39,6 +40,8 @@ from keras_erranalysis.dashboard._store import (
 from keras_erranalysis.run import RunFormatError
 
 MAX_LIMIT = 200
+# Pages within the first TOP_K rows of a sort not yet cached come from a partition.
+TOP_K = 2000
 MAX_CHARS = 200
 NEIGHBORS = 10
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -50,7 +53,8 @@ class Dashboard:
 
     Args:
         logdir: TensorBoard's logdir: one run folder, or a folder holding runs at any depth.
-        cache_bytes: Bound on the cache of derived arrays (sort orders, masks, text).
+        cache_bytes: Bound on the cache of derived arrays (sort orders, masks, text); at a
+            million examples a sort order takes 4 MB and a filter's mask 1 MB.
 
     Example:
         >>> dashboard = Dashboard("runs")  # doctest: +SKIP
@@ -58,7 +62,7 @@ class Dashboard:
         ['mnist', 'mnist_noisy']
     """
 
-    def __init__(self, logdir: str | os.PathLike, *, cache_bytes: int = 192 << 20) -> None:
+    def __init__(self, logdir: str | os.PathLike, *, cache_bytes: int = 128 << 20) -> None:
         self.logdir = Path(logdir)
         self.cache = BoundedCache(cache_bytes)
         self.catalog = RunCatalog(self.logdir, self.cache)
@@ -168,7 +172,7 @@ class Dashboard:
         texts = view.text_columns(epoch)
         out: list[dict[str, Any]] = [{} for _ in rows]
         for name in numeric:
-            values = _json_values(np.asarray(view.column(name, epoch))[rows])
+            values = _json_values(_values(view, epoch, name, rows))
             for row, value in zip(out, values):
                 row[name] = value
         for name in texts:
@@ -186,11 +190,29 @@ class Dashboard:
         spec = parse_filter(params.get("filter"))
         offset, limit = _page(params)
         sort = params.get("sort") or None
-        chosen = self.selection(view, epoch, spec, sort, _order(params, sort))
-        page = np.asarray(chosen[offset : offset + limit], dtype=np.int64)
+        order = _order(params, sort)
+        key = (view.name, epoch, "selection", canonical(spec), sort or "", order)
+        descending = order == "desc"
+        if (
+            sort
+            and offset + limit <= TOP_K
+            and self.cache.peek(key) is None
+            and sort in view.columns(epoch)
+            and not view.has_order(sort, epoch, descending)
+        ):
+            # First pages of a sort not made yet: a partition, not a sort of every row.
+            mask = self.mask(view, epoch, spec)
+            matched = None if mask is None else np.flatnonzero(mask)
+            total = view.n_examples(epoch) if matched is None else matched.size
+            first = view.first_rows(sort, epoch, descending, matched, offset + limit)
+            page = np.asarray(first[offset:], dtype=np.int64)
+        else:
+            chosen = self.selection(view, epoch, spec, sort, order)
+            total = chosen.size
+            page = np.asarray(chosen[offset : offset + limit], dtype=np.int64)
         columns, rows = self.rows(view, epoch, page)
         return {
-            "total": int(chosen.size),
+            "total": int(total),
             "n_examples": view.n_examples(epoch),
             "offset": offset,
             "columns": columns,
@@ -248,8 +270,7 @@ class Dashboard:
         found = at >= 0
         other_columns = [c for c in other.numeric_columns(other_epoch) if c != "example_id"]
         for name in other_columns:
-            values = np.asarray(other.column(name, other_epoch))[np.maximum(at, 0)]
-            shown = _json_values(values)
+            shown = _json_values(_values(other, other_epoch, name, np.maximum(at, 0)))
             for row, value, ok in zip(rows, shown, found):
                 row[f"{name}_other"] = value if ok else None
         names = {0: "same", 1: "fixed", 2: "broken", -1: None}
@@ -362,6 +383,13 @@ class Dashboard:
         return self.cache.get((view.name, epoch, "why"), lambda: _aggregates.why(view, epoch))
 
 
+def _values(view: RunView, epoch: int, name: str, rows: np.ndarray) -> np.ndarray:
+    """One numeric column at some rows; a dynamics column computed for those rows only."""
+    if name in DYNAMICS_COLUMNS:
+        return view.dynamics_rows(epoch, rows)[DYNAMICS_COLUMNS.index(name)]
+    return np.asarray(view.column(name, epoch))[rows]
+
+
 def _page(params: Mapping[str, Any]) -> tuple[int, int]:
     offset = _int_param(params, "offset", 0)
     limit = _int_param(params, "limit", 50)
@@ -372,7 +400,10 @@ def _page(params: Mapping[str, Any]) -> tuple[int, int]:
 
 def _order(params: Mapping[str, Any], sort: str | None) -> str:
     """``order``; by default the highest first when sorted, stored order otherwise."""
-    return params.get("order") or ("desc" if sort else "asc")
+    order = params.get("order") or ("desc" if sort else "asc")
+    if order not in ("asc", "desc"):
+        raise QueryError(f"order must be asc or desc, got {order!r}.")
+    return order
 
 
 def _int_param(params: Mapping[str, Any], name: str, default: int | None = None) -> int:

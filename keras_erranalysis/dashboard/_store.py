@@ -31,6 +31,7 @@ DYNAMICS_COLUMNS = ("aum", "mean_true_prob", "variability")
 TEXT_COLUMNS = ("input_text", "label_text", "prediction_text", "generated_text")
 # A row's text longer than this many UTF-8 bytes is searched apart from the fixed-width block.
 _SEARCH_WIDTH = 256
+_CHUNK = 65_536
 # Memory maps kept open per run (each holds a file descriptor).
 _MAX_MAPPED = 256
 
@@ -77,6 +78,14 @@ class BoundedCache:
                     _, (_, dropped) = self._entries.popitem(last=False)
                     self.bytes -= dropped
         return value
+
+    def peek(self, key: Any) -> Any:
+        """The cached value of ``key``, or None (nothing is made)."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return None if found is None else found[0]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -307,7 +316,17 @@ class RunView:
 
         def make() -> np.ndarray:
             a, b = self.ids(epoch), self.ids(other)
-            return np.array(a.shape == b.shape and bool(np.array_equal(a, b)))
+            if a.shape != b.shape:
+                return np.array(False)
+            # Files of equal size and CRC32 (in the checked meta.json) and equal at sampled
+            # rows hold the same ids: no need to read two whole columns.
+            entry_a = self.meta(epoch)["arrays"]["example_id"]
+            entry_b = self.meta(other)["arrays"]["example_id"]
+            if (entry_a["bytes"], entry_a["crc32"]) == (entry_b["bytes"], entry_b["crc32"]):
+                sample = np.random.default_rng(0).integers(0, max(a.shape[0], 1), 1000)
+                if a.shape[0] == 0 or np.array_equal(a[np.sort(sample)], b[np.sort(sample)]):
+                    return np.array(True)
+            return np.array(bool(np.array_equal(a, b)))
 
         return bool(self.cache.get(key, make))
 
@@ -322,6 +341,24 @@ class RunView:
         out = np.asarray(values)[np.maximum(rows, 0)].astype(np.float64)
         out[rows < 0] = np.nan
         return out
+
+    def dynamics_rows(self, epoch: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """:meth:`dynamics` of some rows only (a page): reads ``len(rows)`` values per epoch."""
+        cached = self.cache.peek((self.name, epoch, "dynamics"))
+        if cached is not None:
+            return tuple(values[rows] for values in cached)
+        wanted = np.asarray(self.ids(epoch))[rows]
+        margins, probs = [], []
+        for e in [e for e in self.run.epochs if e <= epoch]:
+            at = rows if self.same_ids(e, epoch) else self.rows_of(e, wanted)
+            found = at >= 0
+            margin = np.asarray(self.column("margin", e))[np.maximum(at, 0)].astype(np.float64)
+            prob = np.asarray(self.column("true_prob", e))[np.maximum(at, 0)].astype(np.float64)
+            margin[~found] = np.nan
+            prob[~found] = np.nan
+            margins.append(margin)
+            probs.append(prob)
+        return _dynamics_of(np.array(margins), np.array(probs))
 
     def dynamics(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(aum, mean_true_prob, variability)`` over epochs up to ``epoch``, float32.
@@ -350,21 +387,56 @@ class RunView:
 
         return self.cache.get((self.name, epoch, "dynamics"), make)
 
+    def sort_key(self, name: str, epoch: int, descending: bool) -> np.ndarray:
+        """Values whose ascending stable order is the column's display order (NaN last)."""
+        if name in TEXT_COLUMNS:
+            key = self.cache.get(
+                (self.name, epoch, "text_key", name), lambda: self.text_sort_key(name, epoch)
+            )
+        else:
+            key = np.asarray(self.column(name, epoch))
+        if key.dtype.kind in "biu":
+            key = key.astype(np.int64)
+        return -key if descending else key  # NaN stays NaN, so it still sorts last
+
     def order(self, name: str, epoch: int, descending: bool) -> np.ndarray:
         """Rows sorted by a column (ties in stored order, NaN last either way), cached."""
 
         def make() -> np.ndarray:
-            if name in TEXT_COLUMNS:
-                key = self.text_sort_key(name, epoch)
-            else:
-                key = np.asarray(self.column(name, epoch))
-            if key.dtype.kind in "biu":
-                key = key.astype(np.int64)
-            if descending:
-                key = -key  # NaN stays NaN, so it still sorts last
+            key = self.sort_key(name, epoch, descending)
             return np.argsort(key, kind="stable").astype(np.int32)
 
         return self.cache.get((self.name, epoch, "order", name, descending), make)
+
+    def has_order(self, name: str, epoch: int, descending: bool) -> bool:
+        return self.cache.peek((self.name, epoch, "order", name, descending)) is not None
+
+    def first_rows(
+        self, name: str, epoch: int, descending: bool, rows: np.ndarray | None, k: int
+    ) -> np.ndarray:
+        """The first ``k`` of ``rows`` (None: all) in :meth:`order`'s order, without a full sort.
+
+        A partition finds the k-th key; only rows up to it (ties included) are sorted, so
+        the answer equals ``order`` restricted to ``rows`` exactly, in O(N).
+        """
+        key = self.sort_key(name, epoch, descending)
+        values = key if rows is None else key[rows]
+        positions = np.arange(values.size) if rows is None else rows
+        k = min(k, values.size)
+        if k == 0:
+            return positions[:0]
+        missing = np.isnan(values) if values.dtype.kind == "f" else None
+        present = np.flatnonzero(~missing) if missing is not None else None
+        finite = values if present is None else values[present]
+        if k > finite.size:  # every valued row, then NaN rows in stored order
+            ranked = np.argsort(finite, kind="stable")
+            ranked = ranked if present is None else present[ranked]
+            return positions[np.concatenate([ranked, np.flatnonzero(missing)])[:k]]
+        kth = np.partition(finite, k - 1)[k - 1]
+        chosen = np.flatnonzero(finite <= kth)
+        chosen = chosen[np.argsort(finite[chosen], kind="stable")[:k]]
+        chosen = chosen if present is None else present[chosen]
+        return positions[chosen]
 
     # -- text --------------------------------------------------------------------------
 
@@ -424,8 +496,24 @@ class RunView:
             shown = [names.token(i) if names else str(i) for i in range(top)] + ["<-1>"]
             rank = np.argsort(np.argsort([s.lower() for s in shown], kind="stable"))
             return rank[np.where(ids < 0, top, ids)]
-        lowered = self._all_texts(name, epoch)
-        return np.argsort(np.argsort(np.asarray(lowered, dtype=object), kind="stable"))
+        stored = self._stored_text(name, epoch)
+        if stored is not None:  # text kept as a numpy string array: lower-case it in C
+            lowered = np.char.lower(_as_unicode(np.asarray(stored)))
+        else:
+            lowered = np.asarray(self._all_texts(name, epoch), dtype=object)
+        # Dense ranks: equal texts share a key, so ties keep the stored order both ways.
+        return np.unique(lowered, return_inverse=True)[1].reshape(-1).astype(np.int32)
+
+    def _stored_text(self, name: str, epoch: int) -> np.ndarray | None:
+        """The input text as stored, ``(N,)``, when it is a numpy string array; else None."""
+        meta = self.meta(epoch)
+        if name != "input_text" or not meta.get("inputs"):
+            return None
+        first = next(iter(meta["inputs"]))
+        if meta["inputs"][first]["dtype"][1] not in "US":
+            return None
+        values = self.array(first, epoch)
+        return values.reshape(values.shape[0], -1)[:, 0] if values.ndim > 1 else values
 
     def _all_texts(self, name: str, epoch: int) -> list[str]:
         """Every row's text, lower-cased, once per (run, epoch, column); not cached here."""
@@ -459,18 +547,30 @@ class RunView:
 
     def _search_index(self, name: str, epoch: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Lower-cased UTF-8 text in a fixed-width block; longer rows kept apart."""
-        started = time.perf_counter()
-        lowered = self._all_texts(name, epoch)
-        encoded = [t.encode("utf-8") for t in lowered]
-        long_rows = np.array([i for i, b in enumerate(encoded) if len(b) > _SEARCH_WIDTH], int)
-        long_texts = [lowered[i] for i in long_rows]
-        for i in long_rows:
-            encoded[i] = b""
-        width = max((len(b) for b in encoded), default=1) or 1
-        block = np.array(encoded, dtype=f"S{width}")
-        del encoded, lowered
-        _ = time.perf_counter() - started
-        return block, long_rows, long_texts
+        stored = self._stored_text(name, epoch)
+        if stored is None:
+            lowered = self._all_texts(name, epoch)
+            encoded = [t.encode("utf-8") for t in lowered]
+            long_rows = np.array([i for i, b in enumerate(encoded) if len(b) > _SEARCH_WIDTH], int)
+            long_texts = [lowered[i] for i in long_rows]
+            for i in long_rows:
+                encoded[i] = b""
+            width = max((len(b) for b in encoded), default=1) or 1
+            return np.array(encoded, dtype=f"S{width}"), long_rows, long_texts
+        # A numpy string array: lower-case and encode in C, a chunk at a time.
+        blocks, long_rows, long_texts = [], [], []
+        for start in range(0, stored.shape[0], _CHUNK):
+            lowered = np.char.lower(_as_unicode(np.asarray(stored[start : start + _CHUNK])))
+            encoded = np.char.encode(lowered, "utf-8")
+            long = np.flatnonzero(np.char.str_len(encoded) > _SEARCH_WIDTH)
+            long_rows += (long + start).tolist()
+            long_texts += [str(t) for t in lowered[long]]
+            if long.size:
+                encoded[long] = b""
+                encoded = encoded.astype(f"S{max(int(np.char.str_len(encoded).max()), 1)}")
+            blocks.append(encoded)
+        block = np.concatenate(blocks) if blocks else np.zeros(0, "S1")
+        return block, np.array(long_rows, int), long_texts
 
 
 class RunCatalog:
@@ -526,3 +626,25 @@ class RunCatalog:
                 found = (RunView(name, run, self.cache), now)
                 self._views[name] = found
             return found[0]
+
+
+def _as_unicode(values: np.ndarray) -> np.ndarray:
+    """A numpy string array as unicode (bytes decoded as UTF-8, bad bytes replaced)."""
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8", errors="replace")
+    return values
+
+
+def _dynamics_of(margins: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(aum, mean_true_prob, variability)`` of ``(E, n)`` margins and probabilities.
+
+    NaN entries are left out; float32, as :meth:`RunView.dynamics` computes them.
+    """
+    ok = np.isfinite(margins) & np.isfinite(probs)
+    count = ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, probs, 0).sum(0) / count
+        square = np.where(ok, probs * probs, 0).sum(0) / count
+        spread = np.sqrt(np.maximum(square - mean * mean, 0))
+        aum = np.where(ok, margins, 0).sum(0) / count
+    return aum.astype(np.float32), mean.astype(np.float32), spread.astype(np.float32)
