@@ -1,5 +1,5 @@
 // Small SVG/canvas charts: a line chart, per-class bars, a confusion matrix, a scatter with box selection.
-import { el, svg, formatNumber } from "./dom.js";
+import { el, svg, formatNumber, isolate } from "./dom.js";
 
 function scale([d0, d1], [r0, r1]) {
   const span = d1 - d0 || 1;
@@ -70,7 +70,7 @@ export function classBars(rows, onClick) {
   rows.forEach((row, i) => {
     const top = 20 + i * rowHeight;
     chart.append(svg("text", { x: left - 8, y: top + rowHeight / 2, class: "bar-label", "text-anchor": "end" },
-      short(row.name ?? row.class, 26), svg("title", {}, String(row.name ?? row.class))));
+      isolate(short(row.name ?? row.class, 26)), svg("title", {}, String(row.name ?? row.class))));
     metrics.forEach(([key, cls], j) => {
       const value = Number.isFinite(row[key]) ? row[key] : 0;
       const rect = svg("rect", { x: left, y: top + j * bar, width: Math.max(1, sx(value) - left), height: bar - 1,

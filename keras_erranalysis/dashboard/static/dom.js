@@ -43,6 +43,14 @@ export function userText(value) {
   return el("bdi", { dir: "auto" }, display(value));
 }
 
+/**
+ * Text in first-strong isolates (U+2068 ... U+2069), for places that hold no element, such as
+ * <option> and SVG <text>: a right-to-left override inside cannot reorder what surrounds it.
+ */
+export function isolate(value) {
+  return `\u2068${display(value)}\u2069`;
+}
+
 /** How a cell value reads: numbers rounded, booleans as yes/no, null as an empty string. */
 export function display(value) {
   if (value === null || value === undefined) return "";

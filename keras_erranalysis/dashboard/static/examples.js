@@ -1,5 +1,5 @@
 // Examples view: filters, a sortable page of rows (<= 200, from the server), paging.
-import { el, clear, display, longText, formatNumber } from "./dom.js";
+import { el, clear, display, isolate, longText, formatNumber } from "./dom.js";
 import { histogram } from "./charts.js";
 
 const STANDARD_RANGES = ["loss", "confidence", "margin", "aum"];
@@ -287,7 +287,7 @@ export class ExamplesView {
     }
     const select = el("select", { name: key, multiple: true, size: Math.min(4, names.length) },
       names.map((name, index) => el("option", { value: index, selected: chosen.includes(index), title: name },
-        `${index}: ${name.length > 40 ? `${name.slice(0, 40)}…` : name}`)));
+        `${index}: ${isolate(name.length > 40 ? `${name.slice(0, 40)}…` : name)}`)));
     select.addEventListener("change", () => set(key, [...select.selectedOptions].map((option) => +option.value)));
     return select;
   }

@@ -1,6 +1,6 @@
 // Error Analysis dashboard: the ES module TensorBoard loads in the plugin's iframe.
 // TensorBoard calls render(); routes are fetched relative to the iframe (./runs, ./examples ...).
-import { el, clear, getJson, userText } from "./static/dom.js";
+import { el, clear, getJson, isolate, userText } from "./static/dom.js";
 import { ExamplesView } from "./static/examples.js";
 import { DetailView } from "./static/detail.js";
 import { MetricsView, MapsView, WhyView, CompareView } from "./static/views.js";
@@ -88,7 +88,7 @@ class App {
         "ErrorAnalysis callback (log_dir=...) or point TensorBoard's --logdir at a run folder.", true);
       return;
     }
-    for (const run of this.runs) this.runSelect.append(el("option", { value: run.run }, run.run || "."));
+    for (const run of this.runs) this.runSelect.append(el("option", { value: run.run }, isolate(run.run || ".")));
     this.selectRun(this.runs[0].run);
   }
 

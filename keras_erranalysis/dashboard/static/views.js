@@ -1,5 +1,5 @@
 // Metrics, Maps, Why and Compare views.
-import { el, clear, recordTable, userText } from "./dom.js";
+import { el, clear, isolate, recordTable, userText } from "./dom.js";
 import { classBars, confusionTable, scatter } from "./charts.js";
 import { columnPicker, rowsTable } from "./examples.js";
 
@@ -141,7 +141,7 @@ export class CompareView {
       return;
     }
     if (!this.other || !others.some((run) => run.run === this.other)) this.other = others[0].run;
-    const pick = el("select", { id: "compare-run" }, others.map((run) => el("option", { value: run.run }, run.run)));
+    const pick = el("select", { id: "compare-run" }, others.map((run) => el("option", { value: run.run }, isolate(run.run))));
     pick.value = this.other;
     pick.addEventListener("change", () => {
       this.other = pick.value;
