@@ -622,8 +622,9 @@ class RunCatalog:
                 except RunFormatError as error:
                     raise QueryError(f"Run {name!r} cannot be read: {error}", 404) from None
                 if found is not None and found[0].run.epochs == run.epochs:
-                    run = found[0].run  # keep its checked meta.json
-                found = (RunView(name, run, self.cache), now)
+                    found = (found[0], now)  # same epochs: keep its checked meta and maps
+                else:
+                    found = (RunView(name, run, self.cache), now)
                 self._views[name] = found
             return found[0]
 
