@@ -593,3 +593,18 @@ def test_first_pages_from_a_partition_equal_the_full_sort(logdir, column, order,
         assert [r["example_id"] for r in page["rows"]] == [
             r["example_id"] for r in expected["rows"]
         ]
+
+
+def test_an_epoch_written_while_serving_appears(tmp_path: Path) -> None:
+    make_run(tmp_path / "live", epochs=1, n=20)
+    board = Dashboard(tmp_path)
+    board.catalog.refresh_seconds = 0.0
+    assert board.runs()["runs"][0]["epochs"] == [1]
+    first = board.examples({"run": "live", "sort": "loss"})
+    writer = RunWriter(tmp_path / "live")
+    writer.write_epoch(2, classification_report(20, seed=2))
+    assert board.runs()["runs"][0]["epochs"] == [1, 2]
+    second = board.examples({"run": "live", "sort": "loss"})  # the last epoch, now 2
+    expected = load_run(tmp_path / "live").frame(2).sort_values("loss", ascending=False)
+    assert [r["example_id"] for r in second["rows"]] == expected["example_id"].head(50).tolist()
+    assert first["rows"] != second["rows"]
