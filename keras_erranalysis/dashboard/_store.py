@@ -103,7 +103,9 @@ def _nbytes(value: Any) -> int:
     return 64
 
 
-def find_runs(logdir: str | os.PathLike, *, max_runs: int = 1000) -> list[str]:
+def find_runs(
+    logdir: str | os.PathLike, *, max_runs: int = 1000, max_folders: int = 20_000
+) -> list[str]:
     """Run folders of ours under ``logdir`` at any depth, as ``/``-separated relative paths.
 
     Symbolic links to folders are not followed, hidden folders and epoch folders are not
@@ -112,6 +114,7 @@ def find_runs(logdir: str | os.PathLike, *, max_runs: int = 1000) -> list[str]:
     Args:
         logdir: The folder TensorBoard was started on (a run folder itself is ``"."``).
         max_runs: Stop after this many.
+        max_folders: Stop after searching this many folders (a logdir beside a dataset).
 
     Returns:
         The runs' paths relative to ``logdir``, sorted.
@@ -120,7 +123,9 @@ def find_runs(logdir: str | os.PathLike, *, max_runs: int = 1000) -> list[str]:
     found: list[str] = []
     if not root.is_dir():
         return found
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    for searched, (folder, dirs, files) in enumerate(os.walk(root, followlinks=False)):
+        if searched >= max_folders:
+            break
         if RUN_FILE in files and _is_run_file(Path(folder) / RUN_FILE):
             relative = Path(folder).relative_to(root).as_posix()
             found.append(relative)
