@@ -445,7 +445,9 @@ def test_plugin_routes_through_wsgi(logdir: Path, tmp_path: Path) -> None:
     assert response.status_code == 400 and "limit" in json.loads(response.get_data())["error"]
     response = Client(apps["/image"]).get("/image?run=clf&epoch=1&name=..%2Frun.json")
     assert response.status_code == 400
-    assert Client(apps["/index.js"]).get("/index.js").status_code == 200
+    script = Client(apps["/index.js"]).get("/index.js")
+    assert script.status_code == 200 and script.mimetype == "text/javascript"
+    assert b"export" in script.get_data() and b"render" in script.get_data()
     response = Client(apps["/static/*"]).get("/static/../../_plugin.py")
     assert response.status_code == 404
     empty = ErrorAnalysisPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
