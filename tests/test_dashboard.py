@@ -35,7 +35,7 @@ LONG = "long " * 20_000  # 100 kB
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
 
-def _write_classifier(path: Path) -> None:
+def _write_classifier(path: Path, long_text: str = LONG) -> None:
     writer = RunWriter(path, decoding={"label_names": CLASSES})
     rng = np.random.default_rng(7)
     base = rng.normal(size=(N, 8)).astype(np.float32)
@@ -45,7 +45,7 @@ def _write_classifier(path: Path) -> None:
         if epoch == EPOCHS:
             report.loss_sum[3] = np.nan  # one non-finite example
         texts = report.inputs["text"].astype(object)
-        texts[10] = LONG
+        texts[10] = long_text
         texts[11] = "Mixed CASE \u202e reversed"
         report.inputs = {"text": np.array(texts.tolist())}
         embedding = base + 0.1 * rng.normal(size=base.shape).astype(np.float32)
@@ -363,7 +363,7 @@ def test_bad_requests_name_the_fix(board: Dashboard, params, status, words) -> N
 
 @pytest.fixture
 def hostile(tmp_path: Path) -> Path:
-    _write_classifier(tmp_path / "logs" / "run")
+    _write_classifier(tmp_path / "logs" / "run", long_text="long")
     return tmp_path / "logs"
 
 
@@ -393,7 +393,7 @@ def test_image_is_served_only_when_listed_and_inside(hostile: Path, tmp_path: Pa
 
 def test_links_out_of_the_logdir_are_not_followed(hostile: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
-    _write_classifier(outside / "run")
+    _write_classifier(outside / "run", long_text="long")
     (hostile / "linked").symlink_to(outside / "run", target_is_directory=True)
     (hostile / "run" / "epoch_0009").symlink_to(outside / "run" / "epoch_0001")
     assert find_runs(hostile) == ["run"]
