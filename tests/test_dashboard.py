@@ -610,3 +610,23 @@ def test_an_epoch_written_while_serving_appears(tmp_path: Path) -> None:
     expected = load_run(tmp_path / "live").frame(2).sort_values("loss", ascending=False)
     assert [r["example_id"] for r in second["rows"]] == expected["example_id"].head(50).tolist()
     assert first["rows"] != second["rows"]
+
+
+@pytest.mark.parametrize("needle", ["EXAMPLE text 1", "<SCRIPT>", "&amp;", "wolf", "zzz"])
+def test_text_search_of_ascii_text_matches_pandas(board: Dashboard, logdir, needle) -> None:
+    frame = load_run(logdir / "other").frame(2)  # all-ASCII texts: the vectorised path
+    hit = pd.Series(False, index=frame.index)
+    for column in ("input_text", "label_text", "prediction_text"):
+        hit |= frame[column].str.lower().str.contains(needle.lower(), regex=False)
+    params = {"run": "other", "epoch": 2, "filter": json.dumps({"text": needle})}
+    assert _all_ids(board, params) == frame.loc[hit, "example_id"].tolist()
+
+
+def test_ascii_lowering_equals_unicode_lowering() -> None:
+    from keras_erranalysis.dashboard._store import _ascii_lower
+
+    texts = np.array(["Hello WORLD", "", "@[`{ AZaz", "x" * 40])
+    expected = np.char.encode(np.char.lower(texts), "utf-8")
+    assert _ascii_lower(texts).tolist() == expected.tolist()
+    assert _ascii_lower(np.array([b"AbC"])).tolist() == [b"abc"]
+    assert _ascii_lower(np.array(["caf\u00e9"])) is None  # not ASCII: the general path

@@ -41,7 +41,7 @@ from keras_erranalysis.run import RunFormatError
 
 MAX_LIMIT = 200
 # Pages within the first TOP_K rows of a sort not yet cached come from a partition.
-TOP_K = 2000
+TOP_K = 10_000
 MAX_CHARS = 200
 NEIGHBORS = 10
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
