@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from keras_erranalysis.dashboard import _aggregates
+from keras_erranalysis.dashboard._catalog import RunCatalog
 from keras_erranalysis.dashboard._filters import (
     FILTER_KEYS,
     canonical,
@@ -34,7 +35,6 @@ from keras_erranalysis.dashboard._store import (
     TEXT_COLUMNS,
     BoundedCache,
     QueryError,
-    RunCatalog,
     RunView,
 )
 from keras_erranalysis.run import RunFormatError
