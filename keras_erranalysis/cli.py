@@ -609,7 +609,7 @@ def _add_serve(subparsers: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import time
 
-    from keras_erranalysis.dashboard._store import find_runs
+    from keras_erranalysis.dashboard._catalog import find_runs
 
     if not os.path.isdir(args.run):
         raise CommandError(

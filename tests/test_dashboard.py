@@ -35,7 +35,7 @@ LONG = "long " * 20_000  # 100 kB
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
 
-def _write_classifier(path: Path) -> None:
+def _write_classifier(path: Path, long_text: str = LONG) -> None:
     writer = RunWriter(path, decoding={"label_names": CLASSES})
     rng = np.random.default_rng(7)
     base = rng.normal(size=(N, 8)).astype(np.float32)
@@ -45,7 +45,7 @@ def _write_classifier(path: Path) -> None:
         if epoch == EPOCHS:
             report.loss_sum[3] = np.nan  # one non-finite example
         texts = report.inputs["text"].astype(object)
-        texts[10] = LONG
+        texts[10] = long_text
         texts[11] = "Mixed CASE \u202e reversed"
         report.inputs = {"text": np.array(texts.tolist())}
         embedding = base + 0.1 * rng.normal(size=base.shape).astype(np.float32)
@@ -363,7 +363,7 @@ def test_bad_requests_name_the_fix(board: Dashboard, params, status, words) -> N
 
 @pytest.fixture
 def hostile(tmp_path: Path) -> Path:
-    _write_classifier(tmp_path / "logs" / "run")
+    _write_classifier(tmp_path / "logs" / "run", long_text="long")
     return tmp_path / "logs"
 
 
@@ -393,7 +393,7 @@ def test_image_is_served_only_when_listed_and_inside(hostile: Path, tmp_path: Pa
 
 def test_links_out_of_the_logdir_are_not_followed(hostile: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
-    _write_classifier(outside / "run")
+    _write_classifier(outside / "run", long_text="long")
     (hostile / "linked").symlink_to(outside / "run", target_is_directory=True)
     (hostile / "run" / "epoch_0009").symlink_to(outside / "run" / "epoch_0001")
     assert find_runs(hostile) == ["run"]
@@ -445,7 +445,9 @@ def test_plugin_routes_through_wsgi(logdir: Path, tmp_path: Path) -> None:
     assert response.status_code == 400 and "limit" in json.loads(response.get_data())["error"]
     response = Client(apps["/image"]).get("/image?run=clf&epoch=1&name=..%2Frun.json")
     assert response.status_code == 400
-    assert Client(apps["/index.js"]).get("/index.js").status_code == 200
+    script = Client(apps["/index.js"]).get("/index.js")
+    assert script.status_code == 200 and script.mimetype == "text/javascript"
+    assert b"export" in script.get_data() and b"render" in script.get_data()
     response = Client(apps["/static/*"]).get("/static/../../_plugin.py")
     assert response.status_code == 404
     empty = ErrorAnalysisPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
@@ -593,3 +595,38 @@ def test_first_pages_from_a_partition_equal_the_full_sort(logdir, column, order,
         assert [r["example_id"] for r in page["rows"]] == [
             r["example_id"] for r in expected["rows"]
         ]
+
+
+def test_an_epoch_written_while_serving_appears(tmp_path: Path) -> None:
+    make_run(tmp_path / "live", epochs=1, n=20)
+    board = Dashboard(tmp_path)
+    board.catalog.refresh_seconds = 0.0
+    assert board.runs()["runs"][0]["epochs"] == [1]
+    first = board.examples({"run": "live", "sort": "loss"})
+    writer = RunWriter(tmp_path / "live")
+    writer.write_epoch(2, classification_report(20, seed=2))
+    assert board.runs()["runs"][0]["epochs"] == [1, 2]
+    second = board.examples({"run": "live", "sort": "loss"})  # the last epoch, now 2
+    expected = load_run(tmp_path / "live").frame(2).sort_values("loss", ascending=False)
+    assert [r["example_id"] for r in second["rows"]] == expected["example_id"].head(50).tolist()
+    assert first["rows"] != second["rows"]
+
+
+@pytest.mark.parametrize("needle", ["EXAMPLE text 1", "<SCRIPT>", "&amp;", "wolf", "zzz"])
+def test_text_search_of_ascii_text_matches_pandas(board: Dashboard, logdir, needle) -> None:
+    frame = load_run(logdir / "other").frame(2)  # all-ASCII texts: the vectorised path
+    hit = pd.Series(False, index=frame.index)
+    for column in ("input_text", "label_text", "prediction_text"):
+        hit |= frame[column].str.lower().str.contains(needle.lower(), regex=False)
+    params = {"run": "other", "epoch": 2, "filter": json.dumps({"text": needle})}
+    assert _all_ids(board, params) == frame.loc[hit, "example_id"].tolist()
+
+
+def test_ascii_lowering_equals_unicode_lowering() -> None:
+    from keras_erranalysis.dashboard._store import _ascii_lower
+
+    texts = np.array(["Hello WORLD", "", "@[`{ AZaz", "x" * 40])
+    expected = np.char.encode(np.char.lower(texts), "utf-8")
+    assert _ascii_lower(texts).tolist() == expected.tolist()
+    assert _ascii_lower(np.array([b"AbC"])).tolist() == [b"abc"]
+    assert _ascii_lower(np.array(["caf\u00e9"])) is None  # not ASCII: the general path

@@ -8,7 +8,8 @@ the ``tensorboard_plugins`` entry point, so installing the package adds the tab;
 ``keras-erranalysis serve RUN`` starts TensorBoard on a run folder.
 """
 
+from keras_erranalysis.dashboard._catalog import find_runs
 from keras_erranalysis.dashboard._queries import Dashboard
-from keras_erranalysis.dashboard._store import QueryError, find_runs
+from keras_erranalysis.dashboard._store import QueryError
 
 __all__ = ["Dashboard", "QueryError", "find_runs"]

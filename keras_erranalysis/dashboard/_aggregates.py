@@ -494,15 +494,51 @@ def _loss_rank(view: RunView, epoch: int, row: int) -> int:
     return ahead + 1
 
 
+def _nearest(view: RunView, epoch: int, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~keras_erranalysis.analysis.nearest` with the rows' norms cached per epoch.
+
+    The same chunks and float32 arithmetic, so the same similarities; ties keep row order.
+    """
+    from keras_erranalysis.analysis._similarity import _CHUNK_ROWS
+
+    vectors = view.array("embedding", epoch)
+    n = vectors.shape[0]
+
+    def make() -> np.ndarray:
+        return np.concatenate(
+            [
+                np.linalg.norm(np.asarray(vectors[s : s + _CHUNK_ROWS], np.float32), axis=1)
+                for s in range(0, n, _CHUNK_ROWS)
+            ]
+            or [np.zeros(0, np.float32)]
+        )
+
+    norms = view.cache.get((view.name, epoch, "norms"), make)
+    query = np.asarray(vectors[row], np.float64).reshape(-1)
+    size = np.linalg.norm(query)
+    query = (query / size if size > 0 else query).astype(np.float32)
+    similarity = np.empty(n, np.float64)
+    for start in range(0, n, _CHUNK_ROWS):
+        block = np.asarray(vectors[start : start + _CHUNK_ROWS], np.float32)
+        part = norms[start : start + block.shape[0]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sims = (block @ query) / part
+        similarity[start : start + block.shape[0]] = np.where(part > 0, sims, 0.0)
+    similarity[row] = -np.inf
+    k = min(k, n - 1)
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    kth = np.partition(-similarity, k - 1)[k - 1]
+    candidates = np.flatnonzero(-similarity <= kth)
+    chosen = candidates[np.lexsort((candidates, -similarity[candidates]))][:k]
+    return chosen.astype(np.int64), similarity[chosen]
+
+
 def neighbors(view: RunView, epoch: int, row: int, k: int) -> list[dict[str, Any]]:
     """The ``k`` examples nearest by cosine distance of the stored embeddings."""
     if "embedding" not in view.meta(epoch).get("vectors", {}):
         return []
-    from keras_erranalysis.analysis._similarity import nearest
-
-    vectors = view.array("embedding", epoch)
-    found, similarity = nearest(vectors, np.asarray(vectors[row], np.float32), k, exclude=row)
-    found = np.asarray(found, np.int64)
+    found, similarity = _nearest(view, epoch, row, k)
     ids = np.asarray(view.ids(epoch))[found].tolist()
     correct = np.asarray(view.column("correct", epoch), bool)[found].tolist()
     texts = [""] * len(found)

@@ -19,8 +19,9 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from keras_erranalysis.dashboard._catalog import find_runs
 from keras_erranalysis.dashboard._queries import Dashboard
-from keras_erranalysis.dashboard._store import QueryError, find_runs
+from keras_erranalysis.dashboard._store import QueryError
 from keras_erranalysis.run import RunFormatError
 
 PLUGIN_NAME = "erranalysis"

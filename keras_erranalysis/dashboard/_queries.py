@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from keras_erranalysis.dashboard import _aggregates
+from keras_erranalysis.dashboard._catalog import RunCatalog
 from keras_erranalysis.dashboard._filters import (
     FILTER_KEYS,
     canonical,
@@ -34,14 +35,13 @@ from keras_erranalysis.dashboard._store import (
     TEXT_COLUMNS,
     BoundedCache,
     QueryError,
-    RunCatalog,
     RunView,
 )
 from keras_erranalysis.run import RunFormatError
 
 MAX_LIMIT = 200
 # Pages within the first TOP_K rows of a sort not yet cached come from a partition.
-TOP_K = 2000
+TOP_K = 10_000
 MAX_CHARS = 200
 NEIGHBORS = 10
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}

@@ -1,4 +1,4 @@
-"""The dashboard's view of run folders: discovery, memory-mapped columns, decoding and caches.
+"""The dashboard's view of one run folder: memory-mapped columns, decoding, text and caches.
 
 Nothing here imports TensorBoard. Every file is read through
 :func:`keras_erranalysis.run.load_run`, whose checks keep reads to what ``meta.json`` lists,
@@ -9,13 +9,9 @@ the id index, lower-cased text for search, dynamics over epochs) are kept in one
 
 from __future__ import annotations
 
-import os
 import threading
-import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +19,7 @@ import numpy as np
 from keras_erranalysis._columns import CLASSIFIER_COLUMNS, EXAMPLE_COLUMNS, PADDING_NAMES
 from keras_erranalysis._loss_report import _text
 from keras_erranalysis.decoding import Vocabulary
-from keras_erranalysis.run import Run, RunFormatError, load_run
-from keras_erranalysis.run._files import FORMAT, RUN_FILE
+from keras_erranalysis.run import Run
 
 # Derived per-example columns: dynamics over epochs 1..E (dataset cartography, AUM).
 DYNAMICS_COLUMNS = ("aum", "mean_true_prob", "variability")
@@ -101,46 +96,6 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, (bytes, str)):
         return len(value)
     return 64
-
-
-def find_runs(logdir: str | os.PathLike, *, max_runs: int = 1000) -> list[str]:
-    """Run folders of ours under ``logdir`` at any depth, as ``/``-separated relative paths.
-
-    Symbolic links to folders are not followed, hidden folders and epoch folders are not
-    searched, and a run folder's own subfolders are not searched for more runs.
-
-    Args:
-        logdir: The folder TensorBoard was started on (a run folder itself is ``"."``).
-        max_runs: Stop after this many.
-
-    Returns:
-        The runs' paths relative to ``logdir``, sorted.
-    """
-    root = Path(logdir)
-    found: list[str] = []
-    if not root.is_dir():
-        return found
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        if RUN_FILE in files and _is_run_file(Path(folder) / RUN_FILE):
-            relative = Path(folder).relative_to(root).as_posix()
-            found.append(relative)
-            dirs[:] = []
-            if len(found) >= max_runs:
-                break
-            continue
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not d.startswith("epoch_")]
-    return sorted(found)
-
-
-def _is_run_file(path: Path) -> bool:
-    """A regular ``run.json`` (not a link) that names our format, read cheaply."""
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > 50 << 20:
-            return False
-        with open(path, encoding="utf-8") as handle:
-            return FORMAT in handle.read(1 << 20)
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 class RunView:
@@ -286,6 +241,9 @@ class RunView:
 
     def id_index(self, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(sorted ids, order)`` for lookups by id; ``order`` None when ids are ascending."""
+        last = self.run.epochs[-1]
+        if epoch != last and last in self.run.epochs and self.same_ids(epoch, last):
+            return self.id_index(last)  # one index for every epoch of the same examples
 
         def make() -> tuple[np.ndarray, np.ndarray | None]:
             ids = np.asarray(self.ids(epoch))
@@ -560,7 +518,12 @@ class RunView:
         # A numpy string array: lower-case and encode in C, a chunk at a time.
         blocks, long_rows, long_texts = [], [], []
         for start in range(0, stored.shape[0], _CHUNK):
-            lowered = np.char.lower(_as_unicode(np.asarray(stored[start : start + _CHUNK])))
+            raw = np.asarray(stored[start : start + _CHUNK])
+            ascii_block = _ascii_lower(raw)
+            if ascii_block is not None:
+                blocks.append(ascii_block)
+                continue
+            lowered = np.char.lower(_as_unicode(raw))
             encoded = np.char.encode(lowered, "utf-8")
             long = np.flatnonzero(np.char.str_len(encoded) > _SEARCH_WIDTH)
             long_rows += (long + start).tolist()
@@ -571,68 +534,6 @@ class RunView:
             blocks.append(encoded)
         block = np.concatenate(blocks) if blocks else np.zeros(0, "S1")
         return block, np.array(long_rows, int), long_texts
-
-
-class RunCatalog:
-    """The runs under one logdir, opened once and refreshed as epochs are written.
-
-    Args:
-        logdir: TensorBoard's logdir.
-        cache: The shared cache.
-        refresh_seconds: How long a run listing and a run's epoch list are reused.
-    """
-
-    def __init__(self, logdir: str | os.PathLike, cache: BoundedCache, refresh_seconds=2.0):
-        self.logdir = Path(logdir)
-        self.cache = cache
-        self.refresh_seconds = refresh_seconds
-        self._views: dict[str, tuple[RunView, float]] = {}
-        self._listing: tuple[list[str], float] | None = None
-        self._lock = threading.Lock()
-
-    def names(self) -> list[str]:
-        """The runs' relative paths (listed again after ``refresh_seconds``)."""
-        with self._lock:
-            now = time.monotonic()
-            if self._listing is None or now - self._listing[1] > self.refresh_seconds:
-                self._listing = (find_runs(self.logdir), now)
-            return list(self._listing[0])
-
-    def view(self, name: Any) -> RunView:
-        """The run named by a request's ``run`` parameter (one of :meth:`names`)."""
-        if not isinstance(name, str) or not name:
-            raise QueryError("The request needs run=<name>: GET ./runs lists the runs.")
-        names = self.names()
-        if name not in names:
-            self._listing = None
-            names = self.names()
-        if name not in names:
-            shown = names[:5] + (["..."] if len(names) > 5 else [])
-            raise QueryError(
-                f"No run {name!r} under the logdir; GET ./runs lists them ({shown}).", 404
-            )
-        with self._lock:
-            found = self._views.get(name)
-            now = time.monotonic()
-            if found is None or now - found[1] > self.refresh_seconds:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # incomplete epochs while training
-                        run = load_run(self.logdir / name)
-                except RunFormatError as error:
-                    raise QueryError(f"Run {name!r} cannot be read: {error}", 404) from None
-                if found is not None and found[0].run.epochs == run.epochs:
-                    run = found[0].run  # keep its checked meta.json
-                found = (RunView(name, run, self.cache), now)
-                self._views[name] = found
-            return found[0]
-
-
-def _as_unicode(values: np.ndarray) -> np.ndarray:
-    """A numpy string array as unicode (bytes decoded as UTF-8, bad bytes replaced)."""
-    if values.dtype.kind == "S":
-        return np.char.decode(values, "utf-8", errors="replace")
-    return values
 
 
 def _dynamics_of(margins: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -648,3 +549,28 @@ def _dynamics_of(margins: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ..
         spread = np.sqrt(np.maximum(square - mean * mean, 0))
         aum = np.where(ok, margins, 0).sum(0) / count
     return aum.astype(np.float32), mean.astype(np.float32), spread.astype(np.float32)
+
+
+def _ascii_lower(values: np.ndarray) -> np.ndarray | None:
+    """Lower-cased bytes of a string array that is all ASCII and short, else None.
+
+    Works on the character codes as integers (no Python object per row): the common case
+    of a million short ASCII texts takes milliseconds instead of seconds.
+    """
+    width = values.dtype.itemsize // (4 if values.dtype.kind == "U" else 1)
+    if values.size == 0 or width == 0 or width > _SEARCH_WIDTH:
+        return None
+    codes = np.ascontiguousarray(values).view(np.uint32 if values.dtype.kind == "U" else np.uint8)
+    if codes.max() >= 128:
+        return None
+    lowered = codes.astype(np.uint8)
+    upper = (lowered - np.uint8(65)) < np.uint8(26)  # A-Z, with uint8 wrap-around
+    lowered += upper.view(np.uint8) << np.uint8(5)  # + 32
+    return lowered.view(f"S{width}").reshape(values.shape)
+
+
+def _as_unicode(values: np.ndarray) -> np.ndarray:
+    """A numpy string array as unicode (bytes decoded as UTF-8, bad bytes replaced)."""
+    if values.dtype.kind == "S":
+        return np.char.decode(values, "utf-8", errors="replace")
+    return values
