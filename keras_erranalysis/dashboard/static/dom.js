@@ -79,6 +79,10 @@ export function longText(value, { cut = false, loadFull = null, block = false } 
   const isCut = cut || short.length < text.length;
   holder.append(userText(isCut ? short + "…" : text));
   if (!isCut) return holder;
+  if (cut && !loadFull) {
+    holder.title = "cut by the server at 200 characters";
+    return holder;
+  }
   const button = el("button", { class: "link show-all", type: "button", text: "show all" });
   button.addEventListener("click", async (event) => {
     event.stopPropagation();
@@ -130,13 +134,15 @@ export async function getJson(route, params = {}) {
 export function recordTable(rows, { skip = [], onRow = null, rowTitle = "" } = {}) {
   const keys = [];
   for (const row of rows.slice(0, 50)) {
-    for (const key of Object.keys(row)) if (!keys.includes(key) && !skip.includes(key)) keys.push(key);
+    for (const key of Object.keys(row)) {
+      if (!keys.includes(key) && !skip.includes(key) && !key.endsWith("__truncated")) keys.push(key);
+    }
   }
   const head = el("tr", {}, keys.map((key) => el("th", {}, userText(key))));
   const body = rows.map((row, index) => {
     const tr = el("tr", { class: onRow ? "clickable" : null, title: onRow ? rowTitle : null, "data-index": index },
       keys.map((key) => el("td", { class: typeof row[key] === "number" ? "num" : null },
-        longText(row[key]))));
+        longText(row[key], { cut: Boolean(row[`${key}__truncated`]) }))));
     if (onRow) tr.addEventListener("click", () => onRow(row, index));
     return tr;
   });
