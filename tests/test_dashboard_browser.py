@@ -209,6 +209,21 @@ def test_dashboard_workflow_in_tensorboard(served):
     rows = sorted(int(v) for v in page.evaluate("__probe.column('example_id')"))
     assert len(rows) == min(50, len(inside)) and set(rows) <= set(inside)
 
+    # 5b. Why: the stored features show as text; a slice's row opens exactly its examples.
+    page.click("button[data-tab=why]")
+    page.settle()
+    features = page.evaluate(
+        "[...document.querySelectorAll('section[data-view=why] table.records')[0]"
+        ".querySelectorAll('tbody tr td:first-child')].map((td) => td.textContent)"
+    )
+    assert features == ["length", "has <script>"]
+    slices = _get(url, "why", run="classes", epoch=last)["slices"]
+    assert slices
+    page.click("section[data-view=why] .table-box:nth-of-type(2) table.records tbody tr")
+    page.settle()
+    assert page.evaluate("document.documentElement.dataset.view") == "examples"
+    assert page.evaluate("__probe.total()") == slices[0]["support"]
+
     # 6. The epoch slider (keyboard, like a user): the rows now hold the earlier epoch's losses.
     page.click("button.reset")
     page.settle()
