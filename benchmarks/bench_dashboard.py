@@ -226,6 +226,59 @@ def timed(board, kind: str, params: dict) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def _ms(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(float(np.median(times)), 1)
+
+
+def ablations(folder: Path, epoch: int) -> list[dict]:
+    """Each optimization against the plain way, measured here, in the same run (median of 3)."""
+    from keras_erranalysis.analysis._similarity import nearest
+    from keras_erranalysis.dashboard import Dashboard
+    from keras_erranalysis.dashboard._aggregates import _nearest
+    from keras_erranalysis.dashboard._store import _as_unicode, _ascii_lower
+
+    board = Dashboard(folder)
+    view = board.catalog.view("run")
+    view.cache.clear()
+    rows = np.arange(1000, 1050)
+    texts = np.asarray(view._stored_text("input_text", epoch))
+    vectors = view.array("embedding", epoch)
+    pairs = [
+        (
+            "first page sorted by loss: partition vs full stable argsort",
+            lambda: view.first_rows("loss", epoch, True, None, 50),
+            lambda: np.argsort(-np.asarray(view.column("loss", epoch)), kind="stable")[:50],
+        ),
+        (
+            f"dynamics of a 50-row page over {epoch} epochs: rows only vs whole columns",
+            lambda: (view.cache.clear(), view.dynamics_rows(epoch, rows)),
+            lambda: (view.cache.clear(), [c[rows] for c in view.dynamics(epoch)]),
+        ),
+        (
+            f"lower-case + encode {texts.size:,} texts for search: character codes vs np.char",
+            lambda: [_ascii_lower(texts[s : s + 65536]) for s in range(0, texts.size, 65536)],
+            lambda: np.char.encode(np.char.lower(_as_unicode(texts)), "utf-8"),
+        ),
+        (
+            f"10 neighbours in {vectors.shape[0]:,} x 16 float16: cached norms vs analysis.nearest",
+            lambda: _nearest(view, epoch, 123, 10),
+            lambda: nearest(vectors, np.asarray(vectors[123], np.float32), 10, exclude=123),
+        ),
+    ]
+    out = []
+    for what, fast, plain in pairs:
+        fast()
+        out.append({"what": what, "optimized_ms": _ms(fast), "plain_ms": _ms(plain)})
+        out[-1]["speedup"] = round(out[-1]["plain_ms"] / max(out[-1]["optimized_ms"], 0.1), 1)
+        print(out[-1], flush=True)
+    return out
+
+
 def main() -> None:
     global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -288,6 +341,7 @@ def main() -> None:
     )
     print(results[-1], flush=True)
     after = memory()
+    compared = ablations(folder, last)
     warm_p95 = max(r["p95_ms"] for r in results)
     out = {
         "examples": args.examples,
@@ -308,6 +362,7 @@ def main() -> None:
         "goal_ms": GOAL_MS,
         "goal_mb": GOAL_MB,
         "requests": results,
+        "ablations": compared,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

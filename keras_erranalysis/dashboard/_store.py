@@ -74,6 +74,12 @@ class BoundedCache:
                     self.bytes -= dropped
         return value
 
+    def clear(self) -> None:
+        """Forgets every entry."""
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
     def peek(self, key: Any) -> Any:
         """The cached value of ``key``, or None (nothing is made)."""
         with self._lock:
