@@ -224,8 +224,22 @@ def test_dashboard_workflow_in_tensorboard(served):
     assert page.evaluate("document.documentElement.dataset.view") == "examples"
     assert page.evaluate("__probe.total()") == slices[0]["support"]
 
-    # 6. The epoch slider (keyboard, like a user): the rows now hold the earlier epoch's losses.
+    # 5c. Fixed between the first and the last epoch; then paging through all the rows.
     page.click("button.reset")
+    page.settle()
+    _set(page, "select[name=changed-kind]", "fixed")
+    page.settle()
+    before_ok = np.asarray(run.array("correct", run.epochs[0]))
+    assert page.evaluate("__probe.total()") == int((correct & ~before_ok).sum())
+    assert set(page.evaluate("__probe.column('correct')")) <= {"true"}
+    page.click("button.reset")
+    page.settle()
+    page.click("section[data-view=examples] .pager button:nth-child(3)")  # next
+    page.settle()
+    assert len(page.evaluate("__probe.column('example_id')")) == len(ids) - 50
+
+    # 6. The epoch slider (keyboard, like a user): the rows now hold the earlier epoch's losses.
+    page.click("section[data-view=examples] .pager button:nth-child(1)")  # first
     page.settle()
     before = page.evaluate("__probe.column('loss')")
     page.evaluate("document.getElementById('epoch-slider').focus()")
