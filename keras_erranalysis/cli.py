@@ -129,6 +129,16 @@ _TEXTS = {
             "line per check and the first flagged examples; --out writes every issue as CSV."
         ),
     ),
+    "serve": (
+        "open the Error Analysis dashboard: start TensorBoard on a run folder",
+        (
+            "Starts TensorBoard on RUN (the callback's log_dir, or a folder holding several "
+            "run folders at any depth) with the Error Analysis tab: filter, sort and page the "
+            "examples of every epoch, per-class metrics, the data map and embedding "
+            "projection, one example in full, and two runs compared. Serves on --host "
+            "(default 127.0.0.1, this machine only) and --port until Ctrl-C."
+        ),
+    ),
     "tensorboard": (
         "write TensorBoard summaries of a finished run folder",
         (
@@ -622,6 +632,69 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(subparsers: Any) -> None:
+    parser = _parser(subparsers, "serve")
+    parser.add_argument(
+        "run", metavar="RUN", help="a run folder, or a folder holding run folders at any depth"
+    )
+    parser.add_argument(
+        "--port", type=_int, default=6006, help="port to serve on (default: 6006; 0: any free)"
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default: 127.0.0.1; 0.0.0.0 shows the runs to your network)",
+    )
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from keras_erranalysis.dashboard._catalog import find_runs
+
+    if not os.path.isdir(args.run):
+        raise CommandError(
+            f"{args.run!r} is not a folder: pass the ErrorAnalysis log_dir, or a folder of runs."
+        )
+    runs = find_runs(args.run)
+    if not runs:
+        raise CommandError(
+            f"{args.run!r} holds no keras_erranalysis run folder (no run.json at any depth): "
+            "pass the ErrorAnalysis callback's log_dir, or a folder holding such folders."
+        )
+    try:
+        from tensorboard import default, program
+    except ImportError:
+        raise CommandError(
+            "TensorBoard is not installed: pip install tensorboard (or reinstall "
+            "keras_erranalysis, which depends on it)."
+        ) from None
+    from keras_erranalysis.dashboard._plugin import PLUGIN_NAME, ErrorAnalysisPlugin
+
+    _quiet_tensorflow()
+    # Installed, the entry point registers the tab; from a source tree it may not: add it.
+    dynamic = [
+        p for p in default.get_dynamic_plugins() if getattr(p, "plugin_name", "") != PLUGIN_NAME
+    ]
+    plugins = [*default.get_static_plugins(), *dynamic, ErrorAnalysisPlugin]
+    board = program.TensorBoard(plugins=plugins)
+    board.configure(
+        argv=[None, "--logdir", args.run, "--host", args.host, "--port", str(args.port)]
+    )
+    try:
+        url = board.launch()
+    except program.TensorBoardServerException as error:
+        raise CommandError(
+            f"TensorBoard could not serve on {args.host}:{args.port} ({error.msg}): pass "
+            "another --port, or --port 0 for any free one."
+        ) from None
+    print(f"Error Analysis dashboard of {len(runs)} run(s): {url}#{PLUGIN_NAME}", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def _add_tensorboard(subparsers: Any) -> None:
     parser = _run_parser(
         subparsers, "tensorboard", _tensorboard, k=(20, "rows of the hardest-example text table")
@@ -766,6 +839,7 @@ _COMMANDS: list[Callable[[Any], None]] = [
     _add_report,
     _add_compare,
     _add_tensorboard,
+    _add_serve,
     _add_analyze,
     _add_check,
 ]

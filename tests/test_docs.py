@@ -90,7 +90,9 @@ def _declared(init: Path) -> list[str]:
     raise AssertionError(f"{init} declares no __all__")
 
 
-@pytest.mark.parametrize("package", ["", "compute", "analysis", "run", "present", "demo"])
+@pytest.mark.parametrize(
+    "package", ["", "compute", "analysis", "run", "present", "demo", "dashboard"]
+)
 def test_api_reference_covers_all(site: Path, package: str) -> None:
     # Every declared public name has its entry (an anchor griffe resolved), or at least a
     # mention in code on its page (constants griffe cannot see, such as tuple assignments).

@@ -11,6 +11,9 @@ at module level or inside a function (a lazy import). The rules:
 - ``present`` never runs the model: no compute, no Keras, no wiring;
 - the shared base (``decoding``, ``options``, ``_columns``, ``_errors``, ``_loss_report``)
   imports only the base at module level;
+- the dashboard (``dashboard``: TensorBoard's Error Analysis tab) reads runs and may use
+  analysis, never compute, presentation, wiring, Keras or TensorFlow; inside it only
+  ``_plugin.py`` imports TensorBoard (and werkzeug), so the queries run without a server;
 - wiring (``pipeline``, ``callback``, ``analyze``, ``cli``, ``demo``) sits on top; only the
   command line and the demo may import the demo.
 """
@@ -24,7 +27,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_erranalysis"
 BASE = {"decoding", "options", "_columns", "_errors", "_loss_report"}
-LAYERS = {"compute", "analysis", "run", "present", "demo"}
+LAYERS = {"compute", "analysis", "run", "present", "demo", "dashboard"}
 WIRING = {"pipeline", "callback", "_analyze", "cli", "health"}
 FRAMEWORKS = {"keras", "tensorflow"}
 
@@ -36,14 +39,21 @@ RULES = {
         LAYERS - {"analysis"} | WIRING | FRAMEWORKS,
     ),
     "compute": (
-        {"analysis", "run", "present", "demo"} | WIRING,
-        {"run", "present", "demo"} | WIRING,
+        {"analysis", "run", "present", "demo", "dashboard"} | WIRING,
+        {"run", "present", "demo", "dashboard"} | WIRING,
     ),
     "run": (
-        {"analysis", "compute", "present", "demo", "keras", "tensorflow"} | WIRING,
-        {"compute", "present", "demo", "keras"} | WIRING,
+        {"analysis", "compute", "present", "demo", "dashboard", "keras", "tensorflow"} | WIRING,
+        {"compute", "present", "demo", "dashboard", "keras"} | WIRING,
     ),
-    "present": ({"compute", "demo", "keras"} | WIRING, {"compute", "demo", "keras"} | WIRING),
+    "present": (
+        {"compute", "demo", "dashboard", "keras"} | WIRING,
+        {"compute", "demo", "dashboard", "keras"} | WIRING,
+    ),
+    "dashboard": (
+        {"compute", "present", "demo"} | WIRING | FRAMEWORKS,
+        {"compute", "present", "demo"} | WIRING | FRAMEWORKS,
+    ),
     "wiring": ({"demo", "cli"}, {"demo", "cli"}),
     "demo": ({"cli"}, {"cli"}),
     "cli": (set(), set()),
@@ -145,6 +155,12 @@ def test_every_layer_keeps_to_its_imports():
         ("present", "from keras_erranalysis.compute import compute_losses\n", 1),
         ("present", "from keras_erranalysis.analysis import likely_mislabeled\n", 0),
         ("base", "from keras_erranalysis.analysis import rank_examples\n", 1),
+        ("dashboard", "from keras_erranalysis.analysis._similarity import nearest\n", 0),
+        ("dashboard", "from keras_erranalysis.run import load_run\n", 0),
+        ("dashboard", "def f():\n    import tensorflow as tf\n", 1),
+        ("dashboard", "def f():\n    from keras_erranalysis.compute import x\n", 1),
+        ("dashboard", "from keras_erranalysis.present import write_report\n", 1),
+        ("dashboard", "from keras_erranalysis import cli\n", 1),
     ],
 )
 def test_the_rule_catches_what_it_must(layer, source, expected):
@@ -158,6 +174,36 @@ def test_analysis_imports_without_keras_or_tensorflow():
     code = (
         "import sys, keras_erranalysis.analysis, keras_erranalysis.run;"
         "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+SERVER_LIBRARIES = {"tensorboard", "werkzeug"}
+
+
+def test_only_the_plugin_module_imports_tensorboard():
+    # The queries (and the package __init__) must import without a TensorBoard server.
+    broken = []
+    for path in sorted((PACKAGE / "dashboard").rglob("*.py")):
+        if path.name == "_plugin.py":
+            continue
+        for name, _, line in imports(path.read_text()):
+            if name.split(".")[0] in SERVER_LIBRARIES:
+                broken.append(f"{path.relative_to(PACKAGE)}:{line} imports {name}")
+    assert not broken, "only dashboard/_plugin.py may import TensorBoard:\n" + "\n".join(broken)
+    plugin = (PACKAGE / "dashboard" / "_plugin.py").read_text()
+    assert any(n.startswith("tensorboard") for n, _, _ in imports(plugin))
+
+
+def test_dashboard_queries_import_without_tensorboard_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, keras_erranalysis.dashboard._queries;"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'tensorboard') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
