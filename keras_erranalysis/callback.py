@@ -154,7 +154,7 @@ class ErrorAnalysis(keras.callbacks.Callback):
         self._epoch_offset = None
         self.enabled = True  # on_error="warn" switches the analysis off for one fit only
         if self.verbose is None:  # follow fit's verbosity
-            self.pipeline.verbose = int((self.params or {}).get("verbose", 1))
+            self.pipeline.verbose = _fit_verbose(self.params)
         if self.pipeline.attention is not None:
             from keras_erranalysis.compute import find_attention_layers
 
@@ -320,6 +320,12 @@ class ErrorAnalysis(keras.callbacks.Callback):
             part.insert(0, "epoch", epoch)
             parts.append(part)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _fit_verbose(params: dict | None) -> int:
+    """``fit``'s verbosity as a number: its default ``"auto"`` is 1, as Keras' own bar."""
+    verbose = (params or {}).get("verbose", 1)
+    return 1 if verbose == "auto" else int(verbose)
 
 
 def _running_fit() -> Any:

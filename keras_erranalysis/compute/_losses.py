@@ -149,7 +149,7 @@ def run_pass(
         parts, n = arrays
         probe = _pass.probe(model, spec, _head(parts, min(n, batch_size or _PROBE_ROWS)))
         if batch_size is None:
-            labels = tf.nest.flatten(parts[1])[0]
+            labels = _pass.select_labels(parts[1], spec.output, model)
             width = probe.num_classes * (labels.shape[1] if probe.sequence else 1)
             batch_size = _compiled.auto_batch_size(model, parts[0], n, width)
         if keep_inputs and not _pass.is_multi_worker(strategy):

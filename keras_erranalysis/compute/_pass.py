@@ -259,6 +259,7 @@ def resolve_loss(
     """Finds the unreduced loss to use and what it expects."""
     import keras
 
+    output = check_output(model, output)
     if loss is None:
         loss = getattr(model, "loss", None)
         if loss is None:
@@ -362,6 +363,126 @@ def _kind_from_name(name: str) -> str | None:
     return None
 
 
+# -- which output, and its labels and weights ------------------------------------------
+
+
+def output_names(model: Any) -> list[str]:
+    """The model's output names in Keras' order (the order of list labels), or []."""
+    return [str(name) for name in (getattr(model, "output_names", None) or [])]
+
+
+def check_output(model: Any, output: Any) -> str | int | None:
+    """``output`` checked against the model's outputs (a negative index made positive).
+
+    Raises:
+        ValueError: When ``output`` names no output or its index is out of range; the
+            message lists the outputs there are.
+    """
+    if output is None:
+        return None
+    names = output_names(model)
+    choose = (
+        f"pass output= one of {names} or an index 0..{len(names) - 1}" if names else ""
+    )
+    if isinstance(output, np.integer):
+        output = int(output)
+    if isinstance(output, bool) or not isinstance(output, (int, str)):
+        raise TypeError(
+            f"output must be an output name or index, got {type(output).__name__} "
+            f"{output!r}" + (f": {choose}." if choose else ".")
+        )
+    if not names:
+        return output
+    if isinstance(output, str):
+        if output not in names:
+            raise ValueError(
+                f"No output named {output!r}: the model's outputs are {names}; {choose}."
+            )
+        return output
+    if not -len(names) <= output < len(names):
+        count = f"{len(names)} output" + ("s" if len(names) > 1 else "")
+        raise ValueError(
+            f"output={output} is out of range: the model has {count} {names}; {choose}."
+        )
+    return output % len(names)
+
+
+def select_labels(y: Any, output: str | int | None, model: Any) -> Any:
+    """The labels of the analysed output, from labels in any form ``fit`` accepts.
+
+    ``y`` may be one array or tensor, a dict keyed by output name, or a list / tuple with
+    one entry per output in the model's output order.
+    """
+    return _for_output(y, output, model, what="labels", required=True)
+
+
+def select_weights(sample_weight: Any, output: str | int | None, model: Any) -> Any:
+    """The sample weights of the analysed output (None: unweighted).
+
+    Like :func:`select_labels`; one array weights every output, as in ``fit``, and a dict
+    without the output's key leaves it unweighted.
+    """
+    return _for_output(sample_weight, output, model, what="sample_weight", required=False)
+
+
+def _for_output(value: Any, output: Any, model: Any, *, what: str, required: bool) -> Any:
+    if value is None:
+        return None
+    names = output_names(model)
+    if isinstance(value, Mapping):
+        keys = list(value)
+        if output is None and len(keys) == 1:
+            return value[keys[0]]
+        key = names[output] if isinstance(output, int) and output < len(names) else output
+        if isinstance(output, int) and not names:
+            ordered = sorted(keys)  # Keras flattens a dict in key order
+            key = ordered[output] if output < len(ordered) else output
+        if key in value:
+            return value[key]
+        if output is None:
+            single = names[0] if len(names) == 1 else None
+            if single in value:
+                return value[single]
+            raise ValueError(
+                f"The {what} are a dict with keys {keys} for several outputs: pass "
+                f"output=NAME to choose the one to analyse (the model's outputs are "
+                f"{names or keys})."
+            )
+        if len(keys) == 1 and len(names) <= 1:
+            return value[keys[0]]  # one output: whatever its key
+        if not required:
+            return None
+        raise ValueError(
+            f"The {what} have no entry for output {output!r}: their keys are {keys}. Key "
+            f"them by the model's output names {names}, as fit does."
+            if names
+            else f"The {what} have no entry for output {output!r}: their keys are {keys}."
+        )
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return value[0]
+        if output is None:
+            raise ValueError(
+                f"The {what} are a {type(value).__name__} of {len(value)} entries, one per "
+                f"output: pass output=NAME or an index to choose the one to analyse"
+                + (f" (the model's outputs are {names})." if names else ".")
+            )
+        index = names.index(output) if isinstance(output, str) and output in names else output
+        if not isinstance(index, int):
+            raise ValueError(
+                f"The {what} are a {type(value).__name__} in output order, but the model "
+                f"names no output {output!r}: pass output= as an index."
+            )
+        if index >= len(value):
+            raise ValueError(
+                f"The {what} have {len(value)} entries but output {output!r} is the "
+                f"model's output number {index} (0-based) of {names}: give one entry per "
+                "output, in the model's output order."
+            )
+        return value[index]
+    return value
+
+
 # -- output selection and the probe ----------------------------------------------------
 
 
@@ -373,7 +494,15 @@ def select_output(outputs: Any, output: str | int | None, model: Any) -> Any:
             if len(keys) == 1:
                 return outputs[keys[0]]
             raise ValueError(f"The model has several outputs {keys}: pass output=NAME.")
-        key = output if not isinstance(output, int) else keys[output]
+        key = output
+        if isinstance(output, int):  # Keras' output order (names sorted for a dict)
+            order = [n for n in output_names(model) if n in outputs] or sorted(keys)
+            if not -len(order) <= output < len(order):
+                raise ValueError(
+                    f"output={output} is out of range: the model has {len(order)} outputs "
+                    f"{order}; pass output= one of these names or an index."
+                )
+            key = order[output]
         if key not in outputs:
             raise ValueError(f"No output named {output!r}; outputs are {keys}.")
         return outputs[key]
@@ -389,6 +518,11 @@ def select_output(outputs: Any, output: str | int | None, model: Any) -> Any:
             if output not in names:
                 raise ValueError(f"No output named {output!r}; outputs are {names}.")
             return outputs[names.index(output)]
+        if not -len(outputs) <= output < len(outputs):
+            raise ValueError(
+                f"output={output} is out of range: the model has {len(outputs)} outputs "
+                f"{names}; pass output= one of these names or an index."
+            )
         return outputs[output]
     if output not in (None, 0) and output != (getattr(model, "output_names", None) or [None])[0]:
         raise ValueError(f"The model has a single output; output={output!r} does not name it.")
@@ -400,11 +534,18 @@ def probe(model: Any, spec: LossSpec, batch: tuple[Any, Any, Any]) -> Probe:
     x, y, _ = batch
     out = select_output(model(x, training=False), spec.output, model)
     out_shape = tuple(int(d) for d in out.shape)
-    y_shape = tuple(int(d) for d in tf.nest.flatten(y)[0].shape) if y is not None else None
-    if y is None or isinstance(y, Mapping) and len(y) != 1:
-        raise ValueError("Each batch needs labels y for the analysed output.")
-    if isinstance(y, Mapping):
-        y = next(iter(y.values()))
+    y = select_labels(y, spec.output, model)
+    if y is None:
+        raise ValueError(
+            "Each batch needs labels y for the analysed output: pass (x, y) or a dataset "
+            "that yields (x, y) or (x, y, sample_weight)."
+        )
+    if not hasattr(y, "dtype") or not hasattr(y, "shape"):
+        raise ValueError(
+            f"The labels of the analysed output are a {type(y).__name__}, not an array: "
+            "give one array (or tensor) of labels per output."
+        )
+    y_shape = tuple(int(d) for d in y.shape)
     if len(out_shape) not in (1, 2, 3):
         raise ValueError(
             f"The output has shape {out_shape}: expected (batch, classes) for a classifier or "
@@ -786,8 +927,8 @@ class LossColumns:
     def columns(
         self, model: Any, outputs: Any, x: Any, y: Any, sample_weight: Any, state: Any
     ) -> dict[str, tf.Tensor]:
-        if isinstance(y, Mapping):
-            y = next(iter(y.values()))
+        y = select_labels(y, self.spec.output, model)
+        sample_weight = select_weights(sample_weight, self.spec.output, model)
         out = select_output(outputs, self.spec.output, model)
         return per_example(out, y, sample_weight, self.spec, self.probe)
 
