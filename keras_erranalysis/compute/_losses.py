@@ -192,6 +192,7 @@ def run_pass(
         distributed_step=_pass.gathered(strategy),
     )
     total = _pass.cardinality(dataset)
+    weight_problems: dict[int, int] = {}
     traversal = _Traversal(
         compiled,
         strategy,
@@ -200,7 +201,7 @@ def run_pass(
         keep=np.asarray(keep, np.int64).reshape(-1),
         top=keep_hardest,
         progress=_pass.progress_bar(total, verbose),
-        check=lambda host: _pass.check_batch(host, spec, probe),
+        check=lambda host: _pass.check_batch(host, spec, probe, weight_problems),
     )
     while True:
         try:
@@ -221,6 +222,7 @@ def run_pass(
                 stacklevel=2,
             )
             compiled.disable_xla()
+            weight_problems.clear()
             if arrays is None and not replicated:  # start again: a new reading of the data
                 iterator = iter(dataset)
                 first = _pass.unpack(next(iterator), with_ids=True)
@@ -229,6 +231,7 @@ def run_pass(
             "The data holds no examples: compute_losses needs at least one batch. Check "
             "that the dataset is not exhausted (a one-shot iterator) or filtered to nothing."
         )
+    _pass.check_weights(weight_problems, sum(c["loss_sum"].shape[0] for c in chunks))
     prefixes = tuple(p for producer in extra for p in producer.prefixes)
     kept_columns = _split(chunks, ("kept/",))
     extra_columns = _split(chunks, prefixes)

@@ -381,9 +381,7 @@ def check_output(model: Any, output: Any) -> str | int | None:
     if output is None:
         return None
     names = output_names(model)
-    choose = (
-        f"pass output= one of {names} or an index 0..{len(names) - 1}" if names else ""
-    )
+    choose = f"pass output= one of {names} or an index 0..{len(names) - 1}" if names else ""
     if isinstance(output, np.integer):
         output = int(output)
     if isinstance(output, bool) or not isinstance(output, (int, str)):
@@ -930,7 +928,51 @@ class LossColumns:
         y = select_labels(y, self.spec.output, model)
         sample_weight = select_weights(sample_weight, self.spec.output, model)
         out = select_output(outputs, self.spec.output, model)
-        return per_example(out, y, sample_weight, self.spec, self.probe)
+        result = per_example(out, y, sample_weight, self.spec, self.probe)
+        if sample_weight is not None:
+            result["weight_problem"] = weight_problems(sample_weight)
+        return result
+
+
+#: Bits of :func:`weight_problems`, and how :func:`check_weights` names them.
+WEIGHT_PROBLEMS = {1: "NaN", 2: "a negative weight", 4: "an infinite weight"}
+
+
+def weight_problems(sample_weight: Any) -> tf.Tensor:
+    """Per example, the bits of :data:`WEIGHT_PROBLEMS` its weights have (0: none)."""
+    weight = tf.cast(sample_weight, tf.float32)
+    weight = tf.reshape(weight, tf.stack([tf.shape(weight)[0], -1]))
+    found = tf.zeros(tf.shape(weight)[:1], tf.int32)
+    for bit, bad in (
+        (1, tf.math.is_nan(weight)),
+        (2, weight < 0.0),
+        (4, weight == math.inf),
+    ):
+        found += bit * tf.cast(tf.reduce_any(bad, axis=1), tf.int32)
+    return found
+
+
+def check_weights(counts: Mapping[int, int], n: int) -> None:
+    """Raises when some sample weights are NaN, negative or infinite.
+
+    The pass would count such a token as weight 0 (NaN and negative ones) or make its
+    loss infinite, while Keras multiplies the loss by the weight: the numbers would
+    silently differ from training's. Args: ``counts``, examples per bit of
+    :data:`WEIGHT_PROBLEMS`; ``n``, the examples read.
+    """
+    found = [(count, WEIGHT_PROBLEMS[bit]) for bit, count in sorted(counts.items()) if count]
+    if not found:
+        return
+    listed = ", ".join(f"{count} with {what}" for count, what in found)
+    total = sum(count for count, _ in found)
+    raise ValueError(
+        f"sample_weight is not a finite number >= 0 for some of the {n} examples ({listed}"
+        f"{'; an example may count twice' if len(found) > 1 else ''}). A weight multiplies "
+        "the example's loss: NaN spreads, a negative weight rewards the error, and the "
+        f"analysis would count {'them' if total > 1 else 'it'} differently from training. "
+        "Fix the weights, e.g. np.nan_to_num(w, nan=0.0, posinf=0.0) and np.clip(w, 0, "
+        "None), or drop those examples."
+    )
 
 
 def gathered(strategy: Any):
@@ -985,8 +1027,19 @@ def is_multi_worker(strategy: Any) -> bool:
 # -- host-side checks ------------------------------------------------------------------
 
 
-def check_batch(host: dict[str, Any], spec: LossSpec, probe_: Probe) -> None:
-    """Raises clear errors for bad labels; drops the check columns from ``host``."""
+def check_batch(
+    host: dict[str, Any], spec: LossSpec, probe_: Probe, weights: dict[int, int] | None = None
+) -> None:
+    """Raises clear errors for bad labels; drops the check columns from ``host``.
+
+    Sample-weight problems are counted into ``weights`` (examples per bit of
+    :data:`WEIGHT_PROBLEMS`) for :func:`check_weights` at the end of the pass, so the
+    message gives the whole data's count.
+    """
+    problems = host.pop("weight_problem", None)
+    if problems is not None and weights is not None and problems.any():
+        for bit in WEIGHT_PROBLEMS:
+            weights[bit] = weights.get(bit, 0) + int(np.count_nonzero(problems & bit))
     invalid = host.pop("label_invalid")
     fractional = host.pop("label_fractional")
     if fractional.any():

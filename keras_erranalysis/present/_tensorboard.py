@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from keras_erranalysis._columns import HARDEST_TEXT_COLUMNS, PROJECTOR_COLUMNS
+from keras_erranalysis._loss_report import finite_mean
 from keras_erranalysis.analysis._ranking import rank_examples
 from keras_erranalysis.present._figures import figure_png
 from keras_erranalysis.present._text import _tsv_rows, markdown_cell, markdown_table, tsv_cell
@@ -74,7 +75,7 @@ def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict
     finite = np.isfinite(loss)
     correct = np.asarray(report.correct, dtype=bool)
     values = {
-        "loss_mean": float(loss[finite].mean()) if finite.any() else float("nan"),
+        "loss_mean": finite_mean(loss),
         "loss_median": float(np.median(loss[finite])) if finite.any() else float("nan"),
         "error_rate": float(1.0 - correct.mean()) if correct.size else float("nan"),
         "nonfinite_losses": float((~finite).sum()),
