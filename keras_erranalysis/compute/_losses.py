@@ -147,6 +147,7 @@ def run_pass(
     first = None
     if arrays is not None:
         parts, n = arrays
+        _pass.check_input_dtypes(_pass.input_pairs_of_arrays(parts[0], model))
         probe = _pass.probe(model, spec, _head(parts, min(n, batch_size or _PROBE_ROWS)))
         if batch_size is None:
             labels = _pass.select_labels(parts[1], spec.output, model)
@@ -157,6 +158,7 @@ def run_pass(
         dataset = _pass.as_dataset(data, batch_size)
     else:
         dataset = _pass.as_dataset(data, batch_size or _PROBE_ROWS)
+        _pass.check_dataset(dataset, model, spec.output)
         if replicated:
             first = _pass.first_batch(dataset)
         else:  # the probe's batch is the traversal's first: the data is read once

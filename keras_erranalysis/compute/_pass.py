@@ -71,6 +71,8 @@ def array_parts(data: Any) -> tuple[tuple, int] | None:
             raise ValueError(
                 f"data as a tuple must be (x, y) or (x, y, sample_weight); got {len(data)} items."
             )
+        for index, part in enumerate(data):
+            _check_part(part, ("x", "y", "sample_weight")[index])
         parts = tuple(_as_arrays(part) for part in data if part is not None)
         n = _num_examples(parts[0])
         for part in parts[1:]:
@@ -94,10 +96,189 @@ def array_parts(data: Any) -> tuple[tuple, int] | None:
             "compute_losses needs labels: pass (x, y) or a dataset that yields (x, y) or "
             "(x, y, sample_weight), not x alone."
         )
-    raise TypeError(
-        f"Cannot read data of type {type(data).__name__}: pass a batched "
-        "tf.data.Dataset or a tuple (x, y[, sample_weight]) of numpy arrays."
+    raise TypeError(_reader_message(data))
+
+
+def _reader_message(data: Any) -> str:
+    """What to do with data the pass cannot read: generators, Keras PyDataset, loaders."""
+    kind = type(data).__name__
+    signature = (
+        "output_signature=(tf.TensorSpec((None, ...), tf.float32), tf.TensorSpec((None,), "
+        "tf.int64))"
     )
+    if inspect.isgenerator(data) or callable(data) and not hasattr(data, "__len__"):
+        what = "generator" if inspect.isgenerator(data) else "function"
+        once = (
+            "it can be read only once, while the analysis reads the data every epoch, and "
+            if what == "generator"
+            else ""
+        )
+        return (
+            f"Cannot read a Python {what}: {once}the pass needs the shapes and dtypes of "
+            "its batches. Wrap the function that makes the batches: "
+            f"tf.data.Dataset.from_generator(make_batches, {signature}), and pass that dataset."
+        )
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):  # keras PyDataset, Sequence
+        return (
+            f"Cannot read a {kind} (a Keras PyDataset / Sequence): pass a tf.data.Dataset of "
+            "the same batches, e.g. tf.data.Dataset.from_generator(lambda: (data[i] for i in "
+            f"range(len(data))), {signature}), or a tuple (x, y[, sample_weight]) of arrays."
+        )
+    return (
+        f"Cannot read data of type {kind}: pass a batched tf.data.Dataset or a tuple "
+        "(x, y[, sample_weight]) of numpy arrays."
+    )
+
+
+def _check_part(part: Any, name: str) -> None:
+    """Clear errors for parts numpy cannot hold as rectangular arrays."""
+    if part is None:
+        return
+    leaves = (
+        list(part.items())
+        if isinstance(part, Mapping)
+        else list(enumerate(part))
+        if isinstance(part, (list, tuple)) and any(_composite(p) for p in part)
+        else [(None, part)]
+    )
+    for key, leaf in leaves:
+        where = name if key is None else f"{name}[{key!r}]"
+        if isinstance(leaf, tf.RaggedTensor):
+            raise ValueError(
+                f"{where} is a tf.RaggedTensor (rows of different lengths), but the pass needs "
+                f"rectangular batches. Pad it: {where}.to_tensor() pads with 0 (then mask the "
+                "padding, e.g. ignore_class=0 or mask_zero=True), or pass "
+                "tf.data.Dataset.from_tensor_slices(...).padded_batch(n) instead."
+            )
+        if isinstance(leaf, tf.SparseTensor):
+            raise ValueError(
+                f"{where} is a tf.SparseTensor, but the pass takes dense batches: pass "
+                f"tf.sparse.to_dense({where}), or a tf.data.Dataset that densifies each batch."
+            )
+        if inspect.isgenerator(leaf) or isinstance(leaf, tf.data.Dataset):
+            raise TypeError(
+                f"{where} is a {type(leaf).__name__}: in a tuple (x, y[, sample_weight]) each "
+                "part must be an array. Pass a tf.data.Dataset that yields (x, y) batches "
+                "instead of the tuple."
+            )
+
+
+def _composite(value: Any) -> bool:
+    return isinstance(value, (tf.RaggedTensor, tf.SparseTensor))
+
+
+def check_dataset(dataset: tf.data.Dataset, model: Any, output: str | int | None) -> None:
+    """Clear errors for datasets the pass cannot read: unbatched, ragged or sparse batches.
+
+    Read from ``element_spec`` only: no element is read.
+    """
+    spec = dataset.element_spec
+    parts = spec if isinstance(spec, tuple) else (spec,)
+    for index, part in enumerate(parts[:3]):
+        name = ("x", "y", "sample_weight")[index]
+        flat = tf.nest.flatten(part, expand_composites=False)
+        paths = _paths(part, name)
+        for path, leaf in zip(paths, flat):
+            if isinstance(leaf, tf.RaggedTensorSpec):
+                raise ValueError(
+                    f"The dataset yields {path} as a tf.RaggedTensor (rows of different "
+                    "lengths), but the pass needs rectangular batches. Pad them: build the "
+                    "batches with padded_batch(n) instead of batch / ragged_batch, or map "
+                    "each batch through .to_tensor() (then mask the padding, e.g. "
+                    "ignore_class=0 or mask_zero=True)."
+                )
+            if isinstance(leaf, tf.SparseTensorSpec):
+                raise ValueError(
+                    f"The dataset yields {path} as a tf.SparseTensor, but the pass takes "
+                    "dense batches: map each batch through tf.sparse.to_dense."
+                )
+    if len(parts) < 2:
+        return
+    x_spec, y_spec = parts[0], parts[1]
+    try:
+        labels = select_labels(y_spec, output, model)
+    except ValueError:
+        labels = None  # the probe names the problem with the labels
+    label_rank = getattr(labels, "shape", tf.TensorShape(None)).rank
+    pairs = _input_pairs(x_spec, model)
+    unbatched = label_rank == 0 or (
+        bool(pairs)
+        and all(
+            spec.shape.rank is not None
+            and wanted.shape.rank is not None
+            and spec.shape.rank == wanted.shape.rank - 1
+            for _, spec, wanted in pairs
+        )
+    )
+    if unbatched:
+        shapes = ", ".join(
+            f"{path} of shape {tuple(leaf.shape)}"
+            for path, leaf in zip(_paths(x_spec, "x"), tf.nest.flatten(x_spec))
+        )
+        label_shape = "" if labels is None else f", labels of shape {tuple(labels.shape)}"
+        raise ValueError(
+            f"The dataset yields single examples ({shapes}{label_shape}), not batches: call "
+            ".batch(n) on it, e.g. dataset.batch(32) (padded_batch(32) for sequences of "
+            "different lengths)."
+        )
+    check_input_dtypes(pairs)
+
+
+def check_input_dtypes(pairs: list[tuple[str, Any, Any]]) -> None:
+    """Refuses text given to a numeric model input, naming the input and the fix."""
+    for path, spec, wanted in pairs:
+        given = tf.as_dtype(spec.dtype)
+        want = tf.as_dtype(wanted.dtype)
+        if given == tf.string and want != tf.string:
+            raise ValueError(
+                f"{path} holds strings, but the model's input{_input_name(wanted)} takes "
+                f"{want.name}: turn the text into numbers first (a TextVectorization or "
+                "StringLookup layer, in the model or in dataset.map), or give the model a "
+                "string input (keras.Input(shape=(), dtype='string'))."
+            )
+
+
+def _input_name(tensor: Any) -> str:
+    name = str(getattr(tensor, "name", "") or "")
+    return "" if not name or name.startswith("keras_tensor") else f" {name!r}"
+
+
+def input_pairs_of_arrays(x: Any, model: Any) -> list[tuple[str, Any, Any]]:
+    """``(path, spec, model input)`` for in-memory inputs ``x`` (see :func:`_input_pairs`)."""
+
+    def spec(array: np.ndarray) -> tf.TensorSpec:
+        dtype = tf.string if array.dtype.kind in "USO" else tf.as_dtype(array.dtype)
+        return tf.TensorSpec(array.shape, dtype)
+
+    return _input_pairs(tf.nest.map_structure(spec, x), model)
+
+
+def _input_pairs(x_spec: Any, model: Any) -> list[tuple[str, Any, Any]]:
+    """The data's input specs next to the model's inputs, where the structures match."""
+    try:
+        inputs = model.input
+    except (AttributeError, ValueError):  # a subclassed model has no symbolic inputs
+        return []
+    if isinstance(x_spec, Mapping) and isinstance(inputs, Mapping):
+        return [(f"x[{k!r}]", x_spec[k], inputs[k]) for k in inputs if k in x_spec]
+    if isinstance(x_spec, (list, tuple)) and isinstance(inputs, (list, tuple)):
+        if len(x_spec) != len(inputs):
+            return []
+        return [(f"x[{i}]", s, w) for i, (s, w) in enumerate(zip(x_spec, inputs))]
+    if isinstance(x_spec, tf.TensorSpec) and not isinstance(inputs, (Mapping, list, tuple)):
+        return [("x", x_spec, inputs)]
+    if isinstance(x_spec, tf.TensorSpec) and isinstance(inputs, (list, tuple)):
+        return [("x", x_spec, inputs[0])] if len(inputs) == 1 else []
+    return []
+
+
+def _paths(structure: Any, name: str) -> list[str]:
+    """A readable path (``x['ids']``, ``y[1]``) per leaf of ``structure``, in flatten order."""
+    if isinstance(structure, Mapping):
+        return [p for k in sorted(structure) for p in _paths(structure[k], f"{name}[{k!r}]")]
+    if isinstance(structure, (list, tuple)):
+        return [p for i, v in enumerate(structure) for p in _paths(v, f"{name}[{i}]")]
+    return [name]
 
 
 def as_dataset(data: Any, batch_size: int) -> tf.data.Dataset:
@@ -194,10 +375,24 @@ def _array_slices(parts: tuple, n: int, batch_size: int) -> tf.data.Dataset:
 
 def _as_arrays(part: Any) -> Any:
     if isinstance(part, Mapping):
-        return {k: np.asarray(v) for k, v in part.items()}
-    if isinstance(part, (list, tuple)) and part and hasattr(part[0], "shape"):
-        return tuple(np.asarray(p) for p in part)
-    return np.asarray(part)
+        return {k: _as_array(v) for k, v in part.items()}
+    if isinstance(part, (list, tuple)) and part and hasattr(part[0], "shape") and np.ndim(part[0]):
+        return tuple(_as_array(p) for p in part)
+    return _as_array(part)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        if "inhomogeneous" not in str(error):
+            raise
+        raise ValueError(
+            "The data holds rows of different lengths, which make no rectangular array. Pad "
+            "them to one length: keras.utils.pad_sequences(rows, padding='post') (then mask "
+            "the padding, e.g. ignore_class=0 or mask_zero=True), or pass a tf.data.Dataset "
+            "built with padded_batch(n)."
+        ) from None
 
 
 def _num_examples(part: Any) -> int:
@@ -459,6 +654,11 @@ def _for_output(value: Any, output: Any, model: Any, *, what: str, required: boo
     if isinstance(value, (list, tuple)):
         if len(value) == 1:
             return value[0]
+        if len(names) == 1:
+            raise ValueError(
+                f"The {what} are a {type(value).__name__} of {len(value)} entries, but the "
+                f"model has one output {names[0]!r}: pass its {what} as one array."
+            )
         if output is None:
             raise ValueError(
                 f"The {what} are a {type(value).__name__} of {len(value)} entries, one per "
