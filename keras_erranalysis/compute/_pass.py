@@ -199,17 +199,16 @@ def check_dataset(dataset: tf.data.Dataset, model: Any, output: str | int | None
         labels = select_labels(y_spec, output, model)
     except ValueError:
         labels = None  # the probe names the problem with the labels
-    label_rank = getattr(labels, "shape", tf.TensorShape(None)).rank
     pairs = _input_pairs(x_spec, model)
-    unbatched = label_rank == 0 or (
-        bool(pairs)
-        and all(
-            spec.shape.rank is not None
-            and wanted.shape.rank is not None
-            and spec.shape.rank == wanted.shape.rank - 1
-            for _, spec, wanted in pairs
-        )
-    )
+    try:
+        out_rank = _rank(select_output(model.output, output, model))
+    except (AttributeError, ValueError):  # a subclassed model has no symbolic outputs
+        out_rank = None
+    label_rank = _rank(labels)
+    # Batched labels have at least the output's rank minus its class axis.
+    unbatched = label_rank is not None and label_rank <= max((out_rank or 2) - 2, 0)
+    # Inputs of one example: the model's input shape without its batch axis, exactly.
+    unbatched |= bool(pairs) and all(_one_example(spec, wanted) for _, spec, wanted in pairs)
     if unbatched:
         shapes = ", ".join(
             f"{path} of shape {tuple(leaf.shape)}"
@@ -222,6 +221,22 @@ def check_dataset(dataset: tf.data.Dataset, model: Any, output: str | int | None
             "different lengths)."
         )
     check_input_dtypes(pairs)
+
+
+def _one_example(spec: Any, wanted: Any) -> bool:
+    """Whether ``spec`` has exactly the shape of one example of the model input ``wanted``."""
+    given, model_shape = tf.TensorShape(spec.shape), tf.TensorShape(wanted.shape)
+    if given.rank is None or model_shape.rank is None or given.rank != model_shape.rank - 1:
+        return False
+    return given.rank > 0 and given[0] is not None and given.is_compatible_with(model_shape[1:])
+
+
+def _rank(value: Any) -> int | None:
+    """The rank of a tensor, spec or Keras tensor (whose shape is a tuple); None: unknown."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return None
+    return tf.TensorShape(shape).rank
 
 
 def check_input_dtypes(pairs: list[tuple[str, Any, Any]]) -> None:
