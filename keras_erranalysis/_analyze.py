@@ -429,6 +429,7 @@ def analyze(
     import tensorflow as tf
 
     from keras_erranalysis.compute._losses import compute_losses
+    from keras_erranalysis.compute._pass import progress_bar
     from keras_erranalysis.run._writer import RunWriter
 
     if batch_size < 1 or chunk_size < 1:
@@ -467,11 +468,9 @@ def analyze(
                 top_k=top_k,
                 decoding=decoding,
             )
-        progress = None
-        if verbose and cluster.is_chief:
-            import keras
-
-            progress = keras.utils.Progbar(source.num_rows, unit_name="example")
+        progress = progress_bar(
+            source.num_rows, verbose if cluster.is_chief else 0, unit_name="example"
+        )
         offset = 0
         for chunk in source.chunks(plan.columns, chunk_size, plan.shapes()):
             n = len(chunk[plan.label])

@@ -233,6 +233,9 @@ def run_pass(
             "The data holds no examples: compute_losses needs at least one batch. Check "
             "that the dataset is not exhausted (a one-shot iterator) or filtered to nothing."
         )
+    if traversal.progress is not None and (total is None or traversal.done < total):
+        traversal.progress.target = traversal.done  # now known: the bar ends with its line
+        traversal.progress.update(traversal.done, finalize=True)
     _pass.check_weights(weight_problems, sum(c["loss_sum"].shape[0] for c in chunks))
     prefixes = tuple(p for producer in extra for p in producer.prefixes)
     kept_columns = _split(chunks, ("kept/",))
@@ -265,6 +268,7 @@ class _Traversal:
         self.keep = keep
         self.progress = progress
         self.check = check
+        self.done = 0  # batches read
 
     def _add(self, chunks: list, host: dict, batches: int, offset: int, done: int) -> tuple:
         self.check(host)
@@ -275,6 +279,7 @@ class _Traversal:
             host["inputs"] = inputs
         chunks.append(host)
         done += batches
+        self.done = done
         if self.progress is not None:
             self.progress.update(done)
         return offset + host["loss_sum"].shape[0], done
