@@ -529,7 +529,7 @@ def test_labels_that_miss_the_analysed_output_say_which_keys_they_have():
             model, (x, {"a": np.zeros(4, int), "c": np.zeros(4, int)}), output="b", verbose=0
         )
     y = np.zeros(4, int)
-    with pytest.raises(ValueError, match="list of 2 entries, but the model has one output"):
+    with pytest.raises(ValueError, match="tuple of 2 entries, but the model has one output"):
         compute_losses(classifier(), (RNG.normal(size=(4, 6)), [y, y]), verbose=0)
 
 
