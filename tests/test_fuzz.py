@@ -594,6 +594,81 @@ def test_multi_output_labels_and_weights_are_right_or_refused_clearly(case):
     event("result")
 
 
+# -- compute_losses: data in forms the pass cannot read name the fix (issue 17, item 8) ---
+
+
+@st.composite
+def input_form_case(draw):
+    sequence = draw(st.booleans(), label="sequence")
+    forms = ["arrays", "batched", "unbatched", "unbatched_again"]
+    forms += ["ragged_arrays", "ragged_dataset", "ragged_unbatched"] if sequence else []
+    n = draw(st.integers(1, 6))
+    lengths = draw(st.lists(st.integers(1, 4), min_size=n, max_size=n))
+    return dict(
+        sequence=sequence,
+        form=draw(st.sampled_from(forms), label="form"),
+        structure=draw(st.sampled_from(["bare", "dict", "tuple"])),
+        lengths=lengths,
+        weights=draw(st.booleans()),
+        batch=draw(st.integers(1, 4)),
+    )
+
+
+def form_model(sequence, structure):
+    inputs = keras.Input((None,) if sequence else (4,), dtype="int32", name="ids")
+    hidden = keras.layers.Embedding(10, 4)(inputs)
+    if not sequence:
+        hidden = keras.layers.Flatten()(hidden)
+    wrapped = {"dict": {"ids": inputs}, "tuple": [inputs]}.get(structure, inputs)
+    return keras.Model(wrapped, keras.layers.Dense(3)(hidden))
+
+
+@settings(PASS_SETTINGS, max_examples=25)
+@given(case=input_form_case())
+def test_data_the_pass_cannot_read_is_refused_naming_the_fix(case):
+    sequence, form, lengths = case["sequence"], case["form"], case["lengths"]
+    n, width = len(lengths), max(case["lengths"])
+    rows = [[1 + (i + j) % 9 for j in range(size)] for i, size in enumerate(lengths)]
+    if sequence:
+        x = np.zeros((n, width), np.int32)
+        for i, row in enumerate(rows):
+            x[i, : len(row)] = row
+        y = x % 3
+    else:
+        x = (np.arange(n * 4).reshape(n, 4) % 9).astype(np.int32)
+        y = np.arange(n) % 3
+    if form.startswith("ragged"):
+        x = tf.ragged.constant(rows, dtype=tf.int32)
+    structure = case["structure"]
+    wrap = {"dict": lambda v: {"ids": v}, "tuple": lambda v: (v,)}.get(structure, lambda v: v)
+    parts = (wrap(x), y) + ((np.ones(n, np.float32),) if case["weights"] else ())
+    if form in ("arrays", "ragged_arrays"):
+        data = parts
+    else:
+        data = tf.data.Dataset.from_tensor_slices(parts)
+        if form in ("batched", "ragged_dataset"):
+            data = data.batch(case["batch"])
+        elif form == "unbatched_again":
+            data = data.batch(case["batch"]).unbatch()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    try:
+        report = compute_losses(
+            form_model(sequence, structure), data, loss=loss, verbose=0, jit_compile=False
+        )
+        error = None
+    except (ValueError, TypeError) as caught:
+        report, error = None, str(caught)
+    event(f"{form}: {'refused' if error else 'result'}")
+    if form in ("arrays", "batched"):
+        assert error is None, error
+        assert len(report) == n and report.is_sequence == sequence
+    elif form.startswith("unbatched"):
+        assert error is not None and "single examples" in error and ".batch(n)" in error, error
+    else:
+        assert error is not None and "tf.RaggedTensor" in error, error
+        assert "padded_batch" in error and "to_tensor()" in error, error
+
+
 # -- summaries of finite numbers stay finite ----------------------------------------------
 
 
