@@ -431,8 +431,13 @@ def markdown_list(text: str) -> str:
     TensorBoard renders it as a list, where one escaped cell would be one paragraph with
     ``↵`` between the lines.
     """
-    lines = [line for line in str(text).splitlines() if line.strip()]
+    lines = [_BULLET.sub("", line) for line in str(text).splitlines() if line.strip()]
     return "\n".join(f"- {markdown_cell(line, max_chars=None)}" for line in lines)
+
+
+# A line that is already a list item ("- ...", as features_summary writes them) keeps one
+# bullet, not an escaped dash after ours.
+_BULLET = re.compile(r"^\s*[-*\u2022]\s+")
 
 
 def log_epoch(
