@@ -429,7 +429,7 @@ def analyze(
     import tensorflow as tf
 
     from keras_erranalysis.compute._losses import compute_losses
-    from keras_erranalysis.compute._pass import progress_bar
+    from keras_erranalysis.compute._pass import check_output, progress_bar
     from keras_erranalysis.run._writer import RunWriter
 
     if batch_size < 1 or chunk_size < 1:
@@ -444,6 +444,7 @@ def analyze(
     num_workers = cluster.num_workers
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, safe_mode=safe_mode, strategy=strategy)
+    check_output(model, output)  # before the run folder is made: the outputs it has
     source = open_source(data, format=format, feature_spec=feature_spec)
     plan = plan_columns(model, source.columns, label_column=label_column, features=features)
     decoding = Decoding(vocab, input_vocab, label_names).as_dict()

@@ -228,3 +228,38 @@ def test_progress_bar_is_live_in_a_terminal_and_plain_elsewhere(monkeypatch):
     assert _pass.progress_bar(3, 1).verbose == 2  # pytest captures stdout: not a terminal
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     assert _pass.progress_bar(3, 1).verbose == 1
+
+
+# -- multi-output labels as fit takes them (issue 17, item 3) ------------------------------
+
+
+@pytest.mark.parametrize("form", ["dict", "list"])
+def test_callback_analyses_one_output_of_a_multi_output_model(tmp_path, form):
+    from keras_erranalysis import PassOptions, compute_losses
+
+    inp = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inp)
+    model = keras.Model(
+        inp,
+        {
+            "a": keras.layers.Dense(3, name="a")(hidden),
+            "b": keras.layers.Dense(2, name="b")(hidden),
+        },
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss={"a": loss, "b": loss})
+    x = RNG.normal(size=(32, 4)).astype("float32")
+    ya, yb = RNG.integers(0, 3, 32), RNG.integers(0, 2, 32)
+    labels = {"a": ya, "b": yb} if form == "dict" else [ya, yb]  # list: Keras' output order
+    weights = {"a": np.ones(32, "float32"), "b": np.full(32, 2.0, "float32")}
+    if form == "list":
+        weights = [weights["a"], weights["b"]]
+    cb = ErrorAnalysis(
+        (x, labels, weights), log_dir=tmp_path, pass_options=PassOptions(output="b"), verbose=0
+    )
+    model.fit(x, labels, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    run = load_run(tmp_path)
+    assert run.epochs == [1, 2]
+    np.testing.assert_array_equal(run.report(2).label, yb)
+    unweighted = compute_losses(model, (x, yb), output="b", verbose=0)
+    np.testing.assert_allclose(run.report(2).loss, 2.0 * unweighted.loss, rtol=1e-5)
