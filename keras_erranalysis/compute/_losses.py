@@ -36,7 +36,10 @@ def compute_losses(
             such a tuple of numpy arrays / dicts of arrays (batched here by ``batch_size``).
             A dataset of ``(x, y, sample_weight, ids)`` (``sample_weight`` may be None)
             carries example ids with each batch: results come back sorted by id, which
-            keeps them in order under ``MultiWorkerMirroredStrategy`` sharding.
+            keeps them in order under ``MultiWorkerMirroredStrategy`` sharding. For a
+            multi-output model, ``y`` and ``sample_weight`` may take any form ``fit``
+            accepts (a dict by output name, a list or tuple in the model's output order);
+            the pass reads those of ``output``. Sample weights must be finite and >= 0.
         loss: A Keras loss (object, name) or a callable ``(y_true, y_pred)`` returning
             unreduced losses. Defaults to the model's compiled loss, re-made unreduced.
         output: Name or index of the output to analyze, for multi-output models.
@@ -69,7 +72,10 @@ def compute_losses(
     Raises:
         ValueError: For an unbuilt model, empty data, labels that do not fit the output,
             float labels for a sparse loss, probabilities given where logits are expected
-            (or the reverse), or a multi-output model without ``output``.
+            (or the reverse), a multi-output model without ``output`` (or an ``output`` it
+            does not have), NaN, negative or infinite sample weights, or data the pass
+            cannot read (an unbatched dataset, ragged or sparse tensors, text given to a
+            numeric input): each message names the fix.
 
     Example:
         >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
