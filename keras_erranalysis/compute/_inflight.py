@@ -64,7 +64,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_erranalysis.compute import _pass
+from keras_erranalysis.compute import _inputs, _pass
 
 #: Per-example columns recorded each epoch.
 RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")
@@ -527,8 +527,8 @@ class InFlightRecorder(keras.callbacks.Callback):
 
     def _record(self, ids: Any, y: Any, y_pred: Any, sample_weight: Any) -> None:
         """Scatters this batch's per-example values into the buffers (inside the step)."""
-        y = _pass.select_labels(y, self._spec.output, self.model)
-        sample_weight = _pass.select_weights(sample_weight, self._spec.output, self.model)
+        y = _inputs.select_labels(y, self._spec.output, self.model)
+        sample_weight = _inputs.select_weights(sample_weight, self._spec.output, self.model)
         out = _pass.select_output(y_pred, self._spec.output, self.model)
         values = self._per_example(out, y, sample_weight)
         # One compare finds negative ids too (they wrap to huge unsigned values).

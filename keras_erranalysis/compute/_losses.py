@@ -123,7 +123,7 @@ def run_pass(
     """
     import tensorflow as tf
 
-    from keras_erranalysis.compute import _compiled, _pass
+    from keras_erranalysis.compute import _compiled, _inputs, _pass
 
     defaults = {
         name: parameter.default
@@ -153,10 +153,10 @@ def run_pass(
     first = None
     if arrays is not None:
         parts, n = arrays
-        _pass.check_input_dtypes(_pass.input_pairs_of_arrays(parts[0], model))
+        _inputs.check_input_dtypes(_inputs.input_pairs_of_arrays(parts[0], model))
         probe = _pass.probe(model, spec, _head(parts, min(n, batch_size or _PROBE_ROWS)))
         if batch_size is None:
-            labels = _pass.select_labels(parts[1], spec.output, model)
+            labels = _inputs.select_labels(parts[1], spec.output, model)
             width = probe.num_classes * (labels.shape[1] if probe.sequence else 1)
             batch_size = _compiled.auto_batch_size(model, parts[0], n, width)
         if keep_inputs and not _pass.is_multi_worker(strategy):
@@ -164,7 +164,7 @@ def run_pass(
         dataset = _pass.as_dataset(data, batch_size)
     else:
         dataset = _pass.as_dataset(data, batch_size or _PROBE_ROWS)
-        _pass.check_dataset(dataset, model, spec.output)
+        _inputs.check_dataset(dataset, model, spec.output)
         if replicated:
             first = _pass.first_batch(dataset)
         else:  # the probe's batch is the traversal's first: the data is read once
@@ -242,7 +242,7 @@ def run_pass(
     if traversal.progress is not None and (total is None or traversal.done < total):
         traversal.progress.target = traversal.done  # now known: the bar ends with its line
         traversal.progress.update(traversal.done, finalize=True)
-    _pass.check_weights(weight_problems, sum(c["loss_sum"].shape[0] for c in chunks))
+    _inputs.check_weights(weight_problems, sum(c["loss_sum"].shape[0] for c in chunks))
     prefixes = tuple(p for producer in extra for p in producer.prefixes)
     kept_columns = _split(chunks, ("kept/",))
     extra_columns = _split(chunks, prefixes)
