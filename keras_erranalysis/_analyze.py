@@ -428,8 +428,9 @@ def analyze(
     """
     import tensorflow as tf
 
+    from keras_erranalysis.compute._inputs import check_output
     from keras_erranalysis.compute._losses import compute_losses
-    from keras_erranalysis.compute._pass import check_output, progress_bar
+    from keras_erranalysis.compute._pass import progress_bar
     from keras_erranalysis.run._writer import RunWriter
 
     if batch_size < 1 or chunk_size < 1:
