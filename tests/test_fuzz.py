@@ -516,7 +516,7 @@ def multi_output_case(draw):
     )
 
 
-@PASS_SETTINGS
+@settings(PASS_SETTINGS, max_examples=20)
 @given(case=multi_output_case())
 def test_multi_output_labels_and_weights_are_right_or_refused_clearly(case):
     classes, output, n = case["classes"], case["output"], len(case["labels"][0])
@@ -623,7 +623,7 @@ def form_model(sequence, structure):
     return keras.Model(wrapped, keras.layers.Dense(3)(hidden))
 
 
-@settings(PASS_SETTINGS, max_examples=25)
+@settings(PASS_SETTINGS, max_examples=20)
 @given(case=input_form_case())
 def test_data_the_pass_cannot_read_is_refused_naming_the_fix(case):
     sequence, form, lengths = case["sequence"], case["form"], case["lengths"]
