@@ -442,7 +442,9 @@ def analyze(
         generation_end_id,
         score_generated,
     )
+    from keras_erranalysis.compute._inputs import check_output
     from keras_erranalysis.compute._losses import compute_losses
+    from keras_erranalysis.compute._pass import progress_bar
     from keras_erranalysis.options import generation_option
     from keras_erranalysis.pipeline import generation_table
     from keras_erranalysis.run._writer import RunWriter
@@ -460,6 +462,7 @@ def analyze(
     num_workers = cluster.num_workers
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, safe_mode=safe_mode, strategy=strategy)
+    check_output(model, output)  # before the run folder is made: the outputs it has
     source = open_source(data, format=format, feature_spec=feature_spec)
     plan = plan_columns(model, source.columns, label_column=label_column, features=features)
     decoding = Decoding(vocab, input_vocab, label_names).as_dict()
@@ -484,11 +487,9 @@ def analyze(
                 top_k=top_k,
                 decoding=decoding,
             )
-        progress = None
-        if verbose and cluster.is_chief:
-            import keras
-
-            progress = keras.utils.Progbar(source.num_rows, unit_name="example")
+        progress = progress_bar(
+            source.num_rows, verbose if cluster.is_chief else 0, unit_name="example"
+        )
         offset = 0
         decode_seconds = 0.0
         for chunk in source.chunks(plan.columns, chunk_size, plan.shapes()):

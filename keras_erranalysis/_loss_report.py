@@ -15,6 +15,16 @@ from keras_erranalysis.decoding import Vocabulary
 Reduction = Literal["mean", "sum"]
 
 
+def finite_mean(values: Any) -> float:
+    """The mean of the finite values, summed in float64; NaN when there is none.
+
+    A float32 sum overflows: 100 losses of 2e38, each finite, would average to inf.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
 @dataclasses.dataclass
 class LossReport:
     """Per-example results of one loss pass; every array has the examples on axis 0.
@@ -85,7 +95,7 @@ class LossReport:
         return (
             f"LossReport(task={self.task!r}, examples={len(self)}, "
             f"classes={self.num_classes}, wrong={wrong}, "
-            f"mean_loss={float(np.nanmean(self.loss)) if len(self) else float('nan'):.4g})"
+            f"mean_loss={finite_mean(self.loss):.4g})"
         )
 
     @property

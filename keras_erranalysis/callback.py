@@ -159,7 +159,9 @@ class ErrorAnalysis(keras.callbacks.Callback):
         self._epoch_offset = None
         self.enabled = True  # on_error="warn" switches the analysis off for one fit only
         if self.verbose is None:  # follow fit's verbosity
-            self.pipeline.verbose = int((self.params or {}).get("verbose", 1))
+            self.pipeline.verbose = _fit_verbose(self.params)
+        # Keras' own bar is mid-line at epoch end (it ends its line after the callbacks).
+        self._keras_bar_open = self.params is not None and _fit_verbose(self.params) == 1
         if self.pipeline.attention is not None:
             from keras_erranalysis.compute import find_attention_layers
 
@@ -204,6 +206,8 @@ class ErrorAnalysis(keras.callbacks.Callback):
         if self._epoch_offset is None:
             self.on_epoch_begin(epoch)
         run_epoch = epoch + 1 + self._epoch_offset
+        if self.pipeline.verbose and getattr(self, "_keras_bar_open", False):
+            sys.stdout.write("\n")  # our lines start below Keras' bar, not at its end
         try:
             self.analyze_epoch(run_epoch, keras_epoch=epoch)
         except BaseException as error:
@@ -326,6 +330,12 @@ class ErrorAnalysis(keras.callbacks.Callback):
             part.insert(0, "epoch", epoch)
             parts.append(part)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _fit_verbose(params: dict | None) -> int:
+    """``fit``'s verbosity as a number: its default ``"auto"`` is 1, as Keras' own bar."""
+    verbose = (params or {}).get("verbose", 1)
+    return 1 if verbose == "auto" else int(verbose)
 
 
 def _running_fit() -> Any:

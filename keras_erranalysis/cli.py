@@ -746,13 +746,15 @@ def _compare(args: argparse.Namespace) -> int:
         raise CommandError(
             f"The two runs share no example id{why}: compare needs runs over the same examples."
         )
+    from keras_erranalysis._loss_report import finite_mean
+
     counts = table["change"].value_counts()
     console = _console()
     console.print(
         f"{len(table)} examples in both runs (epoch {table.attrs['epoch_a']} of A, epoch "
         f"{table.attrs['epoch_b']} of B): {int(counts.get('fixed', 0))} fixed, "
-        f"{int(counts.get('broken', 0))} broken; mean loss {table['loss_a'].mean():.4g} -> "
-        f"{table['loss_b'].mean():.4g}"
+        f"{int(counts.get('broken', 0))} broken; mean loss {finite_mean(table['loss_a']):.4g} -> "
+        f"{finite_mean(table['loss_b']):.4g}"
         + (f"; only in A: {table.attrs['only_a']}" if table.attrs["only_a"] else "")
         + (f"; only in B: {table.attrs['only_b']}" if table.attrs["only_b"] else ""),
         markup=False,

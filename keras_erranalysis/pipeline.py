@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from keras_erranalysis._loss_report import LossReport
+from keras_erranalysis._loss_report import LossReport, finite_mean
 from keras_erranalysis.analysis import (
     causes_summary,
     compare_features,
@@ -511,8 +511,7 @@ def summary_line(epoch: int, report: LossReport) -> str:
     causes = report.extra.get("nonfinite_cause")
     why = f" ({causes_summary(causes)})" if bad and causes is not None else ""
     note = f", {bad} with NaN/inf loss{why}" if bad else ""
-    finite = report.loss[~report.nonfinite]
-    mean = f"{float(finite.mean()):.4f}" if finite.size else "nan"
+    mean = f"{finite_mean(report.loss[~report.nonfinite]):.4f}"
     return (
         f"ErrorAnalysis epoch {epoch}: {wrong}/{len(report)} examples wrong, mean loss {mean}{note}"
     )

@@ -176,3 +176,90 @@ def test_on_error_raise_stops_training_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="outside the output's 3 classes"):
         seq_model().fit(x, y, epochs=2, verbose=0, callbacks=[cb])
     assert not (tmp_path / ".lock").exists()
+
+
+# -- quiet when fit is, plain when not a terminal (issue 17, item 10) ---------------------
+
+
+def _plain(text):
+    return "\x1b" not in text and "\r" not in text and "\b" not in text
+
+
+def test_fit_verbose_0_keeps_the_callback_silent_and_fit_default_verbose_works(tmp_path, capfd):
+    x, y = seq_data(n=24)
+    model = seq_model()
+    cb = ErrorAnalysis((x, y), log_dir=tmp_path / "quiet")
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    assert capfd.readouterr().out == ""
+    # fit's default verbose is "auto": the callback follows it (a bar and a line per epoch)
+    cb = ErrorAnalysis((x, y), log_dir=tmp_path / "loud")
+    model.fit(x, y, epochs=1, batch_size=8, callbacks=[cb])
+    out = capfd.readouterr().out
+    ours = [line for line in out.split("\n") if "/batch" in line or "ErrorAnalysis" in line]
+    assert any(line.startswith("ErrorAnalysis epoch 1:") for line in ours), out
+    # stdout is captured here, not a terminal: our bar is one plain line, no ANSI codes
+    bars = [line for line in ours if "ms/batch" in line or "s/batch" in line]
+    assert len(bars) == 1 and _plain(bars[0]) and bars[0].startswith("1/1 - "), ours
+
+
+@pytest.mark.parametrize("known_length", [True, False])
+def test_progress_bars_are_plain_lines_when_stdout_is_not_a_terminal(capfd, known_length):
+    import tensorflow as tf
+
+    from keras_erranalysis import compute_losses
+
+    x, y = seq_data(n=40)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    if not known_length:
+        dataset = dataset.filter(lambda a, b: True)  # cardinality unknown
+    compute_losses(seq_model(), dataset, verbose=1)
+    out = capfd.readouterr().out
+    assert _plain(out) and out.count("\n") == 1 and out.startswith("10/10 - "), repr(out)
+    compute_losses(seq_model(), dataset, verbose=0)
+    assert capfd.readouterr().out == ""
+
+
+def test_progress_bar_is_live_in_a_terminal_and_plain_elsewhere(monkeypatch):
+    import sys
+
+    from keras_erranalysis.compute import _pass
+
+    assert _pass.progress_bar(3, 0) is None
+    assert _pass.progress_bar(3, 1).verbose == 2  # pytest captures stdout: not a terminal
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert _pass.progress_bar(3, 1).verbose == 1
+
+
+# -- multi-output labels as fit takes them (issue 17, item 3) ------------------------------
+
+
+@pytest.mark.parametrize("form", ["dict", "list"])
+def test_callback_analyses_one_output_of_a_multi_output_model(tmp_path, form):
+    from keras_erranalysis import PassOptions, compute_losses
+
+    inp = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inp)
+    model = keras.Model(
+        inp,
+        {
+            "a": keras.layers.Dense(3, name="a")(hidden),
+            "b": keras.layers.Dense(2, name="b")(hidden),
+        },
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss={"a": loss, "b": loss})
+    x = RNG.normal(size=(32, 4)).astype("float32")
+    ya, yb = RNG.integers(0, 3, 32), RNG.integers(0, 2, 32)
+    labels = {"a": ya, "b": yb} if form == "dict" else [ya, yb]  # list: Keras' output order
+    weights = {"a": np.ones(32, "float32"), "b": np.full(32, 2.0, "float32")}
+    if form == "list":
+        weights = [weights["a"], weights["b"]]
+    cb = ErrorAnalysis(
+        (x, labels, weights), log_dir=tmp_path, pass_options=PassOptions(output="b"), verbose=0
+    )
+    model.fit(x, labels, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    run = load_run(tmp_path)
+    assert run.epochs == [1, 2]
+    np.testing.assert_array_equal(run.report(2).label, yb)
+    unweighted = compute_losses(model, (x, yb), output="b", verbose=0)
+    np.testing.assert_allclose(run.report(2).loss, 2.0 * unweighted.loss, rtol=1e-5)

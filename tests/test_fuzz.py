@@ -453,6 +453,271 @@ def test_rows_of_undefined_probabilities_have_no_prediction_and_are_never_right(
         assert report.prediction.tolist() == [-1, 1] and report.correct.tolist() == [False, True]
 
 
+# -- compute_losses: multi-output labels and sample weights in any form (issue 17) -------
+
+OUTPUT_NAMES = ["zeta", "alpha", "mid"]  # not in sorted order: Keras sorts dict outputs
+WEIGHT = st.sampled_from([1.0, 0.5, 2.0, 0.0, 1.0, 3.0])
+HOSTILE_WEIGHT = st.sampled_from([np.nan, -1.0, -0.5, np.inf, -np.inf])
+
+
+def multi_output_model(classes, dict_outputs):
+    inputs = [keras.Input((c,), name=f"in_{i}") for i, c in enumerate(classes)]
+    heads = [keras.layers.Identity(name=OUTPUT_NAMES[i])(t) for i, t in enumerate(inputs)]
+    outputs = dict(zip(OUTPUT_NAMES, heads)) if dict_outputs else heads
+    return keras.Model(inputs, outputs if len(heads) > 1 or dict_outputs else heads[0])
+
+
+def in_form(values, names, form):
+    """Per-output values as fit takes them: a dict by name, a list or tuple in order."""
+    if form == "bare":
+        return values[0]
+    if form in ("dict", "dict_missing"):
+        return dict(zip(names, values))
+    return list(values) if form == "list" else tuple(values)
+
+
+@st.composite
+def multi_output_case(draw):
+    k = draw(st.integers(1, 3), label="outputs")
+    classes = [draw(st.integers(2, 4)) for _ in range(k)]
+    n = draw(st.integers(1, 6))
+    logits = [
+        draw(hnp.arrays(np.float32, (n, c), elements=st.floats(-5, 5, width=32))) for c in classes
+    ]
+    labels = [draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1))) for c in classes]
+    output = draw(
+        st.one_of(
+            st.sampled_from(OUTPUT_NAMES[:k]),
+            st.integers(-k, k - 1),
+            st.sampled_from([None, k, -k - 1, 7, "nope"]),
+        ),
+        label="output",
+    )
+    weights = []
+    for _ in range(k):
+        weight = draw(hnp.arrays(np.float32, (n,), elements=WEIGHT))
+        if draw(st.integers(0, 4)) == 0:  # sometimes NaN, negative or infinite weights
+            rows = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n))
+            for row in rows:
+                weight[row] = draw(HOSTILE_WEIGHT)
+        weights.append(weight)
+    return dict(
+        classes=classes,
+        logits=logits,
+        labels=labels,
+        output=output,
+        weights=weights,
+        dict_outputs=draw(st.booleans()),
+        label_form=draw(st.sampled_from(["dict", "list", "tuple"] + ["bare"] * (k == 1))),
+        weight_form=draw(
+            st.sampled_from(["none", "array", "dict", "dict_missing", "list", "tuple"])
+        ),
+        batch=draw(st.sampled_from([None, 1, 4])),  # None: in-memory arrays
+    )
+
+
+@settings(PASS_SETTINGS, max_examples=20)
+@given(case=multi_output_case())
+def test_multi_output_labels_and_weights_are_right_or_refused_clearly(case):
+    classes, output, n = case["classes"], case["output"], len(case["labels"][0])
+    k = len(classes)
+    model = multi_output_model(classes, case["dict_outputs"])
+    names = list(model.output_names)  # Keras' order of list labels
+    labels = in_form(case["labels"], OUTPUT_NAMES, case["label_form"])
+    if case["label_form"] in ("list", "tuple"):  # in Keras' order, as fit reads them
+        labels = type(labels)(case["labels"][OUTPUT_NAMES.index(name)] for name in names)
+    form = case["weight_form"]
+    if form == "none":
+        weights = None
+    elif form == "array":  # one array weighs every output, as in fit
+        weights = case["weights"][0]
+    elif form in ("dict", "dict_missing"):
+        weights = dict(zip(OUTPUT_NAMES, case["weights"]))
+    else:
+        in_order = [case["weights"][OUTPUT_NAMES.index(name)] for name in names]
+        weights = in_order if form == "list" else tuple(in_order)
+    x = list(case["logits"]) if k > 1 else case["logits"][0]
+    parts = (x, labels) if weights is None else (x, labels, weights)
+    # dict_missing: the weights of the analysed output are left out below, once it is known.
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    # Which output is analysed, in Keras' terms; None when the call must be refused.
+    if output is None:
+        target = OUTPUT_NAMES[0] if k == 1 else None
+    elif isinstance(output, str):
+        target = output if output in OUTPUT_NAMES[:k] else None
+    else:
+        target = names[output] if -k <= output < k else None
+    if form == "dict_missing" and target is not None and k > 1:
+        parts = (x, labels, {key: w for key, w in weights.items() if key != target})
+    data = parts
+    if case["batch"] is not None:  # tf.data stacks a list into one tensor: tuples there
+        parts = tuple(tuple(p) if isinstance(p, list) else p for p in parts)
+        data = tf.data.Dataset.from_tensor_slices(parts).batch(case["batch"])
+    try:
+        report = compute_losses(model, data, loss=loss, output=output, verbose=0, jit_compile=False)
+        error = None
+    except ValueError as caught:
+        report, error = None, str(caught)
+    if target is None:
+        assert error is not None, "a missing or unknown output must be refused"
+        if output is not None:
+            assert all(name in error for name in OUTPUT_NAMES[:k]), error
+        assert "output=" in error, error
+        event("refused: output")
+        return
+    j = OUTPUT_NAMES.index(target)
+    if form == "none" or (form == "dict_missing" and k > 1):
+        weight = np.ones(n, np.float32)
+    elif form == "array":
+        weight = case["weights"][0]
+    else:
+        weight = case["weights"][j]
+    counts = {
+        "NaN": int(np.isnan(weight).sum()),
+        "a negative weight": int((weight < 0).sum()),
+        "an infinite weight": int((weight == np.inf).sum()),
+    }
+    if any(counts.values()):
+        assert error is not None and f"of the {n} examples" in error, error
+        for what, count in counts.items():
+            assert (f"{count} with {what}" in error) == (count > 0), error
+        event("refused: weights")
+        return
+    assert error is None, error
+    z = case["logits"][j].astype(np.float64)
+    y = case["labels"][j]
+    expected, _, _, _, _ = reference(z, y, np.ones(n, bool))
+    np.testing.assert_array_equal(report.label, y)
+    np.testing.assert_array_equal(report.n_tokens, (weight > 0).astype(int))
+    assert_close(report.loss_sum, expected * weight, np.abs(z).max(initial=1.0) * 3, "loss")
+    event("result")
+
+
+# -- compute_losses: data in forms the pass cannot read name the fix (issue 17, item 8) ---
+
+
+@st.composite
+def input_form_case(draw):
+    sequence = draw(st.booleans(), label="sequence")
+    forms = ["arrays", "batched", "unbatched", "unbatched_again"]
+    forms += ["ragged_arrays", "ragged_dataset", "ragged_unbatched"] if sequence else []
+    n = draw(st.integers(1, 6))
+    lengths = draw(st.lists(st.integers(1, 4), min_size=n, max_size=n))
+    return dict(
+        sequence=sequence,
+        form=draw(st.sampled_from(forms), label="form"),
+        structure=draw(st.sampled_from(["bare", "dict", "tuple"])),
+        lengths=lengths,
+        weights=draw(st.booleans()),
+        batch=draw(st.integers(1, 4)),
+    )
+
+
+def form_model(sequence, structure):
+    inputs = keras.Input((None,) if sequence else (4,), dtype="int32", name="ids")
+    hidden = keras.layers.Embedding(10, 4)(inputs)
+    if not sequence:
+        hidden = keras.layers.Flatten()(hidden)
+    wrapped = {"dict": {"ids": inputs}, "tuple": [inputs]}.get(structure, inputs)
+    return keras.Model(wrapped, keras.layers.Dense(3)(hidden))
+
+
+@settings(PASS_SETTINGS, max_examples=20)
+@given(case=input_form_case())
+def test_data_the_pass_cannot_read_is_refused_naming_the_fix(case):
+    sequence, form, lengths = case["sequence"], case["form"], case["lengths"]
+    n, width = len(lengths), max(case["lengths"])
+    rows = [[1 + (i + j) % 9 for j in range(size)] for i, size in enumerate(lengths)]
+    if sequence:
+        x = np.zeros((n, width), np.int32)
+        for i, row in enumerate(rows):
+            x[i, : len(row)] = row
+        y = x % 3
+    else:
+        x = (np.arange(n * 4).reshape(n, 4) % 9).astype(np.int32)
+        y = np.arange(n) % 3
+    if form.startswith("ragged"):
+        x = tf.ragged.constant(rows, dtype=tf.int32)
+    structure = case["structure"]
+    wrap = {"dict": lambda v: {"ids": v}, "tuple": lambda v: (v,)}.get(structure, lambda v: v)
+    parts = (wrap(x), y) + ((np.ones(n, np.float32),) if case["weights"] else ())
+    if form in ("arrays", "ragged_arrays"):
+        data = parts
+    else:
+        data = tf.data.Dataset.from_tensor_slices(parts)
+        if form in ("batched", "ragged_dataset"):
+            data = data.batch(case["batch"])
+        elif form == "unbatched_again":
+            data = data.batch(case["batch"]).unbatch()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    try:
+        report = compute_losses(
+            form_model(sequence, structure), data, loss=loss, verbose=0, jit_compile=False
+        )
+        error = None
+    except (ValueError, TypeError) as caught:
+        report, error = None, str(caught)
+    event(f"{form}: {'refused' if error else 'result'}")
+    if form in ("arrays", "batched"):
+        assert error is None, error
+        assert len(report) == n and report.is_sequence == sequence
+    elif form.startswith("unbatched"):
+        assert error is not None and "single examples" in error and ".batch(n)" in error, error
+    else:
+        assert error is not None and "tf.RaggedTensor" in error, error
+        assert "padded_batch" in error and "to_tensor()" in error, error
+
+
+# -- summaries of finite numbers stay finite ----------------------------------------------
+
+
+@FAST_SETTINGS
+@given(
+    losses=hnp.arrays(
+        np.float32,
+        st.integers(1, 300),
+        elements=st.one_of(
+            st.floats(0, float(np.finfo(np.float32).max), width=32),
+            st.sampled_from([np.nan, np.inf, 2e38, 3.4e38]),
+        ),
+    )
+)
+def test_summaries_of_finite_losses_are_finite_and_exact(losses):
+    from keras_erranalysis._loss_report import finite_mean
+    from keras_erranalysis.pipeline import summary_line
+    from keras_erranalysis.present._tensorboard import report_scalars
+
+    finite = losses[np.isfinite(losses)]
+    mean = finite_mean(losses)
+    if not finite.size:
+        assert np.isnan(mean)
+        return
+    assert np.isfinite(mean) and mean == pytest.approx(finite.astype(np.float64).mean())
+    n = len(losses)
+    report = LossReport(
+        task="classification",
+        num_classes=2,
+        example_id=np.arange(n),
+        loss=losses,
+        loss_sum=losses,
+        loss_mean=losses,
+        label=np.zeros(n, np.int32),
+        prediction=np.zeros(n, np.int32),
+        confidence=np.ones(n, np.float32),
+        true_prob=np.ones(n, np.float32),
+        margin=np.ones(n, np.float32),
+        correct=np.ones(n, bool),
+        token_accuracy=np.ones(n, np.float32),
+        n_tokens=np.ones(n, np.int32),
+    )
+    line = summary_line(1, report)
+    assert "inf" not in line.split("mean loss")[1].split(",")[0], line
+    assert float(line.split("mean loss ")[1].split(",")[0]) == pytest.approx(mean, rel=1e-4)
+    assert "inf" not in repr(report).split("mean_loss=")[1]
+    assert report_scalars(report)["loss_mean"] == pytest.approx(mean)
+
+
 # -- decoders -----------------------------------------------------------------------------
 
 # Tokens with control characters, bidi overrides, zero-width joiners, combining marks,

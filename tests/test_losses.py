@@ -454,3 +454,101 @@ def test_object_arrays_of_strings_slice_by_their_text_and_numbers_are_refused():
     assert _pass._row_bytes(text) == 200  # the mean length, not an 8-byte pointer
     with pytest.raises(ValueError, match="dtype object with values that are not strings"):
         _pass.as_dataset((np.array([1, "x"], dtype=object), np.zeros(2)), 2)
+
+
+# -- multi-output labels and weights in the forms fit accepts (issue 17, items 3 and 7) --
+
+
+def two_outputs(as_dict):
+    inp = keras.Input((6,))
+    hidden = keras.layers.Dense(8)(inp)
+    heads = [keras.layers.Dense(3, name="a")(hidden), keras.layers.Dense(2, name="b")(hidden)]
+    model = keras.Model(inp, {"b": heads[1], "a": heads[0]} if as_dict else heads)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(loss={"a": loss, "b": loss} if as_dict else [loss, loss])
+    return model
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["dict_outputs", "list_outputs"])
+def two_output_model(request):
+    return two_outputs(request.param)
+
+
+@pytest.mark.parametrize("form", ["dict", "list", "tuple", "dataset_dict", "dataset_tuple"])
+def test_multi_output_labels_in_every_form_fit_accepts(two_output_model, form):
+    model = two_output_model
+    x = RNG.normal(size=(12, 6)).astype("float32")
+    ya, yb = RNG.integers(0, 3, 12), RNG.integers(0, 2, 12)
+    labels = {"a": ya, "b": yb} if "dict" in form else [ya, yb]
+    if "tuple" in form:
+        labels = tuple(labels)
+    data = (x, labels)
+    if form.startswith("dataset"):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(5)
+    outputs = model.predict(x, verbose=0)
+    if not isinstance(outputs, dict):
+        outputs = dict(zip(["a", "b"], outputs))
+    xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    for output, y, name in (("a", ya, "a"), (1, yb, "b"), (-1, yb, "b")):
+        report = compute_losses(model, data, output=output, verbose=0, jit_compile=False)
+        expected = xent(y, outputs[name]).numpy()
+        np.testing.assert_allclose(report.loss, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(report.label, y)
+
+
+def test_multi_output_sample_weights_as_dict_or_list_weigh_the_analysed_output():
+    model = two_outputs(as_dict=False)
+    x = RNG.normal(size=(10, 6)).astype("float32")
+    ya, yb = RNG.integers(0, 3, 10), RNG.integers(0, 2, 10)
+    wa, wb = np.linspace(0.5, 2, 10).astype("float32"), np.full(10, 3.0, "float32")
+    plain = compute_losses(model, (x, [ya, yb]), output="b", verbose=0).loss
+    for weights in ({"a": wa, "b": wb}, [wa, wb], (wa, wb)):
+        report = compute_losses(model, (x, [ya, yb], weights), output="b", verbose=0)
+        np.testing.assert_allclose(report.loss, plain * 3.0, rtol=1e-5)
+    # One array weighs every output, as in fit; a dict without the output's key, none.
+    report = compute_losses(model, (x, [ya, yb], wa), output="b", verbose=0)
+    np.testing.assert_allclose(report.loss, plain * wa, rtol=1e-5)
+    report = compute_losses(model, (x, [ya, yb], {"a": wa}), output="b", verbose=0)
+    np.testing.assert_allclose(report.loss, plain, rtol=1e-5)
+
+
+@pytest.mark.parametrize("output", [5, -3, "c"])
+def test_an_output_the_model_does_not_have_names_the_outputs_it_has(two_output_model, output):
+    model = two_output_model
+    x = RNG.normal(size=(4, 6)).astype("float32")
+    data = (x, {"a": np.zeros(4, int), "b": np.zeros(4, int)})
+    with pytest.raises(ValueError, match=r"\['a', 'b'\].*pass output="):
+        compute_losses(model, data, output=output, verbose=0)
+
+
+def test_labels_that_miss_the_analysed_output_say_which_keys_they_have():
+    model = two_outputs(as_dict=True)
+    x = RNG.normal(size=(4, 6)).astype("float32")
+    with pytest.raises(ValueError, match=r"no entry for output 'b'.*keys are \['a', 'c'\]"):
+        compute_losses(
+            model, (x, {"a": np.zeros(4, int), "c": np.zeros(4, int)}), output="b", verbose=0
+        )
+    y = np.zeros(4, int)
+    with pytest.raises(ValueError, match="tuple of 2 entries, but the model has one output"):
+        compute_losses(classifier(), (RNG.normal(size=(4, 6)), [y, y]), verbose=0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -1.0, np.inf])
+@pytest.mark.parametrize("source", ["arrays", "dataset", "per_token"])
+def test_nan_negative_or_infinite_sample_weights_are_refused_with_a_count(bad, source):
+    if source == "per_token":
+        model = tagger(mask_zero=False)
+        x, y = RNG.integers(1, 30, (9, 5)), RNG.integers(0, 5, (9, 5))
+        weights = np.ones((9, 5), "float32")
+        weights[[1, 4, 7], 2] = bad
+    else:
+        model = classifier()
+        x, y = RNG.normal(size=(9, 6)).astype("float32"), RNG.integers(0, 4, 9)
+        weights = np.ones(9, "float32")
+        weights[[1, 4, 7]] = bad
+    data = (x, y, weights)
+    if source == "dataset":
+        data = tf.data.Dataset.from_tensor_slices(data).batch(2)  # the count spans batches
+    what = {"nan": "NaN", "-1.0": "a negative weight", "inf": "an infinite weight"}[str(bad)]
+    with pytest.raises(ValueError, match=f"of the 9 examples \\(3 with {what}\\).*np.clip"):
+        compute_losses(model, data, verbose=0)

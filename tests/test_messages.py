@@ -140,3 +140,131 @@ def test_cli_prints_a_short_vocabulary_warning_as_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "keras-erranalysis show: warning: label_names has 1 entries" in err
     assert "Traceback" not in err and "UserWarning" not in err
+
+
+# -- inputs the pass cannot read: each message names the fix (issue 17, item 8) ----------
+
+
+def _pass_error(data, *, sequence=False):
+    import keras
+
+    from keras_erranalysis import compute_losses
+
+    if sequence:
+        inputs = keras.Input((None,), dtype="int32", name="ids")
+        hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(inputs))
+    else:
+        inputs = hidden = keras.Input((4,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises((ValueError, TypeError)) as caught:
+        compute_losses(model, data, verbose=0)
+    return str(caught.value)
+
+
+def _rows(n=6):
+    return np.random.default_rng(0).random((n, 4)).astype("float32"), np.arange(n) % 3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tf, x, y: tf.data.Dataset.from_tensor_slices((x, y)),
+        lambda tf, x, y: tf.data.Dataset.from_tensor_slices((x, y, np.ones(len(y)))),
+        lambda tf, x, y: tf.data.Dataset.from_tensor_slices(({"features": x}, y)),
+        lambda tf, x, y: tf.data.Dataset.from_tensor_slices((x, y)).batch(2).unbatch(),
+    ],
+    ids=["x_y", "x_y_weights", "dict_x", "unbatched_again"],
+)
+def test_an_unbatched_dataset_is_told_to_call_batch(make):
+    import tensorflow as tf
+
+    message = _pass_error(make(tf, *_rows()))
+    assert "single examples" in message and ".batch(n)" in message
+    assert "of shape (4,)" in message
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tf, rag, y: (rag, y),
+        lambda tf, rag, y: ({"ids": rag}, y),
+        lambda tf, rag, y: tf.data.Dataset.from_tensor_slices((rag, y)).batch(2),
+        lambda tf, rag, y: tf.data.Dataset.from_tensor_slices(({"ids": rag}, y)).batch(2),
+        lambda tf, rag, y: tf.data.Dataset.from_tensor_slices((rag, y)),
+    ],
+    ids=["array", "dict", "dataset", "dataset_dict", "dataset_unbatched"],
+)
+def test_ragged_inputs_are_told_to_pad(make):
+    import tensorflow as tf
+
+    rag = tf.ragged.constant([[1, 2], [3], [4, 5, 6]] * 2)
+    message = _pass_error(make(tf, rag, np.arange(6) % 3), sequence=True)
+    assert "tf.RaggedTensor" in message and "padded_batch" in message
+    assert ".to_tensor()" in message and "has no len" not in message
+
+
+def test_rows_of_different_lengths_are_told_to_pad():
+    message = _pass_error(([[1, 2], [3]], [0, 1]), sequence=True)
+    assert "different lengths" in message and "pad_sequences" in message
+
+
+def test_sparse_inputs_are_told_to_densify():
+    import tensorflow as tf
+
+    x, y = _rows()
+    assert "tf.sparse.to_dense" in _pass_error((tf.sparse.from_dense(x), y))
+    dataset = tf.data.Dataset.from_tensor_slices((tf.sparse.from_dense(x), y)).batch(2)
+    assert "tf.sparse.to_dense" in _pass_error(dataset)
+
+
+def test_generators_and_keras_datasets_are_told_to_become_a_tf_dataset():
+    import keras
+
+    x, y = _rows()
+
+    def batches():
+        yield x[:3], y[:3]
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return x[i * 3 : (i + 1) * 3], y[i * 3 : (i + 1) * 3]
+
+    for data, said in ((batches(), "generator"), (batches, "function"), (Batches(), "PyDataset")):
+        message = _pass_error(data)
+        assert said in message and "tf.data.Dataset.from_generator(" in message
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor", "dataset"])
+def test_text_given_to_a_numeric_input_is_told_to_vectorize(kind):
+    import tensorflow as tf
+
+    x = np.array(["a b", "c"] * 3)
+    y = np.arange(6) % 3
+    data = (x, y) if kind == "numpy" else (tf.constant(x), y)
+    if kind == "dataset":
+        data = tf.data.Dataset.from_tensor_slices(data).batch(2)
+    message = _pass_error(data)
+    assert "holds strings" in message and "'features' takes float32" in message
+    assert "TextVectorization" in message
+
+
+def test_an_unbatched_dataset_of_token_sequences_is_told_to_call_batch():
+    import keras
+    import tensorflow as tf
+
+    from keras_erranalysis import compute_losses
+
+    inputs = keras.Input((None,), dtype="int32")
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Embedding(10, 4)(inputs)))
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tokens = tf.ragged.constant([[1, 2], [3], [4, 5, 6]])
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ((t, t % 3) for t in tokens.to_list()),
+        output_signature=(tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,), tf.int32)),
+    )
+    with pytest.raises(ValueError, match=r"single examples.*\.batch\(n\).*padded_batch"):
+        compute_losses(model, dataset, verbose=0)

@@ -491,6 +491,7 @@ def _numeric_table(
 
     rows = []
     for name, values in numeric.items():
+        values = np.asarray(values, dtype=np.float64)  # float32 sums of large values overflow
         ok = np.isfinite(values)
         w = values[ok & wrong]
         r = values[ok & ~wrong]

@@ -19,7 +19,7 @@ from keras_erranalysis.compute._attention_hooks import (
     _registry_version,
     find_attention_layers,
 )
-from keras_erranalysis.compute._pass import check_model, model_strategy
+from keras_erranalysis.compute._pass import check_model, model_strategy, progress_bar
 
 # model -> {options: compiled pass}. Weak keys, and the passes hold the model only weakly,
 # so a deleted model frees its traced graphs.
@@ -429,11 +429,7 @@ def attention_diagnostics(
     batches, total = _data_batches(model, data, masks, batch_size)
     if masks:
         _check_mask_lengths(model, paths, _inputs_of(data), masks)
-    progress = None
-    if verbose:
-        import keras
-
-        progress = keras.utils.Progbar(total, unit_name="batch")
+    progress = progress_bar(total, verbose)
 
     def weights_wanted(offset: int, size: int) -> bool:
         return any(offset <= i < offset + size for i in keep_set)

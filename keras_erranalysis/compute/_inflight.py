@@ -64,7 +64,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_erranalysis.compute import _pass
+from keras_erranalysis.compute import _inputs, _pass
 
 #: Per-example columns recorded each epoch.
 RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")
@@ -527,10 +527,8 @@ class InFlightRecorder(keras.callbacks.Callback):
 
     def _record(self, ids: Any, y: Any, y_pred: Any, sample_weight: Any) -> None:
         """Scatters this batch's per-example values into the buffers (inside the step)."""
-        if isinstance(y, Mapping):
-            y = y[self._spec.output] if self._spec.output in y else next(iter(y.values()))
-        elif isinstance(y, (list, tuple)):
-            y = y[self._spec.output if isinstance(self._spec.output, int) else 0]
+        y = _inputs.select_labels(y, self._spec.output, self.model)
+        sample_weight = _inputs.select_weights(sample_weight, self._spec.output, self.model)
         out = _pass.select_output(y_pred, self._spec.output, self.model)
         values = self._per_example(out, y, sample_weight)
         # One compare finds negative ids too (they wrap to huge unsigned values).

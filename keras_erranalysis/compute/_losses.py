@@ -39,7 +39,10 @@ def compute_losses(
             such a tuple of numpy arrays / dicts of arrays (batched here by ``batch_size``).
             A dataset of ``(x, y, sample_weight, ids)`` (``sample_weight`` may be None)
             carries example ids with each batch: results come back sorted by id, which
-            keeps them in order under ``MultiWorkerMirroredStrategy`` sharding.
+            keeps them in order under ``MultiWorkerMirroredStrategy`` sharding. For a
+            multi-output model, ``y`` and ``sample_weight`` may take any form ``fit``
+            accepts (a dict by output name, a list or tuple in the model's output order);
+            the pass reads those of ``output``. Sample weights must be finite and >= 0.
         loss: A Keras loss (object, name) or a callable ``(y_true, y_pred)`` returning
             unreduced losses. Defaults to the model's compiled loss, re-made unreduced.
         output: Name or index of the output to analyze, for multi-output models.
@@ -81,7 +84,10 @@ def compute_losses(
     Raises:
         ValueError: For an unbuilt model, empty data, labels that do not fit the output,
             float labels for a sparse loss, probabilities given where logits are expected
-            (or the reverse), or a multi-output model without ``output``.
+            (or the reverse), a multi-output model without ``output`` (or an ``output`` it
+            does not have), NaN, negative or infinite sample weights, or data the pass
+            cannot read (an unbatched dataset, ragged or sparse tensors, text given to a
+            numeric input): each message names the fix.
 
     Example:
         >>> report = compute_losses(model, (x_val, y_val), verbose=0)  # doctest: +SKIP
@@ -150,7 +156,7 @@ def run_pass(
     """
     import tensorflow as tf
 
-    from keras_erranalysis.compute import _compiled, _hub, _pass
+    from keras_erranalysis.compute import _compiled, _hub, _inputs, _pass
 
     defaults = {
         name: parameter.default
@@ -181,9 +187,10 @@ def run_pass(
     first = None
     if arrays is not None:
         parts, n = arrays
+        _inputs.check_input_dtypes(_inputs.input_pairs_of_arrays(parts[0], model))
         probe = _pass.probe(model, spec, _head(parts, min(n, batch_size or _PROBE_ROWS)))
         if batch_size is None:
-            labels = tf.nest.flatten(parts[1])[0]
+            labels = _inputs.select_labels(parts[1], spec.output, model)
             width = probe.num_classes * (labels.shape[1] if probe.sequence else 1)
             batch_size = _compiled.auto_batch_size(model, parts[0], n, width)
         if keep_inputs and not _pass.is_multi_worker(strategy):
@@ -191,6 +198,7 @@ def run_pass(
         dataset = _pass.as_dataset(data, batch_size)
     else:
         dataset = _pass.as_dataset(data, batch_size or _PROBE_ROWS)
+        _inputs.check_dataset(dataset, model, spec.output)
         if replicated:
             first = _pass.first_batch(dataset)
         else:  # the probe's batch is the traversal's first: the data is read once
@@ -226,6 +234,7 @@ def run_pass(
         distributed_step=_pass.gathered(strategy),
     )
     total = _pass.cardinality(dataset)
+    weight_problems: dict[int, int] = {}
     traversal = _Traversal(
         compiled,
         strategy,
@@ -234,7 +243,7 @@ def run_pass(
         keep=np.asarray(keep, np.int64).reshape(-1),
         top=keep_hardest,
         progress=_pass.progress_bar(total, verbose),
-        check=lambda host: _pass.check_batch(host, spec, probe),
+        check=lambda host: _pass.check_batch(host, spec, probe, weight_problems),
     )
     while True:
         try:
@@ -255,6 +264,7 @@ def run_pass(
                 stacklevel=2,
             )
             compiled.disable_xla()
+            weight_problems.clear()
             if arrays is None and not replicated:  # start again: a new reading of the data
                 iterator = iter(dataset)
                 first = _pass.unpack(next(iterator), with_ids=True)
@@ -263,6 +273,10 @@ def run_pass(
             "The data holds no examples: compute_losses needs at least one batch. Check "
             "that the dataset is not exhausted (a one-shot iterator) or filtered to nothing."
         )
+    if traversal.progress is not None and (total is None or traversal.done < total):
+        traversal.progress.target = traversal.done  # now known: the bar ends with its line
+        traversal.progress.update(traversal.done, finalize=True)
+    _inputs.check_weights(weight_problems, sum(c["loss_sum"].shape[0] for c in chunks))
     prefixes = tuple(p for producer in extra for p in producer.prefixes)
     kept_columns = _split(chunks, ("kept/",))
     extra_columns = _split(chunks, prefixes)
@@ -294,6 +308,7 @@ class _Traversal:
         self.keep = keep
         self.progress = progress
         self.check = check
+        self.done = 0  # batches read
 
     def _add(self, chunks: list, host: dict, batches: int, offset: int, done: int) -> tuple:
         self.check(host)
@@ -304,6 +319,7 @@ class _Traversal:
             host["inputs"] = inputs
         chunks.append(host)
         done += batches
+        self.done = done
         if self.progress is not None:
             self.progress.update(done)
         return offset + host["loss_sum"].shape[0], done

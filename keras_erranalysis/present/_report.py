@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from keras_erranalysis._columns import HARDEST_COLUMNS
+from keras_erranalysis._loss_report import finite_mean
 from keras_erranalysis.analysis._health import (
     HEALTH_BALANCE_TABLE,
     HEALTH_SUMMARY_TABLE,
@@ -514,7 +515,7 @@ def _epoch_numbers(run: Run, epoch: int) -> dict[str, Any]:
         "examples": len(report),
         "wrong": int((~correct).sum()),
         "error rate": float(1 - correct.mean()) if correct.size else float("nan"),
-        "mean loss": float(loss[finite].mean()) if finite.any() else float("nan"),
+        "mean loss": finite_mean(loss),
         "median loss": float(np.median(loss[finite])) if finite.any() else float("nan"),
         "non-finite losses": int((~finite).sum()),
     }

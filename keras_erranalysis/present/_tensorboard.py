@@ -44,6 +44,7 @@ from keras_erranalysis._columns import (
     HARDEST_TEXT_COLUMNS,
     PROJECTOR_COLUMNS,
 )
+from keras_erranalysis._loss_report import finite_mean
 from keras_erranalysis.analysis._ranking import rank_examples
 from keras_erranalysis.present._figures import figure_png
 from keras_erranalysis.present._text import _tsv_rows, markdown_cell, markdown_table, tsv_cell
@@ -82,7 +83,7 @@ def report_scalars(report: Any, *, likely_mislabeled: int | None = None) -> dict
     finite = np.isfinite(loss)
     correct = np.asarray(report.correct, dtype=bool)
     values = {
-        "loss_mean": float(loss[finite].mean()) if finite.any() else float("nan"),
+        "loss_mean": finite_mean(loss),
         "loss_median": float(np.median(loss[finite])) if finite.any() else float("nan"),
         "error_rate": float(1.0 - correct.mean()) if correct.size else float("nan"),
         "nonfinite_losses": float((~finite).sum()),
@@ -453,8 +454,13 @@ def markdown_list(text: str) -> str:
     TensorBoard renders it as a list, where one escaped cell would be one paragraph with
     ``↵`` between the lines.
     """
-    lines = [line for line in str(text).splitlines() if line.strip()]
+    lines = [_BULLET.sub("", line) for line in str(text).splitlines() if line.strip()]
     return "\n".join(f"- {markdown_cell(line, max_chars=None)}" for line in lines)
+
+
+# A line that is already a list item ("- ...", as features_summary writes them) keeps one
+# bullet, not an escaped dash after ours.
+_BULLET = re.compile(r"^\s*[-*\u2022]\s+")
 
 
 def log_epoch(
