@@ -16,6 +16,7 @@ Against the mixed model's own outputs, the losses are exact to float32 precision
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_erranalysis import compute_losses
 
@@ -68,6 +69,18 @@ def softmax64(values):
     return exp / exp.sum(-1, keepdims=True)
 
 
+def own_logits(model, x):
+    """The model's own (16-bit) pre-activation outputs, as float64: its last layer made linear."""
+    last = model.layers[-1]
+    activation = last.activation
+    last.activation = keras.activations.linear
+    try:
+        return np.asarray(model.predict(x, verbose=0).astype("float32"), np.float64)
+    finally:
+        last.activation = activation
+        model.predict_function = None  # traced with the linear activation
+
+
 @pytest.mark.parametrize("mixed", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("activation", [None, "softmax"])
 @pytest.mark.parametrize("kind", ["classifier", "sequence"])
@@ -94,12 +107,9 @@ def test_mixed_precision_losses_are_float32_and_match_a_float32_model(
     np.testing.assert_allclose(report.margin, expected.margin, atol=prob_atol)
     assert report.loss.std() > 0.05  # the comparison is over varied, non-trivial losses
 
-    # Against the mixed model's own 16-bit outputs the pass is exact to float32 precision.
-    outputs = np.asarray(model.predict(data[0], verbose=0).astype("float32"), np.float64)
-    if activation:  # Keras' loss on probabilities: renormalise, clip to [1e-7, 1 - 1e-7]
-        probs = np.clip(outputs / outputs.sum(-1, keepdims=True), 1e-7, 1 - 1e-7)
-    else:
-        probs = softmax64(outputs)
+    # Against the mixed model's own 16-bit logits the pass is exact to float32 precision: a
+    # softmax output is re-made from its logits in float32 (never from 16-bit probabilities).
+    probs = softmax64(own_logits(model, data[0]))
     labels = data[1]
     own = -np.log(np.take_along_axis(probs, labels[..., None], -1)[..., 0])
     if kind == "sequence":
@@ -171,3 +181,57 @@ def test_logits_and_probabilities_are_told_apart_under_mixed_precision(policy, m
     )
     np.testing.assert_allclose(inferred.true_prob, explicit.true_prob, rtol=1e-6)
     np.testing.assert_allclose(inferred.loss, explicit.loss, rtol=1e-5)
+
+
+# Measured bounds of |loss - reference| / (1 + reference) under mixed_float16, the reference
+# being the float64 loss of the model's own float16 logits (see docs/reliability.md); the
+# tolerances below are about 40x the measurement.
+FROM_LOGITS_TOL = 1e-5  # measured 2.4e-7 (logits), 1.2e-7 (softmax), 4e-8 (sigmoid)
+KERAS_FLOAT16_TOL = 1e-3  # Keras' loss on the 16-bit tensor computes in float16: 2**-10
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid", None])
+def test_float16_softmax_and_sigmoid_losses_come_from_the_logits(policy, activation, jit):
+    """A float16 probability below ~6e-5 must not cap the loss at -log(1e-7) = 16.118."""
+    units = 1 if activation == "sigmoid" else 10
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(1).normal(size=(256, 8)).astype("float32")
+    policy("float32")
+    full = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(units)]
+    )
+    weights = [w * 6 for w in full.get_weights()]  # logits in the tens: tiny probabilities
+    policy("mixed_float16")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(units, activation=activation),
+        ]
+    )
+    model.set_weights(weights)
+    logits = own_logits(model, x)
+    if units == 1:  # the label is the less likely side: the loss is large
+        z = logits[:, 0]
+        y = (z < 0).astype("float32")
+        reference = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        loss = keras.losses.BinaryCrossentropy(from_logits=activation is None)
+    else:
+        y = logits.argmin(-1)
+        top = logits.max(-1)
+        lse = top + np.log(np.exp(logits - top[:, None]).sum(-1))
+        reference = lse - logits[np.arange(len(y)), y]
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=activation is None)
+    assert reference.max() > 20  # beyond the cap: a float16 probability would be 0 here
+
+    report = compute_losses(model, (x, y), loss=loss, verbose=0, jit_compile=jit)
+    assert np.all(np.abs(report.loss - reference) <= FROM_LOGITS_TOL * (1 + reference))
+    assert (report.loss > 16.2).mean() > 0.5  # most beyond the cap of 16.118
+    assert report.correct.sum() == 0
+
+    # Keras' own loss on the model's graph output (it, too, finds the logits under a softmax
+    # or sigmoid op) agrees to float16 rounding, with and without XLA.
+    keras_loss = tf.function(lambda a, b: loss.call(b, model(a, training=False)), jit_compile=jit)
+    own = np.asarray(keras_loss(x, y), np.float64).reshape(-1)
+    assert np.all(np.abs(report.loss - own) <= KERAS_FLOAT16_TOL * (1 + own))

@@ -579,7 +579,7 @@ def per_example(
     keras_mask = getattr(out, "_keras_mask", None)
     if scores is None:
         tol = _prob_sum_tol(out.dtype)
-        out = tf.cast(out, tf.float32)
+        out = float32_output(out)
     if binary:
         if out.shape.rank == 1 or out.shape[-1] != 1:
             out = tf.expand_dims(out, -1)
@@ -712,6 +712,39 @@ def per_example(
         "label_invalid": invalid,
         "label_fractional": fractional & counted,
     }
+
+
+# Activations whose 16-bit output loses what a float32 loss needs: re-made from the logits.
+_ACTIVATIONS = {"Softmax": tf.nn.softmax, "Sigmoid": tf.sigmoid}
+# Ops between an activation and the model's output that pass its values on unchanged.
+_PASS_THROUGH = ("Identity", "StopGradient")
+
+
+def float32_output(out: Any) -> tf.Tensor:
+    """The analysed output in float32; a 16-bit softmax or sigmoid re-made from its logits.
+
+    Under ``mixed_float16`` a softmax or sigmoid output is float16: a probability below
+    about 6e-5 is subnormal there, XLA flushes it to 0, and a loss from it caps at
+    ``-log(1e-7)`` = 16.118 (Keras' clip). Inside a traced step the activation's input (the
+    logits) is still in the graph, so the same activation is applied to the logits cast to
+    float32: no probability underflows before float32's range, and Keras' cross-entropies,
+    which look for a ``Softmax``/``Sigmoid`` op under their output, take the loss from
+    float32 logits as they do for a float32 model. Eagerly, or for any other op, the output
+    is cast as it is. Gradients never flow through it (the pass only records).
+    """
+    if out.dtype == tf.float32 or tf.executing_eagerly() or not hasattr(out, "op"):
+        return tf.cast(out, tf.float32)
+    tensor = out
+    for _ in range(8):
+        op = tensor.op
+        if op.type in _PASS_THROUGH:
+            tensor = op.inputs[0]
+            continue
+        if op.type in _ACTIVATIONS and len(op.inputs) == 1:
+            logits = tf.stop_gradient(tf.cast(op.inputs[0], tf.float32))
+            return _ACTIVATIONS[op.type](logits)
+        break
+    return tf.cast(out, tf.float32)
 
 
 def sparse_label(y: Any) -> tuple[tf.Tensor, tf.Tensor]:
