@@ -572,7 +572,10 @@ def per_example(
     Returns:
         Tensors keyed ``loss_sum, n_tokens, confidence, true_prob, margin, correct,
         token_accuracy, label, prediction, label_invalid, label_fractional`` (plus
-        ``token_*`` columns for sequences).
+        ``token_*`` columns for sequences). A sequence's example-level numbers are those
+        of its weakest counted token, as exact-match correctness is: ``true_prob`` and
+        ``margin`` are the lowest over its counted tokens (``margin > 0`` exactly when
+        ``correct``); ``confidence`` stays the token mean of the top probability.
     """
     num_classes = probe_.num_classes
     binary = probe_.kind == "binary"
@@ -671,15 +674,23 @@ def per_example(
         denom = tf.maximum(tf.cast(n_tokens, tf.float32), 1.0)
         has_tokens = n_tokens > 0
         token_right = tf.reduce_sum(tf.cast(right & counted, tf.float32), axis=-1)
+        any_undefined = tf.reduce_any(undefined & counted, axis=-1)
         return {
             "loss_sum": tf.reduce_sum(token_loss, axis=-1),
             "n_tokens": n_tokens,
             # where, not a product: an uncounted position may hold NaN (0 * NaN = NaN)
             "confidence": tf.reduce_sum(tf.where(counted, confidence, 0.0), -1) / denom,
-            "true_prob": tf.reduce_sum(tf.where(counted, true_prob, 0.0), -1) / denom,
-            # XLA's min skips NaN: an undefined counted token makes the margin NaN here.
+            # Example-level, as correctness (exact match) is: the weakest counted token's
+            # probability of its label (1 without tokens: nothing contradicts the label).
+            # XLA's min skips NaN: an undefined counted token makes it NaN here.
+            "true_prob": tf.where(
+                any_undefined,
+                math.nan,
+                tf.reduce_min(tf.where(counted, true_prob, 1.0), axis=-1),
+            ),
+            # The weakest token's margin: > 0 exactly when every counted token is right.
             "margin": tf.where(
-                tf.reduce_any(undefined & counted, axis=-1),
+                any_undefined,
                 math.nan,
                 tf.where(
                     has_tokens,
