@@ -134,9 +134,7 @@ def test_seq2seq_run_flags_planted_wrong_label_sequences(tmp_path):
     planted_rows = rng.choice(n, 30, replace=False)
     y[planted_rows] = y[np.roll(planted_rows, 1)]
     planted = np.zeros(n, bool)
-    planted[planted_rows] = [
-        np.any((y[r] != mapping[x[r]]) & (x[r] > 0)) for r in planted_rows
-    ]
+    planted[planted_rows] = [np.any((y[r] != mapping[x[r]]) & (x[r] > 0)) for r in planted_rows]
 
     keras.utils.set_random_seed(0)
     model = _tagger(vocab, classes)
