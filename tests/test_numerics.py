@@ -1,16 +1,19 @@
 """Numerics: mixed precision (float16, bfloat16) and logits vs. probabilities.
 
-The pass casts the model's output to float32 before the softmax and the loss, so a model
-trained under a mixed policy gets float32 losses of its own (float16/bfloat16) outputs.
-Stated tolerances against a float32 model with the same weights (they differ because the
-mixed model's layers compute in 16 bits, not because of the pass):
+The pass computes in float32 from the model's own 16-bit logits: a logits output is cast, a
+softmax or sigmoid output is re-made in float32 from its pre-activation input, so no 16-bit
+probability underflows first. Against the model's own 16-bit logits (float64 reference) the
+losses are exact to float32 precision (measured bounds in docs/reliability.md).
+
+Against a float32 model with the same weights they differ because the mixed model's layers
+compute in 16 bits, not because of the pass. With moderate logits (up to ~8) the differences
+stay within:
 
 - ``mixed_float16``:  |loss - loss32| <= 1e-2 * (1 + loss32); probabilities within 3e-3.
 - ``mixed_bfloat16``: |loss - loss32| <= 2e-2 * (1 + loss32); probabilities within 2e-2.
 
-(Measured with logits up to ~8: 4e-3 and 8e-3 relative, 1.6e-3 and 1.2e-2 in probability.)
-
-Against the mixed model's own outputs, the losses are exact to float32 precision (1e-5).
+(Measured: 4e-3 and 8e-3 relative, 1.6e-3 and 1.2e-2 in probability.) No such bound holds for
+sharp outputs in general: the model itself moves them.
 """
 
 import keras
@@ -186,8 +189,8 @@ def test_logits_and_probabilities_are_told_apart_under_mixed_precision(policy, m
 # Measured bounds of |loss - reference| / (1 + reference) under mixed_float16, the reference
 # being the float64 loss of the model's own float16 logits (see docs/reliability.md); the
 # tolerances below are about 40x the measurement.
-FROM_LOGITS_TOL = 1e-5  # measured 2.4e-7 (logits), 1.2e-7 (softmax), 4e-8 (sigmoid)
-KERAS_FLOAT16_TOL = 1e-3  # Keras' loss on the 16-bit tensor computes in float16: 2**-10
+FROM_LOGITS_TOL = 1e-5  # measured 2.4e-7 (logits), 1.1e-7 (softmax), 4.4e-8 (sigmoid)
+KERAS_FLOAT16_TOL = 1e-3  # Keras' loss on the 16-bit tensor computes in float16: 4.8e-4
 
 
 @pytest.mark.parametrize("jit", [False, True])
