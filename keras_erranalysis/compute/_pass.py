@@ -598,6 +598,7 @@ def per_example(
         loss_values = spec.fn(y_float, out)
         fractional = tf.zeros(label_shape, tf.bool)
     else:
+        logits = None
         if scores is not None:
             probs = None
         elif probe_.from_logits is None:  # decided per batch: probabilities or logits
@@ -606,7 +607,9 @@ def per_example(
             )
             probs = tf.where(looks_prob, out, tf.nn.softmax(out, axis=-1))
         else:
-            probs = tf.nn.softmax(out, axis=-1) if probe_.from_logits else out
+            # From the logits (a softmax output's own input): no probability row is formed.
+            logits = out if probe_.from_logits else softmax_logits(out)
+            probs = out if logits is None else None
         label_shape = tf.shape(out)[:-1] if scores is None else tf.shape(scores[0])
         if probe_.kind == "dense":
             label = tf.argmax(y, axis=-1, output_type=tf.int32)
@@ -631,6 +634,11 @@ def per_example(
     in_range = (label >= 0) & (label < num_classes)
     invalid = counted & ~in_range
     safe_label = tf.where(in_range, label, tf.zeros_like(label))
+    if not binary and scores is None and logits is not None:
+        scores = logit_scores(logits, safe_label, num_classes)
+        if probe_.kind == "dense" or not is_sparse_xent(spec):  # another loss: its own value
+            y_loss = y_for_loss if probe_.kind == "dense" else safe_label
+            scores = (spec.fn(y_loss, out), *scores[1:])
     if scores is not None:
         loss_values = scores[0]
     elif not binary:
@@ -756,6 +764,47 @@ def float32_output(out: Any) -> tf.Tensor:
             return _ACTIVATIONS[op.type](logits)
         break
     return tf.cast(out, tf.float32)
+
+
+def softmax_logits(out: Any) -> tf.Tensor | None:
+    """The input of the softmax op that made ``out`` inside a traced step, or None."""
+    if tf.executing_eagerly() or not hasattr(out, "op"):
+        return None
+    op = out.op
+    while op.type in _PASS_THROUGH:
+        op = op.inputs[0].op
+    if op.type != "Softmax" or len(op.inputs) != 1:
+        return None
+    return tf.cast(op.inputs[0], tf.float32)
+
+
+def logit_scores(logits: Any, label: Any, num_classes: int) -> tuple[tf.Tensor, ...]:
+    """``(loss, true_prob, best_other, other_class)`` per position, from logits.
+
+    One log-sum-exp over the class axis, then the label's and the best other class's
+    log-probabilities: no probability row is formed (the pass's cost on large vocabularies).
+    The loss is the sparse cross-entropy, computed as the fused kernel does (logits shifted
+    by their maximum). A row with a NaN or +inf logit, or every logit at -inf, gets NaN
+    probabilities, as its softmax would; a -inf logit only rules its class out.
+    """
+    top = tf.reduce_max(logits, axis=-1, keepdims=True)
+    shifted = logits - top
+    log_sum = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=-1))
+    label_shifted = tf.gather(shifted, label, batch_dims=label.shape.rank)
+    is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), label[..., None])
+    other_class, other_shifted = _best_other(tf.where(is_label, -math.inf, shifted))
+    log_true = label_shifted - log_sum
+    return -log_true, tf.exp(log_true), tf.exp(other_shifted - log_sum), other_class
+
+
+def is_sparse_xent(spec: LossSpec) -> bool:
+    """Whether the loss is Keras' sparse categorical cross-entropy (its value from logits)."""
+    import keras
+
+    source = spec.source
+    return type(source) is keras.losses.SparseCategoricalCrossentropy or (
+        source is keras.losses.sparse_categorical_crossentropy
+    )
 
 
 def sparse_label(y: Any) -> tuple[tf.Tensor, tf.Tensor]:
