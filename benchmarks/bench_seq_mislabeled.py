@@ -14,10 +14,16 @@ planted count, precision at the planted count (top-n of the ranking), how many w
 Seeds: the flag threshold of the sequence rule was chosen on the dev seeds (``--dev-seeds``,
 default 0 and 1) only; the held-out seeds (default 2, 3, 4) were looked at once, afterwards.
 
-Run (about 2 minutes a seed; the run folders are kept in ``--work`` so a second call only
-re-scores):
-    flock /tmp/ea-heavy.lock python benchmarks/bench_seq_mislabeled.py --train-only --seeds 0
-    python benchmarks/bench_seq_mislabeled.py        # scores every seed found in --work
+Also reported: the same for the rule before issue 16 (the AUM cut of the weakest token's
+margin, ``method="aum"``) and for the token-mean definition of the regions; and, with
+``--demo``, the demo as users run it (validation words, no planted errors): its regions and
+how many words are flagged.
+
+Run (3-4 minutes a seed on a busy machine; the run folders are kept in ``--work``, so a
+second call only re-scores):
+    flock /tmp/ea-heavy.lock python benchmarks/bench_seq_mislabeled.py --train-only --seeds 0 1
+    flock /tmp/ea-heavy.lock python benchmarks/bench_seq_mislabeled.py --train-only --demo
+    python benchmarks/bench_seq_mislabeled.py --demo  # scores every seed (and the demo)
 Writes benchmarks/results/seq_mislabeled.json and prints a markdown table.
 """
 
@@ -94,34 +100,74 @@ def train(seed: int, noise: float, epochs: int, work: Path) -> None:
     (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
 
 
-def score(folder: Path, threshold: float | None = None) -> dict:
-    from keras_erranalysis import load_run
-
-    planted = np.load(folder / "planted.npy")
-    run = load_run(folder / "run")
-    dyn = run.dynamics()
-    table = run.likely_mislabeled(threshold=threshold)
-    flagged = np.zeros(len(planted), bool)
-    flagged[table.index.to_numpy()] = True
+def _flag_scores(flagged: np.ndarray, planted: np.ndarray) -> dict:
     hits = int((flagged & planted).sum())
-    ranked = run.likely_mislabeled(k=int(planted.sum())).index.to_numpy()
     precision = hits / max(int(flagged.sum()), 1)
     recall = hits / max(int(planted.sum()), 1)
-    easy = (dyn["region"] == "easy-to-learn").to_numpy()
-    never = dyn["never_learned"].to_numpy()
     return {
-        "examples": int(len(planted)),
-        "planted": int(planted.sum()),
         "flagged": int(flagged.sum()),
         "precision": precision,
         "recall": recall,
         "f1": 0.0 if hits == 0 else 2 * precision * recall / (precision + recall),
-        "precision_at_planted": float(planted[ranked].mean()),
+    }
+
+
+def old_regions(run) -> tuple[np.ndarray, np.ndarray]:
+    """Regions by the token-mean probability of the label (the definition before issue 16)."""
+    mask = np.asarray(run.array("token_mask"))
+    means = []
+    for epoch in run.epochs:
+        probs = np.asarray(run.array("token_true_prob", epoch), np.float64)
+        means.append(np.where(mask, probs, 0).sum(-1) / np.maximum(mask.sum(-1), 1))
+    means = np.stack(means)
+    return means.mean(0), means.std(0)
+
+
+def score(folder: Path, planted: np.ndarray | None = None) -> dict:
+    """Regions and flags of one run folder (``planted``: the rows known to be wrong)."""
+    from keras_erranalysis import load_run
+
+    run = load_run(folder)
+    dyn = run.dynamics()
+    easy = (dyn["region"] == "easy-to-learn").to_numpy()
+    never = dyn["never_learned"].to_numpy()
+    confidence, variability = old_regions(run)
+    old_easy = (confidence >= 0.5) & (variability < 0.2)
+    result = {
+        "examples": len(dyn),
         "wrong_at_last_epoch": int((~dyn["final_correct"].to_numpy()).sum()),
+        "never_right": int(never.sum()),
         "easy_to_learn": int(easy.sum()),
         "easy_to_learn_never_right": int((easy & never).sum()),
         "regions": {k: int(v) for k, v in dyn["region"].value_counts().items()},
+        "old_definition_easy_to_learn": int(old_easy.sum()),
+        "old_definition_easy_to_learn_never_right": int((old_easy & never).sum()),
     }
+    flagged = np.zeros(len(dyn), bool)
+    flagged[dyn.index.get_indexer(run.likely_mislabeled().index)] = True
+    result["flagged"] = int(flagged.sum())
+    result["flagged_easy_to_learn"] = int((flagged & easy).sum())
+    if planted is None:
+        return result
+    result["planted"] = int(planted.sum())
+    result.update(_flag_scores(flagged, planted))
+    ranked = dyn.index.get_indexer(run.likely_mislabeled(k=int(planted.sum())).index)
+    result["precision_at_planted"] = float(planted[ranked].mean())
+    # The rule before issue 16 for sequences: the AUM cut of the weakest token's margin.
+    aum = np.zeros(len(dyn), bool)
+    aum[dyn.index.get_indexer(run.likely_mislabeled(method="aum").index)] = True
+    result["aum_cut"] = _flag_scores(aum, planted)
+    return result
+
+
+def demo_validation(work: Path, epochs: int) -> dict:
+    """The demo as users run it (its validation words analysed, no planted errors)."""
+    from keras_erranalysis.demo import run_demo
+
+    out = work / "demo"
+    if not (out / "run").exists():
+        run_demo(out, epochs=epochs, verbose=0, n_heatmaps=0, tensorboard=False, overwrite=True)
+    return score(out / "run")
 
 
 def main() -> None:
@@ -132,17 +178,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_seq_mislabeled"))
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--demo", action="store_true", help="also run and score the demo")
     args = parser.parse_args()
     for seed in args.seeds:
         if not (args.work / f"seed{seed}" / "seconds.txt").exists():
             train(seed, args.noise, args.epochs, args.work)
+    demo = demo_validation(args.work, args.epochs) if args.demo else None
     if args.train_only:
         return
     results = {}
     for seed in args.seeds:
-        results[seed] = score(args.work / f"seed{seed}")
+        folder = args.work / f"seed{seed}"
+        results[seed] = score(folder / "run", np.load(folder / "planted.npy"))
     report = {"noise": args.noise, "epochs": args.epochs, "dev_seeds": args.dev_seeds}
     report["seeds"] = {str(s): r for s, r in results.items()}
+    if demo is not None:
+        report["demo_validation"] = demo
     for part, seeds in (
         ("dev", [s for s in args.seeds if s in args.dev_seeds]),
         ("held_out", [s for s in args.seeds if s not in args.dev_seeds]),
@@ -152,16 +203,28 @@ def main() -> None:
                 key: float(np.mean([results[s][key] for s in seeds]))
                 for key in ("precision", "recall", "f1", "flagged", "planted")
             }
+    if RESULTS.exists() and demo is None:  # keep a demo measured by an earlier call
+        earlier = json.loads(RESULTS.read_text()).get("demo_validation")
+        if earlier is not None:
+            report["demo_validation"] = earlier
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=1) + "\n")
-    print("| seed | part | planted | flagged | precision | recall | F1 | easy never right |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| seed | part | planted | flagged | precision | recall | F1 | P@planted | "
+        "AUM cut: flagged, precision, recall | easy & never right (before) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for seed, r in results.items():
         part = "dev" if seed in args.dev_seeds else "held-out"
+        a = r["aum_cut"]
         print(
             f"| {seed} | {part} | {r['planted']} | {r['flagged']} | {r['precision']:.3f} | "
-            f"{r['recall']:.3f} | {r['f1']:.3f} | {r['easy_to_learn_never_right']} |"
+            f"{r['recall']:.3f} | {r['f1']:.3f} | {r['precision_at_planted']:.3f} | "
+            f"{a['flagged']}, {a['precision']:.3f}, {a['recall']:.3f} | "
+            f"{r['easy_to_learn_never_right']} ({r['old_definition_easy_to_learn_never_right']}) |"
         )
+    if "demo_validation" in report:
+        print("demo validation words:", json.dumps(report["demo_validation"]))
 
 
 if __name__ == "__main__":
