@@ -5,6 +5,7 @@ label sequences, read back from its run folder.
 """
 
 import keras
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from keras_erranalysis.analysis import (
     likely_mislabeled,
     sequence_probabilities,
 )
+from keras_erranalysis.present import plot_margin_histogram
 
 
 def token_history(probs, others):
@@ -109,6 +111,12 @@ def test_sequence_dynamics_flag_swapped_label_sequences_not_hard_right_ones():
     assert {2, 3} & set(by_aum.index)
     with pytest.raises(ValueError, match="sequence_confidence.*sequence_prob"):
         likely_mislabeled(dyn.drop(columns="sequence_confidence"), method="sequence")
+    # The margin histogram shades what the sequence rule flags, not the AUM cut.
+    figure = plot_margin_histogram(dyn)
+    title = figure.axes[0].get_title()
+    assert "sequence_confidence" in title and f"{DEFAULT_SEQUENCE_THRESHOLD:.3g}" in title
+    assert any("flagged: 2" in text.get_text() for text in figure.axes[0].get_legend().texts)
+    plt.close(figure)
 
 
 def _tagger(vocab: int, classes: int) -> keras.Model:
