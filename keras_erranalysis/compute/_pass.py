@@ -775,7 +775,7 @@ def softmax_logits(out: Any) -> tf.Tensor | None:
         op = op.inputs[0].op
     if op.type != "Softmax" or len(op.inputs) != 1:
         return None
-    return tf.cast(op.inputs[0], tf.float32)
+    return tf.stop_gradient(tf.cast(op.inputs[0], tf.float32))  # the pass only records
 
 
 def logit_scores(logits: Any, label: Any, num_classes: int) -> tuple[tf.Tensor, ...]:
