@@ -238,3 +238,25 @@ def test_float16_softmax_and_sigmoid_losses_come_from_the_logits(policy, activat
     keras_loss = tf.function(lambda a, b: loss.call(b, model(a, training=False)), jit_compile=jit)
     own = np.asarray(keras_loss(x, y), np.float64).reshape(-1)
     assert np.all(np.abs(report.loss - own) <= KERAS_FLOAT16_TOL * (1 + own))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_softmax_output_is_read_from_its_logits_with_the_nan_rules_of_logits(jit):
+    # Dense(softmax) on the inputs themselves: the logits are x, so the reference is exact.
+    x = np.array([[0.0, 40.0, -40.0], [np.nan, 1.0, 2.0], [np.inf, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    y = np.array([0, 1, 0, 2])
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, activation="softmax")])
+    model.set_weights([np.eye(3, dtype="float32"), np.zeros(3, "float32")])
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    report = compute_losses(model, (x.astype("float32"), y), loss=loss, verbose=0, jit_compile=jit)
+    logits = x[[0, 3]]
+    top = logits.max(-1)
+    lse = top + np.log(np.exp(logits - top[:, None]).sum(-1))
+    expected = lse - logits[[0, 1], y[[0, 3]]]
+    np.testing.assert_allclose(report.loss[[0, 3]], expected, rtol=1e-6)
+    assert report.loss[0] > 39  # from the logits: no clip of a zero probability at 16.118
+    np.testing.assert_allclose(report.true_prob[3], np.exp(-expected[1]), rtol=1e-6)
+    # A NaN or +inf logit: no prediction, never right, undefined probabilities.
+    assert report.prediction[1:3].tolist() == [-1, -1] and not report.correct[1:3].any()
+    assert np.isnan(report.true_prob[1:3]).all() and np.isnan(report.confidence[1:3]).all()
+    assert report.prediction[[0, 3]].tolist() == [1, 2] and report.correct.tolist()[3]
