@@ -42,7 +42,7 @@ class LossReport:
             probabilities are undefined (a NaN or +inf logit, every class at -inf), whose
             ``confidence``, ``true_prob`` and ``margin`` are NaN and ``correct`` False.
         confidence: Probability of the prediction (sequences: mean over counted tokens).
-        true_prob: Probability of the given label (sequences: mean over counted tokens).
+        true_prob: Probability of the given label (sequences: the lowest over counted tokens).
         margin: Probability of the given label minus the largest other probability, in
             ``[-1, 1]`` (sequences: the smallest over counted tokens, the worst token).
         correct: Prediction equals label (sequences: every counted token right).

@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_erranalysis.analysis import sequence_probabilities  # noqa: E402
 from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids  # noqa: E402
 from keras_erranalysis.compute._losses import compute_losses  # noqa: E402
 
@@ -180,6 +181,12 @@ def test_sequence_outputs_record_per_sequence_summaries(jit_compile, padding):
     assert (recorder.stack("prediction") == -1).all()
     assert (recorder.labels == -1).all()
     assert "label" not in recorder.dynamics().columns
+    # Example-level dynamics: the per-token probability of the whole label sequence too.
+    _, per_token = sequence_probabilities(report.token_true_prob, report.token_mask)
+    np.testing.assert_allclose(recorder.stack("sequence_prob")[0], per_token, rtol=1e-4)
+    dyn = recorder.dynamics()
+    np.testing.assert_allclose(dyn["sequence_confidence"], per_token, rtol=1e-4)
+    assert recorder.likely_mislabeled(k=3)["mislabel_score"].notna().all()
 
 
 def test_summed_replica_buffers_turn_back_into_values_by_hand():

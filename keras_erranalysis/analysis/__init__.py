@@ -39,6 +39,7 @@ from keras_erranalysis.analysis._metrics import (
 )
 from keras_erranalysis.analysis._mislabeled import (
     DEFAULT_METHOD,
+    DEFAULT_SEQUENCE_THRESHOLD,
     MISLABEL_METHODS,
     estimate_num_label_errors,
     likely_mislabeled,
@@ -47,6 +48,7 @@ from keras_erranalysis.analysis._mislabeled import (
 from keras_erranalysis.analysis._nonfinite import CAUSES, causes_summary, nonfinite_causes
 from keras_erranalysis.analysis._padding import counted_padding
 from keras_erranalysis.analysis._ranking import RANKINGS, log_views, rank_examples
+from keras_erranalysis.analysis._sequence_dynamics import sequence_probabilities
 from keras_erranalysis.analysis._sequence_metrics import (
     GENERATED_COLUMNS,
     FreeRunningMetrics,
@@ -87,6 +89,8 @@ __all__ = [
     "causes_summary",
     "nonfinite_causes",
     "DEFAULT_METHOD",
+    "DEFAULT_SEQUENCE_THRESHOLD",
+    "sequence_probabilities",
     "MISLABEL_METHODS",
     "RANKINGS",
     "REGIONS",

@@ -15,9 +15,15 @@ What is computed, and from which paper:
 
   * ``"ambiguous"`` when ``variability >= variability_threshold`` (default 0.2: the given
     label's probability swings by 0.2 standard deviations or more across epochs);
-  * otherwise ``"easy-to-learn"`` when ``confidence >= confidence_threshold`` (default 0.5);
+  * otherwise ``"easy-to-learn"`` when ``confidence >= confidence_threshold`` (default 0.5)
+    and the example was right at some epoch: one never right is never easy-to-learn;
   * otherwise ``"hard-to-learn"`` (low confidence, low variability: the model consistently
     disagrees with the label; this is where label errors concentrate).
+
+  For sequences the histories are example-level throughout (``_sequence_dynamics``): the
+  probability and margin of the weakest counted token, exact-match correctness, and the
+  per-token probability of the whole label sequence (``sequence_confidence``), which ranks
+  likely label errors.
 
   The paper draws the regions by eye on the data map; these thresholds are ours, fixed so
   that the regions mean the same thing from one run to the next.
@@ -225,10 +231,12 @@ def _regions(
     variability: np.ndarray,
     confidence_threshold: float,
     variability_threshold: float,
+    never_learned: np.ndarray | None = None,
 ) -> pd.Categorical:
-    codes = np.where(
-        variability >= variability_threshold, 1, np.where(confidence >= confidence_threshold, 0, 2)
-    )
+    easy = confidence >= confidence_threshold
+    if never_learned is not None:  # never right at any epoch: never easy (ties at 0.5)
+        easy &= ~never_learned
+    codes = np.where(variability >= variability_threshold, 1, np.where(easy, 0, 2))
     return pd.Categorical.from_codes(codes, categories=list(REGIONS))
 
 
@@ -241,6 +249,7 @@ def compute_dynamics(
     *,
     label: Any = None,
     example_id: Any = None,
+    sequence_prob: Any = None,
     epochs: Sequence[int] | None = None,
     hard_k: int | None = None,
     confidence_threshold: float = 0.5,
@@ -266,6 +275,12 @@ def compute_dynamics(
             and their shares of epochs.
         label: Optional given labels ``(N,)``, copied into a ``label`` column.
         example_id: Optional ids ``(N,)`` used as the index (default ``0..N-1``).
+        sequence_prob: For sequences, the per-token probability of the whole label
+            sequence per epoch (``sequence_probabilities``); gives ``sequence_confidence``,
+            its mean over epochs, which ``likely_mislabeled`` then ranks by. The other
+            histories of a sequence are example-level too: ``true_prob`` and ``margin`` of
+            its weakest counted token and ``correct`` for an exact match (what the pass
+            records).
         epochs: Epoch numbers of the E rows (default ``1..E``), used for
             ``first_learned_epoch``.
         hard_k: How many of the highest losses count as "hardest" in each epoch. Default:
@@ -282,7 +297,8 @@ def compute_dynamics(
         (epochs with a finite probability) and ``first_nonfinite_epoch`` (-1 if none), plus
         ``loss_mean``
         when ``loss`` is given, the prediction columns when ``prediction`` is given, and
-        ``label`` when given.
+        ``label`` when given, and ``sequence_confidence`` when ``sequence_prob`` is given.
+        ``region`` is never ``"easy-to-learn"`` for an example never right at any epoch.
 
     Example:
         >>> import numpy as np
@@ -302,6 +318,8 @@ def compute_dynamics(
         matrices["loss"] = _EpochMatrix(loss, "loss")
     if prediction is not None:
         matrices["prediction"] = _EpochMatrix(prediction, "prediction")
+    if sequence_prob is not None:
+        matrices["sequence_prob"] = _EpochMatrix(sequence_prob, "sequence_prob")
     for name, matrix in matrices.items():
         if matrix.shape != tp_m.shape:
             raise ValueError(
@@ -341,6 +359,8 @@ def compute_dynamics(
         stats["hard_streak"] = _longest_run(in_top)
         if "loss" in blocks:
             stats["loss_mean"] = blocks["loss"].astype(np.float64).mean(axis=0)
+        if "sequence_prob" in blocks:
+            stats["sequence_confidence"] = blocks["sequence_prob"].astype(np.float64).mean(axis=0)
         for key, value in stats.items():
             # Written into place: no list of parts to concatenate (and hold twice) at the end.
             if key not in columns:
@@ -407,6 +427,7 @@ def _assemble(
         "variability",
         "correctness",
         "region",
+        "sequence_confidence",
         "aum",
         "forgetting_events",
         "never_learned",
@@ -435,6 +456,7 @@ def _assemble(
                 columns["variability"],
                 confidence_threshold,
                 variability_threshold,
+                columns.get("never_learned"),
             )
         elif name in columns:
             data[name] = columns[name]

@@ -27,6 +27,11 @@ MISLABEL_METHODS = {
         "low confidence and low variability, the cartography paper's hard-to-learn corner: "
         "score = 1 - confidence - variability (flagged: region == 'hard-to-learn')"
     ),
+    "sequence": (
+        "for sequences (the default when dyn has sequence_confidence): low per-token "
+        "probability of the whole label sequence, averaged over epochs; score = 1 - "
+        "sequence_confidence (flagged: sequence_confidence < threshold, default 0.075)"
+    ),
 }
 
 
@@ -43,6 +48,23 @@ MISLABEL_METHODS = {
 # 80 runs): pairs 0.909 -> 0.927 (20 of 20 runs better), mixed 0.927 -> 0.934 (17 better,
 # 2 worse), symmetric flag sets unchanged; no concentrated cell on 10 noise-free runs.
 DEFAULT_METHOD = "aum_cl"
+
+#: The default method for sequence dynamics (``dyn`` with a ``sequence_confidence`` column).
+SEQUENCE_METHOD = "sequence"
+
+
+# Chosen on the dev seeds 0 and 1 of benchmarks/bench_seq_mislabeled.py (the demo's CMUdict
+# training words, 5% of pronunciations swapped, 8 epochs); the held-out seeds 2-4 were scored
+# once, afterwards (docs/benchmarks.md). Mean dev F1 by cut: 0.05 -> 0.963, 0.075 -> 0.980,
+# 0.1 -> 0.975, 0.15 -> 0.952, 0.2 -> 0.920 (precision 0.98 at 0.075, 0.85 at 0.2).
+DEFAULT_SEQUENCE_THRESHOLD = 0.075
+
+
+def _method(dyn: pd.DataFrame, method: str | None) -> str:
+    """The method asked for, or the default for these dynamics (sequence or not)."""
+    if method is not None:
+        return method
+    return SEQUENCE_METHOD if "sequence_confidence" in dyn.columns else DEFAULT_METHOD
 
 
 # A cell (given class i, suggested class j) of the calibrated confident joint whose count
@@ -71,14 +93,16 @@ CONCENTRATED_CELL_AUM_THRESHOLD = 0.0
 DEFAULT_AUM_THRESHOLD = -0.2
 
 
-def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Series:
+def mislabel_score(dyn: pd.DataFrame, *, method: str | None = None) -> pd.Series:
     """Score how likely each example's label is wrong (higher = more likely).
 
     Args:
         dyn: Output of :func:`compute_dynamics` or :func:`compute_token_dynamics`.
         method: One of ``MISLABEL_METHODS`` (``"aum_cl"``, ``"aum"``, ``"confidence"``,
-            ``"correctness"``, ``"hard_to_learn"``). ``"aum_cl"`` and ``"aum"`` rank by the
-            same score; they differ in the flag rule only.
+            ``"correctness"``, ``"hard_to_learn"``, ``"sequence"``). ``"aum_cl"`` and
+            ``"aum"`` rank by the same score; they differ in the flag rule only. Default:
+            ``"sequence"`` for sequence dynamics (a ``sequence_confidence`` column),
+            ``"aum_cl"`` otherwise.
 
     Returns:
         Series aligned with ``dyn``.
@@ -90,16 +114,23 @@ def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Ser
         >>> mislabel_score(dyn).tolist()
         [-0.7, 0.5, -0.1]
     """
+    method = _method(dyn, method)
     if method not in MISLABEL_METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {sorted(MISLABEL_METHODS)}.")
     needed = {"aum": ["aum"], "confidence": ["confidence"], "correctness": ["correctness", "aum"]}
     needed["hard_to_learn"] = ["confidence", "variability"]
     needed["aum_cl"] = ["aum"]
+    needed["sequence"] = ["sequence_confidence"]
     missing = [c for c in needed[method] if c not in dyn.columns]
     if missing:
+        hint = (
+            " (sequence runs: run.dynamics(), or compute_dynamics(..., sequence_prob=...))"
+            if method == "sequence"
+            else ""
+        )
         raise ValueError(
             f"dyn lacks column(s) {missing} needed by method={method!r}; pass the output of "
-            "compute_dynamics() (or run.dynamics())."
+            f"compute_dynamics() (or run.dynamics()){hint}."
         )
     if method in ("aum", "aum_cl"):
         score = -dyn["aum"]
@@ -108,6 +139,8 @@ def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Ser
     elif method == "correctness":
         # AUM in [-1, 1] scaled below one correctness step breaks ties.
         score = (1.0 - dyn["correctness"]) - dyn["aum"] * 1e-3
+    elif method == "sequence":
+        score = 1.0 - dyn["sequence_confidence"]
     else:
         score = 1.0 - dyn["confidence"] - dyn["variability"]
     return score.rename("mislabel_score")
@@ -284,6 +317,9 @@ def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series
         return dyn["confidence"] < (0.5 if threshold is None else threshold)
     if method == "correctness":
         return dyn["correctness"] < (0.5 if threshold is None else threshold)
+    if method == "sequence":
+        cut = DEFAULT_SEQUENCE_THRESHOLD if threshold is None else threshold
+        return dyn["sequence_confidence"] < cut
     if threshold is not None:
         return mislabel_score(dyn, method=method) > threshold
     return dyn["region"] == "hard-to-learn"
@@ -320,7 +356,7 @@ def likely_mislabeled(
     dyn: pd.DataFrame,
     k: int | None = None,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     threshold: float | None = None,
 ) -> pd.DataFrame:
     """Rank examples (or tokens) whose given label the model keeps contradicting.
@@ -343,11 +379,18 @@ def likely_mislabeled(
     (``benchmarks/dev_mislabeled_rules.py``), not on the benchmark's seeds; ``method="aum"``
     is the cut-off alone.
 
+    Sequence dynamics (``run.dynamics()`` of a sequence run: a ``sequence_confidence``
+    column) default to ``method="sequence"``: ranked by the per-token probability of the
+    whole label sequence averaged over epochs, flagged below
+    ``DEFAULT_SEQUENCE_THRESHOLD`` (0.075). A flagged sequence is never easy-to-learn (its
+    weakest token's probability is at most the per-token mean).
+
     Args:
         dyn: Output of :func:`compute_dynamics` / :func:`compute_token_dynamics`.
         k: Return the ``k`` highest-scoring rows whether flagged or not. Default ``None``:
             return every flagged row (the method's flag rule, see ``MISLABEL_METHODS``).
-        method: Score to rank by, one of ``MISLABEL_METHODS``.
+        method: Score to rank by, one of ``MISLABEL_METHODS``. Default: ``"sequence"`` for
+            sequence dynamics, ``"aum_cl"`` otherwise.
         threshold: Override the flag rule's cut-off (e.g. ``aum < threshold``; for
             ``"aum_cl"`` the AUM part of the rule: ``aum < threshold`` outside concentrated
             cells, ``aum < max(threshold, 0)`` inside them).
@@ -375,6 +418,7 @@ def likely_mislabeled(
     if k is not None and k < 0:
         raise ValueError(f"k must be >= 0 or None, got {k}.")
     _check_defined(dyn)
+    method = _method(dyn, method)
     score = mislabel_score(dyn, method=method)
     flagged = _flags(dyn, method, threshold)
     table = dyn.assign(mislabel_score=score, flagged=flagged.to_numpy())

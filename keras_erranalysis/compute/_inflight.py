@@ -49,13 +49,15 @@ least half the times, and ``prediction`` -1. (``fit`` itself fails under
 ``MultiWorkerMirroredStrategy`` in Keras 3, see the README.)
 
 Limits: one analysed output (``output=`` for multi-output models); for sequence outputs the
-per-sequence summaries are recorded (``loss`` = mean over counted tokens, ``true_prob``
-mean, ``margin`` minimum, ``correct`` exact match), not the per-token arrays.
+per-sequence summaries are recorded (``loss`` = mean over counted tokens, ``true_prob`` and
+``margin`` of the weakest counted token, ``sequence_prob`` the per-token probability of the
+whole label sequence, ``correct`` exact match), not the per-token arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -67,7 +69,7 @@ import tensorflow as tf
 from keras_erranalysis.compute import _inputs, _pass
 
 #: Per-example columns recorded each epoch.
-RECORDED = ("loss", "true_prob", "margin", "correct", "prediction", "seen")
+RECORDED = ("loss", "true_prob", "margin", "sequence_prob", "correct", "prediction", "seen")
 
 _PATCHED = ("train_step", "test_step", "compute_loss")
 
@@ -281,9 +283,9 @@ class InFlightRecorder(keras.callbacks.Callback):
             ),
         )
         once = seen == 1
+        true_prob = values["true_prob"].numpy()
         floats = np.stack(
-            [values["loss_sum"].numpy(), values["true_prob"].numpy(), values["margin"].numpy()],
-            axis=1,
+            [values["loss_sum"].numpy(), true_prob, values["margin"].numpy(), true_prob], axis=1
         )
         floats[seen == 0] = np.nan  # never trained on (whatever ignore_class says of -1)
         prediction = np.where(once, values["prediction"].numpy(), prediction)
@@ -337,6 +339,8 @@ class InFlightRecorder(keras.callbacks.Callback):
             kwargs["label"] = None if (self._labels < 0).all() else self._labels.copy()
         from keras_erranalysis.analysis._dynamics import compute_dynamics
 
+        if self._probe is not None and self._probe.sequence:
+            kwargs.setdefault("sequence_prob", self._history["sequence_prob"])
         return compute_dynamics(
             self._history["true_prob"],
             self._history["margin"],
@@ -467,6 +471,7 @@ class InFlightRecorder(keras.callbacks.Callback):
                 return {
                     "loss": loss,
                     "true_prob": true_prob,
+                    "sequence_prob": true_prob,
                     "margin": best_other,
                     "prediction": other_class,
                     "correct": right,
@@ -479,9 +484,13 @@ class InFlightRecorder(keras.callbacks.Callback):
         n_tokens = values["n_tokens"]
         prediction, label = values["prediction"], values["label"]
         margin = values["margin"]
+        sequence_prob = values["true_prob"]
         if probe.sequence:
             # A sequence has no single prediction or label; -1 keeps the columns honest.
             prediction = label = tf.fill(tf.shape(n_tokens), -1)
+            sequence_prob = _per_token_probability(
+                values["token_true_prob"], values["token_mask"], n_tokens
+            )
         else:
             # Recorded as scores, finished at the epoch's end like the fast path's.
             margin = values["true_prob"] - margin
@@ -489,6 +498,7 @@ class InFlightRecorder(keras.callbacks.Callback):
             "loss": values["loss_sum"] / tf.maximum(tf.cast(n_tokens, tf.float32), 1.0),
             "true_prob": values["true_prob"],
             "margin": margin,
+            "sequence_prob": sequence_prob,
             "correct": values["correct"],
             "prediction": prediction,
             "label": label,
@@ -552,7 +562,9 @@ class InFlightRecorder(keras.callbacks.Callback):
 
 
 _MISSING = object()
-_FLOAT_COLUMNS = ("loss", "true_prob", "margin")
+# ``sequence_prob``: a sequence's per-token probability of its whole label sequence (see
+# ``analysis._sequence_dynamics``); a classifier's is its ``true_prob``.
+_FLOAT_COLUMNS = ("loss", "true_prob", "margin", "sequence_prob")
 _INT_COLUMNS = ("prediction", "correct", "seen", "label")
 
 
@@ -578,6 +590,20 @@ def _from_sums(
     label = np.where((seen > 0) & (label % count == 0), label // count, -1)
     correct = (seen > 0) & (2 * correct >= seen)
     return floats, prediction, correct, seen > 0, label
+
+
+def _per_token_probability(token_true_prob: Any, token_mask: Any, n_tokens: Any) -> tf.Tensor:
+    """``exp(mean log p)`` over each sequence's counted tokens: 1 without tokens, NaN if one is.
+
+    The same as ``analysis.sequence_probabilities`` (tested against it).
+    """
+    tiny = float(np.finfo(np.float32).tiny)
+    logs = tf.math.log(tf.clip_by_value(token_true_prob, tiny, 1.0))
+    total = tf.reduce_sum(tf.where(token_mask, logs, 0.0), axis=-1)
+    count = tf.cast(n_tokens, tf.float32)
+    value = tf.where(n_tokens > 0, tf.exp(total / tf.maximum(count, 1.0)), 1.0)
+    undefined = tf.reduce_any(token_mask & tf.math.is_nan(token_true_prob), axis=-1)
+    return tf.where(undefined, math.nan, value)
 
 
 def _expects_dict(model: Any) -> bool:

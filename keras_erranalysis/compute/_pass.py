@@ -561,14 +561,17 @@ def per_example(
     Returns:
         Tensors keyed ``loss_sum, n_tokens, confidence, true_prob, margin, correct,
         token_accuracy, label, prediction, label_invalid, label_fractional`` (plus
-        ``token_*`` columns for sequences).
+        ``token_*`` columns for sequences). A sequence's example-level numbers are those
+        of its weakest counted token, as exact-match correctness is: ``true_prob`` and
+        ``margin`` are the lowest over its counted tokens (``margin > 0`` exactly when
+        ``correct``); ``confidence`` stays the token mean of the top probability.
     """
     num_classes = probe_.num_classes
     binary = probe_.kind == "binary"
     keras_mask = getattr(out, "_keras_mask", None)
     if scores is None:
         tol = _prob_sum_tol(out.dtype)
-        out = tf.cast(out, tf.float32)
+        out = float32_output(out)
     if binary:
         if out.shape.rank == 1 or out.shape[-1] != 1:
             out = tf.expand_dims(out, -1)
@@ -584,6 +587,7 @@ def per_example(
         loss_values = spec.fn(y_float, out)
         fractional = tf.zeros(label_shape, tf.bool)
     else:
+        logits = None
         if scores is not None:
             probs = None
         elif probe_.from_logits is None:  # decided per batch: probabilities or logits
@@ -592,7 +596,9 @@ def per_example(
             )
             probs = tf.where(looks_prob, out, tf.nn.softmax(out, axis=-1))
         else:
-            probs = tf.nn.softmax(out, axis=-1) if probe_.from_logits else out
+            # From the logits (a softmax output's own input): no probability row is formed.
+            logits = out if probe_.from_logits else softmax_logits(out)
+            probs = out if logits is None else None
         label_shape = tf.shape(out)[:-1] if scores is None else tf.shape(scores[0])
         if probe_.kind == "dense":
             label = tf.argmax(y, axis=-1, output_type=tf.int32)
@@ -617,6 +623,11 @@ def per_example(
     in_range = (label >= 0) & (label < num_classes)
     invalid = counted & ~in_range
     safe_label = tf.where(in_range, label, tf.zeros_like(label))
+    if not binary and scores is None and logits is not None:
+        scores = logit_scores(logits, safe_label, num_classes)
+        if probe_.kind == "dense" or not is_sparse_xent(spec):  # another loss: its own value
+            y_loss = y_for_loss if probe_.kind == "dense" else safe_label
+            scores = (spec.fn(y_loss, out), *scores[1:])
     if scores is not None:
         loss_values = scores[0]
     elif not binary:
@@ -660,15 +671,23 @@ def per_example(
         denom = tf.maximum(tf.cast(n_tokens, tf.float32), 1.0)
         has_tokens = n_tokens > 0
         token_right = tf.reduce_sum(tf.cast(right & counted, tf.float32), axis=-1)
+        any_undefined = tf.reduce_any(undefined & counted, axis=-1)
         return {
             "loss_sum": tf.reduce_sum(token_loss, axis=-1),
             "n_tokens": n_tokens,
             # where, not a product: an uncounted position may hold NaN (0 * NaN = NaN)
             "confidence": tf.reduce_sum(tf.where(counted, confidence, 0.0), -1) / denom,
-            "true_prob": tf.reduce_sum(tf.where(counted, true_prob, 0.0), -1) / denom,
-            # XLA's min skips NaN: an undefined counted token makes the margin NaN here.
+            # Example-level, as correctness (exact match) is: the weakest counted token's
+            # probability of its label (1 without tokens: nothing contradicts the label).
+            # XLA's min skips NaN: an undefined counted token makes it NaN here.
+            "true_prob": tf.where(
+                any_undefined,
+                math.nan,
+                tf.reduce_min(tf.where(counted, true_prob, 1.0), axis=-1),
+            ),
+            # The weakest token's margin: > 0 exactly when every counted token is right.
             "margin": tf.where(
-                tf.reduce_any(undefined & counted, axis=-1),
+                any_undefined,
                 math.nan,
                 tf.where(
                     has_tokens,
@@ -701,6 +720,80 @@ def per_example(
         "label_invalid": invalid,
         "label_fractional": fractional & counted,
     }
+
+
+# Activations whose 16-bit output loses what a float32 loss needs: re-made from the logits.
+_ACTIVATIONS = {"Softmax": tf.nn.softmax, "Sigmoid": tf.sigmoid}
+# Ops between an activation and the model's output that pass its values on unchanged.
+_PASS_THROUGH = ("Identity", "StopGradient")
+
+
+def float32_output(out: Any) -> tf.Tensor:
+    """The analysed output in float32; a 16-bit softmax or sigmoid re-made from its logits.
+
+    Under ``mixed_float16`` a softmax or sigmoid output is float16: a probability below
+    about 6e-5 is subnormal there, XLA flushes it to 0, and a loss from it caps at
+    ``-log(1e-7)`` = 16.118 (Keras' clip). Inside a traced step the activation's input (the
+    logits) is still in the graph, so the same activation is applied to the logits cast to
+    float32: no probability underflows before float32's range, and Keras' cross-entropies,
+    which look for a ``Softmax``/``Sigmoid`` op under their output, take the loss from
+    float32 logits as they do for a float32 model. Eagerly, or for any other op, the output
+    is cast as it is. Gradients never flow through it (the pass only records).
+    """
+    if out.dtype == tf.float32 or tf.executing_eagerly() or not hasattr(out, "op"):
+        return tf.cast(out, tf.float32)
+    tensor = out
+    for _ in range(8):
+        op = tensor.op
+        if op.type in _PASS_THROUGH:
+            tensor = op.inputs[0]
+            continue
+        if op.type in _ACTIVATIONS and len(op.inputs) == 1:
+            logits = tf.stop_gradient(tf.cast(op.inputs[0], tf.float32))
+            return _ACTIVATIONS[op.type](logits)
+        break
+    return tf.cast(out, tf.float32)
+
+
+def softmax_logits(out: Any) -> tf.Tensor | None:
+    """The input of the softmax op that made ``out`` inside a traced step, or None."""
+    if tf.executing_eagerly() or not hasattr(out, "op"):
+        return None
+    op = out.op
+    while op.type in _PASS_THROUGH:
+        op = op.inputs[0].op
+    if op.type != "Softmax" or len(op.inputs) != 1:
+        return None
+    return tf.stop_gradient(tf.cast(op.inputs[0], tf.float32))  # the pass only records
+
+
+def logit_scores(logits: Any, label: Any, num_classes: int) -> tuple[tf.Tensor, ...]:
+    """``(loss, true_prob, best_other, other_class)`` per position, from logits.
+
+    One log-sum-exp over the class axis, then the label's and the best other class's
+    log-probabilities: no probability row is formed (the pass's cost on large vocabularies).
+    The loss is the sparse cross-entropy, computed as the fused kernel does (logits shifted
+    by their maximum). A row with a NaN or +inf logit, or every logit at -inf, gets NaN
+    probabilities, as its softmax would; a -inf logit only rules its class out.
+    """
+    top = tf.reduce_max(logits, axis=-1, keepdims=True)
+    shifted = logits - top
+    log_sum = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=-1))
+    label_shifted = tf.gather(shifted, label, batch_dims=label.shape.rank)
+    is_label = tf.equal(tf.range(num_classes, dtype=tf.int32), label[..., None])
+    other_class, other_shifted = _best_other(tf.where(is_label, -math.inf, shifted))
+    log_true = label_shifted - log_sum
+    return -log_true, tf.exp(log_true), tf.exp(other_shifted - log_sum), other_class
+
+
+def is_sparse_xent(spec: LossSpec) -> bool:
+    """Whether the loss is Keras' sparse categorical cross-entropy (its value from logits)."""
+    import keras
+
+    source = spec.source
+    return type(source) is keras.losses.SparseCategoricalCrossentropy or (
+        source is keras.losses.sparse_categorical_crossentropy
+    )
 
 
 def sparse_label(y: Any) -> tuple[tf.Tensor, tf.Tensor]:

@@ -412,7 +412,10 @@ def plot_margin_histogram(
             as its own (red) histogram, with the ``aum < -0.2`` cut as a dashed line and,
             when some rows lie in a concentrated cell of the confident joint, their
             ``aum < 0`` cut as a dotted one (the default rule may flag more than the cut,
-            not always the lowest AUMs overall); for other columns, -0.2.
+            not always the lowest AUMs overall); for other columns, -0.2. Sequence dynamics
+            (a ``sequence_confidence`` column) with the default ``"aum"`` show
+            ``sequence_confidence`` instead, shaded below ``DEFAULT_SEQUENCE_THRESHOLD``:
+            what the default rule for sequences flags.
         highlight: Optional boolean mask (aligned with ``dyn``) drawn as a second histogram,
             e.g. known flipped labels in a benchmark.
         highlight_label: Legend text of the highlighted examples.
@@ -425,9 +428,13 @@ def plot_margin_histogram(
     from keras_erranalysis.analysis._mislabeled import (
         CONCENTRATED_CELL_AUM_THRESHOLD,
         DEFAULT_AUM_THRESHOLD,
+        DEFAULT_SEQUENCE_THRESHOLD,
         _aum_cl_flags,
     )
 
+    if threshold is None and column == "aum" and "sequence_confidence" in dyn:
+        # Sequences: the default rule flags a low per-token probability of the label sequence.
+        column, threshold = "sequence_confidence", DEFAULT_SEQUENCE_THRESHOLD
     if column not in dyn:
         raise ValueError(f"dyn has no column {column!r}; pass the output of compute_dynamics().")
     scores = np.asarray(dyn[column], dtype=float)

@@ -529,10 +529,11 @@ def _dynamics(run: Run, epochs: Sequence[int]) -> pd.DataFrame | None:
 
 
 def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int) -> str:
-    from keras_erranalysis.analysis._mislabeled import DEFAULT_METHOD, likely_mislabeled
+    from keras_erranalysis.analysis._mislabeled import _method, likely_mislabeled
 
+    method = _method(dyn, None)  # the default for these dynamics (sequence or not)
     try:
-        everything = likely_mislabeled(dyn, len(dyn), method=DEFAULT_METHOD)
+        everything = likely_mislabeled(dyn, len(dyn), method=method)
     except ValueError as error:  # no finite dynamics (a diverged run): say so, in its place
         return f"<h3>Likely label errors</h3><p>{_esc(str(error))}</p>"
     flagged = everything[everything["flagged"].to_numpy(dtype=bool)]
@@ -543,7 +544,7 @@ def _mislabeled_table(run: Run, dyn: pd.DataFrame, epoch: int, *, max_rows: int)
     fill = everything[~everything["flagged"].to_numpy(dtype=bool)].head(max(10 - n_flagged, 0))
     ranked = pd.concat([flagged, fill]).head(max_rows)
     title = (
-        f"<h3>Likely mislabeled: {n_flagged} flagged by {_esc(DEFAULT_METHOD)}</h3>"
+        f"<h3>Likely mislabeled: {n_flagged} flagged by {_esc(method)}</h3>"
         f'<p class="note">The flagged rows by mislabel score, then the highest unflagged '
         f"scores up to 10 ({len(ranked)} shown).</p>"
     )

@@ -349,6 +349,7 @@ class Run:
             The dynamics DataFrame.
         """
         from keras_erranalysis.analysis._dynamics import compute_dynamics, compute_token_dynamics
+        from keras_erranalysis.analysis._sequence_dynamics import sequence_probabilities
 
         chosen = list(self.epochs if epochs is None else epochs)
         if not chosen:
@@ -381,13 +382,32 @@ class Run:
                 epochs=chosen,
                 **options,
             )
+        if not sequence:
+            return compute_dynamics(
+                columns("true_prob"),
+                columns("margin"),
+                columns("correct"),
+                loss=columns("loss"),
+                prediction=columns("prediction"),
+                label=np.asarray(self.array("label", last)),
+                example_id=ids,
+                epochs=chosen,
+                **options,
+            )
+        # Example-level throughout, from the recorded token probabilities (so runs written
+        # before the pass recorded the weakest token's probability read the same).
+        mask = np.asarray(self.array("token_mask", last))
+        weakest, per_token = [], []
+        for epoch in chosen:
+            low, mean = sequence_probabilities(self.array("token_true_prob", epoch), mask)
+            weakest.append(low.astype(np.float32))
+            per_token.append(mean.astype(np.float32))
         return compute_dynamics(
-            columns("true_prob"),
+            weakest,
             columns("margin"),
             columns("correct"),
             loss=columns("loss"),
-            prediction=None if sequence else columns("prediction"),
-            label=None if sequence else np.asarray(self.array("label", last)),
+            sequence_prob=per_token,
             example_id=ids,
             epochs=chosen,
             **options,
@@ -402,10 +422,10 @@ class Run:
         **options: Any,
     ) -> pd.DataFrame:
         """Ranked likely label errors (see ``dynamics.likely_mislabeled``)."""
-        from keras_erranalysis.analysis._mislabeled import DEFAULT_METHOD, likely_mislabeled
+        from keras_erranalysis.analysis._mislabeled import likely_mislabeled
 
         dyn = self.dynamics(**options)
-        return likely_mislabeled(dyn, k, method=method or DEFAULT_METHOD, threshold=threshold)
+        return likely_mislabeled(dyn, k, method=method, threshold=threshold)
 
     def similar(
         self, example_id: int, k: int = 10, *, epoch: int = -1, name: str = EMBEDDING
