@@ -204,6 +204,7 @@ class EpochPipeline:
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _padding_checked: bool = dataclasses.field(default=False, repr=False)
     _health_done: bool = dataclasses.field(default=False, repr=False)
+    _roles: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def attention_layers(self) -> list[str] | None:
         """The attention layers asked for (``None``: all of them)."""
@@ -357,7 +358,7 @@ class EpochPipeline:
         """
         extra, result = self._traverse(model, verbose=int(self.verbose == 1))
         report = result.report
-        figures = {} if self.attention is None else self._heatmaps(report, extra[0], result)
+        figures = {} if self.attention is None else self._heatmaps(model, report, extra[0], result)
         vectors = result.columns.get("embedding") if self.embeddings is not None else None
         return report, figures, vectors
 
@@ -388,7 +389,9 @@ class EpochPipeline:
         )
         return extra, result
 
-    def _heatmaps(self, report: LossReport, producer: Any, result: Any) -> dict[str, Any]:
+    def _heatmaps(
+        self, model: Any, report: LossReport, producer: Any, result: Any
+    ) -> dict[str, Any]:
         """Adds attention diagnostics to ``report.extra``; returns the heatmaps to save."""
         from keras_erranalysis.compute import attention_from_pass
         from keras_erranalysis.present import example_heatmaps
@@ -403,14 +406,28 @@ class EpochPipeline:
         names += [f"attention_watch{i + 1}" for i in range(len(rows) - len(hardest))]
         chosen = [(r, name) for r, name in zip(rows, names) if r in kept]
         picks = [kept[r] for r, _ in chosen]
+        weights = {path: w[picks] for path, w in found.weights.items()}
         return example_heatmaps(
             report,
-            {path: w[picks] for path, w in found.weights.items()},
+            weights,
             [r for r, _ in chosen],
             names=[name for _, name in chosen],
             vocab=self.decoding["vocab"],
             input_vocab=self.decoding["input_vocab"],
+            roles=self.attention_roles(model, report, weights),
         )
+
+    def attention_roles(
+        self, model: Any, report: LossReport, weights: Mapping[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Each attention layer's role (cross, encoder or decoder self), read once.
+
+        From the model's graph (see :func:`~keras_erranalysis.compute.attention_roles`);
+        the decoder input is the one equal to the labels shifted right, when one is.
+        """
+        if self._roles is None:
+            self._roles = layer_roles(model, report, weights, layers=self.attention_layers())
+        return self._roles
 
     def _generate(self, model: Any, report: LossReport) -> tuple[Any, pd.DataFrame]:
         """Decodes the examples free-running; adds their columns to ``report.extra``.
@@ -464,6 +481,39 @@ class EpochPipeline:
         report.extra["generated_length"] = generated.lengths
         table = pd.DataFrame([{**corpus, "decode_seconds": seconds}])
         return generated, table
+
+
+def layer_roles(
+    model: Any,
+    report: LossReport,
+    weights: Mapping[str, np.ndarray],
+    *,
+    layers: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``{layer path: AttentionRole}`` of the layers in ``weights``, for the heatmaps' axes.
+
+    Args:
+        model: The model.
+        report: A pass over the examples (its inputs and labels).
+        weights: ``{path: (rows, heads, T_q, T_kv)}`` weights (their shapes are the
+            fallback where the graph says nothing).
+        layers: The attention layers analysed (default: all).
+    """
+    from keras_erranalysis.compute import GenerationError, attention_roles, find_decoder_input
+
+    decoder = None
+    if report.is_sequence and len(report.inputs) > 1:
+        try:
+            decoder = find_decoder_input(report.inputs, report.label)[0]
+        except GenerationError:  # no input is the shifted labels: the graph decides alone
+            decoder = None
+    return attention_roles(
+        model,
+        report.inputs,
+        shapes={path: tuple(np.shape(w)[-2:]) for path, w in weights.items()},
+        decoder_input=decoder,
+        layers=layers,
+    )
 
 
 def generated_text(

@@ -15,6 +15,7 @@ from keras_erranalysis.compute._attention import (
     extract_attention,
 )
 from keras_erranalysis.compute._attention_diagnostics import DIAGNOSTIC_NAMES
+from keras_erranalysis.compute._attention_roles import AttentionRole, attention_roles
 from keras_erranalysis.compute._attention_hooks import (
     find_attention_layers,
     recording_attention,
@@ -31,6 +32,7 @@ from keras_erranalysis.compute._generate import (
     Generated,
     GenerationError,
     end_id_from_tokens,
+    find_decoder_input,
     generate_greedy,
     generate_with,
 )
@@ -46,6 +48,7 @@ from keras_erranalysis.compute._model import (
 __all__ = [
     "DIAGNOSTIC_NAMES",
     "AttentionDiagnostics",
+    "AttentionRole",
     "Cluster",
     "Generated",
     "GenerationError",
@@ -54,6 +57,7 @@ __all__ = [
     "attention_columns",
     "attention_diagnostics",
     "attention_from_pass",
+    "attention_roles",
     "cluster_from_tf_config",
     "compute_embeddings",
     "compute_losses",
@@ -61,6 +65,7 @@ __all__ = [
     "embedding_columns",
     "end_id_from_tokens",
     "extract_attention",
+    "find_decoder_input",
     "finite_input_rows",
     "find_attention_layers",
     "generate_greedy",

@@ -319,7 +319,7 @@ def save_heatmaps(
     """
     from keras_erranalysis.compute._attention import attention_diagnostics
     from keras_erranalysis.decoding import Vocabulary
-    from keras_erranalysis.pipeline import heatmap_rows
+    from keras_erranalysis.pipeline import heatmap_rows, layer_roles
     from keras_erranalysis.present._figures import figure_png
     from keras_erranalysis.present._heatmaps import example_heatmaps
 
@@ -338,6 +338,7 @@ def save_heatmaps(
         names=names,
         vocab=Vocabulary(data.phones, sep=" "),
         input_vocab=Vocabulary(data.chars, sep=""),
+        roles=layer_roles(model, report, result.weights),
     )
     folder.mkdir(parents=True, exist_ok=True)
     written = []
