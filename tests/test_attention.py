@@ -598,9 +598,7 @@ def _misnamed_transformer():
     es = layers.Embedding(VOCAB, DIM, mask_zero=True)(src)
     et = layers.Embedding(VOCAB, DIM, mask_zero=True)(tgt)
     enc = layers.MultiHeadAttention(2, 4, name="decoder_self_attention")(es, es)
-    dec = layers.MultiHeadAttention(2, 4, name="dec_cross_attention")(
-        et, et, use_causal_mask=True
-    )
+    dec = layers.MultiHeadAttention(2, 4, name="dec_cross_attention")(et, et, use_causal_mask=True)
     cross = layers.MultiHeadAttention(2, 4, name="encoder_self_attention")(dec, enc)
     model = keras.Model([src, tgt], layers.Dense(VOCAB)(cross))
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))

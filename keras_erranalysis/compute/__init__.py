@@ -15,13 +15,13 @@ from keras_erranalysis.compute._attention import (
     extract_attention,
 )
 from keras_erranalysis.compute._attention_diagnostics import DIAGNOSTIC_NAMES
-from keras_erranalysis.compute._attention_roles import AttentionRole, attention_roles
 from keras_erranalysis.compute._attention_hooks import (
     find_attention_layers,
     recording_attention,
     register_attention_layer,
     unregister_attention_layer,
 )
+from keras_erranalysis.compute._attention_roles import AttentionRole, attention_roles
 from keras_erranalysis.compute._checks import finite_input_rows, weights_are_finite
 from keras_erranalysis.compute._embeddings import (
     compute_embeddings,
