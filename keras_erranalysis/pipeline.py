@@ -29,6 +29,7 @@ from keras_erranalysis.analysis import (
     causes_summary,
     compare_features,
     counted_padding,
+    example_lengths,
     extract_features,
     features_summary,
     log_views,
@@ -36,6 +37,7 @@ from keras_erranalysis.analysis import (
     per_class_metrics,
     rank_examples,
     storage_array,
+    update_watch_list,
 )
 from keras_erranalysis.analysis._health import (
     HEALTH_SUMMARY_TABLE,
@@ -130,24 +132,38 @@ def text_features(
 def heatmap_rows(
     report: LossReport, n: int, watch: list[int] | None
 ) -> tuple[list[int], list[int], list[int]]:
-    """Rows to draw: the ``n`` hardest by loss, then a fixed watch list of right examples.
+    """Rows to draw: the ``n`` hardest by loss, then a watch list of right examples.
 
     Args:
         report: The epoch's pass.
         n: How many hardest examples.
-        watch: The watch list fixed at the first analyzed epoch with right examples
-            (``None``: fix it now, up to ``n // 2`` right examples, so the same examples are
-            followed across epochs; still ``None`` while no example is right).
+        watch: The watch list so far (``None``: choose it now, ``n // 2`` right examples
+            (at least one) spread over the examples' lengths; still ``None`` while no
+            example is right). See :func:`~keras_erranalysis.analysis.update_watch_list`.
 
     Returns:
         ``(hardest, watched, watch)``: positions of the hardest examples, of the watch list
-        without those, and the watch list to keep for the next epochs.
+        given (or, when none was, the one chosen now) without those, and the watch list
+        for the next epochs: the same examples, except that one turned wrong is replaced
+        by a right one of the nearest length.
     """
+    hardest = hardest_rows(report, n)
+    update = watch_update(report, n, watch)
+    shown = watch if watch else update.watch
+    return hardest, [r for r in shown or [] if r not in hardest], update.watch
+
+
+def hardest_rows(report: LossReport, n: int) -> list[int]:
+    """Positions of the ``n`` examples of highest loss."""
     positions = report.scalars().assign(position=np.arange(len(report)))
-    hardest = rank_examples(positions, by="loss", k=n)["position"].tolist()
-    if not watch:  # fixed once some examples are right (often none at the first epoch)
-        watch = np.flatnonzero(report.correct)[: max(1, n // 2)].tolist() or None
-    return hardest, [r for r in watch or [] if r not in hardest], watch
+    return rank_examples(positions, by="loss", k=n)["position"].tolist()
+
+
+def watch_update(report: LossReport, n: int, watch: list[int] | None) -> Any:
+    """The watch list after this epoch (:func:`~keras_erranalysis.analysis.update_watch_list`)."""
+    return update_watch_list(
+        example_lengths(report), report.correct, report.confidence, max(1, n // 2), watch
+    )
 
 
 @dataclasses.dataclass
@@ -201,6 +217,7 @@ class EpochPipeline:
     verbose: int = 1
     _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _watch: list[int] | None = dataclasses.field(default=None, repr=False)
+    _watch_update: Any = dataclasses.field(default=None, repr=False)
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _padding_checked: bool = dataclasses.field(default=False, repr=False)
     _health_done: bool = dataclasses.field(default=False, repr=False)
@@ -230,7 +247,13 @@ class EpochPipeline:
         Returns:
             The epoch's :class:`EpochOutput`.
         """
+        self._watch_update = None
         report, figures, vectors = self._one_pass(model)
+        info = dict(info or {})
+        watch_lines = []
+        if self._watch_update is not None:
+            notes, watch_lines = watch_notes(epoch, report, self._watch_update)
+            info.update(notes)
         if report.nonfinite.any():
             report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
         self._check_padding(report)
@@ -252,7 +275,7 @@ class EpochPipeline:
                 epoch,
                 report,
                 tables=tables,
-                info=dict(info or {}),
+                info=info,
                 vectors={
                     **({} if vectors is None else {"embedding": storage_array(vectors)}),
                     **({} if generated is None else {"generated": generated[0].ids}),
@@ -260,7 +283,7 @@ class EpochPipeline:
                 files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
             )
         if self.verbose:
-            print(summary_line(epoch, report))
+            print("\n".join([summary_line(epoch, report), *watch_lines]))
         return EpochOutput(
             report, tables, figures, vectors, None if generated is None else generated[0].ids
         )
@@ -396,9 +419,12 @@ class EpochPipeline:
         from keras_erranalysis.compute import attention_from_pass
         from keras_erranalysis.present import example_heatmaps
 
-        watch_known = bool(self._watch)  # kept by this pass only if fixed before it
-        hardest, watched, self._watch = heatmap_rows(report, self.attention.heatmaps, self._watch)
-        rows = hardest + (watched if watch_known else [])
+        # The watch list's weights are kept by this pass only if it was fixed before it: an
+        # example that turned wrong is drawn once more, its replacement from the next epoch.
+        hardest = hardest_rows(report, self.attention.heatmaps)
+        rows = hardest + [r for r in self._watch or [] if r not in hardest]
+        self._watch_update = watch_update(report, self.attention.heatmaps, self._watch)
+        self._watch = self._watch_update.watch
         found = attention_from_pass(producer, result.columns, result.kept, rows)
         report.extra.update(found.diagnostics)
         kept = {int(p): j for j, p in enumerate(found.kept)}
@@ -481,6 +507,42 @@ class EpochPipeline:
         report.extra["generated_length"] = generated.lengths
         table = pd.DataFrame([{**corpus, "decode_seconds": seconds}])
         return generated, table
+
+
+def watch_notes(epoch: int, report: LossReport, update: Any) -> tuple[dict[str, Any], list[str]]:
+    """The watch list in the epoch's ``meta.json`` info, and a console line per change.
+
+    Returns:
+        ``({"watch": [example ids], "watch_replaced": [...], "watch_added": [...]}, lines)``.
+    """
+    ids = report.example_id
+    lengths = example_lengths(report)
+    replaced = [
+        {
+            "example_id": int(ids[old]),
+            "length": int(lengths[old]),
+            "replaced_by": None if new is None else int(ids[new]),
+            "replacement_length": None if new is None else int(lengths[new]),
+        }
+        for old, new in update.replaced
+    ]
+    lines = [
+        f"ErrorAnalysis epoch {epoch}: watched example {r['example_id']} (length {r['length']}) "
+        "turned wrong; "
+        + (
+            "no right example is left to replace it."
+            if r["replaced_by"] is None
+            else f"example {r['replaced_by']} (length {r['replacement_length']}) is watched "
+            "from the next epoch."
+        )
+        for r in replaced
+    ]
+    notes = {
+        "watch": [int(ids[r]) for r in update.watch or []],
+        "watch_replaced": replaced,
+        "watch_added": [int(ids[r]) for r in update.added],
+    }
+    return notes, lines
 
 
 def layer_roles(

@@ -748,3 +748,63 @@ def test_roles_fall_back_to_shapes_when_the_call_names_no_query():
         assert undecided == {}  # two inputs of that length: no guess, positions are drawn
     finally:
         unregister_attention_layer(Opaque)
+
+
+# -- the watch list: right examples spread over lengths, replaced when one turns wrong ----
+
+
+def test_watch_list_is_spread_over_lengths_not_the_first_right():
+    from keras_erranalysis.analysis import update_watch_list
+
+    lengths = np.arange(1, 101)
+    correct = np.ones(100, bool)
+    chosen = update_watch_list(lengths, correct, np.ones(100), 4).watch
+    assert sorted(lengths[chosen].tolist()) == [13, 38, 63, 88]  # quantiles .125 ... .875
+    # ties of length: the most confident, so the example likely stays right
+    lengths = np.array([3, 3, 3, 9, 9])
+    confidence = np.array([0.5, 0.9, 0.7, 0.6, 0.8])
+    assert update_watch_list(lengths, np.ones(5, bool), confidence, 2).watch == [1, 4]
+
+
+def test_watch_list_replaces_an_example_that_turns_wrong_and_fills_up_later():
+    from keras_erranalysis.analysis import update_watch_list
+
+    lengths = np.array([2, 5, 5, 8, 8, 6, 2, 9])
+    confidence = np.linspace(0.5, 0.9, 8)
+    # at the first epoch only two short words are right: a short list, not a guess
+    first = update_watch_list(lengths, lengths == 2, confidence, 3)
+    assert first.watch == [6, 0] and first.added == [6, 0]
+    # later the longer words are right too: the empty slot is filled (with a long one)
+    correct = np.ones(8, bool)
+    second = update_watch_list(lengths, correct, confidence, 3, first.watch)
+    assert second.watch[:2] == [6, 0] and len(second.watch) == 3
+    assert lengths[second.added[0]] >= 8 and not second.replaced
+    # one turns wrong: replaced in its slot by the right example nearest in length
+    correct[6] = False
+    third = update_watch_list(lengths, correct, confidence, 3, second.watch)
+    assert third.replaced == [(6, third.watch[0])] and third.watch[1:] == second.watch[1:]
+    assert lengths[third.watch[0]] == 5  # the nearest remaining length to 2
+    # nothing right is left: noted, and the wrong one stays watched
+    none_left = update_watch_list(lengths, np.zeros(8, bool), confidence, 3, third.watch)
+    assert none_left.watch == third.watch and all(new is None for _, new in none_left.replaced)
+
+
+def test_watch_notes_go_to_the_epoch_meta_and_one_line_per_change():
+    from _presentation import sequence_report
+
+    from keras_erranalysis.analysis import WatchUpdate
+    from keras_erranalysis.pipeline import watch_notes
+
+    report = sequence_report()
+    update = WatchUpdate(watch=[0, 2], replaced=[(1, 2), (3, None)])
+    notes, lines = watch_notes(4, report, update)
+    assert notes["watch"] == [0, 2]
+    assert notes["watch_replaced"][0] == {
+        "example_id": 1,
+        "length": 3,
+        "replaced_by": 2,
+        "replacement_length": 4,
+    }
+    assert "epoch 4: watched example 1 (length 3) turned wrong" in lines[0]
+    assert "example 2 (length 4) is watched from the next epoch" in lines[0]
+    assert "no right example is left" in lines[1]

@@ -61,8 +61,12 @@ from keras_erranalysis.analysis._sequence_metrics import (
 )
 from keras_erranalysis.analysis._similarity import nearest, pool_numpy, storage_array
 from keras_erranalysis.analysis._slices import error_rate_by_bins, find_slices, slice_examples
+from keras_erranalysis.analysis._watch import WatchUpdate, example_lengths, update_watch_list
 
 __all__ = [
+    "WatchUpdate",
+    "example_lengths",
+    "update_watch_list",
     "CAUSES",
     "CheckResult",
     "HealthReport",
