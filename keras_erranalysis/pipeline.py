@@ -24,20 +24,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from keras_erranalysis._epoch_heatmaps import (
+    hardest_rows,
+    inference_attention,
+    layer_roles,
+    watch_notes,
+    watch_update,
+)
+from keras_erranalysis._epoch_heatmaps import heatmap_rows as heatmap_rows  # re-exported
 from keras_erranalysis._loss_report import LossReport
 from keras_erranalysis.analysis import (
     causes_summary,
     compare_features,
     counted_padding,
-    example_lengths,
     extract_features,
     features_summary,
     log_views,
     nonfinite_causes,
     per_class_metrics,
-    rank_examples,
     storage_array,
-    update_watch_list,
 )
 from keras_erranalysis.analysis._health import (
     HEALTH_SUMMARY_TABLE,
@@ -126,43 +131,6 @@ def text_features(
         labels=None if report.is_sequence else report.label,
         example_ids=report.example_id,
         pos=False,
-    )
-
-
-def heatmap_rows(
-    report: LossReport, n: int, watch: list[int] | None
-) -> tuple[list[int], list[int], list[int]]:
-    """Rows to draw: the ``n`` hardest by loss, then a watch list of right examples.
-
-    Args:
-        report: The epoch's pass.
-        n: How many hardest examples.
-        watch: The watch list so far (``None``: choose it now, ``n // 2`` right examples
-            (at least one) spread over the examples' lengths; still ``None`` while no
-            example is right). See :func:`~keras_erranalysis.analysis.update_watch_list`.
-
-    Returns:
-        ``(hardest, watched, watch)``: positions of the hardest examples, of the watch list
-        given (or, when none was, the one chosen now) without those, and the watch list
-        for the next epochs: the same examples, except that one turned wrong is replaced
-        by a right one of the nearest length.
-    """
-    hardest = hardest_rows(report, n)
-    update = watch_update(report, n, watch)
-    shown = watch if watch else update.watch
-    return hardest, [r for r in shown or [] if r not in hardest], update.watch
-
-
-def hardest_rows(report: LossReport, n: int) -> list[int]:
-    """Positions of the ``n`` examples of highest loss."""
-    positions = report.scalars().assign(position=np.arange(len(report)))
-    return rank_examples(positions, by="loss", k=n)["position"].tolist()
-
-
-def watch_update(report: LossReport, n: int, watch: list[int] | None) -> Any:
-    """The watch list after this epoch (:func:`~keras_erranalysis.analysis.update_watch_list`)."""
-    return update_watch_list(
-        example_lengths(report), report.correct, report.confidence, max(1, n // 2), watch
     )
 
 
@@ -433,14 +401,27 @@ class EpochPipeline:
         chosen = [(r, name) for r, name in zip(rows, names) if r in kept]
         picks = [kept[r] for r, _ in chosen]
         weights = {path: w[picks] for path, w in found.weights.items()}
+        rows = [r for r, _ in chosen]
+        roles = self.attention_roles(model, report, weights)
+        generated, generated_ids = inference_attention(
+            model,
+            report,
+            rows,
+            roles,
+            generation=self.generation,
+            vocab=self.decoding["vocab"],
+            output=self.pass_options.get("output"),
+        )
         return example_heatmaps(
             report,
             weights,
-            [r for r, _ in chosen],
+            rows,
             names=[name for _, name in chosen],
             vocab=self.decoding["vocab"],
             input_vocab=self.decoding["input_vocab"],
-            roles=self.attention_roles(model, report, weights),
+            roles=roles,
+            generated=generated,
+            generated_ids=generated_ids,
         )
 
     def attention_roles(
@@ -507,75 +488,6 @@ class EpochPipeline:
         report.extra["generated_length"] = generated.lengths
         table = pd.DataFrame([{**corpus, "decode_seconds": seconds}])
         return generated, table
-
-
-def watch_notes(epoch: int, report: LossReport, update: Any) -> tuple[dict[str, Any], list[str]]:
-    """The watch list in the epoch's ``meta.json`` info, and a console line per change.
-
-    Returns:
-        ``({"watch": [example ids], "watch_replaced": [...], "watch_added": [...]}, lines)``.
-    """
-    ids = report.example_id
-    lengths = example_lengths(report)
-    replaced = [
-        {
-            "example_id": int(ids[old]),
-            "length": int(lengths[old]),
-            "replaced_by": None if new is None else int(ids[new]),
-            "replacement_length": None if new is None else int(lengths[new]),
-        }
-        for old, new in update.replaced
-    ]
-    lines = [
-        f"ErrorAnalysis epoch {epoch}: watched example {r['example_id']} (length {r['length']}) "
-        "turned wrong; "
-        + (
-            "no right example is left to replace it."
-            if r["replaced_by"] is None
-            else f"example {r['replaced_by']} (length {r['replacement_length']}) is watched "
-            "from the next epoch."
-        )
-        for r in replaced
-    ]
-    notes = {
-        "watch": [int(ids[r]) for r in update.watch or []],
-        "watch_replaced": replaced,
-        "watch_added": [int(ids[r]) for r in update.added],
-    }
-    return notes, lines
-
-
-def layer_roles(
-    model: Any,
-    report: LossReport,
-    weights: Mapping[str, np.ndarray],
-    *,
-    layers: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """``{layer path: AttentionRole}`` of the layers in ``weights``, for the heatmaps' axes.
-
-    Args:
-        model: The model.
-        report: A pass over the examples (its inputs and labels).
-        weights: ``{path: (rows, heads, T_q, T_kv)}`` weights (their shapes are the
-            fallback where the graph says nothing).
-        layers: The attention layers analysed (default: all).
-    """
-    from keras_erranalysis.compute import GenerationError, attention_roles, find_decoder_input
-
-    decoder = None
-    if report.is_sequence and len(report.inputs) > 1:
-        try:
-            decoder = find_decoder_input(report.inputs, report.label)[0]
-        except GenerationError:  # no input is the shifted labels: the graph decides alone
-            decoder = None
-    return attention_roles(
-        model,
-        report.inputs,
-        shapes={path: tuple(np.shape(w)[-2:]) for path, w in weights.items()},
-        decoder_input=decoder,
-        layers=layers,
-    )
 
 
 def generated_text(

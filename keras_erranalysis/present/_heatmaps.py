@@ -132,8 +132,15 @@ def example_heatmaps(
     input_vocab: Any = None,
     layers: Sequence[str] | None = None,
     roles: Mapping[str, Any] | None = None,
+    generated: Mapping[str, np.ndarray] | None = None,
+    generated_ids: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Heatmaps of some examples, one Figure per example and layer.
+
+    A layer with weights in ``generated`` (recorded while the model wrote its own output,
+    :func:`~keras_erranalysis.compute.generate_attention`) gets two panels side by side:
+    the teacher-forced map, queries labelled with the reference, and the free-running one,
+    queries labelled with the generated tokens.
 
     Args:
         report: The report the examples come from (for tokens and titles).
@@ -147,6 +154,10 @@ def example_heatmaps(
         roles: ``{layer_path: AttentionRole}`` (see
             :func:`~keras_erranalysis.compute.attention_roles`): which tokens label which
             axis. Layers without one are decided by their shapes.
+        generated: ``{layer_path: (len(rows), heads, T_gen, T_kv)}`` attention at
+            inference, row ``t`` the step that wrote generated token ``t``.
+        generated_ids: Each example's generated ids (with the end token when written),
+            labelling the free-running panel's queries.
 
     Returns:
         ``{"<name>_<layer>": Figure}``, names safe as file names.
@@ -176,7 +187,77 @@ def example_heatmaps(
                 f"loss {float(report.loss[row]):.3g})"
             )
             query_name, key_name = axis_names(role)
-            figures[f"{_safe(prefix)}_{_safe(path)}"] = plot_attention(
+            name = f"{_safe(prefix)}_{_safe(path)}"
+            if generated is not None and path in generated and generated_ids is not None:
+                ids = list(generated_ids[j])
+                tokens = [target_vocab.token(t) for t in ids] if target_vocab is not None else ids
+                figures[name] = plot_teacher_forced_and_generated(
+                    example,
+                    np.asarray(generated[path][j]),
+                    query,
+                    [str(t) for t in tokens],
+                    key,
+                    title=title,
+                    key_label=key_name,
+                )
+                continue
+            figures[name] = plot_attention(
                 example, query, key, title=title, query_label=query_name, key_label=key_name
             )
     return figures
+
+
+def plot_teacher_forced_and_generated(
+    teacher_forced: np.ndarray,
+    generated: np.ndarray,
+    reference_tokens: Sequence[str] | None,
+    generated_tokens: Sequence[str],
+    key_tokens: Sequence[str] | None,
+    *,
+    title: str = "",
+    key_label: str = "keys (source)",
+) -> Any:
+    """One example's cross-attention fed the reference (left) and fed its own output (right).
+
+    Args:
+        teacher_forced: ``(heads, T_q, T_kv)`` weights of the teacher-forced pass.
+        generated: ``(heads, T_gen, T_kv)`` weights recorded during free-running decoding.
+        reference_tokens: The reference tokens (left panel's queries).
+        generated_tokens: The generated tokens (right panel's queries; rows beyond them,
+            after the end token, are cut).
+        key_tokens: The source tokens (both panels' keys).
+        title: Figure title.
+        key_label: Title of the key axes.
+
+    Returns:
+        A matplotlib Figure with two heatmaps.
+    """
+    from keras_erranalysis.present._attention_plots import _heatmap_size, plot_attention
+    from keras_erranalysis.present._figures import _new_figure
+
+    t_kv = teacher_forced.shape[-1]
+    rows = max(teacher_forced.shape[-2], len(generated_tokens))
+    width, height = _heatmap_size(rows, t_kv, 40)
+    fig = _new_figure(2 * width, height + 0.4)
+    left, right = fig.subplots(1, 2)
+    plot_attention(
+        teacher_forced,
+        reference_tokens,
+        key_tokens,
+        ax=left,
+        title="teacher-forced (fed the reference)",
+        query_label="queries (reference)",
+        key_label=key_label,
+    )
+    plot_attention(
+        generated[:, : max(1, len(generated_tokens))],
+        list(generated_tokens) or None,
+        key_tokens,
+        ax=right,
+        title="free-running (fed its own output)",
+        query_label="queries (generated)",
+        key_label=key_label,
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
