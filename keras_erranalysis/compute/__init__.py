@@ -36,6 +36,7 @@ from keras_erranalysis.compute._generate import (
     generate_greedy,
     generate_with,
 )
+from keras_erranalysis.compute._generate_attention import GeneratedAttention, generate_attention
 from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids
 from keras_erranalysis.compute._losses import PassResult, compute_losses, run_pass
 from keras_erranalysis.compute._model import (
@@ -51,6 +52,7 @@ __all__ = [
     "AttentionRole",
     "Cluster",
     "Generated",
+    "GeneratedAttention",
     "GenerationError",
     "InFlightRecorder",
     "PassResult",
@@ -68,6 +70,7 @@ __all__ = [
     "find_decoder_input",
     "finite_input_rows",
     "find_attention_layers",
+    "generate_attention",
     "generate_greedy",
     "generate_with",
     "load_model",
