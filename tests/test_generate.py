@@ -294,3 +294,27 @@ def test_heatmaps_draw_the_free_running_map_next_to_the_teacher_forced_one(with_
     reference = [TOKENS[i] for i in labels[row] if i]
     assert [t.get_text() for t in teacher.get_yticklabels()] == reference
     plt.close("all")
+
+
+def test_exposure_summary_by_word_and_by_token():
+    import types
+
+    from keras_erranalysis.demo import exposure_summary
+
+    label = np.array([[3, 4, 2, 0], [3, 5, 6, 2], [4, 4, 2, 0]])
+    mask = label != 0
+    prediction = np.array([[3, 4, 2, 0], [3, 6, 6, 2], [4, 4, 2, 0]])  # row 1: one wrong
+    generated = np.array([[3, 4, 2, 0], [3, 6, 2, 0], [4, 5, 2, 0]])  # row 1 shifted; row 2 wrong
+    report = types.SimpleNamespace(
+        correct=(prediction == label).all(1),
+        extra={"generated_correct": np.array([1, 0, 0])},
+        label=label,
+        token_mask=mask,
+        prediction=prediction,
+    )
+    found = exposure_summary(report, generated)
+    assert found["teacher_forced_right"] == pytest.approx(2 / 3)
+    assert found["generated_right"] == pytest.approx(1 / 3)
+    assert found["exposure_gap"] == 1 and found["disagree"] == pytest.approx(1 / 3)
+    # counted tokens: 3 + 4 + 3; disagreeing: row 1 positions 2 and 3, row 2 position 1
+    assert found["token_disagree"] == pytest.approx(3 / 10)
