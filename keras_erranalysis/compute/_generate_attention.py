@@ -97,7 +97,8 @@ def generate_attention(
     if expected and expected != len(inputs):
         raise GenerationError(
             f"The model takes {expected} inputs but {len(inputs)} are token inputs "
-            f"({sorted(inputs)}): greedy decoding feeds token ids only."
+            f"({sorted(inputs)}): greedy decoding feeds token ids only. Pass all the model's "
+            "inputs (the source ids and the decoder input), as in LossReport.inputs."
         )
     paths = tuple(find_attention_layers(model, layers))
     length = int(max_length or np.shape(inputs[name])[1])
