@@ -293,6 +293,8 @@ def test_heatmaps_draw_the_free_running_map_next_to_the_teacher_forced_one(with_
     assert [t.get_text() for t in free.get_yticklabels()] == [TOKENS[i] for i in written]
     reference = [TOKENS[i] for i in labels[row] if i]
     assert [t.get_text() for t in teacher.get_yticklabels()] == reference
+    free = "right" if output.report.extra["generated_correct"][row] else "wrong"
+    assert f"free-running {free}" in figure._suptitle.get_text()
     plt.close("all")
 
 

@@ -60,6 +60,15 @@ def _target_tokens(report: Any, row: int, vocab: Vocabulary | None) -> list[str]
     return tokens
 
 
+def _reference_ids(report: Any, row: int) -> list[int]:
+    """The counted label ids of a sequence example, without trailing padding (id 0)."""
+    labels = np.asarray(report.label[row])[: int(np.asarray(report.token_mask[row]).sum())]
+    ids = [int(t) for t in labels]
+    while ids and ids[-1] == 0:  # padding labels that a lost Keras mask let count
+        ids.pop()
+    return ids
+
+
 def axis_tokens(
     report: Any,
     row: int,
@@ -189,15 +198,18 @@ def example_heatmaps(
             query_name, key_name = axis_names(role)
             name = f"{_safe(prefix)}_{_safe(path)}"
             if generated is not None and path in generated and generated_ids is not None:
-                ids = list(generated_ids[j])
+                ids = [int(t) for t in generated_ids[j]]
                 tokens = [target_vocab.token(t) for t in ids] if target_vocab is not None else ids
+                free = "right" if ids == _reference_ids(report, row) else "wrong"
                 figures[name] = plot_teacher_forced_and_generated(
                     example,
                     np.asarray(generated[path][j]),
                     query,
                     [str(t) for t in tokens],
                     key,
-                    title=title,
+                    title=title.replace(
+                        f"({status},", f"(teacher-forced {status}, free-running {free},"
+                    ),
                     key_label=key_name,
                 )
                 continue
