@@ -24,6 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from keras_erranalysis._epoch_heatmaps import (
+    hardest_rows,
+    inference_attention,
+    layer_roles,
+    watch_notes,
+    watch_update,
+)
+from keras_erranalysis._epoch_heatmaps import heatmap_rows as heatmap_rows  # re-exported
 from keras_erranalysis._loss_report import LossReport, finite_mean
 from keras_erranalysis.analysis import (
     causes_summary,
@@ -34,7 +42,6 @@ from keras_erranalysis.analysis import (
     log_views,
     nonfinite_causes,
     per_class_metrics,
-    rank_examples,
     storage_array,
 )
 from keras_erranalysis.analysis._health import (
@@ -130,29 +137,6 @@ def text_features(
     )
 
 
-def heatmap_rows(
-    report: LossReport, n: int, watch: list[int] | None
-) -> tuple[list[int], list[int], list[int]]:
-    """Rows to draw: the ``n`` hardest by loss, then a fixed watch list of right examples.
-
-    Args:
-        report: The epoch's pass.
-        n: How many hardest examples.
-        watch: The watch list fixed at the first analyzed epoch with right examples
-            (``None``: fix it now, up to ``n // 2`` right examples, so the same examples are
-            followed across epochs; still ``None`` while no example is right).
-
-    Returns:
-        ``(hardest, watched, watch)``: positions of the hardest examples, of the watch list
-        without those, and the watch list to keep for the next epochs.
-    """
-    positions = report.scalars().assign(position=np.arange(len(report)))
-    hardest = rank_examples(positions, by="loss", k=n)["position"].tolist()
-    if not watch:  # fixed once some examples are right (often none at the first epoch)
-        watch = np.flatnonzero(report.correct)[: max(1, n // 2)].tolist() or None
-    return hardest, [r for r in watch or [] if r not in hardest], watch
-
-
 @dataclasses.dataclass
 class EpochOutput:
     """What one analyzed epoch produced.
@@ -204,6 +188,7 @@ class EpochPipeline:
     verbose: int = 1
     _feature_set: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _watch: list[int] | None = dataclasses.field(default=None, repr=False)
+    _watch_update: Any = dataclasses.field(default=None, repr=False)
     _input_finite: Any = dataclasses.field(default=False, repr=False)  # False: not yet
     _padding_checked: bool = dataclasses.field(default=False, repr=False)
     _health_done: bool = dataclasses.field(default=False, repr=False)
@@ -224,6 +209,8 @@ class EpochPipeline:
         data = preprocessed_data(model, self.data)
         self._mapped = (weakref.ref(model), data)
         return data
+
+    _roles: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def attention_layers(self) -> list[str] | None:
         """The attention layers asked for (``None``: all of them)."""
@@ -249,7 +236,13 @@ class EpochPipeline:
         Returns:
             The epoch's :class:`EpochOutput`.
         """
+        self._watch_update = None
         report, figures, vectors = self._one_pass(model)
+        info = dict(info or {})
+        watch_lines = []
+        if self._watch_update is not None:
+            notes, watch_lines = watch_notes(epoch, report, self._watch_update)
+            info.update(notes)
         if report.nonfinite.any():
             report.extra["nonfinite_cause"] = self.nonfinite_causes(model, report)
         self._check_padding(report)
@@ -271,12 +264,12 @@ class EpochPipeline:
                 epoch,
                 report,
                 tables=tables,
-                info=dict(info or {}),
+                info=info,
                 vectors={} if vectors is None else {"embedding": storage_array(vectors)},
                 files={f"{name}.png": figure_png(fig) for name, fig in figures.items()},
             )
         if self.verbose:
-            print(summary_line(epoch, report))
+            print("\n".join([summary_line(epoch, report), *watch_lines]))
         return EpochOutput(report, tables, figures, vectors, report.generated)
 
     def nonfinite_causes(self, model: Any, report: LossReport) -> np.ndarray:
@@ -372,7 +365,7 @@ class EpochPipeline:
         """
         extra, result = self._traverse(model, verbose=int(self.verbose == 1))
         report = result.report
-        figures = {} if self.attention is None else self._heatmaps(report, extra[0], result)
+        figures = {} if self.attention is None else self._heatmaps(model, report, extra[0], result)
         vectors = result.columns.get("embedding") if self.embeddings is not None else None
         return report, figures, vectors
 
@@ -403,14 +396,19 @@ class EpochPipeline:
         )
         return extra, result
 
-    def _heatmaps(self, report: LossReport, producer: Any, result: Any) -> dict[str, Any]:
+    def _heatmaps(
+        self, model: Any, report: LossReport, producer: Any, result: Any
+    ) -> dict[str, Any]:
         """Adds attention diagnostics to ``report.extra``; returns the heatmaps to save."""
         from keras_erranalysis.compute import attention_from_pass
         from keras_erranalysis.present import example_heatmaps
 
-        watch_known = bool(self._watch)  # kept by this pass only if fixed before it
-        hardest, watched, self._watch = heatmap_rows(report, self.attention.heatmaps, self._watch)
-        rows = hardest + (watched if watch_known else [])
+        # The watch list's weights are kept by this pass only if it was fixed before it: an
+        # example that turned wrong is drawn once more, its replacement from the next epoch.
+        hardest = hardest_rows(report, self.attention.heatmaps)
+        rows = hardest + [r for r in self._watch or [] if r not in hardest]
+        self._watch_update = watch_update(report, self.attention.heatmaps, self._watch)
+        self._watch = self._watch_update.watch
         found = attention_from_pass(producer, result.columns, result.kept, rows)
         report.extra.update(found.diagnostics)
         kept = {int(p): j for j, p in enumerate(found.kept)}
@@ -418,13 +416,28 @@ class EpochPipeline:
         names += [f"attention_watch{i + 1}" for i in range(len(rows) - len(hardest))]
         chosen = [(r, name) for r, name in zip(rows, names) if r in kept]
         picks = [kept[r] for r, _ in chosen]
+        weights = {path: w[picks] for path, w in found.weights.items()}
+        rows = [r for r, _ in chosen]
+        roles = self.attention_roles(model, report, weights)
+        generated, generated_ids = inference_attention(
+            model,
+            report,
+            rows,
+            roles,
+            generation=self.generation,
+            vocab=self.decoding["vocab"],
+            output=self.pass_options.get("output"),
+        )
         return example_heatmaps(
             report,
-            {path: w[picks] for path, w in found.weights.items()},
-            [r for r, _ in chosen],
+            weights,
+            rows,
             names=[name for _, name in chosen],
             vocab=self.decoding["vocab"],
             input_vocab=self.decoding["input_vocab"],
+            roles=roles,
+            generated=generated,
+            generated_ids=generated_ids,
         )
 
     def _generated_vocab(self, model: Any) -> Vocabulary | None:
@@ -435,6 +448,18 @@ class EpochPipeline:
         if tokenizer is None or callable(self.generation.method):
             return None
         return Vocabulary(fn=lambda ids: tokenizer_text(tokenizer, [ids])[0], sep="")
+
+    def attention_roles(
+        self, model: Any, report: LossReport, weights: Mapping[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """Each attention layer's role (cross, encoder or decoder self), read once.
+
+        From the model's graph (see :func:`~keras_erranalysis.compute.attention_roles`);
+        the decoder input is the one equal to the labels shifted right, when one is.
+        """
+        if self._roles is None:
+            self._roles = layer_roles(model, report, weights, layers=self.attention_layers())
+        return self._roles
 
     def _generate(self, model: Any, report: LossReport) -> pd.DataFrame:
         """Decodes the examples free-running; adds their ids and columns to the report.

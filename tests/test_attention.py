@@ -585,3 +585,226 @@ def test_mirrored_strategy_over_two_logical_cpus():
     assert float(values["kept_diff"]) < 1e-6
     assert float(values["diag_diff"]) < 1e-6
     assert values["n"] == "5"
+
+
+# -- roles: which tokens label a heatmap's axes, from the graph, never the name ----------
+
+
+def _misnamed_transformer():
+    """Encoder self-, decoder self- and cross-attention whose names all say the wrong thing."""
+    keras.utils.set_random_seed(3)
+    src = keras.Input((None,), dtype="int32", name="src")
+    tgt = keras.Input((None,), dtype="int32", name="tgt")
+    es = layers.Embedding(VOCAB, DIM, mask_zero=True)(src)
+    et = layers.Embedding(VOCAB, DIM, mask_zero=True)(tgt)
+    enc = layers.MultiHeadAttention(2, 4, name="decoder_self_attention")(es, es)
+    dec = layers.MultiHeadAttention(2, 4, name="dec_cross_attention")(et, et, use_causal_mask=True)
+    cross = layers.MultiHeadAttention(2, 4, name="encoder_self_attention")(dec, enc)
+    model = keras.Model([src, tgt], layers.Dense(VOCAB)(cross))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+class _RecurrentWithState(keras.Model):
+    """Subclassed: a GRU decoder started from the encoder state, then self-attention named
+    'encoder' (queries and keys reached by both inputs) and cross-attention named 'self'."""
+
+    def __init__(self):
+        super().__init__(name="recurrent")
+        self.emb_s = layers.Embedding(VOCAB, DIM, mask_zero=True)
+        self.emb_t = layers.Embedding(VOCAB, DIM, mask_zero=True)
+        self.encoder = layers.GRU(DIM, return_sequences=True, return_state=True)
+        self.decoder = layers.GRU(DIM, return_sequences=True)
+        self.self_attn = layers.Attention(use_scale=True, name="encoder")
+        self.cross_attn = layers.MultiHeadAttention(1, DIM, name="self")
+        self.out = layers.Dense(VOCAB)
+
+    def call(self, inputs):
+        encoded, state = self.encoder(self.emb_s(inputs["src"]))
+        decoded = self.decoder(self.emb_t(inputs["tgt"]), initial_state=state)
+        decoded = self.self_attn([decoded, decoded], use_causal_mask=True)
+        return self.out(self.cross_attn(decoded, encoded))
+
+
+def _roles_and_report(model, src, tgt):
+    from keras_erranalysis import compute_losses
+    from keras_erranalysis.pipeline import layer_roles
+
+    labels = np.concatenate([tgt[:, 1:], np.zeros_like(tgt[:, :1])], axis=1)
+    x = {"src": src, "tgt": tgt}
+    report = compute_losses(model, (x, labels), jit_compile=False)
+    weights = extract_attention(model, x, jit_compile=False)
+    return layer_roles(model, report, weights), report, weights
+
+
+def _shifted_pair(n=4, t_src=6, t_tgt=5, seed=0):
+    rng = np.random.default_rng(seed)
+    src = rng.integers(3, VOCAB, (n, t_src)).astype("int32")
+    tgt = rng.integers(3, VOCAB, (n, t_tgt)).astype("int32")
+    tgt[:, 0] = 1  # the start token
+    src[1, 4:] = 0
+    tgt[1, 3:] = 0
+    return src, tgt
+
+
+def test_roles_come_from_the_graph_not_the_names():
+    from keras_erranalysis.present import axis_tokens, example_heatmaps
+
+    model = _misnamed_transformer()
+    src, tgt = _shifted_pair()
+    roles, report, weights = _roles_and_report(model, src, tgt)
+    assert {path: role.kind for path, role in roles.items()} == {
+        "decoder_self_attention": "encoder_self",
+        "dec_cross_attention": "decoder_self",
+        "encoder_self_attention": "cross",
+    }
+    assert all(role.decided_by == "graph" for role in roles.values())
+    assert roles["encoder_self_attention"].key_input == "src"
+    assert roles["dec_cross_attention"].key_input == "tgt"
+    source_vocab = [f"s{i}" for i in range(VOCAB)]
+    target_vocab = ["", "<s>"] + [f"t{i}" for i in range(2, VOCAB)]
+    from keras_erranalysis.decoding import Vocabulary
+
+    vocab, input_vocab = Vocabulary(target_vocab), Vocabulary(source_vocab)
+
+    def tokens(path, row=1):
+        return axis_tokens(
+            report,
+            row,
+            path,
+            weights[path].shape[-2:],
+            vocab=vocab,
+            input_vocab=input_vocab,
+            role=roles[path],
+        )
+
+    src_tokens = [source_vocab[i] for i in src[1, :4]]
+    tgt_in = [target_vocab[i] for i in tgt[1, :3]]  # <s> t.. t..: the shifted decoder inputs
+    labels = [target_vocab[i] for i in report.label[1][: int(report.token_mask[1].sum())]]
+    while labels[-1] == "":  # padding labels that count (MHA drops the Keras mask)
+        labels.pop()
+    assert tokens("decoder_self_attention") == (src_tokens, src_tokens)
+    assert tokens("dec_cross_attention") == (labels, tgt_in)
+    assert tgt_in[0] == "<s>" and labels[0] == tgt_in[1]  # keys are not the predictions
+    assert tokens("encoder_self_attention") == (labels, src_tokens)
+    figures = example_heatmaps(
+        report,
+        {p: w[[1]] for p, w in weights.items()},
+        [1],
+        names=["ex"],
+        vocab=vocab,
+        input_vocab=input_vocab,
+        roles=roles,
+    )
+    axes = figures["ex_dec_cross_attention"].axes[0]
+    assert axes.get_xlabel() == "keys (decoder input, shifted)"
+    assert [t.get_text() for t in axes.get_xticklabels()] == tgt_in
+    assert figures["ex_decoder_self_attention"].axes[0].get_ylabel() == "queries (source)"
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_roles_of_a_subclassed_model_with_state_passed_from_the_encoder():
+    from keras_erranalysis.compute import attention_roles
+
+    model = _RecurrentWithState()
+    src, tgt = _shifted_pair()
+    model({"src": src, "tgt": tgt})
+    roles = attention_roles(model, {"src": src, "tgt": tgt})  # decoder input from the graph
+    by_name = {path.split("/")[-1]: role for path, role in roles.items()}
+    # The decoder's queries and keys depend on both inputs (through the encoder state):
+    assert by_name["encoder"].kind == "decoder_self"
+    assert set(by_name["encoder"].query_inputs) == {"src", "tgt"}
+    assert by_name["encoder"].key_input == "tgt"
+    assert by_name["self"].kind == "cross" and by_name["self"].key_input == "src"
+
+
+def test_roles_fall_back_to_shapes_when_the_call_names_no_query():
+    from keras_erranalysis.compute import attention_roles
+
+    class Opaque(layers.Layer):
+        def call(self, a, b):
+            scores = keras.ops.softmax(keras.ops.einsum("bqd,bkd->bqk", a, b))
+            return keras.ops.einsum("bqk,bkd->bqd", scores, b)
+
+    def handler(layer, call, args, kwargs):
+        a, b = args
+        return call(*args), keras.ops.softmax(keras.ops.einsum("bqd,bkd->bqk", a, b))
+
+    register_attention_layer(Opaque, handler)
+    try:
+        src = keras.Input((None,), dtype="int32", name="src")
+        tgt = keras.Input((None,), dtype="int32", name="tgt")
+        es = layers.Embedding(VOCAB, DIM)(src)
+        et = layers.Embedding(VOCAB, DIM)(tgt)
+        model = keras.Model([src, tgt], Opaque(name="decoder_x")(et, es))
+        inputs = {"src": np.ones((2, 6), "int32"), "tgt": np.ones((2, 4), "int32")}
+        roles = attention_roles(model, inputs, shapes={"decoder_x": (4, 6)})
+        assert roles["decoder_x"].kind == "cross" and roles["decoder_x"].decided_by == "shapes"
+        assert roles["decoder_x"].key_input == "src"
+        undecided = attention_roles(model, {"a": inputs["src"], "b": inputs["src"]},
+                                    shapes={"decoder_x": (6, 6)})  # fmt: skip
+        assert undecided == {}  # two inputs of that length: no guess, positions are drawn
+    finally:
+        unregister_attention_layer(Opaque)
+
+
+# -- the watch list: right examples spread over lengths, replaced when one turns wrong ----
+
+
+def test_watch_list_is_spread_over_lengths_not_the_first_right():
+    from keras_erranalysis.analysis import update_watch_list
+
+    lengths = np.arange(1, 101)
+    correct = np.ones(100, bool)
+    chosen = update_watch_list(lengths, correct, np.ones(100), 4).watch
+    assert sorted(lengths[chosen].tolist()) == [13, 38, 63, 88]  # quantiles .125 ... .875
+    # ties of length: the most confident, so the example likely stays right
+    lengths = np.array([3, 3, 3, 9, 9])
+    confidence = np.array([0.5, 0.9, 0.7, 0.6, 0.8])
+    assert update_watch_list(lengths, np.ones(5, bool), confidence, 2).watch == [1, 4]
+
+
+def test_watch_list_replaces_an_example_that_turns_wrong_and_fills_up_later():
+    from keras_erranalysis.analysis import update_watch_list
+
+    lengths = np.array([2, 5, 5, 8, 8, 6, 2, 9])
+    confidence = np.linspace(0.5, 0.9, 8)
+    # at the first epoch only two short words are right: a short list, not a guess
+    first = update_watch_list(lengths, lengths == 2, confidence, 3)
+    assert first.watch == [6, 0] and first.added == [6, 0]
+    # later the longer words are right too: the empty slot is filled (with a long one)
+    correct = np.ones(8, bool)
+    second = update_watch_list(lengths, correct, confidence, 3, first.watch)
+    assert second.watch[:2] == [6, 0] and len(second.watch) == 3
+    assert lengths[second.added[0]] >= 8 and not second.replaced
+    # one turns wrong: replaced in its slot by the right example nearest in length
+    correct[6] = False
+    third = update_watch_list(lengths, correct, confidence, 3, second.watch)
+    assert third.replaced == [(6, third.watch[0])] and third.watch[1:] == second.watch[1:]
+    assert lengths[third.watch[0]] == 5  # the nearest remaining length to 2
+    # nothing right is left: noted, and the wrong one stays watched
+    none_left = update_watch_list(lengths, np.zeros(8, bool), confidence, 3, third.watch)
+    assert none_left.watch == third.watch and all(new is None for _, new in none_left.replaced)
+
+
+def test_watch_notes_go_to_the_epoch_meta_and_one_line_per_change():
+    from _presentation import sequence_report
+
+    from keras_erranalysis.analysis import WatchUpdate
+    from keras_erranalysis.pipeline import watch_notes
+
+    report = sequence_report()
+    update = WatchUpdate(watch=[0, 2], replaced=[(1, 2), (3, None)])
+    notes, lines = watch_notes(4, report, update)
+    assert notes["watch"] == [0, 2]
+    assert notes["watch_replaced"][0] == {
+        "example_id": 1,
+        "length": 3,
+        "replaced_by": 2,
+        "replacement_length": 4,
+    }
+    assert "epoch 4: watched example 1 (length 3) turned wrong" in lines[0]
+    assert "example 2 (length 4) is watched from the next epoch" in lines[0]
+    assert "no right example is left" in lines[1]

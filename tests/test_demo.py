@@ -125,7 +125,18 @@ def test_tiny_demo_writes_a_readable_run_and_is_deterministic(tmp_path):
     np.testing.assert_array_equal(report.loss, load_run(second.log_dir).report().loss)
     assert first.history["loss"] == second.history["loss"]
 
+    # what the model writes free-running, and how it compares with teacher forcing
+    frame = run.frame()
+    assert "generated_text" in first.hardest and "exposure_gap" in frame
+    assert first.exposure["words"] == 45
+    assert first.exposure["generated_right"] == pytest.approx(frame["generated_correct"].mean())
+    assert first.exposure["disagree"] == pytest.approx((frame["exposure_gap"] > 0).mean() + (
+        (frame["generated_correct"] > 0) & ~frame["correct"]).mean())  # fmt: skip
+    assert 0.0 <= first.exposure["token_disagree"] <= 1.0
+
     summary = demo.format_summary(first)
+    assert "Free-running (fed its own phonemes, as at inference)" in summary
+    assert summary.count("generated   ") == 5
     for word in hardest["input_text"]:
         assert word in summary
     assert f"tensorboard --logdir {first.out}" in summary

@@ -226,3 +226,97 @@ def test_callback_writes_generated_columns_and_the_generation_table(tmp_path):
     row = frame.iloc[0]
     ids = generated[0, : int(row["generated_length"])]
     assert row["generated_text"] == " ".join(TOKENS[i] for i in ids if TOKENS[i])
+
+
+# -- attention at inference ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_attention():
+    import keras
+
+    keras.utils.set_random_seed(1)
+    source, decoder_in, labels = _reverse_task(n=160)
+    model = _seq2seq(attention=True, ignore_class=0)
+    x = {"source": source, "decoder_in": decoder_in}
+    model.fit(x, labels, epochs=4, batch_size=32, verbose=0)
+    return model, x, labels
+
+
+def test_attention_at_inference_is_the_row_that_wrote_each_token(with_attention):
+    from keras_erranalysis.compute import extract_attention
+    from keras_erranalysis.compute._generate_attention import generate_attention
+
+    model, x, labels = with_attention
+    rows = [0, 5, 7, 11]
+    picked = {name: values[rows] for name, values in x.items()}
+    found = generate_attention(model, picked, labels[rows], layers=["cross_attention"], end_id=2)
+    expected = generate_greedy(model, picked, labels[rows], end_id=2, jit_compile=False)
+    np.testing.assert_array_equal(found.generated.ids, expected.ids)  # the same greedy loop
+    weights = found.weights["cross_attention"]
+    assert weights.shape == (4, 1, labels.shape[1], x["source"].shape[1])
+    # Row t is what the query that wrote token t saw: the same as a pass fed that prefix.
+    fed = np.concatenate([np.ones((4, 1), "int32"), found.generated.ids[:, :-1]], axis=1)
+    fed_inputs = {"source": picked["source"], "decoder_in": fed}
+    again = extract_attention(model, fed_inputs, jit_compile=False)["cross_attention"]
+    for i, n in enumerate(found.generated.lengths):
+        written = min(int(n) + 1, labels.shape[1])  # the end token's row too
+        np.testing.assert_allclose(weights[i, :, :written], again[i, :, :written], atol=1e-5)
+        assert np.all(weights[i, :, written:] == 0)  # nothing after the end
+        np.testing.assert_allclose(weights[i, :, :written].sum(-1), 1.0, atol=1e-5)
+
+
+def test_heatmaps_draw_the_free_running_map_next_to_the_teacher_forced_one(with_attention):
+    import matplotlib.pyplot as plt
+
+    from keras_erranalysis.options import AttentionAnalysis, Decoding
+    from keras_erranalysis.pipeline import EpochPipeline
+
+    model, x, labels = with_attention
+    pipeline = EpochPipeline(
+        data=(x, labels),
+        decoding=Decoding(vocab=TOKENS).as_dict(),
+        attention=AttentionAnalysis(heatmaps=2),
+        generation=GenerationAnalysis(),
+        pass_options={"jit_compile": False, "batch_size": 64, "ignore_class": 0},
+        verbose=0,
+    )
+    output = pipeline.run(model, 1)
+    figure = output.figures["attention_hardest1_cross_attention"]
+    teacher, free = [ax for ax in figure.axes if ax.get_images()]
+    assert teacher.get_ylabel() == "queries (reference)"
+    assert free.get_ylabel() == "queries (generated)"
+    row = int(np.argsort(-output.report.loss, kind="stable")[0])
+    ids = output.generated[row]
+    n = int(output.report.extra["generated_length"][row])
+    written = ids[: n + 1] if n < len(ids) else ids  # with the end token
+    assert [t.get_text() for t in free.get_yticklabels()] == [TOKENS[i] for i in written]
+    reference = [TOKENS[i] for i in labels[row] if i]
+    assert [t.get_text() for t in teacher.get_yticklabels()] == reference
+    free = "right" if output.report.extra["generated_correct"][row] else "wrong"
+    assert f"free-running {free}" in figure._suptitle.get_text()
+    plt.close("all")
+
+
+def test_exposure_summary_by_word_and_by_token():
+    import types
+
+    from keras_erranalysis.demo import exposure_summary
+
+    label = np.array([[3, 4, 2, 0], [3, 5, 6, 2], [4, 4, 2, 0]])
+    mask = label != 0
+    prediction = np.array([[3, 4, 2, 0], [3, 6, 6, 2], [4, 4, 2, 0]])  # row 1: one wrong
+    generated = np.array([[3, 4, 2, 0], [3, 6, 2, 0], [4, 5, 2, 0]])  # row 1 shifted; row 2 wrong
+    report = types.SimpleNamespace(
+        correct=(prediction == label).all(1),
+        extra={"generated_correct": np.array([1, 0, 0])},
+        label=label,
+        token_mask=mask,
+        prediction=prediction,
+    )
+    found = exposure_summary(report, generated)
+    assert found["teacher_forced_right"] == pytest.approx(2 / 3)
+    assert found["generated_right"] == pytest.approx(1 / 3)
+    assert found["exposure_gap"] == 1 and found["disagree"] == pytest.approx(1 / 3)
+    # counted tokens: 3 + 4 + 3; disagreeing: row 1 positions 2 and 3, row 2 position 1
+    assert found["token_disagree"] == pytest.approx(3 / 10)

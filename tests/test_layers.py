@@ -28,7 +28,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_erranalysis"
 BASE = {"decoding", "options", "_columns", "_errors", "_loss_report"}
 LAYERS = {"compute", "analysis", "run", "present", "demo", "dashboard"}
-WIRING = {"pipeline", "callback", "_analyze", "cli", "health"}
+WIRING = {"pipeline", "_epoch_heatmaps", "callback", "_analyze", "cli", "health"}
 FRAMEWORKS = {"keras", "tensorflow"}
 
 # layer -> (forbidden at module level, forbidden even inside functions)

@@ -73,7 +73,11 @@ def test_heatmap_rows_are_the_hardest_then_a_fixed_watch_list():
     hardest, watched, watch = heatmap_rows(report, 3, None)
     assert hardest == order[:3].tolist()
     right = np.flatnonzero(report.correct)
-    assert watch == right[:1].tolist()  # n // 2 = 1 right example, fixed now
+    # n // 2 = 1 right example, fixed now: the one nearest to the median length
+    lengths = np.array([len(text) for text in report.inputs["text"]])
+    median = np.quantile(lengths, 0.5, method="nearest")
+    assert len(watch) == 1 and watch[0] in right
+    assert abs(lengths[watch[0]] - median) == np.abs(lengths[right] - median).min()
     assert watched == [r for r in watch if r not in hardest]
     # the watch list stays when the model changes
     report.loss = report.loss[::-1].copy()

@@ -160,3 +160,29 @@ def test_no_pyplot_figures_are_left_open():
     plot_attention(_diagonal(2, 4, 4), head="all")
     plot_attention_overview({"l": _diagonal(2, 4, 4)[None]}, 0)
     assert plt.get_fignums() == before
+
+
+def test_teacher_forced_and_generated_side_by_side():
+    from keras_erranalysis.present import plot_teacher_forced_and_generated
+
+    teacher = _diagonal(2, 4, 5, pad_q=2)
+    generated = _diagonal(2, 6, 5)  # the decode buffer: rows after the end are cut
+    fig = plot_teacher_forced_and_generated(
+        teacher,
+        generated,
+        ["N", "UW", "M", "</s>"],
+        ["N", "</s>"],  # stopped early: two rows, the end token's included
+        ["p", "n", "e", "u", "m"],
+        title="pneum<a>",
+        key_label="keys (source)",
+    )
+    left, right = [ax for ax in fig.axes if ax.get_images()]
+    assert _labels(left.yaxis) == ["N", "UW", "M", "</s>"]
+    assert _labels(right.yaxis) == ["N", "</s>"]
+    assert right.get_images()[0].get_array().shape == (2, 5)
+    assert (
+        left.get_ylabel() == "queries (reference)" and right.get_ylabel() == "queries (generated)"
+    )
+    assert _labels(left.xaxis) == _labels(right.xaxis) == ["p", "n", "e", "u", "m"]
+    assert fig._suptitle.get_text() == "pneum<a>"  # plain text, never markup
+    assert _png(fig).startswith(b"\x89PNG")

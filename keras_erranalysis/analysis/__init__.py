@@ -74,8 +74,12 @@ from keras_erranalysis.analysis._text_metrics import (
     sentence_chrf,
     span_exact_match,
 )
+from keras_erranalysis.analysis._watch import WatchUpdate, example_lengths, update_watch_list
 
 __all__ = [
+    "WatchUpdate",
+    "example_lengths",
+    "update_watch_list",
     "CAUSES",
     "CheckResult",
     "HealthReport",

@@ -21,6 +21,7 @@ from keras_erranalysis.compute._attention_hooks import (
     register_attention_layer,
     unregister_attention_layer,
 )
+from keras_erranalysis.compute._attention_roles import AttentionRole, attention_roles
 from keras_erranalysis.compute._checks import finite_input_rows, weights_are_finite
 from keras_erranalysis.compute._embeddings import (
     compute_embeddings,
@@ -33,11 +34,13 @@ from keras_erranalysis.compute._generate import (
     add_generated,
     decode_report,
     end_id_from_tokens,
+    find_decoder_input,
     generate_greedy,
     generate_with,
     generation_end_id,
     score_generated,
 )
+from keras_erranalysis.compute._generate_attention import GeneratedAttention, generate_attention
 from keras_erranalysis.compute._inflight import InFlightRecorder, with_example_ids
 from keras_erranalysis.compute._losses import PassResult, compute_losses, run_pass
 from keras_erranalysis.compute._model import (
@@ -50,8 +53,10 @@ from keras_erranalysis.compute._model import (
 __all__ = [
     "DIAGNOSTIC_NAMES",
     "AttentionDiagnostics",
+    "AttentionRole",
     "Cluster",
     "Generated",
+    "GeneratedAttention",
     "GenerationError",
     "InFlightRecorder",
     "PassResult",
@@ -59,6 +64,7 @@ __all__ = [
     "attention_columns",
     "attention_diagnostics",
     "attention_from_pass",
+    "attention_roles",
     "cluster_from_tf_config",
     "compute_embeddings",
     "compute_losses",
@@ -67,8 +73,10 @@ __all__ = [
     "embedding_columns",
     "end_id_from_tokens",
     "extract_attention",
+    "find_decoder_input",
     "finite_input_rows",
     "find_attention_layers",
+    "generate_attention",
     "generate_greedy",
     "generate_with",
     "generation_end_id",

@@ -180,11 +180,16 @@ class AttentionRecord:
         query_valid: Boolean ``(batch, T_q)`` mask of real (non-padding) queries when the
             layer knows it but does not zero those rows itself (``keras.layers.Attention``),
             else None.
+        query: The tensor the layer read its queries from (None when unknown), so the
+            inputs that reach it can be traced (:func:`attention_roles`).
+        key: The tensor the layer read its keys from (None when unknown).
     """
 
     weights: Any
     valid: Any | None = None
     query_valid: Any | None = None
+    query: Any | None = dataclasses.field(default=None, repr=False)
+    key: Any | None = dataclasses.field(default=None, repr=False)
 
 
 class AttentionRecorder:
@@ -322,6 +327,7 @@ def _make_wrapper(layer: Any, path: str, recorder: AttentionRecorder) -> Callabl
                 )
             outputs, weights = result[0], result[1]
             record = AttentionRecord(weights, result[2] if len(result) == 3 else None)
+            record.query, record.key = _query_and_key(signature, args, kwargs)
             record.weights = _as_4d(record.weights, layer, path)
             if record.valid is None:
                 record.valid = tf.reduce_any(tf.not_equal(record.weights, 0), axis=1)
@@ -335,6 +341,25 @@ def _make_wrapper(layer: Any, path: str, recorder: AttentionRecorder) -> Callabl
         return outputs
 
     return call
+
+
+def _query_and_key(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """The query and key tensors of a call whose signature names them, else ``(None, None)``.
+
+    Keras' convention: ``call(query, value, key=None, ...)`` (the key defaults to the
+    value), or ``call(inputs=[query, value, key], ...)``.
+    """
+    try:
+        arguments = signature.bind(*args, **kwargs).arguments
+    except TypeError:
+        return None, None
+    if "query" in arguments and "value" in arguments:
+        key = arguments.get("key")
+        return arguments["query"], arguments["value"] if key is None else key
+    inputs = arguments.get("inputs")
+    if isinstance(inputs, list | tuple) and len(inputs) in (2, 3):
+        return inputs[0], inputs[-1]
+    return None, None
 
 
 def _as_4d(weights: Any, layer: Any, path: str) -> Any:
@@ -367,6 +392,7 @@ def _mha_family(
     bound = signature.bind(*args, **kwargs)
     # Read the masks before the call: MultiHeadAttention removes the Keras masks.
     valid = _mha_valid(layer, signature, bound.arguments, keras)
+    query_and_key = _query_and_key(signature, args, kwargs)
     wanted, result = _call_with_scores(call, bound)
     weights = result[1]
     if wanted:
@@ -375,7 +401,7 @@ def _mha_family(
         outputs = result[0]
     else:  # (output, scores, cache) -> (output, cache)
         outputs = (result[0], *result[2:])
-    return outputs, AttentionRecord(weights, valid)
+    return outputs, AttentionRecord(weights, valid, None, *query_and_key)
 
 
 def _mha_valid(
@@ -422,7 +448,8 @@ def _dot_family(
         cols = tf.range(t_kv)[None, :]
         causal = (rows >= cols)[None]
         valid = causal if valid is None else valid & causal
+    query_and_key = _query_and_key(signature, args, kwargs)
     wanted, result = _call_with_scores(call, bound)
     outputs = result if wanted else result[0]
     query_valid = None if query_mask is None else tf.cast(query_mask, tf.bool)
-    return outputs, AttentionRecord(result[1], valid, query_valid)
+    return outputs, AttentionRecord(result[1], valid, query_valid, *query_and_key)

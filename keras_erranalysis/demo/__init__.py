@@ -20,6 +20,7 @@ from keras_erranalysis.demo._data import (
 from keras_erranalysis.demo._model import build_model
 from keras_erranalysis.demo._run import (
     DemoResult,
+    exposure_summary,
     format_summary,
     pick_right_examples,
     run_demo,
@@ -34,6 +35,7 @@ __all__ = [
     "G2PData",
     "build_model",
     "encode_pairs",
+    "exposure_summary",
     "format_summary",
     "load_cmudict",
     "pick_right_examples",

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_erranalysis import AttentionAnalysis, Decoding, PassOptions
+from keras_erranalysis import AttentionAnalysis, Decoding, GenerationAnalysis, PassOptions
 from keras_erranalysis.demo._data import (
     EOS,
     DemoError,
@@ -49,13 +49,16 @@ class DemoResult:
         heatmaps: The attention heatmap PNGs written.
         report_path: The HTML report (None when the report module is not available).
         model_path: The saved model.
-        hardest: The hardest validation examples of the last epoch, decoded.
+        hardest: The hardest validation examples of the last epoch, decoded, with what
+            the model writes free-running (``generated_text``).
         history: Keras' training history (metric -> per-epoch values).
         n_train: Training examples.
         n_val: Validation examples (the ones analyzed).
         seconds: Wall time of the whole demo.
         model: The trained model.
         data: The validation examples (:class:`G2PData`).
+        exposure: Teacher-forced against free-running correctness at the last epoch
+            (:func:`exposure_summary`).
     """
 
     out: Path
@@ -71,6 +74,7 @@ class DemoResult:
     seconds: float
     model: Any = None
     data: G2PData | None = None
+    exposure: dict[str, float] | None = None
 
 
 def run_demo(
@@ -159,7 +163,7 @@ def run_demo(
             verbose=verbose,
             pass_options=PassOptions(batch_size=256, jit_compile=False),
             decoding=Decoding(input_vocab=Vocabulary(data.chars, sep="")),
-            analyses=[AttentionAnalysis(heatmaps=min(n_heatmaps, 3))],
+            analyses=[AttentionAnalysis(heatmaps=min(n_heatmaps, 3)), GenerationAnalysis()],
         )
         callbacks: list[Any] = [analysis]
         if tensorboard_dir is not None:
@@ -181,7 +185,9 @@ def run_demo(
             verbose=_fit_verbosity(verbose),
         )
 
-    hardest = analysis.hardest(k=top_k)
+    run = analysis.run()
+    hardest = run.hardest(k=top_k)  # with the generated text, decoded on reading
+    exposure = exposure_summary(analysis.report(), np.asarray(run.array("generated")))
     heatmaps: list[Path] = []
     if n_heatmaps > 0:
         say("Drawing attention heatmaps of the hardest and of some right examples")
@@ -210,6 +216,7 @@ def run_demo(
         seconds=time.perf_counter() - started,
         model=model,
         data=val_data,
+        exposure=exposure,
     )
 
 
@@ -302,6 +309,9 @@ def save_heatmaps(
 ) -> list[Path]:
     """Saves attention heatmaps of the ``n`` hardest and of ``n`` right examples as PNGs.
 
+    Each shows the teacher-forced map (fed the reference) beside the one recorded while
+    the model writes its own phonemes (fed its own output), queries labelled with them.
+
     The right examples are the right ones whose spelling is as long as a hardest one's,
     so the two kinds can be compared side by side (``hardest<i>_<word>.png`` next to
     ``right<i>_<word>.png``).
@@ -319,7 +329,7 @@ def save_heatmaps(
     """
     from keras_erranalysis.compute._attention import attention_diagnostics
     from keras_erranalysis.decoding import Vocabulary
-    from keras_erranalysis.pipeline import heatmap_rows
+    from keras_erranalysis.pipeline import heatmap_rows, inference_attention, layer_roles
     from keras_erranalysis.present._figures import figure_png
     from keras_erranalysis.present._heatmaps import example_heatmaps
 
@@ -331,13 +341,22 @@ def save_heatmaps(
     result = attention_diagnostics(
         model, data.inputs(), keep=rows, batch_size=256, jit_compile=False, verbose=verbose
     )
+    vocab = Vocabulary(data.phones, sep=" ")
+    roles = layer_roles(model, report, result.weights)
+    # What the model looks at while it writes its own output, next to the teacher-forced map.
+    generated, generated_ids = inference_attention(
+        model, report, rows, roles, generation=GenerationAnalysis(), vocab=vocab
+    )
     figures = example_heatmaps(
         report,
         result.weights,
         rows,
         names=names,
-        vocab=Vocabulary(data.phones, sep=" "),
+        vocab=vocab,
         input_vocab=Vocabulary(data.chars, sep=""),
+        roles=roles,
+        generated=generated,
+        generated_ids=generated_ids,
     )
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -368,6 +387,40 @@ def pick_right_examples(report: Any, data: G2PData, hardest: Sequence[int]) -> l
     return chosen
 
 
+def exposure_summary(report: Any, generated: np.ndarray) -> dict[str, float]:
+    """Teacher-forced against free-running correctness, per word and per phoneme.
+
+    Args:
+        report: The epoch's :class:`~keras_erranalysis.LossReport` (with the generated
+            columns of :class:`~keras_erranalysis.GenerationAnalysis` in ``extra``).
+        generated: ``(N, T)`` generated ids of the same epoch (``run.array("generated")``).
+
+    Returns:
+        ``words``; ``teacher_forced_right`` and ``generated_right`` (shares of words);
+        ``exposure_gap`` (words teacher-forced right but generated wrong);
+        ``disagree`` (share of words where the two correctness verdicts differ);
+        ``token_disagree`` (share of counted phonemes right in one view and wrong in the
+        other, position by position: after the first wrong generated phoneme the
+        free-running output is shifted against the reference while the teacher-forced
+        decoder is put back on it at every step).
+    """
+    teacher = np.asarray(report.correct, bool)
+    free = np.asarray(report.extra["generated_correct"]).astype(bool)
+    label, mask = np.asarray(report.label), np.asarray(report.token_mask, bool)
+    width = min(label.shape[1], generated.shape[1])
+    teacher_tokens = np.asarray(report.prediction)[:, :width] == label[:, :width]
+    free_tokens = generated[:, :width] == label[:, :width]
+    counted = mask[:, :width]
+    return {
+        "words": float(len(teacher)),
+        "teacher_forced_right": float(teacher.mean()),
+        "generated_right": float(free.mean()),
+        "exposure_gap": float((teacher & ~free).sum()),
+        "disagree": float((teacher != free).mean()),
+        "token_disagree": float((teacher_tokens != free_tokens)[counted].mean()),
+    }
+
+
 def _strip_end(text: Any) -> str:
     """Drops the final ``</s>``; an early one (the model stopping too soon) stays."""
     words = str(text).split()
@@ -396,10 +449,22 @@ def format_summary(result: DemoResult, *, k: int = 5) -> str:
     if result.report_path is not None:
         lines.append(f"  HTML report            {result.report_path}")
     hardest = result.hardest.head(k)
+    if result.exposure is not None:
+        exposure = result.exposure
+        lines += [
+            "",
+            f"Free-running (fed its own phonemes, as at inference): "
+            f"{exposure['generated_right']:.1%} of the words right; teacher-forced (fed the "
+            f"correct ones): {exposure['teacher_forced_right']:.1%}.",
+            f"  exposure gap (right teacher-forced, wrong free-running): "
+            f"{int(exposure['exposure_gap'])} words; verdicts disagree on "
+            f"{exposure['disagree']:.1%} of the words and {exposure['token_disagree']:.1%} of "
+            "the phonemes",
+        ]
     lines += [
         "",
         f"The {len(hardest)} hardest validation words (each phoneme predicted from the "
-        "correct ones before it):",
+        "correct ones before it; 'generated' is what the model writes on its own):",
     ]
     width = max([len(str(w)) for w in hardest.get("input_text", [])] + [8])
     for row in hardest.itertuples(index=False):
@@ -409,6 +474,9 @@ def format_summary(result: DemoResult, *, k: int = 5) -> str:
         )
         lines.append(f"  {'':<{width}}  label       {_strip_end(row.label_text)}")
         lines.append(f"  {'':<{width}}  prediction  {_strip_end(row.prediction_text)}")
+        if hasattr(row, "generated_text"):
+            generated = row.generated_text or "(nothing: it writes </s> first)"
+            lines.append(f"  {'':<{width}}  generated   {generated}")
     commands = [(f"keras-erranalysis show {result.log_dir}", "the hardest words again")]
     if len(hardest) and "example_id" in hardest:
         first = int(hardest["example_id"].iloc[0])

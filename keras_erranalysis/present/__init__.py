@@ -15,7 +15,11 @@ from keras_erranalysis.present._figures import (
     plot_loss_trajectories,
     plot_margin_histogram,
 )
-from keras_erranalysis.present._heatmaps import axis_tokens, example_heatmaps
+from keras_erranalysis.present._heatmaps import (
+    axis_tokens,
+    example_heatmaps,
+    plot_teacher_forced_and_generated,
+)
 from keras_erranalysis.present._report import compare_runs, render_report, write_report
 
 __all__ = [
@@ -31,6 +35,7 @@ __all__ = [
     "plot_error_rate_by_bins",
     "plot_loss_trajectories",
     "plot_margin_histogram",
+    "plot_teacher_forced_and_generated",
     "render_report",
     "write_report",
 ]

@@ -34,6 +34,8 @@ def plot_attention(
     max_labels: int = 40,
     crop: bool | Literal["auto"] = "auto",
     cmap: str = "viridis",
+    query_label: str = "queries (target)",
+    key_label: str = "keys (source)",
 ) -> Figure:
     """Heatmap of one example's attention weights, queries down, keys across.
 
@@ -54,6 +56,9 @@ def plot_attention(
             1% of the largest), ``"auto"`` to do so only for axes longer than
             ``max_labels``, ``False`` never. The title says what was cropped.
         cmap: A matplotlib colour map name.
+        query_label: Title of the query axis (e.g. ``"queries (source)"`` for an
+            encoder's self-attention).
+        key_label: Title of the key axis.
 
     Returns:
         The matplotlib Figure (``ax.figure`` when ``ax`` is given).
@@ -103,8 +108,8 @@ def plot_attention(
         image = _draw_heatmap(
             ax, shown[0], query_tokens, key_tokens, rows[0], cols[0], max_labels, cmap, vmax
         )
-        ax.set_xlabel("keys (source)")
-        ax.set_ylabel("queries (target)")
+        ax.set_xlabel(key_label)
+        ax.set_ylabel(query_label)
         fig.colorbar(image, ax=ax, label="attention weight", shrink=0.9)
         ax.set_title(_join(title or names[0], crop_note), fontsize=10)
         return fig
