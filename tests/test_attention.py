@@ -808,3 +808,24 @@ def test_watch_notes_go_to_the_epoch_meta_and_one_line_per_change():
     assert "epoch 4: watched example 1 (length 3) turned wrong" in lines[0]
     assert "example 2 (length 4) is watched from the next epoch" in lines[0]
     assert "no right example is left" in lines[1]
+
+
+def test_roles_of_keras_hub_blocks_nested_and_misnamed():
+    keras_hub = pytest.importorskip("keras_hub")
+    from keras_erranalysis.compute import attention_roles
+
+    keras.utils.set_random_seed(7)
+    src = keras.Input((None,), dtype="int32")
+    tgt = keras.Input((None,), dtype="int32")
+    es = layers.Embedding(VOCAB, DIM, mask_zero=True)(src)
+    et = layers.Embedding(VOCAB, DIM, mask_zero=True)(tgt)
+    enc = keras_hub.layers.TransformerEncoder(16, 2, name="decoder_block")(es)
+    dec = keras_hub.layers.TransformerDecoder(16, 2, name="encoder_block")(et, enc)
+    model = keras.Model([src, tgt], dec)
+    s, t = _tokens()
+    roles = attention_roles(model, {"input_0": s, "input_1": t})
+    assert {path: (role.kind, role.key_input) for path, role in roles.items()} == {
+        "decoder_block/self_attention_layer": ("encoder_self", "input_0"),
+        "encoder_block/self_attention": ("decoder_self", "input_1"),
+        "encoder_block/cross_attention": ("cross", "input_0"),
+    }
