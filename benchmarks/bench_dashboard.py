@@ -251,7 +251,7 @@ def ablations(folder: Path, epoch: int) -> list[dict]:
     pairs = [
         (
             "first page sorted by loss: partition vs full stable argsort",
-            lambda: view.first_rows("loss", epoch, True, None, 50),
+            lambda: view.first_rows("loss", epoch, True, None, 50),  # few ties: partitioned
             lambda: np.argsort(-np.asarray(view.column("loss", epoch)), kind="stable")[:50],
         ),
         (

@@ -193,6 +193,7 @@ class Dashboard:
         order = _order(params, sort)
         key = (view.name, epoch, "selection", canonical(spec), sort or "", order)
         descending = order == "desc"
+        first = None
         if (
             sort
             and offset + limit <= TOP_K
@@ -205,6 +206,7 @@ class Dashboard:
             matched = None if mask is None else np.flatnonzero(mask)
             total = view.n_examples(epoch) if matched is None else matched.size
             first = view.first_rows(sort, epoch, descending, matched, offset + limit)
+        if first is not None:
             page = np.asarray(first[offset:], dtype=np.int64)
         else:
             chosen = self.selection(view, epoch, spec, sort, order)

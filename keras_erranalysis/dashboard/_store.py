@@ -377,11 +377,13 @@ class RunView:
 
     def first_rows(
         self, name: str, epoch: int, descending: bool, rows: np.ndarray | None, k: int
-    ) -> np.ndarray:
+    ) -> np.ndarray | None:
         """The first ``k`` of ``rows`` (None: all) in :meth:`order`'s order, without a full sort.
 
         A partition finds the k-th key; only rows up to it (ties included) are sorted, so
-        the answer equals ``order`` restricted to ``rows`` exactly, in O(N).
+        the answer equals ``order`` restricted to ``rows`` exactly, in O(N). None when the
+        ties at the k-th key are many (a column of few values, such as ``correct``): then
+        the full sort, made once and cached, is the cheaper way.
         """
         key = self.sort_key(name, epoch, descending)
         values = key if rows is None else key[rows]
@@ -398,6 +400,8 @@ class RunView:
             return positions[np.concatenate([ranked, np.flatnonzero(missing)])[:k]]
         kth = np.partition(finite, k - 1)[k - 1]
         chosen = np.flatnonzero(finite <= kth)
+        if chosen.size > 4 * k + 10_000:
+            return None
         chosen = chosen[np.argsort(finite[chosen], kind="stable")[:k]]
         chosen = chosen if present is None else present[chosen]
         return positions[chosen]
