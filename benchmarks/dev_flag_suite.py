@@ -166,9 +166,86 @@ def package_rule(method: str, **kwargs):
     return rule
 
 
+def _joint(dyn):
+    from keras_erranalysis.analysis._mislabeled import _confident_joint
+
+    return _confident_joint(dyn)
+
+
+def _top(values: np.ndarray, k: int, among: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the k lowest values (among a subset)."""
+    idx = np.arange(len(values)) if among is None else np.flatnonzero(among)
+    out = np.zeros(len(values), bool)
+    out[idx[np.argsort(values[idx], kind="stable")[: max(int(k), 0)]]] = True
+    return out
+
+
+def rule_cut(cut: float):
+    return lambda dyn: dyn["aum"].to_numpy() < cut
+
+
+def rule_cl_topk(dyn):
+    """The calibrated confident-joint count, down the AUM ranking (no cut)."""
+    return _top(dyn["aum"].to_numpy(), _joint(dyn).num_errors)
+
+
+def rule_cut_or_count(dyn, cut=-0.2):
+    return (dyn["aum"].to_numpy() < cut) | rule_cl_topk(dyn)
+
+
+def rule_aum_cl_multiclass_cells(dyn):
+    """aum_cl, but the concentrated-cell cut only with 3 or more classes."""
+    if dyn["label"].nunique() <= 2:
+        return rule_cut_or_count(dyn)
+    return package_rule("aum_cl")(dyn)
+
+
+def rule_cl_offdiag(dyn):
+    """The rows of the confident joint's off-diagonal themselves."""
+    from keras_erranalysis.analysis._mislabeled import _confident_joint
+
+    joint = _confident_joint(dyn)
+    return np.isin(joint.row_cell, joint.cells) & (joint.row_cell >= 0)
+
+
+def rule_one_sided_binary_cells(dyn, cut=-0.2):
+    """aum_cl; on binary tasks a cell is concentrated only if the reverse cell holds < half."""
+    from keras_erranalysis.analysis._mislabeled import CONCENTRATED_CELL_SHARE
+
+    if dyn["label"].nunique() > 2:
+        return package_rule("aum_cl")(dyn)
+    joint = _joint(dyn)
+    aum = dyn["aum"].to_numpy()
+    flags = aum < cut
+    share = dict(zip(joint.cells.tolist(), joint.share.tolist()))
+    dense = []
+    for cell, cell_share in share.items():
+        reverse = (cell % 2) * 2 + cell // 2
+        if cell_share >= CONCENTRATED_CELL_SHARE and share.get(reverse, 0.0) < 0.5 * cell_share:
+            dense.append(cell)
+    concentrated = np.isin(joint.row_cell, dense)
+    flags |= concentrated & (aum < 0)
+    dense_mask = np.isin(joint.cells, dense)
+    budget = round(float(joint.counts[~dense_mask].sum())) - int((flags & ~concentrated).sum())
+    flags |= _top(np.where(flags | concentrated, np.inf, aum), budget)
+    return flags
+
+
+def rule_count_or_cut(dyn, cut=-0.3):
+    return (dyn["aum"].to_numpy() < cut) | rule_cl_topk(dyn)
+
+
 RULES = {
     "aum_cl": package_rule("aum_cl"),
     "aum": package_rule("aum"),
+    "aum<0": rule_cut(0.0),
+    "aum<-0.1": rule_cut(-0.1),
+    "cl count top-k": rule_cl_topk,
+    "aum<-0.2 or count": rule_cut_or_count,
+    "aum_cl_multiclass_cells": package_rule("aum_cl_multiclass_cells"),
+    "cl off-diagonal rows": rule_cl_offdiag,
+    "binary cells one-sided": rule_one_sided_binary_cells,
+    "aum<-0.3 or count": rule_count_or_cut,
 }
 
 

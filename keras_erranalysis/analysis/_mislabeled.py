@@ -10,6 +10,12 @@ import pandas as pd
 
 #: Scores understood by :func:`likely_mislabeled`: name -> what it ranks and flags.
 MISLABEL_METHODS = {
+    "aum_cl_multiclass_cells": (
+        "low area under the margin, as 'aum_cl', but the concentrated-cell cut only with 3 or "
+        "more given classes (with 2 classes every off-diagonal cell holds all of its class's "
+        "errors, so a cell's share says nothing about systematic flips): aum < threshold "
+        "(default -0.2), or among the lowest AUMs up to estimate_num_label_errors(dyn)"
+    ),
     "aum_cl": (
         "low area under the margin, as 'aum' (flagged: aum < threshold, default -0.2, or among "
         "the lowest AUMs up to estimate_num_label_errors(dyn), the confident-learning count of "
@@ -94,14 +100,14 @@ def mislabel_score(dyn: pd.DataFrame, *, method: str = DEFAULT_METHOD) -> pd.Ser
         raise ValueError(f"Unknown method {method!r}; choose one of {sorted(MISLABEL_METHODS)}.")
     needed = {"aum": ["aum"], "confidence": ["confidence"], "correctness": ["correctness", "aum"]}
     needed["hard_to_learn"] = ["confidence", "variability"]
-    needed["aum_cl"] = ["aum"]
+    needed["aum_cl"] = needed["aum_cl_multiclass_cells"] = ["aum"]
     missing = [c for c in needed[method] if c not in dyn.columns]
     if missing:
         raise ValueError(
             f"dyn lacks column(s) {missing} needed by method={method!r}; pass the output of "
             "compute_dynamics() (or run.dynamics())."
         )
-    if method in ("aum", "aum_cl"):
+    if method in ("aum", "aum_cl", "aum_cl_multiclass_cells"):
         score = -dyn["aum"]
     elif method == "confidence":
         score = 1.0 - dyn["confidence"]
@@ -248,10 +254,14 @@ def _has_class_ids(dyn: pd.DataFrame) -> bool:
     return dyn["label"].to_numpy().dtype.kind in "iu"
 
 
-def _aum_cl_flags(dyn: pd.DataFrame, cut: float) -> tuple[np.ndarray, np.ndarray]:
+def _aum_cl_flags(
+    dyn: pd.DataFrame, cut: float, *, cells_from_classes: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``"aum_cl"`` flags at ``cut``, and which rows lie in a concentrated cell.
 
-    Without integer labels or predictions: the AUM cut alone, and no concentrated rows.
+    Concentrated cells are looked for only when at least ``cells_from_classes`` classes are
+    given labels (``"aum_cl_multiclass_cells"``: 3). Without integer labels or predictions:
+    the AUM cut alone, and no concentrated rows.
     """
     aum = dyn["aum"].to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
@@ -262,7 +272,11 @@ def _aum_cl_flags(dyn: pd.DataFrame, cut: float) -> tuple[np.ndarray, np.ndarray
     # Concentrated cells (systematic flips from one class to another): most of the cell is
     # flipped, so the cut moves to where the other class wins on average (``flags`` already
     # holds every row below a higher threshold=).
+    label = dyn["label"].to_numpy()
+    num_given = np.unique(label[label >= 0]).size
     dense = joint.share >= CONCENTRATED_CELL_SHARE
+    if num_given < cells_from_classes:
+        dense[:] = False
     concentrated = np.isin(joint.row_cell, joint.cells[dense])
     with np.errstate(invalid="ignore"):
         flags |= concentrated & (aum < CONCENTRATED_CELL_AUM_THRESHOLD)
@@ -275,9 +289,11 @@ def _aum_cl_flags(dyn: pd.DataFrame, cut: float) -> tuple[np.ndarray, np.ndarray
 
 
 def _flags(dyn: pd.DataFrame, method: str, threshold: float | None) -> pd.Series:
-    if method == "aum_cl":
+    if method in ("aum_cl", "aum_cl_multiclass_cells"):
         cut = DEFAULT_AUM_THRESHOLD if threshold is None else threshold
-        return pd.Series(_aum_cl_flags(dyn, cut)[0], index=dyn.index)
+        from_classes = 3 if method == "aum_cl_multiclass_cells" else 2
+        flags = _aum_cl_flags(dyn, cut, cells_from_classes=from_classes)[0]
+        return pd.Series(flags, index=dyn.index)
     if method == "aum":
         return dyn["aum"] < (DEFAULT_AUM_THRESHOLD if threshold is None else threshold)
     if method == "confidence":
