@@ -732,3 +732,38 @@ def test_a_few_nonfinite_rows_pass_without_a_warning(recwarn):
     tp, margin, correct = _diverged(bad_from=0, bad_rows=slice(0, 2))
     likely_mislabeled(compute_dynamics(tp, margin, correct))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_on_binary_tasks_no_cell_is_concentrated_under_the_default_rule():
+    from keras_erranalysis.analysis._mislabeled import _aum_cl_flags
+
+    def rows(n, label, prob, suggested):
+        prob = np.broadcast_to(np.asarray(prob, float), (n,))
+        return pd.DataFrame(
+            {"label": label, "confidence": prob, "aum": 2 * prob - 1, "suggested_label": suggested}
+        )
+
+    # Binary, random flips both ways (6 of 60 and 10 of 100): each off-diagonal cell holds
+    # 10% of its class, as symmetric noise always gives on two classes. Five clean rows of
+    # class 1 are learned late: the given label loses on average (aum -0.16 to -0.04).
+    dyn = pd.concat(
+        [
+            rows(54, 0, 0.9, -1),
+            rows(6, 0, 0.1, 1),  # rows 54-59: flipped
+            rows(85, 1, 0.85, -1),
+            rows(10, 1, 0.1, 0),  # rows 145-154: flipped
+            rows(5, 1, [0.48, 0.47, 0.46, 0.44, 0.42], 0),  # rows 155-159: late, clean
+        ],
+        ignore_index=True,
+    )
+    flips = list(range(54, 60)) + list(range(145, 155))
+    assert estimate_num_label_errors(dyn) == 17  # 6 + 10 * 100 / 95 = 16.5
+    # The old rule calls both cells concentrated and flags every late row (aum < 0) ...
+    assert sorted(likely_mislabeled(dyn, method="aum_cl").index) == flips + list(range(155, 160))
+    # ... the default flags the flips and the count's one more down the AUM ranking.
+    assert DEFAULT_METHOD == "aum_cl_multiclass_cells"
+    assert sorted(likely_mislabeled(dyn).index) == flips + [159]
+    assert not _aum_cl_flags(dyn, -0.2, cells_from_classes=3)[1].any()
+    # With a third class, the same cells are concentrated again.
+    third = pd.concat([dyn, rows(50, 2, 0.9, -1)], ignore_index=True)
+    assert _aum_cl_flags(third, -0.2, cells_from_classes=3)[1].sum() == 21
