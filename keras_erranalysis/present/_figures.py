@@ -425,7 +425,7 @@ def plot_margin_histogram(
     from keras_erranalysis.analysis._mislabeled import (
         CONCENTRATED_CELL_AUM_THRESHOLD,
         DEFAULT_AUM_THRESHOLD,
-        _aum_cl_flags,
+        default_flags,
     )
 
     if column not in dyn:
@@ -439,7 +439,7 @@ def plot_margin_histogram(
         # Exactly what the default rule flags (not always a prefix of the AUM ranking), by
         # position: an index may repeat labels; rows in concentrated cells of the confident
         # joint have their own cut (drawn dotted). One confident joint for both.
-        flagged_mask, concentrated = _aum_cl_flags(dyn, threshold)
+        flagged_mask, concentrated = default_flags(dyn, threshold)
         in_cells = int(concentrated.sum())
     else:
         flagged_mask = scores < threshold
