@@ -381,23 +381,29 @@ def likely_mislabeled(
 ) -> pd.DataFrame:
     """Rank examples (or tokens) whose given label the model keeps contradicting.
 
-    The default ``method="aum_cl"`` ranks by area under the margin (Pleiss et al., 2020) and
-    flags every example with ``aum < -0.2`` and, when confident learning (Northcutt et al.,
-    2021; :func:`estimate_num_label_errors`) estimates more label errors than that cut-off
-    catches, more up to the estimated count. The fixed cut-off under-flags when the noise is
-    concentrated in class pairs (the model partly learns the systematic flips, so their
-    margins are less negative); the class-conditional count of confident learning adapts to
-    that. Where one cell of the calibrated confident joint (given class ``i``, suggested
-    class ``j``) holds at least ``CONCENTRATED_CELL_SHARE`` (10%) of class ``i``, most rows
-    of that cell are flipped labels, so each of them is flagged as soon as the other class
-    wins on average: ``aum < 0`` (``CONCENTRATED_CELL_AUM_THRESHOLD``) instead of -0.2. The
-    count of the other cells goes down the AUM ranking outside such cells. So the flagged
-    rows are not always the lowest AUMs overall. Without integer labels in a ``label``
-    column (e.g. ``InFlightRecorder.dynamics()`` without ``label=``, or class names) or
-    without predictions (``suggested_label``) it reduces to the AUM cut-off. The
-    count and the cut in concentrated cells were chosen on dev data
-    (``benchmarks/dev_mislabeled_rules.py``), not on the benchmark's seeds; ``method="aum"``
-    is the cut-off alone.
+    The default ``method="aum_fence"`` ranks by area under the margin (Pleiss et al., 2020)
+    and flags the union of:
+
+    - every example with ``aum < -0.2`` (``threshold``);
+    - every AUM below the Tukey fence ``Q1 - 1.5 IQR`` of all AUMs (``tukey_fence``): a
+      model that memorises its training labels raises the flips' AUM above any fixed cut,
+      but they stay far below the bulk;
+    - when confident learning (Northcutt et al., 2021; :func:`estimate_num_label_errors`)
+      estimates more label errors than that, more down the AUM ranking up to the count;
+    - with 3 or more given classes, where one cell of the calibrated confident joint (given
+      class ``i``, suggested class ``j``) holds at least ``CONCENTRATED_CELL_SHARE`` (10%)
+      of class ``i`` (systematic flips between two classes), that cell's rows with
+      ``aum < 0`` (``CONCENTRATED_CELL_AUM_THRESHOLD``); the count of the other cells goes
+      down the AUM ranking outside such cells. On two classes every flip of a class lands
+      in the one other class, so no cell is called concentrated.
+
+    So the flagged rows are not always the lowest AUMs overall. Without integer labels in a
+    ``label`` column (e.g. ``InFlightRecorder.dynamics()`` without ``label=``, or class
+    names) or without predictions (``suggested_label``) it reduces to the cut and the fence.
+    The rule was chosen on the development part of ``benchmarks/dev_flag_suite.py`` (real
+    data, planted and natural noise) and reported once on its held-out part (see the docs'
+    Benchmarks page). ``method="aum_cl"`` is the default before Dec 2026 (concentrated cells
+    on binary tasks too, no fence); ``method="aum"`` is the cut-off alone.
 
     Args:
         dyn: Output of :func:`compute_dynamics` / :func:`compute_token_dynamics`.
@@ -405,8 +411,9 @@ def likely_mislabeled(
             return every flagged row (the method's flag rule, see ``MISLABEL_METHODS``).
         method: Score to rank by, one of ``MISLABEL_METHODS``.
         threshold: Override the flag rule's cut-off (e.g. ``aum < threshold``; for
-            ``"aum_cl"`` the AUM part of the rule: ``aum < threshold`` outside concentrated
-            cells, ``aum < max(threshold, 0)`` inside them).
+            ``"aum_fence"`` and ``"aum_cl"`` the AUM part of the rule, the fence and the count
+            stay: ``aum < threshold`` outside concentrated cells, ``aum < max(threshold, 0)``
+            inside them).
 
     Returns:
         ``dyn`` rows sorted by ``mislabel_score`` (descending), with the columns
