@@ -792,3 +792,22 @@ def test_the_fence_flags_aums_far_below_the_bulk_when_the_model_memorises():
     # Non-finite values are left out of the quartiles; no values, no fence.
     assert tukey_fence(np.r_[aum, np.nan]) == fence
     assert tukey_fence(np.array([np.nan])) == -np.inf
+
+
+def test_the_default_cut_moves_to_0_1_when_the_model_fits_its_labels():
+    from keras_erranalysis.analysis._mislabeled import default_aum_cut
+
+    # 100 rows, AUMs from -0.5 to 0.49 in steps of 0.01, none below the fence.
+    aum = np.arange(-50, 50) / 100
+    dyn = pd.DataFrame({"aum": aum, "label": np.zeros(100, int)})
+    assert default_aum_cut(dyn) == -0.2  # no final_correct: the plain cut
+    underfit = dyn.assign(final_correct=np.arange(100) >= 10)  # 90% fitted
+    memorised = dyn.assign(final_correct=np.arange(100) >= 4)  # 96% fitted
+    assert default_aum_cut(underfit) == -0.2
+    assert default_aum_cut(memorised) == 0.1
+    assert len(likely_mislabeled(underfit)) == 30  # aum < -0.2
+    assert len(likely_mislabeled(memorised)) == 60  # aum < 0.1
+    # Rows without a given label (label -1) are not part of the fit: 46 of the first 50 rows
+    # fitted is 92%.
+    unlabelled = memorised.assign(label=np.where(np.arange(100) < 50, 0, -1))
+    assert default_aum_cut(unlabelled) == -0.2

@@ -425,6 +425,7 @@ def plot_margin_histogram(
     from keras_erranalysis.analysis._mislabeled import (
         CONCENTRATED_CELL_AUM_THRESHOLD,
         DEFAULT_AUM_THRESHOLD,
+        default_aum_cut,
         default_flags,
     )
 
@@ -433,7 +434,7 @@ def plot_margin_histogram(
     scores = np.asarray(dyn[column], dtype=float)
     default_rule = threshold is None and column == "aum"
     if threshold is None:
-        threshold = DEFAULT_AUM_THRESHOLD
+        threshold = default_aum_cut(dyn) if default_rule else DEFAULT_AUM_THRESHOLD
     in_cells = 0
     if default_rule:
         # Exactly what the default rule flags (not always a prefix of the AUM ranking), by
