@@ -31,12 +31,12 @@ def main() -> None:
             model = make_model(seed)
             probs = []
 
-            class Record(keras.callbacks.Callback):
-                def on_epoch_end(self, epoch, logs=None):
-                    logits = np.asarray(model.predict_on_batch(x), np.float64)
-                    probs.append(_softmax(logits))
-
-            model.fit(x, noisy, batch_size=BATCH, epochs=20, verbose=0, callbacks=[Record()])
+            record = keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs, m=model, out=probs: out.append(
+                    _softmax(np.asarray(m.predict_on_batch(x), np.float64))
+                )
+            )
+            model.fit(x, noisy, batch_size=BATCH, epochs=20, verbose=0, callbacks=[record])
             dyn = dynamics_of(np.stack(probs), noisy)
             out = []
             for method in ("aum_cl", "aum_fence"):
