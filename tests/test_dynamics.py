@@ -320,7 +320,8 @@ def _cl_rows(n, label, confidence, aum, suggested):
 
 
 def test_aum_cl_flags_down_the_aum_ranking_to_the_estimated_count():
-    assert DEFAULT_METHOD == "aum_cl"
+    # The default before Dec 2026, still reachable by name (the default is "aum_fence").
+    assert DEFAULT_METHOD == "aum_fence"
 
     # Three classes of 30; clean rows at confidence 0.6, other probability 0.3.
     dyn = pd.concat(
@@ -342,21 +343,22 @@ def test_aum_cl_flags_down_the_aum_ranking_to_the_estimated_count():
     assert estimate_num_label_errors(dyn) == 3
     # aum < -0.2 flags rows 28 and 59; the count (3) goes one further down the AUM ranking:
     # row 89 (-0.19), not the counted row 29 (-0.18).
-    assert likely_mislabeled(dyn).index.tolist() == [28, 59, 89]
+    assert likely_mislabeled(dyn, method="aum_cl").index.tolist() == [28, 59, 89]
     assert likely_mislabeled(dyn, method="aum").index.tolist() == [28, 59]
     # The threshold moves the AUM part only; the count still reaches three.
-    assert likely_mislabeled(dyn, threshold=-0.4).index.tolist() == [28, 59, 89]
+    assert likely_mislabeled(dyn, method="aum_cl", threshold=-0.4).index.tolist() == [28, 59, 89]
     # ... and when the cut-off flags more than the count, the cut-off wins.
-    assert likely_mislabeled(dyn, threshold=-0.17).index.tolist() == [28, 59, 89, 29]
+    looser = likely_mislabeled(dyn, method="aum_cl", threshold=-0.17)
+    assert looser.index.tolist() == [28, 59, 89, 29]
     # Same ranking as "aum".
     pd.testing.assert_series_equal(
         mislabel_score(dyn, method="aum_cl"), mislabel_score(dyn, method="aum")
     )
     # Without given labels (e.g. recorder.dynamics() without label=): the AUM cut-off alone.
-    assert likely_mislabeled(dyn.drop(columns="label")).index.tolist() == [28, 59]
+    assert likely_mislabeled(dyn.drop(columns="label"), method="aum_cl").index.tolist() == [28, 59]
     # In the 8-row frame both off-diagonal cells are concentrated (1 of 4 rows each): their
     # rows below aum 0 are flagged, and their count (2.67 -> 3) is not spent elsewhere.
-    assert likely_mislabeled(CL_FRAME).index.tolist() == [3, 7]
+    assert likely_mislabeled(CL_FRAME, method="aum_cl").index.tolist() == [3, 7]
 
 
 def test_planted_class_pair_flips_dominate_the_top_and_the_count_is_close():
@@ -732,3 +734,80 @@ def test_a_few_nonfinite_rows_pass_without_a_warning(recwarn):
     tp, margin, correct = _diverged(bad_from=0, bad_rows=slice(0, 2))
     likely_mislabeled(compute_dynamics(tp, margin, correct))
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_on_binary_tasks_no_cell_is_concentrated_under_the_default_rule():
+    from keras_erranalysis.analysis._mislabeled import _aum_cl_flags, _aum_fence_flags
+
+    def rows(n, label, prob, suggested):
+        prob = np.broadcast_to(np.asarray(prob, float), (n,))
+        return pd.DataFrame(
+            {"label": label, "confidence": prob, "aum": 2 * prob - 1, "suggested_label": suggested}
+        )
+
+    # Binary, random flips both ways (6 of 60 and 10 of 100): each off-diagonal cell holds
+    # 10% of its class, as symmetric noise always gives on two classes. Five clean rows of
+    # class 1 are learned late: the given label loses on average (aum -0.16 to -0.04).
+    dyn = pd.concat(
+        [
+            rows(54, 0, 0.9, -1),
+            rows(6, 0, 0.1, 1),  # rows 54-59: flipped
+            rows(85, 1, 0.85, -1),
+            rows(10, 1, 0.1, 0),  # rows 145-154: flipped
+            rows(5, 1, [0.48, 0.47, 0.46, 0.44, 0.42], 0),  # rows 155-159: late, clean
+        ],
+        ignore_index=True,
+    )
+    flips = list(range(54, 60)) + list(range(145, 155))
+    assert estimate_num_label_errors(dyn) == 17  # 6 + 10 * 100 / 95 = 16.5
+    # The old rule calls both cells concentrated and flags every late row (aum < 0) ...
+    old, old_cells = _aum_cl_flags(dyn, -0.2)
+    assert sorted(np.flatnonzero(old)) == flips + list(range(155, 160))
+    assert old_cells.sum() == 21
+    # ... the default finds no concentrated cell on two classes: the flips, and the count's
+    # one more down the AUM ranking (the fence adds nothing here: the clean AUMs are equal).
+    assert DEFAULT_METHOD == "aum_fence"
+    flags, cells = _aum_fence_flags(dyn, -0.2)
+    assert not cells.any()
+    assert sorted(np.flatnonzero(_aum_cl_flags(dyn, -0.2, cells_from_classes=3)[0])) == (
+        flips + [159]
+    )
+    # With a third class, the same cells are concentrated again.
+    third = pd.concat([dyn, rows(50, 2, 0.9, -1)], ignore_index=True)
+    assert _aum_fence_flags(third, -0.2)[1].sum() == 21
+
+
+def test_the_fence_flags_aums_far_below_the_bulk_when_the_model_memorises():
+    from keras_erranalysis.analysis._mislabeled import tukey_fence
+
+    # A model that fits every label in the end: 30 flipped rows average aum -0.1 to 0.0
+    # (above the -0.2 cut) while 300 clean rows sit between 0.8 and 1.0.
+    rng = np.random.default_rng(0)
+    aum = np.r_[np.linspace(-0.1, 0.0, 30), rng.uniform(0.8, 1.0, 300)]
+    dyn = pd.DataFrame({"aum": aum, "label": np.r_[np.zeros(30, int), rng.integers(0, 3, 300)]})
+    fence = tukey_fence(aum)
+    assert 0.0 < fence < 0.8
+    assert likely_mislabeled(dyn, method="aum").empty  # the cut alone finds none
+    assert sorted(likely_mislabeled(dyn).index) == list(range(30))
+    # Non-finite values are left out of the quartiles; no values, no fence.
+    assert tukey_fence(np.r_[aum, np.nan]) == fence
+    assert tukey_fence(np.array([np.nan])) == -np.inf
+
+
+def test_the_default_cut_moves_to_0_1_when_the_model_fits_its_labels():
+    from keras_erranalysis.analysis._mislabeled import default_aum_cut
+
+    # 100 rows, AUMs from -0.5 to 0.49 in steps of 0.01, none below the fence.
+    aum = np.arange(-50, 50) / 100
+    dyn = pd.DataFrame({"aum": aum, "label": np.zeros(100, int)})
+    assert default_aum_cut(dyn) == -0.2  # no final_correct: the plain cut
+    underfit = dyn.assign(final_correct=np.arange(100) >= 10)  # 90% fitted
+    memorised = dyn.assign(final_correct=np.arange(100) >= 4)  # 96% fitted
+    assert default_aum_cut(underfit) == -0.2
+    assert default_aum_cut(memorised) == 0.1
+    assert len(likely_mislabeled(underfit)) == 30  # aum < -0.2
+    assert len(likely_mislabeled(memorised)) == 60  # aum < 0.1
+    # Rows without a given label (label -1) are not part of the fit: 46 of the first 50 rows
+    # fitted is 92%.
+    unlabelled = memorised.assign(label=np.where(np.arange(100) < 50, 0, -1))
+    assert default_aum_cut(unlabelled) == -0.2

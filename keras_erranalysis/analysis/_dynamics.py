@@ -43,10 +43,11 @@ What is computed, and from which paper:
   Estimating Uncertainty in Dataset Labels"): :func:`estimate_num_label_errors` counts the
   off-diagonal of the calibrated confident joint, with epoch-averaged training
   probabilities standing in for out-of-sample ones. The default flag rule of
-  :func:`likely_mislabeled` (``method="aum_cl"``) flags down the AUM ranking to that count
-  when the fixed AUM cut-off flags fewer; where the joint concentrates (one other class
-  takes at least 10% of a class, as under systematic flips between two classes), most of
-  that cell is flipped, and every row of it whose AUM is below 0 is flagged.
+  :func:`likely_mislabeled` (``method="aum_fence"``) flags the AUMs below -0.2 or below the
+  Tukey fence of all AUMs, and down the AUM ranking to that count when these flag fewer;
+  with 3 or more classes, where the joint concentrates (one other class takes at least 10%
+  of a class, as under systematic flips between two classes), most of that cell is flipped,
+  and every row of it whose AUM is below 0 is flagged.
 """
 
 from __future__ import annotations

@@ -429,7 +429,8 @@ def plot_margin_histogram(
         CONCENTRATED_CELL_AUM_THRESHOLD,
         DEFAULT_AUM_THRESHOLD,
         DEFAULT_SEQUENCE_THRESHOLD,
-        _aum_cl_flags,
+        default_aum_cut,
+        default_flags,
     )
 
     if threshold is None and column == "aum" and "sequence_confidence" in dyn:
@@ -440,13 +441,13 @@ def plot_margin_histogram(
     scores = np.asarray(dyn[column], dtype=float)
     default_rule = threshold is None and column == "aum"
     if threshold is None:
-        threshold = DEFAULT_AUM_THRESHOLD
+        threshold = default_aum_cut(dyn) if default_rule else DEFAULT_AUM_THRESHOLD
     in_cells = 0
     if default_rule:
         # Exactly what the default rule flags (not always a prefix of the AUM ranking), by
         # position: an index may repeat labels; rows in concentrated cells of the confident
         # joint have their own cut (drawn dotted). One confident joint for both.
-        flagged_mask, concentrated = _aum_cl_flags(dyn, threshold)
+        flagged_mask, concentrated = default_flags(dyn, threshold)
         in_cells = int(concentrated.sum())
     else:
         flagged_mask = scores < threshold
