@@ -21,7 +21,7 @@ import dataclasses
 import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -165,25 +165,31 @@ def _output_logits(outputs: Any, output: str | int | None) -> Any:
     return outputs
 
 
+class LoopSpec(NamedTuple):
+    """The constants of a free-running decode loop (one traced loop per distinct spec)."""
+
+    max_length: int
+    start_id: int
+    end_id: int | None
+    pad_id: int
+    dtype: Any  # the decoder input's tf dtype
+    output: str | int | None
+
+
 def _decode_function(
     model: Any,
     names: tuple[str, ...],
     decoder_input: str,
+    spec: LoopSpec,
     *,
     as_dict: bool,
-    max_length: int,
-    start_id: int,
-    end_id: int | None,
-    pad_id: int,
-    dtype: Any,
-    output: str | int | None,
     jit_compile: bool,
     beam_width: int = 1,
 ) -> Any:
     import tensorflow as tf
 
-    key = (names, decoder_input, as_dict, max_length, start_id, end_id, pad_id, str(dtype),
-           output, jit_compile, beam_width)  # fmt: skip
+    max_length, start_id, end_id, pad_id, dtype, output = spec
+    key = (names, decoder_input, as_dict, spec, jit_compile, beam_width)
     functions = _CACHE.setdefault(model, {})
     if key in functions:
         return functions[key]
@@ -196,32 +202,19 @@ def _decode_function(
 
     def decode(sources: dict[str, Any]) -> tuple[Any, Any]:
         batch = tf.shape(next(iter(sources.values())))[0]
-        positions = tf.range(max_length)[tf.newaxis, :]
-        decoder_ids = tf.concat(
-            [
-                tf.fill([batch, 1], tf.constant(start_id, dtype)),
-                tf.fill([batch, max_length - 1], tf.constant(pad_id, dtype)),
-            ],
-            axis=1,
+        positions, decoder_ids, generated, lengths, done = greedy_start(
+            batch, max_length, start_id, pad_id, dtype
         )
-        generated = tf.fill([batch, max_length], tf.constant(pad_id, tf.int32))
-        lengths = tf.fill([batch], tf.constant(max_length, tf.int32))
-        done = tf.zeros([batch], tf.bool)
 
         def more(t: Any, decoder_ids: Any, generated: Any, lengths: Any, done: Any) -> Any:
             return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(done)))
 
         def step(t: Any, decoder_ids: Any, generated: Any, lengths: Any, done: Any) -> Any:
             logits = tf.gather(call(sources, decoder_ids), t, axis=1)
-            token = tf.cast(tf.argmax(logits, axis=-1), tf.int32)
-            token = tf.where(done, tf.constant(pad_id, tf.int32), token)
-            generated = tf.where(positions == t, token[:, tf.newaxis], generated)
-            decoder_ids = tf.where(
-                positions == t + 1, tf.cast(token, dtype)[:, tf.newaxis], decoder_ids
+            state = greedy_advance(
+                t, logits, (decoder_ids, generated, lengths, done), positions, pad_id, end
             )
-            ended = tf.logical_and(tf.logical_not(done), token == end)
-            lengths = tf.where(ended, t, lengths)
-            return t + 1, decoder_ids, generated, lengths, tf.logical_or(done, ended)
+            return (t + 1, *state)
 
         _, _, generated, lengths, _ = tf.while_loop(
             more,
@@ -364,19 +357,12 @@ def generate_greedy(
     n = len(labels)
     dtype = tf.as_dtype(np.asarray(inputs[name]).dtype)
     size = max(1, min(max(1, batch_size // max(1, int(beam_width))), n))
-    options = {
-        "as_dict": as_dict,
-        "max_length": length,
-        "start_id": start,
-        "end_id": end_id,
-        "pad_id": pad_id,
-        "dtype": dtype,
-        "output": output,
-        "beam_width": int(beam_width),
-    }
+    spec = LoopSpec(length, start, end_id, pad_id, dtype, output)
     attempts = [True, False] if jit_compile == "auto" else [bool(jit_compile)]
     for position, jit in enumerate(attempts):
-        function = _decode_function(model, names, name, jit_compile=jit, **options)
+        function = _decode_function(
+            model, names, name, spec, as_dict=as_dict, jit_compile=jit, beam_width=int(beam_width)
+        )
         try:
             ids, lengths = _run(function, sources, n, size)
             break
@@ -453,6 +439,58 @@ def generate_with(
             kept = np.flatnonzero(np.asarray(row) != pad_id)
             lengths[i] = kept[-1] + 1 if kept.size else 0
     return Generated(ids, lengths, None, end_id, None)
+
+
+def greedy_start(batch: Any, max_length: int, start_id: int, pad_id: int, dtype: Any) -> tuple:
+    """The greedy loop's first state: ``(positions, decoder_ids, generated, lengths, done)``.
+
+    The decoder input holds the start token then padding; nothing is generated yet, every
+    length is ``max_length`` (no end token seen) and no row is done.
+    """
+    import tensorflow as tf
+
+    positions = tf.range(max_length)[tf.newaxis, :]
+    decoder_ids = tf.concat(
+        [
+            tf.fill([batch, 1], tf.constant(start_id, dtype)),
+            tf.fill([batch, max_length - 1], tf.constant(pad_id, dtype)),
+        ],
+        axis=1,
+    )
+    generated = tf.fill([batch, max_length], tf.constant(pad_id, tf.int32))
+    lengths = tf.fill([batch], tf.constant(max_length, tf.int32))
+    return positions, decoder_ids, generated, lengths, tf.zeros([batch], tf.bool)
+
+
+def greedy_advance(
+    t: Any, logits: Any, state: tuple, positions: Any, pad_id: int, end: int
+) -> tuple:
+    """One greedy step from position ``t``'s logits ``(B, V)``.
+
+    Args:
+        t: The position written.
+        logits: The model's logits at ``t``.
+        state: ``(decoder_ids, generated, lengths, done)``.
+        positions: ``(1, max_length)`` position ids.
+        pad_id: Written after a row is done.
+        end: The end token (``-1``: none).
+
+    Returns:
+        The next ``(decoder_ids, generated, lengths, done)``: the argmax token written at
+        ``t`` and fed at ``t + 1``; a row that writes ``end`` is done, its length ``t``.
+    """
+    import tensorflow as tf
+
+    decoder_ids, generated, lengths, done = state
+    token = tf.cast(tf.argmax(logits, axis=-1), tf.int32)
+    token = tf.where(done, tf.constant(pad_id, tf.int32), token)
+    generated = tf.where(positions == t, token[:, tf.newaxis], generated)
+    decoder_ids = tf.where(
+        positions == t + 1, tf.cast(token, decoder_ids.dtype)[:, tf.newaxis], decoder_ids
+    )
+    ended = tf.logical_and(tf.logical_not(done), token == end)
+    lengths = tf.where(ended, t, lengths)
+    return decoder_ids, generated, lengths, tf.logical_or(done, ended)
 
 
 def generation_end_id(option: Any, vocab: Any = None) -> int | None:
@@ -575,16 +613,17 @@ def score_generated(
 
 
 def add_generated(
-    model: Any,
-    report: Any,
-    option: Any,
-    *,
-    vocab: Any = None,
-    output: str | int | None = None,
-    batch_size: int | None = None,
-    jit_compile: bool | str = "auto",
+    model: Any, report: Any, option: Any, *, vocab: Any = None, **decode: Any
 ) -> dict[str, float]:
     """:func:`decode_report` then :func:`score_generated`: ids and columns on the report.
+
+    Args:
+        model: The model of the pass.
+        report: A sequence :class:`~keras_erranalysis.LossReport` with its inputs kept.
+        option: A :class:`~keras_erranalysis.GenerationAnalysis`.
+        vocab: The target :class:`~keras_erranalysis.Vocabulary`.
+        **decode: :func:`decode_report`'s other options (``output``, ``batch_size``,
+            ``jit_compile``).
 
     Returns:
         The corpus numbers, with ``decode_seconds`` (the decoding's wall time).
@@ -592,15 +631,7 @@ def add_generated(
     import time
 
     started = time.perf_counter()
-    generated = decode_report(
-        model,
-        report,
-        option,
-        vocab=vocab,
-        output=output,
-        batch_size=batch_size,
-        jit_compile=jit_compile,
-    )
+    generated = decode_report(model, report, option, vocab=vocab, **decode)
     seconds = time.perf_counter() - started
     corpus = score_generated(
         report, end_id=generated.end_id, vocab=vocab, reference=generated.reference

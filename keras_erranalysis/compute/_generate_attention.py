@@ -25,8 +25,11 @@ from keras_erranalysis.compute._attention_roles import model_call_input
 from keras_erranalysis.compute._generate import (
     Generated,
     GenerationError,
+    LoopSpec,
     _output_logits,
     find_decoder_input,
+    greedy_advance,
+    greedy_start,
 )
 
 # model -> {key: traced loop}; apart from generate_greedy's cache (counted by cache_size).
@@ -104,11 +107,11 @@ def generate_attention(
     length = int(max_length or np.shape(inputs[name])[1])
     dtype = tf.as_dtype(np.asarray(inputs[name]).dtype)
     names = tuple(inputs)
-    key = (names, name, paths, length, start, end_id, pad_id, str(dtype), output)
+    spec = LoopSpec(length, start, end_id, pad_id, dtype, output)
+    key = (names, name, paths, spec)
     functions = _CACHE.setdefault(model, {})
     if key not in functions:
-        functions[key] = _traced_loop(model, names, name, paths, length, start, end_id, pad_id,
-                                      dtype, output)  # fmt: skip
+        functions[key] = _traced_loop(model, names, name, paths, spec)
     sources = {k: tf.convert_to_tensor(v) for k, v in inputs.items() if k != name}
     ids, lengths, weights = functions[key](sources)
     ids, lengths = ids.numpy().astype(np.int32), lengths.numpy().astype(np.int32)
@@ -125,14 +128,11 @@ def _traced_loop(
     names: tuple[str, ...],
     decoder_input: str,
     paths: tuple[str, ...],
-    max_length: int,
-    start_id: int,
-    end_id: int | None,
-    pad_id: int,
-    dtype: Any,
-    output: str | int | None,
+    spec: LoopSpec,
 ) -> Any:
     import tensorflow as tf
+
+    max_length, start_id, end_id, pad_id, dtype, output = spec
 
     model_ref = weakref.ref(model)
     end = -1 if end_id is None else end_id
@@ -141,17 +141,9 @@ def _traced_loop(
         model = model_ref()
         found = {p: layer for p, layer in find_attention_layers(model).items() if p in paths}
         batch = tf.shape(next(iter(sources.values())))[0]
-        positions = tf.range(max_length)[tf.newaxis, :]
-        decoder_ids = tf.concat(
-            [
-                tf.fill([batch, 1], tf.constant(start_id, dtype)),
-                tf.fill([batch, max_length - 1], tf.constant(pad_id, dtype)),
-            ],
-            axis=1,
+        positions, decoder_ids, generated, lengths, done = greedy_start(
+            batch, max_length, start_id, pad_id, dtype
         )
-        generated = tf.fill([batch, max_length], tf.constant(pad_id, tf.int32))
-        lengths = tf.fill([batch], tf.constant(max_length, tf.int32))
-        done = tf.zeros([batch], tf.bool)
         arrays = {
             p: tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
             for p in paths
@@ -162,8 +154,6 @@ def _traced_loop(
             with _recording(found) as recorder:
                 outputs = model(model_call_input({n: feed[n] for n in names}), training=False)
             logits = tf.gather(_output_logits(outputs, output), t, axis=1)
-            token = tf.cast(tf.argmax(logits, axis=-1), tf.int32)
-            token = tf.where(done, tf.constant(pad_id, tf.int32), token)
             arrays = {
                 # row t of each layer's weights: the query that writes token t; zero once done
                 p: arrays[p].write(
@@ -176,13 +166,10 @@ def _traced_loop(
                 )
                 for p in paths
             }
-            generated = tf.where(positions == t, token[:, tf.newaxis], generated)
-            decoder_ids = tf.where(
-                positions == t + 1, tf.cast(token, dtype)[:, tf.newaxis], decoder_ids
+            state = greedy_advance(
+                t, logits, (decoder_ids, generated, lengths, done), positions, pad_id, end
             )
-            ended = tf.logical_and(tf.logical_not(done), token == end)
-            lengths = tf.where(ended, t, lengths)
-            return t + 1, decoder_ids, generated, lengths, tf.logical_or(done, ended), arrays
+            return (t + 1, *state, arrays)
 
         def more(t: Any, decoder_ids: Any, generated: Any, lengths: Any, done: Any, arrays: Any):
             return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(done)))
