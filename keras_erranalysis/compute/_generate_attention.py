@@ -87,7 +87,7 @@ def generate_attention(
         GenerationError: When the inputs do not fit the teacher-forcing pattern.
 
     Example:
-        >>> rows = {name: values[[3, 17]] for name, values in report.inputs.items()}
+        >>> rows = {n: v[[3, 17]] for n, v in report.inputs.items()}  # doctest: +SKIP
         >>> found = generate_attention(model, rows, report.label[[3, 17]],
         ...                            layers=["cross_attention"], end_id=2)  # doctest: +SKIP
         >>> found.weights["cross_attention"].shape  # doctest: +SKIP
