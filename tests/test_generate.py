@@ -5,28 +5,13 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from _tasks import TOKENS, reverse_task
 
 from keras_erranalysis import ErrorAnalysis, GenerationAnalysis, PassOptions, load_run
 from keras_erranalysis.analysis import first_divergence, generated_metrics, rank_examples, rouge_l
 from keras_erranalysis.compute import GenerationError, end_id_from_tokens, generate_greedy
 from keras_erranalysis.compute._generate import cache_size
 from keras_erranalysis.options import resolve_analyses
-
-TOKENS = ["", "<s>", "</s>", "a", "b", "c", "d", "e"]
-
-
-def _reverse_task(n=240, width=5, seed=0):
-    """Reverse a string of 2..width letters: source, decoder input (<s> + target), labels."""
-    rng = np.random.default_rng(seed)
-    source = np.zeros((n, width), "int32")
-    decoder_in = np.zeros((n, width + 1), "int32")
-    labels = np.zeros((n, width + 1), "int32")
-    for i, size in enumerate(rng.integers(2, width + 1, n)):
-        letters = rng.integers(3, len(TOKENS), size)
-        source[i, :size] = letters
-        decoder_in[i, : size + 1] = [1, *letters[::-1]]
-        labels[i, : size + 1] = [*letters[::-1], 2]
-    return source, decoder_in, labels
 
 
 def _seq2seq(attention=False, ignore_class=None):
@@ -55,7 +40,7 @@ def trained():
     import keras
 
     keras.utils.set_random_seed(0)
-    source, decoder_in, labels = _reverse_task()
+    source, decoder_in, labels = reverse_task()
     model = _seq2seq()
     model.fit(
         {"source": source, "decoder_in": decoder_in}, labels, epochs=8, batch_size=32, verbose=0
@@ -181,7 +166,7 @@ def test_callback_writes_generated_columns_and_the_generation_table(tmp_path):
     import keras
 
     keras.utils.set_random_seed(0)
-    source, decoder_in, labels = _reverse_task(n=160)
+    source, decoder_in, labels = reverse_task(n=160)
     x = {"source": source, "decoder_in": decoder_in}
     model = _seq2seq(attention=True, ignore_class=0)  # MHA drops the decoder mask
     callback = ErrorAnalysis(
@@ -236,7 +221,7 @@ def with_attention():
     import keras
 
     keras.utils.set_random_seed(1)
-    source, decoder_in, labels = _reverse_task(n=160)
+    source, decoder_in, labels = reverse_task(n=160)
     model = _seq2seq(attention=True, ignore_class=0)
     x = {"source": source, "decoder_in": decoder_in}
     model.fit(x, labels, epochs=4, batch_size=32, verbose=0)

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from _tasks import TOKENS, reverse_task
 
 from keras_erranalysis import ErrorAnalysis, PassOptions, analyze, load_run
 from keras_erranalysis.analysis._sequence_metrics import GENERATED_COLUMNS
@@ -16,21 +17,6 @@ from keras_erranalysis.cli import main as cli_main
 from keras_erranalysis.compute import compute_losses, generate_greedy
 from keras_erranalysis.compute._generate import cache_size
 from keras_erranalysis.options import generation_option
-
-TOKENS = ["", "<s>", "</s>", "a", "b", "c", "d", "e"]
-
-
-def _reverse_task(n, width=5, seed=0):
-    rng = np.random.default_rng(seed)
-    source = np.zeros((n, width), "int32")
-    decoder_in = np.zeros((n, width + 1), "int32")
-    labels = np.zeros((n, width + 1), "int32")
-    for i, size in enumerate(rng.integers(2, width + 1, n)):
-        letters = rng.integers(3, len(TOKENS), size)
-        source[i, :size] = letters
-        decoder_in[i, : size + 1] = [1, *letters[::-1]]
-        labels[i, : size + 1] = [*letters[::-1], 2]
-    return source, decoder_in, labels
 
 
 def _seq2seq():
@@ -58,7 +44,7 @@ def trained(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("genwire")
     keras.utils.set_random_seed(0)
-    source, decoder_in, labels = _reverse_task(96)
+    source, decoder_in, labels = reverse_task(96)
     x = {"source": source, "decoder_in": decoder_in}
     model = _seq2seq()
     callback = ErrorAnalysis(
